@@ -1,0 +1,318 @@
+//! Types shared by the kernel programs (`lb-ebpf`) and the control plane (`xlb`).
+//!
+//! Every type here is the key or value of a BPF map, so it is `#[repr(C)]`, has no
+//! implicit padding and is `Copy`. Addresses and ports are kept in network byte order,
+//! exactly as they sit in packets, so the kernel never swaps bytes on the hot path.
+#![no_std]
+
+/// Names of the BPF maps and programs, so both sides spell them alike.
+pub mod names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const REV_NAT: &str = "REV_NAT";
+    pub const TABLES: &str = "TABLES";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const RR: &str = "RR";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const DROPS: &str = "DROPS";
+    pub const PROG_XDP: &str = "xlb_xdp";
+    pub const PROG_FWD: &str = "xlb_fwd";
+    pub const PROG_REPLY: &str = "xlb_reply";
+}
+
+/// Default number of slots of one selection table (a prime, as Maglev requires).
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Default size of the connection table.
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
+/// Upper bound of backend ids (the `BACKENDS` array size).
+pub const MAX_BACKENDS: u32 = 16_384;
+/// Upper bound of service ids.
+pub const DEFAULT_MAX_SERVICES: u32 = 64;
+
+pub const AF_INET: u8 = 4;
+pub const AF_INET6: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// An IPv4 or IPv6 address as four network-order words; IPv4 uses word 0 only.
+pub type Addr = [u32; 4];
+
+/// How a service picks the backend of a new flow. All methods index one weighted
+/// table of `table_size` slots that user space fills; they differ in the index.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Hash of the 5-tuple into a Maglev table: consistent across nodes and re-hashes.
+    Maglev = 0,
+    /// A per-CPU counter walking a smooth weighted round-robin sequence.
+    RoundRobin = 1,
+    /// A random slot of the weighted sequence.
+    Random = 2,
+    /// Hash of the client address into the Maglev table.
+    SourceHash = 3,
+}
+
+impl Method {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Maglev),
+            1 => Some(Self::RoundRobin),
+            2 => Some(Self::Random),
+            3 => Some(Self::SourceHash),
+            _ => None,
+        }
+    }
+}
+
+/// `SERVICES` key: what a client addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `SERVICES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Index into `REV_NAT` and `SERVICE_STATS`.
+    pub id: u32,
+    /// Which slot of `TABLES` (in units of `table_size`) holds this service's table.
+    /// User space fills a spare slot and then flips this field: the swap is atomic.
+    pub table: u32,
+    /// Slots of the table in use: `table_size` for hashed methods, one period of the
+    /// weighted sequence for round_robin and random (so a walk never breaks its
+    /// cycle). 0 when no backend takes new flows: they drop (`DropReason::NoBackend`).
+    pub len: u32,
+    /// `Method` as u8.
+    pub method: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Backend lifecycle as the kernel sees it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendState {
+    /// Unused id.
+    Empty = 0,
+    /// Takes new flows (when in a table) and keeps existing ones.
+    Active = 1,
+    /// Takes no new flows; existing flows continue.
+    Draining = 2,
+    /// Gone: flows pinned to it pick a new backend.
+    Removed = 3,
+}
+
+/// `BACKENDS[id]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    /// `BackendState` as u8.
+    pub state: u8,
+}
+
+/// `REV_NAT[service id]`: what a reply's source is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNat {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Which of a flow's two connection entries a key names.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    /// client -> VIP:port, found by forward packets; holds the chosen backend.
+    Service = 0,
+    /// client -> backend:port, found by replies (reversed); holds the rev-NAT index.
+    Backend = 1,
+}
+
+/// `CONNTRACK` key, always written from the client's side of the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConnKey {
+    pub client: Addr,
+    /// VIP for `ConnKind::Service`, backend address for `ConnKind::Backend`.
+    pub peer: Addr,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// `ConnKind` as u8.
+    pub kind: u8,
+    pub _pad: u8,
+}
+
+/// `CONNTRACK` value. The kernel creates and refreshes entries, never deletes them:
+/// user space expires idle ones by `last_seen`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Conn {
+    pub backend: u32,
+    /// Service id, the index into `REV_NAT`.
+    pub rev_nat: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen: u64,
+}
+
+/// `SETTINGS[0]`: data plane knobs set by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Slots per selection table (prime).
+    pub table_size: u32,
+    /// Seed of the flow hash; equal seeds make several xlb nodes choose alike.
+    pub hash_seed: u32,
+}
+
+/// Per-CPU traffic counters, per service and per backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Why the data plane dropped a packet; the index into the per-CPU `DROPS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A new flow for a service with no active backend.
+    NoBackend = 0,
+    /// The selection table pointed at an id with no usable backend (a table being rebuilt).
+    BadTableEntry = 1,
+    /// The connection table refused an insert.
+    ConntrackFull = 2,
+    /// The route to the backend is a blackhole, unreachable or prohibited.
+    FibUnreachable = 3,
+    /// No room for the metadata handed from XDP to TC.
+    NoMetaRoom = 4,
+    /// The kernel's L4 checksum helper refused the packet.
+    ChecksumFailed = 5,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [DropReason; Self::COUNT as usize] = [
+        Self::NoBackend,
+        Self::BadTableEntry,
+        Self::ConntrackFull,
+        Self::FibUnreachable,
+        Self::NoMetaRoom,
+        Self::ChecksumFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NoBackend => "no_backend",
+            Self::BadTableEntry => "bad_table_entry",
+            Self::ConntrackFull => "conntrack_full",
+            Self::FibUnreachable => "fib_unreachable",
+            Self::NoMetaRoom => "no_meta_room",
+            Self::ChecksumFailed => "checksum_failed",
+        }
+    }
+}
+
+/// Metadata the XDP program leaves in front of a packet it passes to the stack, for
+/// `xlb_fwd` (TC ingress) to finish: XDP cannot see whether a veth packet carries a
+/// partial checksum (CHECKSUM_PARTIAL), but TC's checksum helpers handle both cases.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FwdMeta {
+    /// `FwdMeta::MAGIC`, so TC ignores metadata that is not ours.
+    pub magic: u32,
+    /// Interface to redirect to (from the FIB lookup).
+    pub ifindex: u32,
+    /// One's-complement difference of the pseudo-header (addresses) to fold into the
+    /// L4 checksum, or 0 when XDP already fixed the checksum.
+    pub l4_addr_diff: u32,
+    /// Same for the port word, which is not part of the pseudo-header.
+    pub l4_port_diff: u32,
+    /// `FwdMeta::F_*` bits.
+    pub flags: u32,
+}
+
+impl FwdMeta {
+    pub const MAGIC: u32 = 0x786c_6221; // "xlb!"
+    /// The L4 checksum still needs `l4_*_diff` folded in.
+    pub const F_FIX_L4: u32 = 1;
+}
+
+/// The flow hash, shared so user space and tests can predict the kernel's choices.
+///
+/// A seeded murmur3-style mix of 32-bit words: cheap in BPF (no loops over bytes) and
+/// identical on every node given the same seed.
+#[inline(always)]
+pub fn hash_words(words: &[u32], seed: u32) -> u32 {
+    let mut h = seed ^ 0x9e37_79b9;
+    let mut i = 0;
+    while i < words.len() {
+        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    h ^= (words.len() as u32) * 4;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of a flow as the kernel computes it for `Method::Maglev`.
+#[inline(always)]
+pub fn flow_hash(client: &Addr, client_port: u16, vip: &Addr, vip_port: u16, proto: u8, seed: u32) -> u32 {
+    let words = [
+        client[0],
+        client[1],
+        client[2],
+        client[3],
+        vip[0],
+        vip[1],
+        vip[2],
+        vip[3],
+        ((client_port as u32) << 16) | vip_port as u32,
+        proto as u32,
+    ];
+    hash_words(&words, seed)
+}
+
+/// Hash of a client address as the kernel computes it for `Method::SourceHash`.
+#[inline(always)]
+pub fn source_hash(client: &Addr, seed: u32) -> u32 {
+    hash_words(client, seed)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, without padding, valid for any bit pattern.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNat {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for Conn {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for Counters {}
+}

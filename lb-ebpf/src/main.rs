@@ -1,0 +1,214 @@
+//! xlb's kernel programs.
+//!
+//! - `xlb_xdp` (XDP, on the interface clients reach): steers packets for a VIP:port to
+//!   a backend (connection table, selection table), rewrites the destination and sends
+//!   the frame on, by `XDP_TX`, a devmap redirect, or through `xlb_fwd`.
+//! - `xlb_fwd` (TC ingress, same interface): finishes what XDP passed up: the L4
+//!   checksum when it may be partial, and the redirect to the backend's interface,
+//!   which skips netfilter so Docker's FORWARD policy does not see the flow.
+//! - `xlb_reply` (TC ingress, on interfaces facing backends): rewrites a reply's
+//!   source back to VIP:port and sends it to the client.
+//!
+//! The TC programs answer `TC_ACT_UNSPEC` for packets that are not theirs, so other
+//! programs on the same hook (TCX or cls_bpf) still see them.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod csum;
+mod fib;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+
+use core::{mem, ptr::read_unaligned};
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC, TC_ACT_SHOT, xdp_action},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_vlan_pop, bpf_xdp_adjust_meta},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+use aya_log_ebpf::debug;
+use lb_common::{AF_INET, DropReason, FwdMeta, IPPROTO_UDP, ServiceKey};
+use network_types::eth::EthHdr;
+
+use crate::{
+    fib::Route,
+    maps::{BACKEND_STATS, REV_NAT, SERVICE_STATS, SERVICES, SETTINGS, TX_PORTS, count, count_drop},
+    nat::Side,
+    parse::{Packet, parse, ptr_at},
+};
+
+#[xdp]
+pub fn xlb_xdp(ctx: XdpContext) -> u32 {
+    let Some(p) = parse(&ctx) else { return xdp_action::XDP_PASS };
+    let key = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
+    // SAFETY: user space updates map values whole; we copy before use.
+    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else { return xdp_action::XDP_PASS };
+    let Some(settings) = SETTINGS.get(0).copied() else { return xdp_action::XDP_PASS };
+    let (id, backend, new) = match conntrack::forward(&svc, &p, &settings) {
+        Ok(v) => v,
+        Err(reason) => {
+            count_drop(reason);
+            return xdp_action::XDP_DROP;
+        }
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    count(&SERVICE_STATS, svc.id, bytes, new);
+    count(&BACKEND_STATS, id, bytes, new);
+    if new {
+        debug!(&ctx, "new flow for service {} to backend {}", svc.id, id);
+    }
+
+    // A partial checksum holds just the pseudo-header sum; judge before the rewrite.
+    let Some(check) = ptr_at::<u16>(&ctx, p.csum_off()) else { return xdp_action::XDP_PASS };
+    let check = unsafe { read_unaligned(check) };
+    let no_l4_csum = p.proto == IPPROTO_UDP && p.family == AF_INET && check == 0;
+    let maybe_partial = !no_l4_csum && check == p.pseudo_sum();
+
+    let Some(diff) = nat::rewrite(&ctx, &p, Side::Dst, &backend.addr, backend.port) else {
+        return xdp_action::XDP_PASS;
+    };
+    if !maybe_partial && nat::apply_l4(&ctx, &p, &diff).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    let route = fib::route(ctx.as_ptr(), &ctx, &p, &p.src, &backend.addr, p.sport, backend.port, ingress);
+    let ifindex = match route {
+        Route::Resolved { ifindex } if !maybe_partial => {
+            if ifindex == ingress {
+                return xdp_action::XDP_TX;
+            }
+            // A tagged frame goes through TC, which removes the tag for the other interface.
+            if p.l3_off == EthHdr::LEN && let Ok(action) = TX_PORTS.redirect(ifindex, 0) {
+                return action;
+            }
+            ifindex
+        }
+        Route::Resolved { ifindex } | Route::NoNeigh { ifindex } => ifindex,
+        Route::Unreachable => {
+            count_drop(DropReason::FibUnreachable);
+            return xdp_action::XDP_DROP;
+        }
+        Route::Stack => 0,
+    };
+    let mut meta = FwdMeta { magic: FwdMeta::MAGIC, ifindex, ..Default::default() };
+    if maybe_partial {
+        meta.flags |= FwdMeta::F_FIX_L4;
+        meta.l4_addr_diff = diff.addr;
+        meta.l4_port_diff = diff.port;
+    }
+    pass_to_tc(&ctx, &meta)
+}
+
+/// Leaves `meta` in front of the frame for `xlb_fwd` and passes the frame up.
+#[inline(always)]
+fn pass_to_tc(ctx: &XdpContext, meta: &FwdMeta) -> u32 {
+    let len = mem::size_of::<FwdMeta>() as i32;
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
+        return no_meta_room(meta);
+    }
+    let start = ctx.metadata();
+    if start + mem::size_of::<FwdMeta>() > ctx.data() {
+        return no_meta_room(meta);
+    }
+    unsafe { (start as *mut FwdMeta).write_unaligned(*meta) };
+    xdp_action::XDP_PASS
+}
+
+/// Without metadata, a packet whose checksum XDP left pending cannot be finished.
+#[inline(always)]
+fn no_meta_room(meta: &FwdMeta) -> u32 {
+    if meta.flags & FwdMeta::F_FIX_L4 != 0 {
+        count_drop(DropReason::NoMetaRoom);
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn xlb_fwd(ctx: TcContext) -> i32 {
+    let start = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    if start + mem::size_of::<FwdMeta>() > ctx.data() {
+        return TC_ACT_UNSPEC;
+    }
+    let meta = unsafe { (start as *const FwdMeta).read_unaligned() };
+    if meta.magic != FwdMeta::MAGIC {
+        return TC_ACT_UNSPEC;
+    }
+    if meta.flags & FwdMeta::F_FIX_L4 != 0 {
+        // The L4 offset is parsed again: a VLAN tag is gone from the frame by now.
+        let Some(p) = parse_tc(&ctx) else { return TC_ACT_UNSPEC };
+        if fix_l4(&ctx, &p, meta.l4_addr_diff, meta.l4_port_diff).is_err() {
+            count_drop(DropReason::ChecksumFailed);
+            return TC_ACT_SHOT;
+        }
+    }
+    if meta.ifindex == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    // The stack has moved an 802.1Q tag into the skb; it belongs to the ingress link only.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 && unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+        count_drop(DropReason::ChecksumFailed);
+        return TC_ACT_SHOT;
+    }
+    unsafe { bpf_redirect_neigh(meta.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+#[classifier]
+pub fn xlb_reply(ctx: TcContext) -> i32 {
+    let Some(p) = parse_tc(&ctx) else { return TC_ACT_UNSPEC };
+    let Some(conn) = conntrack::reply(&p) else { return TC_ACT_UNSPEC };
+    let Some(vip) = REV_NAT.get(conn.rev_nat).copied() else { return TC_ACT_UNSPEC };
+    if vip.family != p.family {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(check) = ptr_at::<u16>(&ctx, p.csum_off()) else { return TC_ACT_UNSPEC };
+    let no_l4_csum = p.proto == IPPROTO_UDP && p.family == AF_INET && unsafe { read_unaligned(check) } == 0;
+    let Some(diff) = nat::rewrite(&ctx, &p, Side::Src, &vip.addr, vip.port) else { return TC_ACT_UNSPEC };
+    if !no_l4_csum && fix_l4(&ctx, &p, diff.addr, diff.port).is_err() {
+        count_drop(DropReason::ChecksumFailed);
+        return TC_ACT_SHOT;
+    }
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    match fib::route(ctx.skb.skb.cast(), &ctx, &p, &vip.addr, &p.dst, vip.port, p.dport, ingress) {
+        Route::Resolved { ifindex } => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        Route::NoNeigh { ifindex } => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 },
+        Route::Unreachable | Route::Stack => TC_ACT_UNSPEC,
+    }
+}
+
+/// Parses a TC frame, pulling headers into the linear area first when needed.
+#[inline(always)]
+fn parse_tc(ctx: &TcContext) -> Option<Packet> {
+    if let Some(p) = parse(ctx) {
+        return Some(p);
+    }
+    // Ethernet + VLAN + IPv6 + TCP fit in 94 bytes; IPv4 with options needs up to 98.
+    let want = core::cmp::min(ctx.len(), 98);
+    ctx.pull_data(want).ok()?;
+    parse(ctx)
+}
+
+/// Folds address and port differences into the L4 checksum with the kernel's helper,
+/// which is right for complete and partial (CHECKSUM_PARTIAL) checksums alike.
+#[inline(always)]
+fn fix_l4(ctx: &TcContext, p: &Packet, addr: u32, port: u32) -> Result<(), i64> {
+    let udp = if p.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let off = p.csum_off();
+    ctx.l4_csum_replace(off, 0, addr as u64, BPF_F_PSEUDO_HDR as u64 | udp)?;
+    ctx.l4_csum_replace(off, 0, port as u64, udp)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

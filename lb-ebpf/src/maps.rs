@@ -1,0 +1,71 @@
+//! The maps shared with user space. Sizes here are defaults: user space resizes the
+//! connection table and the selection tables from its config before loading.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, Conn, ConnKey, Counters, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES,
+    DEFAULT_TABLE_SIZE, DropReason, MAX_BACKENDS, RevNat, Service, ServiceKey, Settings,
+};
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static REV_NAT: Array<RevNat> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Selection tables, `table_size` backend ids each, one spare so a rebuild can be
+/// written beside the live table and then swapped in. Mmapable: user space writes a
+/// table as memory, not one syscall per slot.
+#[map]
+pub static TABLES: Array<u32> =
+    Array::with_max_entries((DEFAULT_MAX_SERVICES + 1) * DEFAULT_TABLE_SIZE, BPF_F_MMAPABLE);
+
+#[map]
+pub static CONNTRACK: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Interfaces that accept XDP frames (`ndo_xdp_xmit`), keyed by ifindex. A packet for
+/// any other interface goes through the stack, finished by `xlb_fwd`.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Round-robin position per service, per CPU.
+#[map]
+pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counters>, index: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += bytes;
+        if new_flow {
+            c.new_flows += 1;
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Address and port rewriting.
+//!
+//! The IPv4 header checksum is always fixed here (nothing offloads it). The L4
+//! checksum difference is returned, because who may apply it depends on the hook:
+//! XDP for complete checksums, TC's helpers when the packet may carry a partial one.
+
+use core::ptr::{read_unaligned, write_unaligned};
+
+use lb_common::{AF_INET, AF_INET6, Addr};
+
+use crate::{
+    csum,
+    parse::{Frame, Packet, ptr_at},
+};
+
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// What a rewrite adds to the L4 checksum: the address part belongs to the
+/// pseudo-header, the port part to the L4 header itself.
+pub struct L4Diff {
+    pub addr: u32,
+    pub port: u32,
+}
+
+/// Rewrites one side's address and port of a parsed packet. `None` only when the frame
+/// shrank under us, which the verifier makes us consider.
+#[inline(always)]
+pub fn rewrite(f: &impl Frame, p: &Packet, side: Side, addr: &Addr, port: u16) -> Option<L4Diff> {
+    let mut addr_diff = 0u32;
+    if p.family == AF_INET {
+        let off = p.l3_off + if side == Side::Src { 12 } else { 16 };
+        let field: *mut u32 = ptr_at(f, off)?;
+        let old = unsafe { read_unaligned(field) };
+        unsafe { write_unaligned(field, addr[0]) };
+        addr_diff = csum::diff32(old, addr[0]);
+        let check: *mut u16 = ptr_at(f, p.l3_off + 10)?;
+        unsafe { write_unaligned(check, csum::apply(read_unaligned(check), addr_diff)) };
+    } else if p.family == AF_INET6 {
+        let off = p.l3_off + if side == Side::Src { 8 } else { 24 };
+        let field: *mut [u32; 4] = ptr_at(f, off)?;
+        let old = unsafe { read_unaligned(field) };
+        unsafe { write_unaligned(field, *addr) };
+        let mut i = 0;
+        while i < 4 {
+            addr_diff += csum::diff32(old[i], addr[i]);
+            i += 1;
+        }
+    }
+    let port_off = p.l4_off + if side == Side::Src { 0 } else { 2 };
+    let field: *mut u16 = ptr_at(f, port_off)?;
+    let old = unsafe { read_unaligned(field) };
+    unsafe { write_unaligned(field, port) };
+    Some(L4Diff { addr: addr_diff, port: csum::diff16(old, port) })
+}
+
+/// Folds a rewrite into a complete L4 checksum in place. A zero UDP checksum means
+/// "none" over IPv4 and stays zero; a computed zero is sent as 0xffff.
+#[inline(always)]
+pub fn apply_l4(f: &impl Frame, p: &Packet, d: &L4Diff) -> Option<()> {
+    let check: *mut u16 = ptr_at(f, p.csum_off())?;
+    let old = unsafe { read_unaligned(check) };
+    let udp = p.proto == lb_common::IPPROTO_UDP;
+    if udp && old == 0 && p.family == AF_INET {
+        return Some(());
+    }
+    let mut new = csum::apply(old, d.addr + d.port);
+    if udp && new == 0 {
+        new = 0xffff;
+    }
+    unsafe { write_unaligned(check, new) };
+    Some(())
+}

@@ -1,0 +1,41 @@
+//! Backend choice for a new flow.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use lb_common::{Backend, BackendState, DropReason, Method, Service, Settings, flow_hash, source_hash};
+
+use crate::{
+    maps::{BACKENDS, RR, TABLES},
+    parse::Packet,
+};
+
+/// Picks a backend id and its entry from the service's selection table.
+#[inline(always)]
+pub fn pick(svc: &Service, p: &Packet, s: &Settings) -> Result<(u32, Backend), DropReason> {
+    let len = svc.len;
+    if len == 0 {
+        return Err(DropReason::NoBackend);
+    }
+    let index = match Method::from_u8(svc.method) {
+        Some(Method::Maglev) | None => {
+            flow_hash(&p.src, p.sport, &p.dst, p.dport, p.proto, s.hash_seed) % len
+        }
+        Some(Method::SourceHash) => source_hash(&p.src, s.hash_seed) % len,
+        Some(Method::Random) => (unsafe { bpf_get_prandom_u32() }) % len,
+        Some(Method::RoundRobin) => {
+            let pos = RR.get_ptr_mut(svc.id).ok_or(DropReason::BadTableEntry)?;
+            // Per-CPU, so no other writer races this update.
+            unsafe {
+                let i = *pos % len;
+                *pos = i + 1;
+                i
+            }
+        }
+    };
+    // Tables sit `table_size` apart whatever part of them is in use.
+    let id = *TABLES.get(svc.table * s.table_size + index).ok_or(DropReason::BadTableEntry)?;
+    let backend = *BACKENDS.get(id).ok_or(DropReason::BadTableEntry)?;
+    if backend.state != BackendState::Active as u8 {
+        return Err(DropReason::BadTableEntry);
+    }
+    Ok((id, backend))
+}

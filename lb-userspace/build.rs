@@ -1,0 +1,27 @@
+//! Builds the kernel programs (`lb-ebpf`) for the BPF target and leaves the object in
+//! OUT_DIR, where `dataplane` embeds it into the `xlb` binary.
+use anyhow::{Context as _, anyhow};
+
+fn main() -> anyhow::Result<()> {
+    let meta = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    let ebpf = meta
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "lb-ebpf")
+        .ok_or_else(|| anyhow!("lb-ebpf package not found"))?;
+    let root = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    // The toolchain building us (rustup sets RUSTUP_TOOLCHAIN), so the kernel object
+    // is compiled by the same rustc whose LLVM bpf-linker links against.
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".to_owned());
+    println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "lb-ebpf", root_dir: root.as_str(), ..Default::default() }],
+        aya_build::Toolchain::Custom(&toolchain),
+    )
+}

@@ -1,0 +1,495 @@
+//! The kernel side of xlb as user space holds it: the loaded programs, their
+//! attachments, and the maps, written from the desired set of services.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuValues},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+};
+use lb_common::{
+    AF_INET, AF_INET6, Addr, Backend as KBackend, BackendState as KState, Conn, ConnKey, Counters,
+    DropReason, RevNat, Service as KService, ServiceKey, Settings, names,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{self, BackendState},
+    maglev::{self, Entry},
+};
+
+/// The kernel object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Sizes fixed when the programs are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub conntrack_size: u32,
+    pub table_size: u32,
+    pub max_services: u32,
+    pub hash_seed: u32,
+}
+
+impl From<&config::Dataplane> for Limits {
+    fn from(d: &config::Dataplane) -> Self {
+        Self {
+            conntrack_size: d.conntrack_size.0,
+            table_size: d.table_size.0,
+            max_services: d.max_services.0,
+            hash_seed: d.hash_seed,
+        }
+    }
+}
+
+/// A service as the data plane needs it: addresses resolved, ports chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The config's service name.
+    pub name: String,
+    pub key: ServiceKey,
+    pub method: config::Method,
+    pub backends: Vec<DesiredBackend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DesiredBackend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+/// A backend id is owned by one (service, address, port): its state is per service.
+type BackendIdent = (ServiceKey, IpAddr, u16);
+
+struct ServiceSlot {
+    id: u32,
+    table: u32,
+    backends: Vec<(u32, DesiredBackend)>,
+    table_ids: Vec<u32>,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    limits: Limits,
+    services: HashMap<ServiceKey, ServiceSlot>,
+    backend_ids: HashMap<BackendIdent, u32>,
+    /// Ids of removed backends, freed once no connection entry names them.
+    retired: BTreeSet<u32>,
+    free_backend_ids: Vec<u32>,
+    free_service_ids: Vec<u32>,
+    free_tables: Vec<u32>,
+    tables: Tables,
+    /// Live flows per backend id, from the last `expire` pass.
+    active: HashMap<u32, u64>,
+}
+
+impl Dataplane {
+    /// Loads the programs and creates the maps at the configured sizes.
+    pub fn load(limits: Limits, kernel_log: aya_log::Level) -> anyhow::Result<(Self, aya_log::EbpfLogger<&'static dyn log::Log>)> {
+        if limits.max_services == 0 || limits.table_size < 3 {
+            bail!("max_services must be above 0 and table_size at least 3");
+        }
+        let tables = (limits.max_services + 1)
+            .checked_mul(limits.table_size)
+            .filter(|n| *n <= 1 << 28)
+            .context("max_services x table_size is too large for one map")?;
+        let level = kernel_log as u8;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::CONNTRACK, limits.conntrack_size)
+            .map_max_entries(names::SERVICES, limits.max_services)
+            .map_max_entries(names::REV_NAT, limits.max_services)
+            .map_max_entries(names::RR, limits.max_services)
+            .map_max_entries(names::SERVICE_STATS, limits.max_services)
+            .map_max_entries(names::TABLES, tables)
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(OBJECT)
+            .context("loading the kernel programs")?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).context("opening the kernel log")?;
+        for name in [names::PROG_XDP] {
+            let prog: &mut Xdp = program(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+        }
+        for name in [names::PROG_FWD, names::PROG_REPLY] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let mut settings: Array<_, Settings> = map(&mut ebpf, names::SETTINGS)?;
+        settings.set(0, Settings { table_size: limits.table_size, hash_seed: limits.hash_seed }, 0)?;
+        let tables = Tables::map(&ebpf, tables)?;
+        let dp = Self {
+            ebpf,
+            limits,
+            services: HashMap::new(),
+            backend_ids: HashMap::new(),
+            retired: BTreeSet::new(),
+            free_backend_ids: (0..lb_common::MAX_BACKENDS).rev().collect(),
+            free_service_ids: (0..limits.max_services).rev().collect(),
+            free_tables: (0..=limits.max_services).rev().collect(),
+            tables,
+            active: HashMap::new(),
+        };
+        Ok((dp, logger))
+    }
+
+    /// Attaches the XDP program (native mode, else generic) and the TC program that
+    /// finishes its stack-bound packets to the interface clients reach.
+    pub fn attach_client_side(&mut self, iface: &str) -> anyhow::Result<()> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
+        let mode = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(_) => "native",
+            Err(e) if is_busy(&e) => {
+                bail!("{iface} already has an XDP program (is another xlb running? `ip link show {iface}`)")
+            }
+            Err(e) => {
+                warn!(%iface, error = %e, "native XDP unavailable, using generic XDP");
+                xdp.attach(iface, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface}"))?;
+                "generic"
+            }
+        };
+        info!(%iface, program = names::PROG_XDP, mode, "attached");
+        self.attach_tc(names::PROG_FWD, iface)
+    }
+
+    /// Attaches the reply program to an interface that faces backends.
+    pub fn attach_backend_side(&mut self, iface: &str) -> anyhow::Result<()> {
+        self.attach_tc(names::PROG_REPLY, iface)
+    }
+
+    fn attach_tc(&mut self, name: &str, iface: &str) -> anyhow::Result<()> {
+        // Kernels before 6.6 attach through a clsact qdisc; later ones use TCX links.
+        if let Err(e) = tc::qdisc_add_clsact(iface) {
+            debug!(%iface, error = %e, "clsact qdisc not added (exists, or TCX is used)");
+        }
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        prog.attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {name} to {iface}"))?;
+        info!(%iface, program = name, "attached");
+        Ok(())
+    }
+
+    /// The XDP program, for `BPF_PROG_TEST_RUN`.
+    pub fn xdp(&mut self) -> anyhow::Result<&mut Xdp> {
+        program(&mut self.ebpf, names::PROG_XDP)
+    }
+
+    /// Makes the maps match `desired`. Order matters for packets in flight: new
+    /// backends are written before any table names them, a table is complete before
+    /// its service points at it, and removed backends are marked last.
+    pub fn sync(&mut self, desired: &[Desired]) -> anyhow::Result<()> {
+        let wanted: HashMap<ServiceKey, &Desired> = desired.iter().map(|d| (d.key, d)).collect();
+        if wanted.len() > self.limits.max_services as usize {
+            bail!("{} services configured, the data plane was sized for {} (dataplane.max_services)", wanted.len(), self.limits.max_services);
+        }
+        let mut removed = Vec::new();
+        for d in desired {
+            removed.extend(self.sync_service(d)?);
+        }
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for key in gone {
+            let slot = self.services.remove(&key).expect("listed above");
+            let mut services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
+            services.remove(&key).context("removing a service")?;
+            self.free_tables.push(slot.table);
+            self.free_service_ids.push(slot.id);
+            removed.extend(slot.backends.iter().map(|(id, b)| (*id, (key, b.addr, b.port))));
+        }
+        let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+        for (id, ident) in removed {
+            let mut b = backends.get(&id, 0)?;
+            b.state = KState::Removed as u8;
+            backends.set(id, b, 0)?;
+            self.backend_ids.remove(&ident);
+            self.retired.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Updates one service; returns the backends it no longer has.
+    fn sync_service(&mut self, d: &Desired) -> anyhow::Result<Vec<(u32, BackendIdent)>> {
+        let mut backends = Vec::with_capacity(d.backends.len());
+        // Draining marks wait until the service points at a table that no longer names them.
+        let mut drain_later = Vec::new();
+        for b in &d.backends {
+            let ident = (d.key, b.addr, b.port);
+            let id = match self.backend_ids.get(&ident) {
+                Some(id) => *id,
+                None => {
+                    let id = self.free_backend_ids.pop().context("out of backend ids")?;
+                    self.backend_ids.insert(ident, id);
+                    self.zero(names::BACKEND_STATS, id)?;
+                    id
+                }
+            };
+            let state = match b.state {
+                BackendState::Active => KState::Active,
+                BackendState::Draining => KState::Draining,
+            };
+            let (addr, family) = addr_words(b.addr);
+            let entry = KBackend { addr, port: b.port.to_be(), family, state: state as u8 };
+            if b.state == BackendState::Draining {
+                drain_later.push((id, entry));
+            } else {
+                let mut map: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+                map.set(id, entry, 0)?;
+            }
+            backends.push((id, *b));
+        }
+
+        let active: Vec<(u32, Entry)> = backends
+            .iter()
+            .filter(|(_, b)| b.state == BackendState::Active)
+            .map(|(id, b)| {
+                let (a, _) = addr_words(b.addr);
+                (*id, Entry { identity: [a[0], a[1], a[2], a[3], b.port as u32], weight: b.weight })
+            })
+            .collect();
+        let entries: Vec<Entry> = active.iter().map(|(_, e)| *e).collect();
+        let size = self.limits.table_size;
+        let picks = match d.method {
+            config::Method::Maglev | config::Method::SourceHash => maglev::maglev(&entries, size, self.limits.hash_seed),
+            config::Method::RoundRobin | config::Method::Random => maglev::round_robin(&entries, size),
+        };
+        let table_ids: Vec<u32> = picks.iter().map(|&i| active[i as usize].0).collect();
+
+        let (id, old_table, old_ids, old_backends) = match self.services.get(&d.key) {
+            Some(s) => (s.id, Some(s.table), s.table_ids.clone(), s.backends.clone()),
+            None => {
+                let id = self.free_service_ids.pop().context("out of service ids")?;
+                self.zero(names::SERVICE_STATS, id)?;
+                let mut rr: PerCpuArray<_, u32> = map(&mut self.ebpf, names::RR)?;
+                rr.set(id, PerCpuValues::try_from(vec![0u32; nr_cpus()?])?, 0)?;
+                (id, None, Vec::new(), Vec::new())
+            }
+        };
+        let method = lb_common::Method::from(d.method) as u8;
+        let mut entry = KService { id, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, _pad: [0; 3] };
+        if old_table.is_none() || table_ids != old_ids {
+            let slot = self.free_tables.pop().context("no spare selection table")?;
+            self.tables.write(slot as usize * size as usize, &table_ids);
+            entry.table = slot;
+            if let Some(old) = old_table {
+                self.free_tables.push(old);
+            }
+        }
+        let mut rev: Array<_, RevNat> = map(&mut self.ebpf, names::REV_NAT)?;
+        rev.set(id, RevNat { addr: d.key.addr, port: d.key.port, family: d.key.family, _pad: 0 }, 0)?;
+        let mut services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
+        services.insert(d.key, entry, 0).context("writing a service")?;
+        if !drain_later.is_empty() {
+            let mut map: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+            for (id, e) in drain_later {
+                map.set(id, e, 0)?;
+            }
+        }
+
+        let kept: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
+        let removed = old_backends
+            .iter()
+            .filter(|(id, _)| !kept.contains(id))
+            .map(|(id, b)| (*id, (d.key, b.addr, b.port)))
+            .collect();
+        self.services.insert(d.key, ServiceSlot { id, table: entry.table, backends, table_ids });
+        Ok(removed)
+    }
+
+    /// Clears a reused id's per-CPU counters: a new backend or service starts at zero.
+    fn zero(&mut self, name: &str, id: u32) -> anyhow::Result<()> {
+        let mut stats: PerCpuArray<_, Counters> = map(&mut self.ebpf, name)?;
+        stats.set(id, PerCpuValues::try_from(vec![Counters::default(); nr_cpus()?])?, 0)?;
+        Ok(())
+    }
+
+    /// Deletes connection entries idle longer than their protocol's timeout, and frees
+    /// the ids of removed backends no entry names any more. Returns how many expired.
+    pub fn expire(&mut self, now_ns: u64, tcp_idle_ns: u64, udp_idle_ns: u64) -> anyhow::Result<usize> {
+        // aya's HashMap also opens LRU hash maps.
+        let mut ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
+        let mut idle = Vec::new();
+        let mut referenced = BTreeSet::new();
+        self.active.clear();
+        for item in ct.iter() {
+            let Ok((k, v)) = item else { continue };
+            let limit = if k.proto == lb_common::IPPROTO_TCP { tcp_idle_ns } else { udp_idle_ns };
+            if now_ns.saturating_sub(v.last_seen) > limit {
+                idle.push(k);
+            } else {
+                referenced.insert(v.backend);
+                if k.kind == lb_common::ConnKind::Service as u8 {
+                    *self.active.entry(v.backend).or_default() += 1;
+                }
+            }
+        }
+        for k in &idle {
+            // Already gone (evicted) is fine.
+            let _ = ct.remove(k);
+        }
+        let freeable: Vec<u32> = self.retired.iter().filter(|id| !referenced.contains(id)).copied().collect();
+        let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+        for id in freeable {
+            backends.set(id, KBackend::default(), 0)?;
+            self.retired.remove(&id);
+            self.free_backend_ids.push(id);
+        }
+        Ok(idle.len())
+    }
+
+    /// Per-CPU counters summed, per service, per backend and per drop reason, with each
+    /// backend's live connections as the last `expire` pass counted them (walking the
+    /// connection table costs a syscall an entry, so it is done once for both).
+    pub fn counters(&mut self) -> anyhow::Result<Stats> {
+        let sum = |v: aya::maps::PerCpuValues<Counters>| {
+            v.iter().fold(Counters::default(), |a, c| Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+            })
+        };
+        let svc: PerCpuArray<_, Counters> = map(&mut self.ebpf, names::SERVICE_STATS)?;
+        let services = self.services.iter().map(|(k, s)| Ok((*k, sum(svc.get(&s.id, 0)?)))).collect::<anyhow::Result<_>>()?;
+        let be: PerCpuArray<_, Counters> = map(&mut self.ebpf, names::BACKEND_STATS)?;
+        let backends = self
+            .services
+            .iter()
+            .flat_map(|(key, s)| s.backends.iter().map(move |(id, b)| (key, id, b)))
+            .map(|(key, id, b)| {
+                Ok(BackendStats {
+                    service: *key,
+                    addr: b.addr,
+                    port: b.port,
+                    counters: sum(be.get(id, 0)?),
+                    active: self.active.get(id).copied().unwrap_or(0),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let drops_map: PerCpuArray<_, u64> = map(&mut self.ebpf, names::DROPS)?;
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| Ok((r.name(), drops_map.get(&(*r as u32), 0)?.iter().sum())))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Stats { services, backends, drops })
+    }
+}
+
+pub struct Stats {
+    pub services: Vec<(ServiceKey, Counters)>,
+    pub backends: Vec<BackendStats>,
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+pub struct BackendStats {
+    pub service: ServiceKey,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub counters: Counters,
+    /// Flows pinned to it in the connection table.
+    pub active: u64,
+}
+
+/// An address as the kernel keys it: network-order words, IPv4 in word 0.
+pub fn addr_words(addr: IpAddr) -> (Addr, u8) {
+    match addr {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], AF_INET6)
+        }
+    }
+}
+
+/// The address a `ServiceKey` (or any kernel-side address) holds.
+pub fn key_addr(key: &ServiceKey) -> IpAddr {
+    let w = key.addr;
+    if key.family == AF_INET {
+        IpAddr::from(w[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        for (i, word) in w.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    }
+}
+
+pub fn service_key(vip: IpAddr, port: u16, proto: u8) -> ServiceKey {
+    let (addr, family) = addr_words(vip);
+    ServiceKey { addr, port: port.to_be(), proto, family }
+}
+
+/// The `TABLES` array mapped into our memory (it is created `BPF_F_MMAPABLE`). The
+/// kernel lays array elements out 8 bytes apart: each `u32` id starts an 8-byte slot.
+struct Tables {
+    ptr: std::ptr::NonNull<u32>,
+    len: usize,
+    bytes: usize,
+}
+
+impl Tables {
+    fn map(ebpf: &Ebpf, len: u32) -> anyhow::Result<Self> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(names::TABLES) else { bail!("map {} missing or not an array", names::TABLES) };
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len as usize * 8).next_multiple_of(page);
+        // SAFETY: a shared mapping of a BPF array of at least `bytes` (the kernel rounds
+        // mmapable arrays up to whole pages); unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, data.fd().as_fd().as_raw_fd(), 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the selection tables");
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast()).context("mmap returned null")?;
+        Ok(Self { ptr, len: len as usize, bytes })
+    }
+
+    /// Writes `ids` from `start`. The caller makes the table live afterwards with a map
+    /// update (a syscall, which orders these stores before it).
+    fn write(&mut self, start: usize, ids: &[u32]) {
+        assert!(start + ids.len() <= self.len, "table write past the TABLES array");
+        // SAFETY: in bounds (checked above) of a live mapping we own.
+        let words = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start * 2), ids.len() * 2) };
+        for (element, id) in words.chunks_exact_mut(2).zip(ids) {
+            element[0] = *id;
+        }
+    }
+}
+
+impl Drop for Tables {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// Possible CPUs: the length of every per-CPU map value.
+fn nr_cpus() -> anyhow::Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+    prog.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+fn map<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))?;
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn is_busy(e: &aya::programs::ProgramError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("EBUSY") || text.contains("Device or resource busy") || text.contains("AlreadyAttached")
+}

@@ -1,0 +1,275 @@
+//! What the data plane should hold, from the config, the discovered backends and
+//! their health: one place that decides every backend's state and weight.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+
+use crate::{
+    config::{BackendState, Config, Service},
+    proxy::{BackendView, PeerState, ServiceView},
+    dataplane::{Desired, DesiredBackend, service_key},
+    discovery::Registry,
+    netdev,
+};
+
+/// Weights are scaled so slow start can ramp in small steps.
+pub const WEIGHT_SCALE: u32 = 100;
+
+/// What is known of one backend's health and age.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Vitals {
+    /// Active probe verdict; `None` until the first probe (or when none is configured).
+    pub probe: Option<bool>,
+    /// Since when the backend has been serving (healthy, or first seen).
+    pub since: Option<Instant>,
+}
+
+/// The result of a plan: the services the kernel steers, those the HTTP proxy serves,
+/// and whether a weight is still ramping up (the caller re-plans until none is).
+pub struct Plan {
+    pub services: Vec<Desired>,
+    pub http: Vec<ServiceView>,
+    pub ramping: bool,
+}
+
+/// Resolves every configured service. `vitals` answers for (service name, backend).
+pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vitals: impl Fn(&str, SocketAddr) -> Vitals) -> anyhow::Result<Plan> {
+    let mut plan = Plan { services: Vec::new(), http: Vec::new(), ramping: false };
+    for s in &config.services {
+        let vip = vip(s, iface, registry)?;
+        let (backends, ramp) = backends(s, registry, now, &vitals);
+        plan.ramping |= ramp;
+        if let Some(b) = backends.iter().find(|b| b.addr.ip().is_ipv4() != vip.is_ipv4()) {
+            bail!("service {:?}: backend {} is not of the VIP's family ({vip})", s.name, b.addr);
+        }
+        match s.http_options() {
+            Some(options) => plan.http.push(ServiceView {
+                name: s.name.clone(),
+                listen: SocketAddr::new(vip, s.port),
+                options,
+                backends: backends.into_iter().map(Planned::into_view).collect(),
+            }),
+            None => plan.services.push(Desired {
+                name: s.name.clone(),
+                key: service_key(vip, s.port, s.protocol.number()),
+                method: s.method,
+                backends: backends.iter().map(Planned::to_kernel).collect(),
+            }),
+        }
+    }
+    Ok(plan)
+}
+
+/// One backend's decided state, before it is shaped for the kernel or the proxy.
+struct Planned {
+    name: String,
+    addr: SocketAddr,
+    weight: u32,
+    backup: bool,
+    /// Takes new flows (the kernel's view: a backup only while no primary is up).
+    takes_new: bool,
+    /// Stopping or drained by the operator: finishes what it has.
+    draining: bool,
+    /// A probe or Docker's health check says it fails.
+    unhealthy: bool,
+}
+
+impl Planned {
+    fn to_kernel(&self) -> DesiredBackend {
+        DesiredBackend {
+            addr: self.addr.ip(),
+            port: self.addr.port(),
+            weight: self.weight,
+            state: if self.takes_new { BackendState::Active } else { BackendState::Draining },
+        }
+    }
+
+    /// The proxy fails over to backups per request, so it gets the facts, not the
+    /// kernel's verdict.
+    fn into_view(self) -> BackendView {
+        let state = match (self.draining, self.unhealthy) {
+            (true, _) => PeerState::Draining,
+            (false, true) => PeerState::Down,
+            (false, false) => PeerState::Active,
+        };
+        BackendView { name: self.name, aliases: Vec::new(), addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: None }
+    }
+}
+
+fn vip(s: &Service, iface: &str, registry: &Registry) -> anyhow::Result<IpAddr> {
+    if let Some(v) = s.vip {
+        return Ok(v);
+    }
+    let first = s.backends.first().map(|b| b.address).or_else(|| registry.backends(&s.name).first().map(|d| d.addr));
+    netdev::first_address(iface, first.is_some_and(|a| a.is_ipv6()))
+}
+
+/// A backend before its state is decided.
+struct Candidate {
+    name: String,
+    addr: SocketAddr,
+    weight: u32,
+    backup: bool,
+    draining: bool,
+    /// Docker's HEALTHCHECK verdict.
+    docker_healthy: Option<bool>,
+}
+
+fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&str, SocketAddr) -> Vitals) -> (Vec<Planned>, bool) {
+    let mut seen = HashSet::new();
+    let statics = s.backends.iter().map(|b| Candidate {
+        name: b.address.to_string(),
+        addr: SocketAddr::new(b.address, s.backend_port(b)),
+        weight: b.weight.0,
+        backup: false,
+        draining: b.state == BackendState::Draining,
+        docker_healthy: None,
+    });
+    let discovered = registry.backends(&s.name).iter().map(|d| Candidate {
+        name: d.name.clone(),
+        addr: SocketAddr::new(d.addr, d.port.unwrap_or(s.port)),
+        weight: d.weight,
+        backup: d.backup,
+        draining: d.draining,
+        docker_healthy: d.healthy,
+    });
+    // A static entry wins over a discovered one for the same address.
+    let candidates: Vec<(Candidate, Vitals)> = statics
+        .chain(discovered)
+        .filter(|c| seen.insert(c.addr))
+        .map(|c| {
+            let v = vitals(&s.name, c.addr);
+            (c, v)
+        })
+        .collect();
+    // With probes configured, a backend serves once its first probe passed: a container
+    // just started may not listen yet.
+    let probed = s.probes().is_some();
+    let probe_ok = |v: &Vitals| if probed { v.probe == Some(true) } else { v.probe != Some(false) };
+    let healthy = |c: &Candidate, v: &Vitals| c.docker_healthy != Some(false) && probe_ok(v);
+    let usable = |c: &Candidate, v: &Vitals| !c.draining && healthy(c, v);
+    let primary_up = candidates.iter().any(|(c, v)| !c.backup && usable(c, v));
+    let mut ramping = false;
+    let out = candidates
+        .into_iter()
+        .map(|(c, v)| {
+            // Not usable, or a backup while a primary is up: no new flows, but the
+            // flows it has continue (a failed probe may be a blip; a stop drains).
+            let takes_new = usable(&c, &v) && (!c.backup || !primary_up);
+            let weight = ramp(c.weight, s.slow_start, v.since, now);
+            ramping |= takes_new && weight < c.weight * WEIGHT_SCALE;
+            Planned { takes_new, unhealthy: !healthy(&c, &v), draining: c.draining, name: c.name, addr: c.addr, weight, backup: c.backup }
+        })
+        .collect();
+    (out, ramping)
+}
+
+/// Slow start: the weight grows linearly from 1% to 100% over `period` after `since`.
+fn ramp(weight: u32, period: Duration, since: Option<Instant>, now: Instant) -> u32 {
+    let full = weight * WEIGHT_SCALE;
+    match since {
+        Some(t) if !period.is_zero() && now.duration_since(t) < period => {
+            let frac = now.duration_since(t).as_secs_f64() / period.as_secs_f64();
+            ((full as f64 * frac) as u32).max(1)
+        }
+        _ => full,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::discovery::{Discovered, SourceKind, Update};
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("t.yaml")).unwrap()
+    }
+
+    fn discovered(addr: &str, backup: bool, draining: bool, healthy: Option<bool>) -> Discovered {
+        Discovered {
+            addr: addr.parse().unwrap(),
+            port: None,
+            weight: 1,
+            backup,
+            name: addr.into(),
+            hosts: vec![],
+            draining,
+            healthy,
+            origin: "test".into(),
+        }
+    }
+
+    fn states(p: &Plan) -> Vec<(String, BackendState, u32)> {
+        p.services[0].backends.iter().map(|b| (format!("{}:{}", b.addr, b.port), b.state, b.weight)).collect()
+    }
+
+    const PASSED: Vitals = Vitals { probe: Some(true), since: None };
+
+    const SVC: &str = "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    docker: { name: api }\n";
+
+    #[test]
+    fn backups_serve_only_when_no_primary_is_up() {
+        let c = config(SVC);
+        let mut r = Registry::default();
+        r.apply(Update {
+            service: "api".into(),
+            source: SourceKind::Docker,
+            backends: vec![discovered("10.1.0.1", false, false, None), discovered("10.1.0.2", true, false, None)],
+        });
+        // Containers get a TCP probe by default: none serves before its first pass.
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| Vitals::default()).unwrap();
+        assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Draining, BackendState::Draining]);
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Active, BackendState::Draining]);
+        let p = plan(&c, "lo", &r, Instant::now(), |_, a| Vitals { probe: Some(a.ip().to_string() != "10.1.0.1"), since: None }).unwrap();
+        assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Draining, BackendState::Active]);
+    }
+
+    #[test]
+    fn stopping_or_unhealthy_containers_drain() {
+        let c = config(SVC);
+        let mut r = Registry::default();
+        r.apply(Update {
+            service: "api".into(),
+            source: SourceKind::Docker,
+            backends: vec![discovered("10.1.0.1", false, true, None), discovered("10.1.0.2", false, false, Some(false)), discovered("10.1.0.3", false, false, Some(true))],
+        });
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        let s: Vec<_> = states(&p).into_iter().map(|s| s.1).collect();
+        assert_eq!(s, [BackendState::Draining, BackendState::Draining, BackendState::Active]);
+    }
+
+    #[test]
+    fn slow_start_ramps_weights() {
+        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    slow_start: 10s\n    backends: [{ address: 10.1.0.1, weight: 2 }]\n");
+        let t0 = Instant::now();
+        let at = |secs| {
+            let p = plan(&c, "lo", &Registry::default(), t0 + Duration::from_secs(secs), |_, _| Vitals { probe: None, since: Some(t0) }).unwrap();
+            (states(&p)[0].2, p.ramping)
+        };
+        assert_eq!(at(0), (1, true));
+        assert_eq!(at(5), (100, true));
+        assert_eq!(at(10), (200, false));
+    }
+
+    #[test]
+    fn static_entries_win_and_ports_default() {
+        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    docker: { name: api }\n    backends: [{ address: 10.1.0.1, port: 8080, state: draining }]\n");
+        let mut r = Registry::default();
+        let mut d = discovered("10.1.0.1", false, false, None);
+        d.port = Some(8080);
+        r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d, discovered("10.1.0.2", false, false, None)] });
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        assert_eq!(
+            states(&p),
+            [("10.1.0.1:8080".to_string(), BackendState::Draining, 100), ("10.1.0.2:80".to_string(), BackendState::Active, 100)]
+        );
+    }
+}

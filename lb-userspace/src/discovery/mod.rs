@@ -1,0 +1,104 @@
+//! Where backends come from besides the config file: Docker (`docker.rs`) and DNS
+//! (`dns.rs`). Each source runs as a task and reports, per xlb service, the complete
+//! current set it sees; `Registry` keeps the latest set of each source.
+
+use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+pub mod dns;
+pub mod docker;
+
+/// A backend as a source reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub addr: IpAddr,
+    /// `None`: the service's target port.
+    pub port: Option<u16>,
+    pub weight: u32,
+    /// Takes traffic only when no primary backend is healthy.
+    pub backup: bool,
+    /// Stable name: the container name, else the address.
+    pub name: String,
+    /// Host names for HTTP routing (`xlb.host`).
+    pub hosts: Vec<String>,
+    /// The container is stopping (`kill`/`stop` seen, or paused): no new flows.
+    pub draining: bool,
+    /// Docker's HEALTHCHECK verdict, when the container has one.
+    pub healthy: Option<bool>,
+    /// Where the address came from (Docker network name, DNS name), for `xlb status`.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    Docker,
+    Dns,
+}
+
+/// A source's complete view of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub service: String,
+    pub source: SourceKind,
+    pub backends: Vec<Discovered>,
+}
+
+/// What the Docker source looks for on behalf of one xlb service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerWatch {
+    /// The xlb service the containers join.
+    pub service: String,
+    /// Matches the `xlb.service` label, the compose service, a container name or a
+    /// network alias.
+    pub name: String,
+    /// Restricts compose-service matches to one compose project.
+    pub project: Option<String>,
+    /// Network whose address to use (else the `xlb.network` label, else the first
+    /// reachable network by name).
+    pub network: Option<String>,
+    /// The operator's target port: used when a container has no `xlb.port` label.
+    pub port: Option<u16>,
+}
+
+/// What the DNS source resolves on behalf of one xlb service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsWatch {
+    pub service: String,
+    pub name: String,
+    pub port: Option<u16>,
+    pub interval: Duration,
+    /// Resolver to ask (`host:port`); `None`: the system's (/etc/resolv.conf).
+    pub server: Option<std::net::SocketAddr>,
+}
+
+/// The latest set of every (service, source).
+#[derive(Debug, Default)]
+pub struct Registry {
+    sets: HashMap<(String, SourceKind), Vec<Discovered>>,
+}
+
+impl Registry {
+    /// Records an update; says whether anything changed.
+    pub fn apply(&mut self, u: Update) -> bool {
+        let key = (u.service, u.source);
+        if self.sets.get(&key) == Some(&u.backends) {
+            return false;
+        }
+        self.sets.insert(key, u.backends);
+        true
+    }
+
+    /// A service's discovered backends: Docker's when it has any, else DNS's (a SPEC
+    /// name resolves to containers first, then to DNS records).
+    pub fn backends(&self, service: &str) -> &[Discovered] {
+        let get = |k| self.sets.get(&(service.to_owned(), k)).map(Vec::as_slice).unwrap_or_default();
+        match get(SourceKind::Docker) {
+            [] => get(SourceKind::Dns),
+            docker => docker,
+        }
+    }
+
+    /// Forgets services no longer configured.
+    pub fn retain(&mut self, services: &[&str]) {
+        self.sets.retain(|(s, _), _| services.contains(&s.as_str()));
+    }
+}

@@ -1,0 +1,154 @@
+//! Selection tables: what the kernel indexes to choose a new flow's backend.
+//!
+//! A table has a prime number of slots, each holding an index into the caller's
+//! backend list. Maglev tables (Eisenbud et al., NSDI 2016) give each backend a
+//! share proportional to its weight and move few slots when the set changes; the
+//! round-robin sequence interleaves backends smoothly, as nginx does.
+
+/// One backend as a table sees it: a stable identity (so every node builds the same
+/// table) and a weight.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub identity: [u32; 5],
+    pub weight: u32,
+}
+
+/// A weighted Maglev table of `size` (prime) slots. Empty when `entries` is.
+pub fn maglev(entries: &[Entry], size: u32, seed: u32) -> Vec<u32> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let m = size as u64;
+    // Each backend walks its own permutation of the slots: offset + j * skip (mod m).
+    let perms: Vec<(u64, u64)> = entries
+        .iter()
+        .map(|e| {
+            let offset = lb_common::hash_words(&e.identity, seed ^ 0x6d61_676c) as u64 % m;
+            let skip = lb_common::hash_words(&e.identity, seed ^ 0x736b_6970) as u64 % (m - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let max_weight = entries.iter().map(|e| e.weight).max().unwrap_or(1).max(1) as u64;
+    let mut next = vec![0u64; entries.len()];
+    let mut credit = vec![0u64; entries.len()];
+    let mut table = vec![u32::MAX; size as usize];
+    let mut filled = 0u64;
+    // In each round a backend earns `weight` credit and claims one slot per
+    // `max_weight` of credit: shares follow weights exactly over the rounds.
+    while filled < m {
+        for (i, e) in entries.iter().enumerate() {
+            credit[i] += e.weight as u64;
+            while credit[i] >= max_weight && filled < m {
+                credit[i] -= max_weight;
+                let (offset, skip) = perms[i];
+                loop {
+                    let slot = ((offset + next[i] * skip) % m) as usize;
+                    next[i] += 1;
+                    if table[slot] == u32::MAX {
+                        table[slot] = i as u32;
+                        filled += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    table
+}
+
+/// One period of a smooth weighted round-robin sequence (nginx's algorithm), at most
+/// `size` slots: each step every backend gains its weight and the richest is chosen
+/// and pays the total. Weights are reduced by their common divisor first, so the
+/// period is as short as the weights allow.
+pub fn round_robin(entries: &[Entry], size: u32) -> Vec<u32> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let gcd = entries.iter().fold(0, |g, e| gcd(g, e.weight)).max(1);
+    let weights: Vec<i64> = entries.iter().map(|e| (e.weight / gcd) as i64).collect();
+    let total: i64 = weights.iter().sum();
+    let period = (total as usize).min(size as usize);
+    let mut current = vec![0i64; entries.len()];
+    let mut seq = Vec::with_capacity(period);
+    for _ in 0..period {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += w;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        seq.push(best as u32);
+    }
+    seq
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(weights: &[u32]) -> Vec<Entry> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Entry { identity: [0x0a01_0000 + i as u32, 0, 0, 0, 8080], weight })
+            .collect()
+    }
+
+    fn shares(table: &[u32], n: usize) -> Vec<f64> {
+        let mut counts = vec![0usize; n];
+        table.iter().for_each(|&i| counts[i as usize] += 1);
+        counts.iter().map(|&c| c as f64 / table.len() as f64).collect()
+    }
+
+    #[test]
+    fn maglev_fills_every_slot_evenly() {
+        let t = maglev(&entries(&[1, 1, 1, 1, 1]), 65537, 0);
+        assert!(t.iter().all(|&i| i < 5));
+        for s in shares(&t, 5) {
+            assert!((s - 0.2).abs() < 0.002, "{s}");
+        }
+    }
+
+    #[test]
+    fn maglev_follows_weights() {
+        let t = maglev(&entries(&[1, 2, 3]), 65537, 0);
+        let s = shares(&t, 3);
+        for (got, want) in s.iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
+            assert!((got - want).abs() < 0.002, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn maglev_moves_little_when_a_backend_goes() {
+        let all = entries(&[1; 10]);
+        let before = maglev(&all, 65537, 0);
+        let after = maglev(&all[..9], 65537, 0);
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a && **b != 9).count();
+        // Only the removed backend's ~10% must move; Maglev disturbs a little more.
+        assert!((moved as f64) < 0.03 * 65537.0, "{moved} slots of surviving backends moved");
+    }
+
+    #[test]
+    fn maglev_is_deterministic_per_seed() {
+        let e = entries(&[1, 1, 1]);
+        assert_eq!(maglev(&e, 4099, 7), maglev(&e, 4099, 7));
+        assert_ne!(maglev(&e, 4099, 7), maglev(&e, 4099, 8));
+    }
+
+    #[test]
+    fn round_robin_is_smooth_and_weighted() {
+        // nginx's example: weights 5,1,1 give a a b a c a a, one period.
+        assert_eq!(round_robin(&entries(&[5, 1, 1]), 4099), [0, 0, 1, 0, 2, 0, 0]);
+        // Scaled weights give the same short period.
+        assert_eq!(round_robin(&entries(&[500, 100, 100]), 4099), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(round_robin(&entries(&[100, 100, 100]), 4099), [0, 1, 2]);
+        // A period longer than the table is cut to it.
+        assert_eq!(round_robin(&entries(&[997, 1]), 101).len(), 101);
+    }
+}

@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use xlb::config::{Config, Source, Spec};
+
+/// xlb: an XDP load balancer for Docker hosts.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to IFACE and balance the given services until SIGINT/SIGTERM; SIGHUP reloads.
+    Run {
+        /// Interface clients reach the VIPs on.
+        #[arg(long)]
+        iface: Option<String>,
+        /// YAML config; see xlb.example.yaml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Level of the kernel programs' own log records (error, warn, info, debug, trace).
+        #[arg(long, default_value = "info")]
+        kernel_log: String,
+        /// Services: [VIP:]PORT:TARGET[,TARGET...][:TARGETPORT][/tcp|/udp|/http].
+        specs: Vec<Spec>,
+    },
+    /// Validate a config file without touching the system.
+    Check { config: PathBuf },
+    /// Show services, backends and counters of a running xlb.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The running xlb's admin address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        admin: std::net::SocketAddr,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+    let result = match cli.command {
+        Command::Run { iface, config, kernel_log, specs } => kernel_level(&kernel_log).and_then(|level| {
+            let source = Source { file: config, specs, interface: iface };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(xlb::run::run(source, level))
+        }),
+        Command::Check { config } => Config::load(&config).map(|c| println!("{}: ok, {} services", config.display(), c.services.len())),
+        Command::Status { json, admin } => status(json, admin),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xlb: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(json: bool, admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let snapshot = runtime.block_on(xlb::admin::fetch(admin))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{}", snapshot.table());
+    }
+    Ok(())
+}
+
+fn kernel_level(s: &str) -> anyhow::Result<aya_log::Level> {
+    use aya_log::Level;
+    Ok(match s {
+        "error" => Level::Error,
+        "warn" => Level::Warn,
+        "info" => Level::Info,
+        "debug" => Level::Debug,
+        "trace" => Level::Trace,
+        _ => anyhow::bail!("--kernel-log {s:?}: expected error, warn, info, debug or trace"),
+    })
+}

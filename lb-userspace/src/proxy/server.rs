@@ -1,0 +1,414 @@
+//! Listeners, client connections, and the state requests read (`Site`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    task::AbortHandle,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    BackendCounters, FailureSink, ServiceView,
+    balance::{Balancer, Peer, cookie_value},
+    config::{HttpOptions, Method},
+    ewma::Stats,
+    forward::{self, UpstreamBody},
+    guard::{ClientTimeouts, ConnShared, GuardedIo, HeadLimits},
+    route::Router,
+};
+
+/// How long idle pooled connections to a backend are kept.
+const POOL_IDLE: Duration = Duration::from_secs(15);
+const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
+/// After answering a violation: how long to read what the client still sends, so the
+/// close does not turn into a reset that destroys the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// One service, as requests use it.
+pub struct ServiceRt {
+    pub name: String,
+    pub options: HttpOptions,
+    pub balancer: Balancer,
+    pub client: UpstreamClient,
+    pub sink: Arc<dyn FailureSink>,
+}
+
+/// What the requests of one listener read: swapped whole on update.
+pub struct Site {
+    pub router: Router,
+    pub services: Vec<Arc<ServiceRt>>,
+    pub client: ClientLimits,
+}
+
+/// Client-side limits of a listener (the smallest of its services').
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientLimits {
+    pub head: HeadLimits,
+    pub timeouts: ClientTimeouts,
+    pub max_connections: u32,
+    pub max_headers: usize,
+}
+
+type Slot = Arc<RwLock<Arc<Site>>>;
+
+fn load(slot: &Slot) -> Arc<Site> {
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+struct Listener {
+    local: SocketAddr,
+    slot: Slot,
+    conns: Arc<Semaphore>,
+    limit: u32,
+    task: AbortHandle,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The HTTP proxy. Create it inside a tokio runtime.
+pub struct Proxy {
+    sink: Arc<dyn FailureSink>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    listeners: HashMap<SocketAddr, Listener>,
+    /// Counters by (service, backend name), kept across updates.
+    stats: HashMap<(String, String), Arc<Stats>>,
+    /// Upstream clients (and their pools) by service, with the connect timeout they
+    /// were built for.
+    clients: HashMap<String, (Duration, UpstreamClient)>,
+    services: HashMap<String, Arc<ServiceRt>>,
+}
+
+impl Proxy {
+    pub fn new(sink: Arc<dyn FailureSink>) -> Self {
+        Self { sink, state: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the proxy serve exactly `services`: binds listeners for new addresses,
+    /// closes those no service uses any more (connections in progress finish), and
+    /// swaps routes and backends for new requests. A listener that cannot be bound is
+    /// reported in the error; everything else is still applied.
+    pub fn update(&self, services: Vec<ServiceView>) -> anyhow::Result<()> {
+        let mut st = self.lock();
+        let mut by_listen: HashMap<SocketAddr, Vec<ServiceView>> = HashMap::new();
+        for s in services {
+            by_listen.entry(s.listen).or_default().push(s);
+        }
+        let mut stats = HashMap::new();
+        let mut clients = HashMap::new();
+        let mut runtimes = HashMap::new();
+        let mut errors = Vec::new();
+        let mut sites = HashMap::new();
+        for (listen, mut views) in by_listen {
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            let rts: Vec<Arc<ServiceRt>> = views.iter().map(|v| self.runtime(&mut st, v, &mut stats, &mut clients)).collect();
+            let (router, conflicts) = Router::new(&views.iter().map(|v| &v.options).collect::<Vec<_>>());
+            for c in conflicts {
+                warn!(%listen, "http routes: {c}");
+            }
+            for rt in &rts {
+                runtimes.insert(rt.name.clone(), rt.clone());
+            }
+            let client = client_limits(views.iter().map(|v| &v.options));
+            sites.insert(listen, Arc::new(Site { router, services: rts, client }));
+        }
+        st.stats = stats;
+        st.clients = clients;
+        st.services = runtimes;
+        st.listeners.retain(|addr, l| {
+            let keep = sites.contains_key(addr);
+            if !keep {
+                info!(listen = %addr, local = %l.local, "http listener closed");
+            }
+            keep
+        });
+        for (listen, site) in sites {
+            if let Some(l) = st.listeners.get_mut(&listen) {
+                let limit = site.client.max_connections;
+                if limit > l.limit {
+                    l.conns.add_permits((limit - l.limit) as usize);
+                } else if limit < l.limit {
+                    l.conns.forget_permits((l.limit - limit) as usize);
+                }
+                l.limit = limit;
+                *l.slot.write().unwrap_or_else(|e| e.into_inner()) = site;
+                continue;
+            }
+            match bind(listen) {
+                Ok(listener) => {
+                    let local = listener.local_addr().unwrap_or(listen);
+                    let limit = site.client.max_connections;
+                    let slot: Slot = Arc::new(RwLock::new(site));
+                    let conns = Arc::new(Semaphore::new(limit as usize));
+                    let task = tokio::spawn(accept_loop(listener, slot.clone(), conns.clone())).abort_handle();
+                    info!(%listen, %local, "http listener open");
+                    st.listeners.insert(listen, Listener { local, slot, conns, limit, task });
+                }
+                Err(e) => errors.push(format!("{listen}: {e:#}")),
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { anyhow::bail!("http listeners not bound: {}", errors.join("; ")) }
+    }
+
+    fn runtime(
+        &self,
+        st: &mut State,
+        v: &ServiceView,
+        stats: &mut HashMap<(String, String), Arc<Stats>>,
+        clients: &mut HashMap<String, (Duration, UpstreamClient)>,
+    ) -> Arc<ServiceRt> {
+        let peers = v
+            .backends
+            .iter()
+            .map(|b| {
+                let key = (v.name.clone(), b.name.clone());
+                let s = st.stats.get(&key).cloned().unwrap_or_default();
+                stats.insert(key, s.clone());
+                let mut aliases: Vec<String> = std::iter::once(&b.name).chain(&b.aliases).map(|a| a.to_ascii_lowercase()).collect();
+                aliases.dedup();
+                Arc::new(Peer {
+                    name: b.name.clone(),
+                    aliases,
+                    addr: b.addr,
+                    weight: b.weight.max(1),
+                    backup: b.backup,
+                    state: b.state,
+                    max_conns: b.max_conns.unwrap_or(v.options.max_conns),
+                    stats: s,
+                    cookie: cookie_value(&v.name, &b.name),
+                })
+            })
+            .collect();
+        let connect = v.options.timeouts.connect;
+        let client = match st.clients.get(&v.name) {
+            Some((c, client)) if *c == connect => client.clone(),
+            _ => upstream_client(connect),
+        };
+        clients.insert(v.name.clone(), (connect, client.clone()));
+        Arc::new(ServiceRt {
+            name: v.name.clone(),
+            options: v.options.clone(),
+            balancer: Balancer::new(v.options.method.clone(), peers),
+            client,
+            sink: self.sink.clone(),
+        })
+    }
+
+    /// The address a listener is bound to (differs from `listen` for port 0).
+    pub fn local_addr(&self, listen: SocketAddr) -> Option<SocketAddr> {
+        self.lock().listeners.get(&listen).map(|l| l.local)
+    }
+
+    /// Requests in flight and sent so far, per backend of a service.
+    pub fn counters(&self, service: &str) -> BackendCounters {
+        let st = self.lock();
+        st.stats.iter().filter(|((s, _), _)| s == service).map(|((_, b), s)| (b.clone(), (s.active(), s.requests.load(std::sync::atomic::Ordering::Relaxed)))).collect()
+    }
+
+    /// The balancing method a service runs (for status output).
+    pub fn method(&self, service: &str) -> Option<Method> {
+        self.lock().services.get(service).map(|s| s.balancer.method().clone())
+    }
+
+    /// Addresses listened on.
+    pub fn listening(&self) -> HashSet<SocketAddr> {
+        self.lock().listeners.values().map(|l| l.local).collect()
+    }
+}
+
+fn client_limits<'a>(options: impl Iterator<Item = &'a HttpOptions>) -> ClientLimits {
+    let mut out: Option<ClientLimits> = None;
+    for o in options {
+        let l = &o.limits;
+        let t = &o.timeouts;
+        let this = ClientLimits {
+            head: HeadLimits { max_request_line: l.max_request_line as usize, max_head: l.max_header_bytes as usize, max_headers: l.max_headers as usize },
+            timeouts: ClientTimeouts { header: t.client_header, keepalive: t.keepalive, body_idle: t.idle },
+            max_connections: l.max_connections,
+            max_headers: l.max_headers as usize,
+        };
+        out = Some(match out {
+            None => this,
+            Some(o) => ClientLimits {
+                head: HeadLimits {
+                    max_request_line: o.head.max_request_line.min(this.head.max_request_line),
+                    max_head: o.head.max_head.min(this.head.max_head),
+                    max_headers: o.head.max_headers.min(this.head.max_headers),
+                },
+                timeouts: ClientTimeouts {
+                    header: o.timeouts.header.min(this.timeouts.header),
+                    keepalive: o.timeouts.keepalive.min(this.timeouts.keepalive),
+                    body_idle: o.timeouts.body_idle.min(this.timeouts.body_idle),
+                },
+                max_connections: o.max_connections.min(this.max_connections),
+                max_headers: o.max_headers.min(this.max_headers),
+            },
+        });
+    }
+    out.unwrap_or_else(|| client_limits(std::iter::once(&HttpOptions::default())))
+}
+
+fn upstream_client(connect: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect));
+    http.set_nodelay(true);
+    http.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_BACKEND)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(http)
+}
+
+/// Binds with SO_REUSEADDR, and IP_FREEBIND so a VIP not yet on an interface binds.
+fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).context("socket")?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+        let _ = sock.set_freebind_v6(true);
+    } else {
+        let _ = sock.set_freebind_v4(true);
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    sock.listen(1024).context("listen")?;
+    Ok(TcpListener::from_std(sock.into())?)
+}
+
+async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Semaphore>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!("http accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match conns.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let conn = ConnShared::new(peer, Some(permit));
+                tokio::spawn(serve(stream, conn, slot.clone()));
+            }
+            Err(_) => {
+                debug!(%peer, "http: connection limit reached");
+                tokio::spawn(refuse(stream));
+            }
+        }
+    }
+}
+
+/// Serves one client connection.
+async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
+    let _ = stream.set_nodelay(true);
+    let stream = Arc::new(stream);
+    let limits = load(&slot).client;
+    let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, conn.clone());
+    let handler_conn = conn.clone();
+    let svc = service_fn(move |req| {
+        let site = load(&slot);
+        let conn = handler_conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward::handle(req, site, conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .half_close(true)
+        .max_headers(limits.max_headers.max(1))
+        .header_read_timeout(None)
+        .timer(TokioTimer::new());
+    builder
+        .http2()
+        .max_concurrent_streams(128)
+        .max_header_list_size(limits.head.max_head as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .timer(TokioTimer::new());
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+        debug!(peer = %conn.peer, "http connection: {e}");
+    }
+    if conn.upgraded() {
+        return;
+    }
+    if let Some(r) = conn.violation()
+        && !conn.answered()
+    {
+        debug!(peer = %conn.peer, "http: refused a request: {r:?}");
+        let _ = tokio::time::timeout(LINGER, write_all(&stream, &raw_page(r.status()))).await;
+    }
+    linger_close(&stream).await;
+}
+
+/// Over the connection limit: 503 and close.
+async fn refuse(stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_millis(200), write_all(&stream, &raw_page(503))).await;
+    let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+}
+
+/// Shuts the write side, then reads (bounded) until the client closes.
+async fn linger_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        let Ok(Ok(())) = tokio::time::timeout_at(until.into(), stream.readable()).await else { return };
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// An error answer written straight to the socket, HTTP/1.1, closing.
+pub fn raw_page(status: u16) -> Vec<u8> {
+    let reason = hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let body = format!("{status} {reason}\n");
+    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+}

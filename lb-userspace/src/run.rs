@@ -1,0 +1,449 @@
+//! `xlb run`: load, attach, fill the maps, then follow discovery, health and signals
+//! until told to stop.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::File,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    admin,
+    config::{BackendState, Config, HealthCheck, Source},
+    dataplane::{Dataplane, Desired, Limits},
+    desired::{self, Vitals},
+    discovery::{self, DnsWatch, DockerWatch, Registry, Update},
+    health::{self, Health},
+    netdev,
+    proxy::Proxy,
+    status::{self, BackendStatus, ServiceStatus, Snapshot},
+};
+
+/// How often idle connection entries are looked for (and live ones counted).
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+/// How often the status snapshot behind `xlb status` and `/metrics` is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// How often the config file is checked for changes.
+const WATCH_FILE_EVERY: Duration = Duration::from_secs(1);
+/// How often weights are recomputed while a slow start is ramping.
+const RAMP_EVERY: Duration = Duration::from_millis(500);
+
+pub async fn run(source: Source, kernel_log: aya_log::Level) -> anyhow::Result<()> {
+    let config = source.load()?;
+    let iface = config
+        .dataplane
+        .interface
+        .clone()
+        .context("no interface: give --iface or dataplane.interface")?;
+    netdev::ifindex(&iface)?;
+    crate::probe::check()?;
+    let _lock = lock(&iface)?;
+    let limits = Limits::from(&config.dataplane);
+    let admin = admin::bind(config.admin.address).await?;
+    let (dp, logger) = Dataplane::load(limits, kernel_log)?;
+    let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    tokio::spawn(admin::serve(admin, snapshot_rx));
+    let (updates_tx, mut updates) = mpsc::channel(256);
+    let (health_tx, mut health_events) = mpsc::channel(256);
+    let (failures_tx, mut failures) = mpsc::unbounded_channel();
+    let mut ctl = Controller {
+        limits,
+        dp,
+        registry: Registry::default(),
+        health: Health::new(health_tx),
+        proxy: Proxy::new(Arc::new(failures_tx)),
+        first_seen: HashMap::new(),
+        reply_ifaces: BTreeSet::new(),
+        forwarding: netdev::Forwarding::default(),
+        plan: Vec::new(),
+        snapshots,
+        last_status: None,
+        health_transitions: 0,
+        discovery_events: HashMap::new(),
+        docker: Discovery::spawn_when_needed(discovery::docker::run, updates_tx.clone()),
+        dns: Discovery::spawn_when_needed(discovery::dns::run, updates_tx),
+        iface,
+        config,
+    };
+    let iface = ctl.iface.clone();
+    ctl.forwarding.enable(&iface)?;
+    ctl.dp.attach_client_side(&ctl.iface)?;
+    ctl.watch();
+    let ramping = ctl.replan()?;
+    info!(iface = %ctl.iface, services = ctl.config.services.len(), "ready");
+
+    // SAFETY: the logger owns its ring buffer descriptor for as long as AsyncFd holds it.
+    let mut logger = unsafe { AsyncFd::register(logger) }.map_err(|e| e.into_parts().1).context("polling the kernel log")?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut expire = tokio::time::interval(EXPIRE_EVERY);
+    let mut ramp = tokio::time::interval(RAMP_EVERY);
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    let mut watch_file = tokio::time::interval(WATCH_FILE_EVERY);
+    let mut file_stamp = stamp(source.file.as_deref());
+    let mut ramping = ramping;
+    loop {
+        let changed = tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => ctl.reload(&source),
+            _ = watch_file.tick() => {
+                let now = stamp(source.file.as_deref());
+                now != std::mem::replace(&mut file_stamp, now) && ctl.reload(&source)
+            }
+            Some(u) = updates.recv() => ctl.discovered(u, &mut updates),
+            // Health keeps its own state; the event only says it changed.
+            Some(e) = health_events.recv() => {
+                info!(service = %e.target.service, backend = %e.target.addr, healthy = e.healthy, "health changed");
+                ctl.health_transitions += 1;
+                true
+            }
+            // The proxy's passive observations; a mark-down comes back as a health event.
+            Some(f) = failures.recv() => {
+                ctl.health.report_failure(&health::Target { service: f.service, addr: f.addr }, f.max_fails, f.fail_timeout);
+                false
+            }
+            _ = status.tick() => {
+                if let Err(e) = ctl.publish_status() {
+                    warn!("refreshing the status: {e:#}");
+                }
+                false
+            }
+            _ = ramp.tick(), if ramping => true,
+            _ = expire.tick() => {
+                ctl.expire();
+                false
+            }
+            guard = logger.readable_mut() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+                false
+            }
+        };
+        if changed {
+            match ctl.replan() {
+                Ok(r) => ramping = r,
+                Err(e) => error!("applying changes: {e:#}"),
+            }
+        }
+    }
+    info!("stopping: detaching programs");
+    Ok(())
+}
+
+/// Everything `xlb run` keeps between events.
+struct Controller {
+    config: Config,
+    iface: String,
+    limits: Limits,
+    dp: Dataplane,
+    registry: Registry,
+    health: Health,
+    /// Serves the HTTP services.
+    proxy: Proxy,
+    /// When each discovered backend was first seen: slow start's clock for backends
+    /// without health probes.
+    first_seen: HashMap<(String, IpAddr), Instant>,
+    reply_ifaces: BTreeSet<String>,
+    forwarding: netdev::Forwarding,
+    /// The services as last written to the maps.
+    plan: Vec<Desired>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    last_status: Option<(Instant, Snapshot)>,
+    health_transitions: u64,
+    discovery_events: HashMap<String, u64>,
+    docker: Discovery<DockerWatch>,
+    dns: Discovery<DnsWatch>,
+}
+
+impl Controller {
+    /// Re-reads the config; a bad one is logged and the running one keeps serving.
+    /// Says whether anything was applied.
+    fn reload(&mut self, source: &Source) -> bool {
+        match source.load().and_then(|c| self.fits(&c).map(|()| c)) {
+            Ok(config) => {
+                self.adopt(config);
+                true
+            }
+            Err(e) => {
+                error!("reload rejected, the previous config keeps serving: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Checks what parsing cannot: that the services resolve and fit the data plane.
+    fn fits(&self, config: &Config) -> anyhow::Result<()> {
+        let plan = desired::plan(config, &self.iface, &self.registry, Instant::now(), |_, _| Vitals::default())?;
+        if plan.services.len() > self.limits.max_services as usize {
+            bail!("{} services, the data plane holds {} (dataplane.max_services, fixed at start)", plan.services.len(), self.limits.max_services);
+        }
+        Ok(())
+    }
+
+    fn adopt(&mut self, config: Config) {
+        if Limits::from(&config.dataplane) != self.limits {
+            warn!("data plane sizes and seed changed; they apply at the next start");
+        }
+        self.config = config;
+        let names: Vec<&str> = self.config.services.iter().map(|s| s.name.as_str()).collect();
+        self.registry.retain(&names);
+        self.watch();
+        info!(services = self.config.services.len(), "config reloaded");
+    }
+
+    /// Tells the discovery sources what to look for.
+    fn watch(&mut self) {
+        let docker = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let d = s.docker.as_ref()?;
+                Some(DockerWatch { service: s.name.clone(), name: d.name.clone(), project: d.project.clone(), network: d.network.clone(), port: d.port })
+            })
+            .collect();
+        let dns = self
+            .config
+            .services
+            .iter()
+            .filter_map(|s| {
+                let d = s.dns.as_ref()?;
+                Some(DnsWatch { service: s.name.clone(), name: d.name.clone(), port: d.port, interval: d.interval, server: d.server })
+            })
+            .collect();
+        self.docker.set(docker);
+        self.dns.set(dns);
+    }
+
+    /// Records an update and any others already queued, so a burst of events costs
+    /// one map sync.
+    fn discovered(&mut self, first: Update, more: &mut mpsc::Receiver<Update>) -> bool {
+        let mut changed = self.apply_update(first);
+        while let Ok(u) = more.try_recv() {
+            changed |= self.apply_update(u);
+        }
+        changed
+    }
+
+    fn apply_update(&mut self, u: Update) -> bool {
+        debug!(service = %u.service, source = ?u.source, backends = u.backends.len(), "discovered");
+        *self.discovery_events.entry(format!("{:?}", u.source).to_lowercase()).or_default() += 1;
+        let now = Instant::now();
+        for b in &u.backends {
+            self.first_seen.entry((u.service.clone(), b.addr)).or_insert(now);
+        }
+        self.registry.apply(u)
+    }
+
+    /// Recomputes what the maps should hold and writes the difference. Returns whether
+    /// a slow start is still ramping.
+    fn replan(&mut self) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let plan = desired::plan(&self.config, &self.iface, &self.registry, started, |service, addr| {
+            let target = health::Target { service: service.to_owned(), addr };
+            let seen = self.first_seen.get(&(service.to_owned(), addr.ip())).copied();
+            Vitals { probe: self.health.healthy(&target), since: self.health.healthy_since(&target).or(seen) }
+        })?;
+        // Every planned backend of every service, kernel or proxy, by service name.
+        let backends: Vec<(&str, SocketAddr)> = plan
+            .services
+            .iter()
+            .flat_map(|d| d.backends.iter().map(|b| (d.name.as_str(), SocketAddr::new(b.addr, b.port))))
+            .chain(plan.http.iter().flat_map(|v| v.backends.iter().map(|b| (v.name.as_str(), b.addr))))
+            .collect();
+        let checks: HashMap<&str, HealthCheck> = self.config.services.iter().filter_map(|s| Some((s.name.as_str(), s.probes()?))).collect();
+        self.health.set(
+            backends
+                .iter()
+                .filter_map(|(service, addr)| Some((health::Target { service: (*service).to_owned(), addr: *addr }, checks.get(service)?.clone())))
+                .collect(),
+        );
+        let live: BTreeSet<(&str, IpAddr)> = backends.iter().map(|(s, a)| (*s, a.ip())).collect();
+        self.first_seen.retain(|(s, a), _| live.contains(&(s.as_str(), *a)));
+        if let Err(e) = self.proxy.update(plan.http) {
+            error!("HTTP proxy: {e:#}");
+        }
+        self.attach_reply(&plan.services)?;
+        self.dp.sync(&plan.services)?;
+        debug!(elapsed_us = started.elapsed().as_micros() as u64, "maps synced");
+        self.plan = plan.services;
+        Ok(plan.ramping)
+    }
+
+    /// Attaches the reply program where replies from new backends will arrive.
+    fn attach_reply(&mut self, services: &[Desired]) -> anyhow::Result<()> {
+        let addrs = services.iter().flat_map(|d| d.backends.iter().map(|b| b.addr));
+        for iface in netdev::reply_interfaces(addrs)? {
+            if !self.reply_ifaces.contains(&iface) {
+                self.forwarding.enable(&iface)?;
+                self.dp.attach_backend_side(&iface)?;
+                self.reply_ifaces.insert(iface);
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the status snapshot from the config, the last plan, discovery, health
+    /// and the kernel's counters, and hands it to the admin endpoint.
+    fn publish_status(&mut self) -> anyhow::Result<()> {
+        let stats = self.dp.counters()?;
+        let mut services = Vec::new();
+        for d in &self.plan {
+            let Some(s) = self.config.services.iter().find(|s| s.name == d.name) else { continue };
+            let counters = stats.services.iter().find(|(k, _)| *k == d.key).map(|(_, c)| *c).unwrap_or_default();
+            let discovered = self.registry.backends(&s.name);
+            let backends = d
+                .backends
+                .iter()
+                .map(|b| {
+                    let c = stats.backends.iter().find(|x| x.service == d.key && x.addr == b.addr && x.port == b.port);
+                    let found = discovered.iter().find(|x| x.addr == b.addr && x.port.unwrap_or(s.port) == b.port);
+                    let probe = self.health.healthy(&health::Target { service: s.name.clone(), addr: SocketAddr::new(b.addr, b.port) });
+                    let state = match (b.state, probe, found) {
+                        (BackendState::Active, _, _) => "healthy",
+                        (_, Some(false), _) => "unhealthy",
+                        (_, _, Some(f)) if f.healthy == Some(false) => "unhealthy",
+                        (_, _, Some(f)) if f.backup && !f.draining => "backup",
+                        _ => "draining",
+                    };
+                    let counters = c.map(|c| c.counters).unwrap_or_default();
+                    BackendStatus {
+                        address: SocketAddr::new(b.addr, b.port).to_string(),
+                        name: found.map_or_else(|| b.addr.to_string(), |f| f.name.clone()),
+                        origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
+                        state: state.to_owned(),
+                        weight: f64::from(b.weight) / f64::from(desired::WEIGHT_SCALE),
+                        active_connections: c.map_or(0, |c| c.active),
+                        packets: counters.packets,
+                        bytes: counters.bytes,
+                        new_flows: counters.new_flows,
+                        new_flows_per_sec: 0.0,
+                        bytes_per_sec: 0.0,
+                    }
+                })
+                .collect();
+            let mut sources = Vec::new();
+            if !s.backends.is_empty() {
+                sources.push("static".to_owned());
+            }
+            sources.extend(s.docker.as_ref().map(|d| format!("docker:{}", d.name)));
+            sources.extend(s.dns.as_ref().map(|d| format!("dns:{}", d.name)));
+            let vip = IpAddr::from(crate::dataplane::key_addr(&d.key));
+            services.push(ServiceStatus {
+                name: s.name.clone(),
+                vip: vip.to_string(),
+                port: s.port,
+                protocol: s.protocol.to_string(),
+                method: format!("{:?}", s.method).to_lowercase(),
+                sources,
+                packets: counters.packets,
+                bytes: counters.bytes,
+                new_flows: counters.new_flows,
+                backends,
+            });
+        }
+        let mut snapshot = Snapshot {
+            services,
+            drops: stats.drops.iter().map(|(r, n)| status::Drop { reason: (*r).to_owned(), packets: *n }).collect(),
+            health_transitions: self.health_transitions,
+            discovery_events: self.discovery_events.clone(),
+        };
+        let now = Instant::now();
+        if let Some((at, prev)) = &self.last_status {
+            status::rates(&mut snapshot, prev, now.duration_since(*at).as_secs_f64());
+        }
+        self.snapshots.send_replace(Arc::new(snapshot.clone()));
+        self.last_status = Some((now, snapshot));
+        Ok(())
+    }
+
+    fn expire(&mut self) {
+        let d = &self.config.dataplane;
+        match self.dp.expire(monotonic_ns(), d.tcp_idle_timeout.as_nanos() as u64, d.udp_idle_timeout.as_nanos() as u64) {
+            Ok(0) => {}
+            Ok(n) => info!(expired = n, "idle connection entries removed"),
+            Err(e) => warn!("expiring connection entries: {e:#}"),
+        }
+    }
+}
+
+/// A discovery source task, started the first time a service needs it: xlb does not
+/// talk to Docker, or resolve names, unless the config asks it to.
+struct Discovery<W> {
+    start: Option<Box<dyn FnOnce(watch::Receiver<Vec<W>>)>>,
+    watches: Option<watch::Sender<Vec<W>>>,
+}
+
+impl<W: Send + Sync + PartialEq + 'static> Discovery<W> {
+    fn spawn_when_needed<F, Fut>(run: F, tx: mpsc::Sender<Update>) -> Self
+    where
+        F: FnOnce(watch::Receiver<Vec<W>>, mpsc::Sender<Update>) -> Fut + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self { start: Some(Box::new(move |rx| drop(tokio::spawn(run(rx, tx))))), watches: None }
+    }
+
+    fn set(&mut self, watches: Vec<W>) {
+        match &self.watches {
+            Some(tx) => {
+                tx.send_if_modified(|w| {
+                    let changed = *w != watches;
+                    *w = watches;
+                    changed
+                });
+            }
+            None if watches.is_empty() => {}
+            None => {
+                let (tx, rx) = watch::channel(watches);
+                if let Some(start) = self.start.take() {
+                    start(rx);
+                }
+                self.watches = Some(tx);
+            }
+        }
+    }
+}
+
+/// What tells that a file changed: its modification time and size.
+fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path?).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// One xlb per interface: a second one would fight over the same hooks and maps.
+/// Interface names repeat across network namespaces, so the lock names both.
+fn lock(iface: &str) -> anyhow::Result<File> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = "/run/xlb";
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    let netns = std::fs::metadata("/proc/self/ns/net").context("reading this network namespace")?.ino();
+    let path = format!("{dir}/{netns}-{iface}.lock");
+    let file = File::create(&path).with_context(|| format!("creating {path}"))?;
+    // SAFETY: a valid descriptor; the lock lives as long as `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another xlb is already running on {iface} (lock {path} is held)");
+    }
+    Ok(file)
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

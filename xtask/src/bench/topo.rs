@@ -1,0 +1,200 @@
+//! The benchmark's namespaces, the same shape as the end-to-end tests' topology:
+//!
+//! ```text
+//!  client ns (wrk)          LB ns (router; the balancer)           backend ns bI (nginx)
+//!  eth0 10.200.1.2/24 ----- xb<pid>l 10.200.1.1/24
+//!       10.200.1.10-12           lo  10.200.100.1/32 (the VIP)
+//!                               lbI 10.200.(10+I).1/24 ---------- eth0 10.200.(10+I).2/24
+//! ```
+//!
+//! The client routes everything through the LB namespace, so a direct request to a backend
+//! takes the same hops as one through a balancer, minus the balancer. The VIP is an address
+//! of the LB namespace, as a Docker host's own address is: user-space proxies listen on it,
+//! and xlb's XDP program takes its packets before the stack sees them.
+//!
+//! The interface xlb attaches to is named `xb<pid hex>l`, unique on the host, because xlb's
+//! one-per-interface lock lives in `/run/xlb/<iface>.lock`, shared by all namespaces.
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::sys::{self, Ns, Proc};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 1);
+pub const VIP_PORT: u16 = 80;
+pub const BACKEND_PORT: u16 = 8080;
+/// A UDP port of the VIP that the scale test uses to fill xlb's connection table.
+pub const FILL_PORT: u16 = 9;
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
+/// More client addresses, for more distinct flows than one address has ports.
+pub const EXTRA_CLIENTS: [Ipv4Addr; 3] =
+    [Ipv4Addr::new(10, 200, 1, 10), Ipv4Addr::new(10, 200, 1, 11), Ipv4Addr::new(10, 200, 1, 12)];
+/// Routed from the LB namespace to backend 1, which drops what it receives for it (a
+/// blackhole route): the addresses of the scale test's backends that are never used.
+pub const UNUSED_NET: &str = "10.210.0.0/16";
+
+/// Per-namespace settings for the load: the client and the proxies open tens of thousands
+/// of short connections a second; with Linux's defaults (28k ports, TIME_WAIT sockets not
+/// reused) they run out of ports within seconds and measure that instead of the balancer.
+const SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv4.ip_local_port_range", "1024 65535"),
+    ("net.ipv4.tcp_tw_reuse", "1"),
+    ("net.core.somaxconn", "4096"),
+    ("net.ipv4.tcp_max_syn_backlog", "4096"),
+];
+
+pub struct Backend {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    // Held for their drop, in this order: the server goes before its namespace.
+    _nginx: Proc,
+    _ns: Ns,
+}
+
+pub struct Topo {
+    /// Configs, scripts and logs of this run.
+    pub dir: PathBuf,
+    /// The LB namespace's client-facing interface (xlb's `--iface`).
+    pub lb_iface: String,
+    pub backends: Vec<Backend>,
+    pub client: Ns,
+    pub lb: Ns,
+}
+
+impl Topo {
+    pub fn build(dir: &Path, backends: usize) -> Result<Topo> {
+        let lb_iface = format!("{}l", sys::tag());
+        let client = Ns::new("c")?;
+        let lb = Ns::new("l")?;
+        let mut topo =
+            Topo { dir: dir.to_owned(), lb_iface: lb_iface.clone(), backends: Vec::new(), client, lb };
+        let (client, lb) = (&topo.client, &topo.lb);
+        sys::veth(client, "eth0", lb, &lb_iface)?;
+        client.ip(&format!("addr add {CLIENT}/24 dev eth0"))?;
+        for extra in EXTRA_CLIENTS {
+            client.ip(&format!("addr add {extra}/24 dev eth0"))?;
+        }
+        client.ip("route add default via 10.200.1.1")?;
+        client.sysctls(SYSCTLS)?;
+        // New namespaces copy the host's IPv4 forwarding switch; the client and backends
+        // are hosts, not routers.
+        client.sysctls(&[("net.ipv4.ip_forward", "0")])?;
+        lb.ip(&format!("addr add 10.200.1.1/24 dev {lb_iface}"))?;
+        lb.ip(&format!("addr add {VIP}/32 dev lo"))?;
+        lb.sysctls(SYSCTLS)?;
+        lb.sysctls(&[("net.ipv4.ip_forward", "1")])?;
+        for i in 1..=backends {
+            let x = 10 + i as u8;
+            let name = format!("b{i}");
+            let ns = Ns::new(&name)?;
+            let lb_side = format!("lb{i}");
+            sys::veth(&ns, "eth0", lb, &lb_side)?;
+            let addr = Ipv4Addr::new(10, 200, x, 2);
+            ns.ip(&format!("addr add {addr}/24 dev eth0"))?;
+            ns.ip(&format!("route add default via 10.200.{x}.1"))?;
+            ns.sysctls(SYSCTLS)?;
+            ns.sysctls(&[("net.ipv4.ip_forward", "0")])?;
+            // What the scale test's unused backends would get is dropped here at once.
+            ns.ip(&format!("route add blackhole {UNUSED_NET}"))?;
+            lb.ip(&format!("addr add 10.200.{x}.1/24 dev {lb_side}"))?;
+            let nginx = start_backend(dir, &ns, &name, addr)?;
+            topo.backends.push(Backend { name, addr, _nginx: nginx, _ns: ns });
+        }
+        lb.ip(&format!("route add {UNUSED_NET} via {}", topo.backends[0].addr))?;
+        for b in &topo.backends {
+            let url = format!("http://{}:{BACKEND_PORT}/", b.addr);
+            let got = topo.wait_serving(&url, Duration::from_secs(10))?;
+            if got != b.name {
+                bail!("backend {} answered {got:?} at {url}", b.name);
+            }
+        }
+        Ok(topo)
+    }
+
+    /// Inodes of the benchmark's namespaces, to tell its processes from others'.
+    pub fn namespaces(&self) -> Vec<u64> {
+        let mut names = vec![self.client.name(), self.lb.name()];
+        names.extend(self.backends.iter().map(|b| b._ns.name()));
+        names.into_iter().filter_map(|n| super::measure::netns_inode(&format!("/run/netns/{n}"))).collect()
+    }
+
+    pub fn vip_url(&self) -> String {
+        format!("http://{VIP}:{VIP_PORT}/")
+    }
+
+    /// One `GET url` from the client namespace on a new connection: the body, trimmed.
+    pub fn get(&self, url: &str) -> Result<String> {
+        let mut curl = self.client.cmd("curl");
+        curl.args(["-sS", "--fail", "--max-time", "2", "-H", "Connection: close", url]);
+        Ok(sys::sh(&mut curl)?.trim().to_owned())
+    }
+
+    /// Polls `url` from the client until it answers (at most `timeout`).
+    pub fn wait_serving(&self, url: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.get(url) {
+                Ok(body) => return Ok(body),
+                Err(err) if Instant::now() >= deadline => {
+                    return Err(err.context(format!("{url} did not answer within {timeout:?}")));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Asks `url` `n` times on new connections and counts the distinct backends that
+    /// answered: a balancer that sends everything to one backend is no balancer.
+    pub fn spread(&self, url: &str, n: usize) -> Result<usize> {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let body = self.get(url)?;
+            if !seen.contains(&body) {
+                seen.push(body);
+            }
+        }
+        Ok(seen.len())
+    }
+}
+
+/// nginx serving a small body from memory: one worker (three backends share two cores with
+/// the client and the balancer), no access log, keep-alive without a request limit.
+fn start_backend(dir: &Path, ns: &Ns, name: &str, addr: Ipv4Addr) -> Result<Proc> {
+    let dir = dir.join(name);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {addr}:{BACKEND_PORT} reuseport backlog=4096;
+        default_type text/plain;
+        location / {{ return 200 \"{name}\\n\"; }}
+    }}
+}}
+"
+    );
+    let path = dir.join("nginx.conf");
+    fs::write(&path, conf)?;
+    let mut cmd = ns.cmd("nginx");
+    cmd.arg("-c").arg(&path).arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log"));
+    Proc::spawn(&format!("nginx {name}"), cmd, &dir.join("stderr.log"))
+}

@@ -1,0 +1,76 @@
+//! Developer tasks for xlb, run as `cargo xtask <task>` (see `.cargo/config.toml`).
+//!
+//! The kernel programs need a BPF linker, `rust-src` and, for the tests, root, a few network
+//! tools and a Docker daemon; keeping those steps here makes a fresh machine and CI
+//! reproducible from the repository alone.
+mod apt;
+mod bench;
+mod build;
+mod cmd;
+mod docker;
+mod linker;
+mod run;
+mod setup;
+mod test;
+mod toolchain;
+mod vm;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xlb developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need; idempotent (apt and dockerd need root).
+    Setup,
+    /// Build the `xlb` binary, kernel programs embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `xlb run ARGS` as root.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `xlb run`, after `--`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Build, then run every test of the workspace (needs root and a Docker daemon).
+    Test {
+        /// Arguments for the test binaries (filters, `--nocapture`, ...), after `--`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Benchmark xlb against direct access, nginx and HAProxy in network namespaces
+    /// (root); results in bench/results/.
+    Bench(bench::Options),
+    /// Run the data plane tests on other kernels (Debian packages) under QEMU.
+    Vm(vm::Options),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => build::build(release).map(drop),
+        Task::Run { release, args } => run::run(release, &args),
+        Task::Test { args } => test::test(&args),
+        Task::Bench(options) => bench::bench(&options),
+        Task::Vm(options) => vm::vm(&options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` keeps the whole context chain on one line.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `cargo xtask setup`, and the checks the other tasks make before they start so that a
+//! missing piece shows up as one line saying what to do rather than deep in a build log.
+use anyhow::{Result, bail};
+
+use crate::{apt, cmd, docker, linker, toolchain};
+
+/// Programs the integration tests call, with the Debian package that provides each.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("iptables", "iptables"),
+    ("curl", "curl"),
+    ("docker", "docker.io"),
+];
+
+/// Installs whatever is missing; each step is skipped when its piece is already there.
+pub fn setup() -> Result<()> {
+    toolchain::ensure_rust_src()?;
+    if !linker::works() {
+        linker::install()?;
+        if !linker::works() {
+            bail!("bpf-linker was installed but does not start: is cargo's bin directory on PATH?");
+        }
+    }
+    // docker.io only when no docker client is there: it may come from another package.
+    let packages: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(tool, package)| *package != "docker.io" || cmd::which(tool).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    apt::ensure(&packages)?;
+    docker::ensure_running()?;
+    eprintln!("setup: everything is in place");
+    Ok(())
+}
+
+/// What building the kernel programs needs.
+pub fn check_build() -> Result<()> {
+    if !toolchain::has_rust_src()? {
+        bail!("rust-src is not installed for this toolchain: run `cargo xtask setup`");
+    }
+    if !linker::works() {
+        bail!("bpf-linker is missing or does not start: run `cargo xtask setup`");
+    }
+    Ok(())
+}
+
+/// What running the tests needs on top of the build.
+pub fn check_test() -> Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "the tests need root (XDP, network namespaces, Docker): run `cargo xtask test` as root"
+        );
+    }
+    for (tool, _) in TEST_TOOLS {
+        if cmd::which(tool).is_none() {
+            bail!("{tool} is not on PATH: run `cargo xtask setup` as root");
+        }
+    }
+    if !docker::answers() {
+        bail!(
+            "`docker info` failed, the Docker daemon does not answer: run `cargo xtask setup` as root to start it"
+        );
+    }
+    Ok(())
+}

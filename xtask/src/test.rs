@@ -1,0 +1,61 @@
+//! `cargo xtask test`: every test of the workspace, with plain `cargo test` output.
+use std::ffi::OsString;
+
+use anyhow::{Result, bail};
+
+use crate::{build, cmd, setup};
+
+/// One `cargo test` run.
+struct Suite {
+    name: &'static str,
+    cargo_args: &'static [&'static str],
+    harness_args: &'static [&'static str],
+}
+
+const SUITES: &[Suite] = &[
+    Suite {
+        name: "crate tests",
+        // lb-ebpf only builds for the BPF target.
+        cargo_args: &[
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--exclude",
+            "xlb-tests",
+        ],
+        harness_args: &[],
+    },
+    Suite {
+        name: "xlb-tests",
+        cargo_args: &["--package", "xlb-tests"],
+        // One at a time: they share the host's network namespaces, routes and Docker.
+        harness_args: &["--test-threads=1"],
+    },
+];
+
+/// Checks the host, builds `xlb`, then runs each suite; fails if any test failed.
+/// `args` go to the test binaries (filters, `--nocapture`, ...).
+pub fn test(args: &[OsString]) -> Result<()> {
+    setup::check_test()?;
+    let bin = build::build(false)?;
+    let mut failed = Vec::new();
+    for suite in SUITES {
+        let mut cargo = build::cargo();
+        cargo
+            .args(["test", "--no-fail-fast"])
+            .args(suite.cargo_args)
+            .env("XLB_BIN", &bin)
+            .arg("--")
+            .args(suite.harness_args)
+            .args(args);
+        // A failing suite does not stop the next: CI should report every failure at once.
+        if let Err(err) = cmd::run(&mut cargo) {
+            eprintln!("{}: {err:#}", suite.name);
+            failed.push(suite.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} failed", failed.join(" and "));
+    }
+    Ok(())
+}

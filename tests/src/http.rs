@@ -113,11 +113,22 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> io::Result<Respons
 
 /// `GET /` on a new connection; the backend's name.
 pub fn get_name(addr: SocketAddr) -> Result<String, String> {
-    match request(addr, "GET", "/") {
+    get_name_with_port(addr).1
+}
+
+/// [`get_name`], with the source port the connection used (once it connected).
+fn get_name_with_port(addr: SocketAddr) -> (Option<u16>, Result<String, String>) {
+    let mut conn = match Conn::connect(addr, REQUEST_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return (None, Err(format!("{addr}: {e}"))),
+    };
+    let port = conn.local_addr().ok().map(|a| a.port());
+    let name = match conn.request("GET", "/", true) {
         Ok(r) if r.status == 200 => Ok(r.body.trim().to_string()),
         Ok(r) => Err(format!("{addr}: status {} body {:?}", r.status, r.body)),
         Err(e) => Err(format!("{addr}: {e}")),
-    }
+    };
+    (port, name)
 }
 
 /// How many answers each backend gave, and what went wrong.
@@ -126,6 +137,9 @@ pub struct Spread {
     pub counts: BTreeMap<String, usize>,
     pub errors: Vec<String>,
     pub elapsed: Duration,
+    /// The source port of each TCP connection made (a later connection from one of them is
+    /// the same 4-tuple, so it may find its flow's entry still in the connection table).
+    pub ports: Vec<u16>,
 }
 
 impl Spread {
@@ -166,7 +180,7 @@ impl fmt::Display for Spread {
 /// After this many failures in a row the spread helpers give up (the rest is not tried).
 pub const MAX_CONSECUTIVE_ERRORS: usize = 20;
 
-fn run_spread(count: usize, deadline: Duration, what: &str, mut one: impl FnMut() -> Result<String, String>) -> Spread {
+fn run_spread(count: usize, deadline: Duration, what: &str, mut one: impl FnMut() -> (Option<u16>, Result<String, String>)) -> Spread {
     let start = Instant::now();
     let mut s = Spread::default();
     let mut failing = 0;
@@ -179,7 +193,8 @@ fn run_spread(count: usize, deadline: Duration, what: &str, mut one: impl FnMut(
             s.errors.push(format!("gave up after {failing} failures in a row ({i} of {count} {what} tried)"));
             break;
         }
-        let r = one();
+        let (port, r) = one();
+        s.ports.extend(port);
         failing = if r.is_err() { failing + 1 } else { 0 };
         s.add(r);
     }
@@ -191,14 +206,14 @@ fn run_spread(count: usize, deadline: Duration, what: &str, mut one: impl FnMut(
 /// one after the other; stops early when `deadline` passes or after
 /// [`MAX_CONSECUTIVE_ERRORS`] failures in a row (recorded as errors).
 pub fn spread(addr: SocketAddr, count: usize, deadline: Duration) -> Spread {
-    run_spread(count, deadline, "requests", || get_name(addr))
+    run_spread(count, deadline, "requests", || get_name_with_port(addr))
 }
 
 /// `count` UDP queries, each from a new socket (a new source port, a new flow). A query is
 /// re-sent up to 2 times if no answer comes within 1 s. Answers must come from `addr`.
 /// Bounded like [`spread`].
 pub fn udp_spread(addr: SocketAddr, count: usize, deadline: Duration) -> Spread {
-    run_spread(count, deadline, "queries", || udp_query(addr, 3, Duration::from_secs(1)))
+    run_spread(count, deadline, "queries", || (None, udp_query(addr, 3, Duration::from_secs(1))))
 }
 
 /// Sends a datagram to `addr` from a new unconnected socket, up to `tries` times, and returns

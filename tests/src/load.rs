@@ -448,7 +448,13 @@ impl Report {
 
     /// How many requests reused the source port of an earlier one.
     pub fn reused_ports(&self) -> usize {
-        let mut seen = std::collections::HashSet::new();
+        self.reused_ports_after(&[])
+    }
+
+    /// How many requests reused the source port of an earlier one or one of `earlier` (the
+    /// ports of connections made before the load, e.g. [`crate::http::Spread::ports`]).
+    pub fn reused_ports_after(&self, earlier: &[u16]) -> usize {
+        let mut seen: std::collections::HashSet<u16> = earlier.iter().copied().collect();
         self.records.iter().filter_map(|r| r.local_port).filter(|p| !seen.insert(*p)).count()
     }
 

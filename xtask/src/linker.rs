@@ -31,7 +31,7 @@ pub fn install() -> Result<()> {
                 "bpf-linker",
                 // The release known to offer `llvm-22`; a later one may drop that feature.
                 "--version",
-                "0.13",
+                "~0.13",
                 "--no-default-features",
                 "--features",
             ])

@@ -101,6 +101,27 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
+/// The events Docker logged for container `id` from `since` until now: (time, action), e.g.
+/// `health_status: unhealthy`, oldest first.
+pub fn container_events(id: &str, since: SystemTime) -> Vec<(SystemTime, String)> {
+    let unix = |t: SystemTime| {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+    };
+    let out = run(docker().args(["events", "--since", &unix(since), "--until", &unix(SystemTime::now())]).args([
+        "--filter",
+        &format!("container={id}"),
+        "--format",
+        "{{.TimeNano}} {{.Action}}",
+    ]));
+    out.lines()
+        .filter_map(|l| {
+            let (nanos, action) = l.split_once(' ')?;
+            Some((UNIX_EPOCH + Duration::from_nanos(nanos.parse().ok()?), action.to_string()))
+        })
+        .collect()
+}
+
 /// Panics with a clear message unless the Docker engine answers.
 pub fn require_docker() {
     if let Err(e) = try_run(docker().args(["info", "--format", "{{.ServerVersion}}"])) {
@@ -185,6 +206,33 @@ pub fn build_image() -> &'static str {
     .clone()
     .unwrap_or_else(|e| panic!("docker build {IMAGE}: {e}"));
     IMAGE
+}
+
+/// [`build_image`] with a Docker HEALTHCHECK (built once per process).
+pub const HEALTH_IMAGE: &str = "xlb-testd:health";
+
+/// Builds [`HEALTH_IMAGE`]: [`IMAGE`] plus `HEALTHCHECK CMD ["/xlb-testd", "check"]` every
+/// second, one failure making the container unhealthy (exec form: a `FROM scratch` image has
+/// no shell). A separate image, so that the other tests' containers have no health state
+/// (Docker's `starting` would hold each new container out until its first check).
+pub fn build_health_image() -> &'static str {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let base = build_image();
+        let dir = TempDir::new();
+        fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM {base}\nHEALTHCHECK --interval=1s --timeout=2s --retries=1 CMD [\"/xlb-testd\", \"check\"]\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        try_run(docker().args(["build", "--quiet", "--label", LABEL, "-t", HEALTH_IMAGE]).arg(dir.path()))?;
+        Ok(())
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("docker build {HEALTH_IMAGE}: {e}"));
+    HEALTH_IMAGE
 }
 
 /// A container, removed (`docker rm -f`) on drop.

@@ -11,6 +11,9 @@
 //! - d. `health_fail_then_recover` (xlb's HTTP probe on `/health`, flipped with
 //!   `POST /health/fail|ok` sent straight to the container): no new requests while failing
 //!   (after `fall` probes), served again after `rise`;
+//! - d2. `docker_healthcheck_fail_then_recover`: the same with Docker's own HEALTHCHECK
+//!   (`xlb-testd check` in the image) as the only signal: drained once xlb applied Docker's
+//!   `health_status: unhealthy`, served again after `healthy`;
 //! - e. `docker_kill_one_backend`: no request started after `docker kill` returned is
 //!   answered by, or sent to, the killed container.
 //!
@@ -138,15 +141,15 @@ fn wait_vip_serves(out: &Outside, xlb: &Xlb, names: &[String]) {
     );
 }
 
-/// `n` xlb-testd containers on the default bridge with `xlb.service=SVC` (`docker run`, not
-/// published), named `xt<id><prefix>I` and answering `<prefix>I`.
-fn labelled_backends(svc: &str, prefix: &str, n: usize, extra: &[&str]) -> Vec<Container> {
+/// `n` xlb-testd containers of `image` ([`docker::build_image`] or
+/// [`docker::build_health_image`]) on the default bridge with `xlb.service=SVC` (`docker run`,
+/// not published), named `xt<id><prefix>I` and answering `<prefix>I`.
+fn labelled_backends(svc: &str, prefix: &str, n: usize, image: &str) -> Vec<Container> {
     let label = format!("xlb.service={svc}");
     (1..=n)
         .map(|i| {
-            let mut args = vec!["--label", &label];
-            args.extend_from_slice(extra);
-            Container::testd(&format!("{prefix}{i}"), &args)
+            let name = format!("{prefix}{i}");
+            Container::run(&name, &["--label", &label], image, &["--name", &name, "--port", &TESTD_PORT.to_string()])
         })
         .collect()
 }
@@ -193,6 +196,15 @@ fn xlb_reaction(xlb: &Xlb, report: &Report, at: Instant, event: &str) -> String 
             format!(", the data plane was updated {:.1} ms after it (map sync took {us} us)", delta_ms(at, *t))
         })
     )
+}
+
+/// `POST /health/WHAT` (`fail` or `ok`) straight to a backend, timed.
+#[track_caller]
+fn set_health(direct: SocketAddr, what: &str) -> Timed {
+    let called = Instant::now();
+    let r = http::request(direct, "POST", &format!("/health/{what}"));
+    assert!(r.as_ref().is_ok_and(|r| r.status == 200), "POST /health/{what} to {direct}: {r:?}");
+    Timed { called, returned: Instant::now() }
 }
 
 /// Panics (with the report and xlb's log) unless every request of the load was answered.
@@ -393,7 +405,7 @@ fn compose_scale_up_and_down() {
 fn docker_stop_one_backend() {
     let _g = setup();
     let svc = service_label();
-    let cs = labelled_backends(&svc, "s", 3, &[]);
+    let cs = labelled_backends(&svc, "s", 3, docker::build_image());
     let names: Vec<String> = cs.iter().map(testd_name).collect();
     let out = Outside::new(SUBNET, Offload::On);
     let mut xlb = start_xlb(&out, vec![docker_spec(&out, &svc)], None, "docker0");
@@ -437,7 +449,7 @@ fn docker_stop_one_backend() {
 fn docker_restart_every_backend() {
     let _g = setup();
     let svc = service_label();
-    let cs = labelled_backends(&svc, "r", 3, &[]);
+    let cs = labelled_backends(&svc, "r", 3, docker::build_image());
     let names: Vec<String> = cs.iter().map(testd_name).collect();
     let out = Outside::new(SUBNET, Offload::On);
     let mut xlb = start_xlb(&out, vec![docker_spec(&out, &svc)], None, "docker0");
@@ -484,7 +496,7 @@ fn docker_restart_every_backend() {
 fn health_fail_then_recover() {
     let _g = setup();
     let svc = service_label();
-    let cs = labelled_backends(&svc, "h", 3, &[]);
+    let cs = labelled_backends(&svc, "h", 3, docker::build_image());
     let names: Vec<String> = cs.iter().map(testd_name).collect();
     let out = Outside::new(SUBNET, Offload::On);
     let (interval, fall, rise) = (Duration::from_millis(200), 2u32, 2u32);
@@ -505,12 +517,7 @@ fn health_fail_then_recover() {
     let victim = &cs[1];
     let vname = names[1].clone();
     let direct = SocketAddr::from((victim.ip(), TESTD_PORT));
-    let flip = |what: &str| {
-        let called = Instant::now();
-        let r = http::request(direct, "POST", &format!("/health/{what}"));
-        assert!(r.as_ref().is_ok_and(|r| r.status == 200), "POST /health/{what} to {direct}: {r:?}");
-        Timed { called, returned: Instant::now() }
-    };
+    let flip = |what: &str| set_health(direct, what);
     // The verdict flips at the `fall`-th failed probe: the first one comes within one
     // interval (±10%), the others an interval apart. Then the event, the plan, the maps.
     let grace = interval.mul_f64(1.1) * fall + Duration::from_millis(300);
@@ -549,6 +556,118 @@ fn health_fail_then_recover() {
 }
 
 // ------------------------------------------------------------------------------------------
+// d2. Unhealthy, then healthy again (Docker's own HEALTHCHECK).
+
+/// The time of the first line of `lines` at or after `at` containing `what`.
+fn first_log_after(lines: &[(Instant, String)], at: Instant, what: &str) -> Option<Instant> {
+    lines.iter().find(|(t, l)| *t >= at && l.contains(what)).map(|(t, _)| *t)
+}
+
+/// Docker's HEALTHCHECK verdict drains a backend and brings it back, with no probe of xlb's
+/// involved. The containers run [`docker::build_health_image`] (`xlb-testd check` every
+/// second, one failure makes the container unhealthy) and the service has no `health:`
+/// block: xlb's own probe is then its default TCP connect, which keeps passing while
+/// `/health` fails (xlb-testd still accepts connections). The test checks that this is so:
+/// xlb logs no `health changed ... healthy=false` (its probe's verdict) for the victim, and its
+/// status shows the victim `unhealthy` while Docker says so.
+///
+/// Measured from Docker's `health_status` events (`docker events`, the daemon's clock) to
+/// xlb's `Docker discovery update` and `maps synced` log lines (the same clock): no request
+/// started after the map sync that followed `health_status: unhealthy` reaches the victim,
+/// and it serves again after `health_status: healthy`.
+#[test]
+fn docker_healthcheck_fail_then_recover() {
+    let _g = setup();
+    let svc = service_label();
+    let cs = labelled_backends(&svc, "d", 3, docker::build_health_image());
+    let names: Vec<String> = cs.iter().map(testd_name).collect();
+    let docker_health = |c: &Container| c.inspect("{{.State.Health.Status}}");
+    let all_healthy = wait_for(Duration::from_secs(10), Duration::from_millis(100), || cs.iter().all(|c| docker_health(c) == "healthy").then_some(()));
+    assert!(all_healthy.is_some(), "Docker's health checks: {:?}", cs.iter().map(|c| (c.name.clone(), docker_health(c))).collect::<Vec<_>>());
+    let out = Outside::new(SUBNET, Offload::On);
+    let service = "live-docker-health";
+    let config = TempFile::new(
+        ".yaml",
+        &format!("services:\n  - name: {service}\n    vip: \"{}\"\n    port: {PORT}\n    docker: {{ name: {svc}, port: {TESTD_PORT} }}\n", out.host_ip),
+    );
+    let mut xlb = start_xlb(&out, vec![], Some(config.path()), "docker0");
+    wait_vip_serves(&out, &xlb, &names);
+
+    let load = Load::start(&out.client, out.vip(PORT), LoadOpts::default());
+    thread::sleep(Duration::from_secs(1));
+    let victim = &cs[1];
+    let vname = names[1].clone();
+    let direct = SocketAddr::from((victim.ip(), TESTD_PORT));
+    let since = std::time::SystemTime::now();
+    let fail = set_health(direct, "fail");
+    let unhealthy = wait_for(Duration::from_secs(5), Duration::from_millis(50), || (docker_health(victim) == "unhealthy").then_some(()));
+    // xlb's status (refreshed every 2 s) while Docker says unhealthy and its TCP probe passes.
+    let status_state = || {
+        let s = xlb_tests::status::Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()?;
+        Some(s.service(service)?.backend(&direct.to_string())?.state.clone())
+    };
+    let shown = wait_for(Duration::from_secs(5), Duration::from_millis(250), || status_state().filter(|s| s == "unhealthy"));
+    thread::sleep(Duration::from_secs(1));
+    let ok = set_health(direct, "ok");
+    let healthy = wait_for(Duration::from_secs(5), Duration::from_millis(50), || (docker_health(victim) == "healthy").then_some(()));
+    let back = load.wait_served_since(std::slice::from_ref(&vname), ok.returned, Duration::from_secs(5));
+    thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    ensure!(unhealthy.is_some() && healthy.is_some(), &xlb, Some(&report), "Docker's verdict on {vname} did not follow /health (unhealthy seen: {unhealthy:?}, healthy again: {healthy:?}); health log: {}", victim.inspect("{{json .State.Health}}"));
+    ensure!(shown.is_some(), &xlb, Some(&report), "xlb's status never showed {vname} ({direct}) unhealthy; last: {:?}", status_state());
+
+    // Docker's events and xlb's log, on one time line.
+    let events: Vec<(Instant, String)> = docker::container_events(&victim.id, since).into_iter().map(|(t, a)| (report.instant_of(t), a)).collect();
+    let event = |action: &str, after: Instant| events.iter().find(|(t, a)| *t >= after && a == action).map(|(t, _)| *t);
+    let (Some(t_down), Some(t_up)) = (event("health_status: unhealthy", fail.called), event("health_status: healthy", ok.called)) else {
+        panic!("{}", context(&format!("no health_status events for {vname} from docker events: {events:?}"), Some(&report), &xlb));
+    };
+    let lines = xlb_log_times(&xlb, &report);
+    let update = |at| first_log_after(&lines, at, "Docker discovery update");
+    let applied = |at| update(at).and_then(|u| first_log_after(&lines, u, "maps synced"));
+    let (Some(drained), Some(restored)) = (applied(t_down), applied(t_up)) else {
+        panic!("{}", context("xlb logged no Docker discovery update and map sync after a health_status event", Some(&report), &xlb));
+    };
+    let probe_flips: Vec<&String> = lines.iter().map(|(_, l)| l).filter(|l| l.contains("health changed") && l.contains(&direct.to_string()) && l.contains("healthy=false")).collect();
+    let last_new = report.answered_by(&vname, fail.called, t_up).iter().map(|r| r.start).max();
+    let first_back = report.first_served(&vname, t_up);
+    figure(
+        "docker-health",
+        &format!(
+            "{vname}: POST /health/fail -> Docker health_status: unhealthy {:.0} ms; -> xlb's Docker discovery update {:.1} ms, maps synced {:.1} ms after the event; last new request served by it started {} ms from the event",
+            delta_ms(fail.returned, t_down),
+            delta_ms(t_down, update(t_down).unwrap_or(drained)),
+            delta_ms(t_down, drained),
+            last_new.map_or("n/a".into(), |s| format!("{:+.1}", delta_ms(t_down, s)))
+        ),
+    );
+    figure(
+        "docker-health",
+        &format!(
+            "{vname}: POST /health/ok -> Docker health_status: healthy {:.0} ms; -> maps synced {:.1} ms after the event; first request served by it again {}",
+            delta_ms(ok.returned, t_up),
+            delta_ms(t_up, restored),
+            first_back.map_or("never".into(), |r| format!("{:.0} ms after the event", delta_ms(t_up, r.end)))
+        ),
+    );
+    assert_zero_failures(&report, &xlb, "Docker HEALTHCHECK fail then recover");
+    ensure!(probe_flips.is_empty(), &xlb, Some(&report), "xlb's own probe marked {direct} down (this test is about Docker's verdict): {probe_flips:?}");
+    let late = report.answered_by(&vname, drained, t_up);
+    ensure!(
+        late.is_empty(),
+        &xlb,
+        Some(&report),
+        "{vname} answered {} requests started after xlb applied Docker's unhealthy verdict ({} UTC) and before it was healthy again: {:?}",
+        late.len(),
+        report.wall(drained),
+        late.iter().take(10).map(|r| report.describe(r)).collect::<Vec<_>>()
+    );
+    ensure!(drained - t_down < Duration::from_secs(1), &xlb, Some(&report), "xlb applied Docker's unhealthy verdict {:.0} ms after the event (want < 1 s)", delta_ms(t_down, drained));
+    ensure!(back.is_ok() && first_back.is_some(), &xlb, Some(&report), "{vname} after Docker's healthy verdict: {:?}", back.err());
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ------------------------------------------------------------------------------------------
 // e. docker kill.
 
 /// `docker kill` (SIGKILL: no lame duck). Precisely: a request is "after the kill" when it
@@ -562,7 +681,7 @@ fn health_fail_then_recover() {
 fn docker_kill_one_backend() {
     let _g = setup();
     let svc = service_label();
-    let cs = labelled_backends(&svc, "k", 3, &[]);
+    let cs = labelled_backends(&svc, "k", 3, docker::build_image());
     let names: Vec<String> = cs.iter().map(testd_name).collect();
     let out = Outside::new(SUBNET, Offload::On);
     let mut xlb = start_xlb(&out, vec![docker_spec(&out, &svc)], None, "docker0");
@@ -636,7 +755,7 @@ fn docker_kill_one_backend() {
 fn reused_source_port_does_not_reach_a_draining_backend() {
     let _g = setup();
     let svc = service_label();
-    let cs = labelled_backends(&svc, "p", 3, &[]);
+    let cs = labelled_backends(&svc, "p", 3, docker::build_image());
     let names: Vec<String> = cs.iter().map(testd_name).collect();
     let out = Outside::new(SUBNET, Offload::On);
     let config = TempFile::new(

@@ -93,6 +93,30 @@ fn health_switch() {
     assert_eq!(status("POST", "/delay/xyz"), 400);
 }
 
+/// `xlb-testd check`, the image's HEALTHCHECK: exit 0 while `/health` answers 200, 1 when it
+/// fails or nothing listens, with the reason on stdout (Docker keeps it in the health log).
+#[test]
+fn check_mode() {
+    let t = testd();
+    let check = |port: u16| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlb-testd")).args(["check", "--port", &port.to_string()]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    assert_eq!(check(t.tcp), (Some(0), "HTTP/1.1 200 OK".to_string()));
+    assert_eq!(http::request(t.v4(), "POST", "/health/fail").unwrap().status, 200);
+    let (code, out) = check(t.tcp);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("503"), "{out}");
+    assert_eq!(http::request(t.v4(), "POST", "/health/ok").unwrap().status, 200);
+    assert_eq!(check(t.tcp).0, Some(0));
+    // Nothing listens on the port any more.
+    let port = t.tcp;
+    drop(t);
+    let (code, out) = check(port);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("unhealthy:"), "{out}");
+}
+
 #[test]
 fn delay() {
     let t = testd();

@@ -3,7 +3,13 @@
 //! ```text
 //! xlb-testd [--name NAME] [--port PORT] [--udp-port PORT] [--lame-duck MS] [--quiet]
 //!   env: XLB_TESTD_NAME, XLB_TESTD_PORT, XLB_TESTD_UDP_PORT, XLB_TESTD_LAME_DUCK_MS
+//! xlb-testd check [--port PORT]
 //! ```
+//!
+//! `check` is a Docker HEALTHCHECK for a `FROM scratch` image (no shell, no curl): it GETs
+//! `http://127.0.0.1:PORT/health` (PORT: `--port`, else `XLB_TESTD_PORT`, else 8080; the
+//! container's environment is the check's) and exits 0 on a 200, 1 otherwise, with the
+//! answer's status line (or the error) on stdout, which Docker keeps in `State.Health.Log`.
 //!
 //! NAME `@hostname` stands for the host name (in a container: its short id, unless set), so
 //! the replicas of one compose service answer with different names.
@@ -82,6 +88,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: xlb-testd [--name NAME|@hostname] [--port PORT] [--udp-port PORT] [--lame-duck MS] [--quiet]\n\
+         \x20      xlb-testd check [--port PORT]\n\
          env: XLB_TESTD_NAME, XLB_TESTD_PORT, XLB_TESTD_UDP_PORT, XLB_TESTD_LAME_DUCK_MS"
     );
     exit(2)
@@ -237,7 +244,55 @@ fn bind_udp(port: u16) -> io::Result<UdpSocket> {
         .or_else(|_| UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
 }
 
+/// Time limit of each step of `check` (Docker's own timeout kills it anyway).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `xlb-testd check [--port PORT]`: exits 0 if this host's xlb-testd answers `GET /health`
+/// with 200, else 1.
+fn check(mut args: impl Iterator<Item = String>) -> ! {
+    let mut port = std::env::var("XLB_TESTD_PORT").map(|p| parse_port(&p)).unwrap_or(8080);
+    while let Some(a) = args.next() {
+        match a.split_once('=') {
+            Some(("--port", v)) => port = parse_port(v),
+            _ if a == "--port" || a == "-p" => port = parse_port(&args.next().unwrap_or_else(|| usage())),
+            _ => {
+                eprintln!("xlb-testd check: unknown argument {a:?}");
+                usage()
+            }
+        }
+    }
+    let verdict = (|| -> io::Result<String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut s = TcpStream::connect_timeout(&addr, CHECK_TIMEOUT)?;
+        s.set_read_timeout(Some(CHECK_TIMEOUT))?;
+        s.set_write_timeout(Some(CHECK_TIMEOUT))?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line.trim_end().to_string())
+    })();
+    match verdict {
+        Ok(line) if line.split_whitespace().nth(1) == Some("200") => {
+            println!("{line}");
+            exit(0)
+        }
+        Ok(line) => {
+            println!("unhealthy: {line:?}");
+            exit(1)
+        }
+        Err(e) => {
+            println!("unhealthy: 127.0.0.1:{port}: {e}");
+            exit(1)
+        }
+    }
+}
+
 fn main() {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some("check") {
+        argv.next();
+        check(argv)
+    }
     let args = parse_args();
     install_signal_handlers(args.name.clone(), Duration::from_millis(args.lame_duck_ms));
     let state = Arc::new(State {

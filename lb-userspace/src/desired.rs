@@ -11,7 +11,7 @@ use anyhow::bail;
 
 use crate::{
     config::{BackendState, Config, Service},
-    proxy::{BackendView, PeerState, ServiceView},
+    proxy::{BackendView, HostPattern, PeerState, ServiceView},
     dataplane::{Desired, DesiredBackend, service_key},
     discovery::Registry,
     netdev,
@@ -77,6 +77,8 @@ struct Planned {
     draining: bool,
     /// A probe or Docker's health check says it fails.
     unhealthy: bool,
+    /// Host names it serves (`xlb.host`), for the HTTP proxy.
+    hosts: Vec<HostPattern>,
 }
 
 impl Planned {
@@ -97,7 +99,7 @@ impl Planned {
             (false, true) => PeerState::Down,
             (false, false) => PeerState::Active,
         };
-        BackendView { name: self.name, aliases: Vec::new(), addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: None }
+        BackendView { name: self.name, aliases: Vec::new(), hosts: self.hosts, addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: None }
     }
 }
 
@@ -118,6 +120,7 @@ struct Candidate {
     draining: bool,
     /// Docker's HEALTHCHECK verdict.
     docker_healthy: Option<bool>,
+    hosts: Vec<HostPattern>,
 }
 
 fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&str, SocketAddr) -> Vitals) -> (Vec<Planned>, bool) {
@@ -129,6 +132,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         backup: false,
         draining: b.state == BackendState::Draining,
         docker_healthy: None,
+        hosts: Vec::new(),
     });
     let discovered = registry.backends(&s.name).iter().map(|d| Candidate {
         name: d.name.clone(),
@@ -137,6 +141,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         backup: d.backup,
         draining: d.draining,
         docker_healthy: d.healthy,
+        hosts: host_patterns(&d.name, &d.hosts),
     });
     // A static entry wins over a discovered one for the same address.
     let candidates: Vec<(Candidate, Vitals)> = statics
@@ -163,10 +168,18 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
             let takes_new = usable(&c, &v) && (!c.backup || !primary_up);
             let weight = ramp(c.weight, s.slow_start, v.since, now);
             ramping |= takes_new && weight < c.weight * WEIGHT_SCALE;
-            Planned { takes_new, unhealthy: !healthy(&c, &v), draining: c.draining, name: c.name, addr: c.addr, weight, backup: c.backup }
+            Planned { takes_new, unhealthy: !healthy(&c, &v), draining: c.draining, name: c.name, addr: c.addr, weight, backup: c.backup, hosts: c.hosts }
         })
         .collect();
     (out, ramping)
+}
+
+/// A container's `xlb.host` names as routes; a name that is not a host is left out.
+fn host_patterns(backend: &str, names: &[String]) -> Vec<HostPattern> {
+    names
+        .iter()
+        .filter_map(|n| n.parse().map_err(|e| tracing::debug!(backend, "xlb.host ignored: {e}")).ok())
+        .collect()
 }
 
 /// Slow start: the weight grows linearly from 1% to 100% over `period` after `since`.
@@ -257,6 +270,19 @@ mod tests {
         assert_eq!(at(0), (1, true));
         assert_eq!(at(5), (100, true));
         assert_eq!(at(10), (200, false));
+    }
+
+    #[test]
+    fn container_hosts_reach_the_http_view() {
+        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    docker: { name: api }\n");
+        let mut r = Registry::default();
+        let mut d = discovered("10.1.0.1", false, false, None);
+        d.hosts = vec!["api.app.dev".into(), "not a host".into(), "*.eu.app.dev".into()];
+        r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d] });
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        assert!(p.services.is_empty());
+        let want: Vec<HostPattern> = ["api.app.dev", "*.eu.app.dev"].iter().map(|h| h.parse().unwrap()).collect();
+        assert_eq!(p.http[0].backends[0].hosts, want);
     }
 
     #[test]

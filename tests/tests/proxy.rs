@@ -19,8 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb::proxy::{BackendView, CollectFailures, FailureKind, HttpOptions, PeerState, Proxy, ServiceView};
+use xlb::{
+    config::Config,
+    desired::{self, Vitals},
+    discovery::{DockerWatch, Registry},
+    proxy::{BackendView, CollectFailures, FailureKind, HttpOptions, PeerState, Proxy, ServiceView},
+};
 use xlb_tests::{
+    docker::{self, Container},
     http,
     util::{Proc, STDOUT},
 };
@@ -61,7 +67,7 @@ impl Testd {
 }
 
 fn backend(name: &str, addr: SocketAddr, weight: u32) -> BackendView {
-    BackendView { name: name.into(), aliases: vec![], addr, weight, backup: false, state: PeerState::Active, max_conns: None }
+    BackendView { name: name.into(), aliases: vec![], hosts: vec![], addr, weight, backup: false, state: PeerState::Active, max_conns: None }
 }
 
 /// A port nothing listens on.
@@ -721,6 +727,110 @@ fn routes_by_host_and_path_and_never_proxies_elsewhere() {
     lb.update(vec![svc("app", "hosts: [app.dev]", vec![ts[0].view(1)]), svc("fallback", "hosts: [other.dev]\ndefault: true", vec![ts[3].view(1)])]);
     assert_eq!(at("unknown.dev", "/"), "static");
     assert_eq!(at("app.dev", "/"), "app");
+}
+
+/// Backends' own host names (a container's `xlb.host` label): services without `hosts`
+/// on one listener are told apart by them, and within a service each name goes to the
+/// backends that carry it.
+#[test]
+fn backend_host_names_route_to_their_backends() {
+    let ts: Vec<Testd> = ["api1", "site1", "beta1", "web1"].iter().map(|n| Testd::start(n)).collect();
+    let named = |t: &Testd, hosts: &[&str]| BackendView { hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(), ..t.view(1) };
+    let lb = Lb::new();
+    lb.update(vec![
+        svc("api", "", vec![named(&ts[0], &["api.app.dev"])]),
+        svc("site", "", vec![named(&ts[1], &["app.app.dev", "www.app.dev"])]),
+        svc("web", "hosts: [web.dev]", vec![named(&ts[2], &["beta.web.dev"]), ts[3].view(1)]),
+    ]);
+    let addr = lb.addr();
+    let at = |host: &str| {
+        let r = get(addr, host, "/", &[]);
+        if r.status == 200 { r.name() } else { r.status.to_string() }
+    };
+    for _ in 0..3 {
+        assert_eq!(at("api.app.dev"), "api1");
+        assert_eq!(at("app.app.dev"), "site1");
+        assert_eq!(at("www.app.dev"), "site1");
+        assert_eq!(at("beta.web.dev"), "beta1", "a name goes only to the backend carrying it");
+        assert_eq!(at("web.dev"), "web1", "the service's other hosts: backends without names");
+    }
+    assert_eq!(at("unknown.app.dev"), "404", "labels replace a service's any-host route");
+    assert_eq!(at("x"), "404");
+}
+
+/// The same on the real Docker engine, end to end through xlb's own parts: containers
+/// labelled `xlb.service` and `xlb.host`, found by xlb's Docker discovery, planned by
+/// `desired::plan` from a config of two HTTP services on one VIP and port, served by
+/// the proxy. (No prober runs here: every container counts as passing its probe.)
+#[test]
+fn docker_xlb_host_labels_route_subdomains_to_their_containers() {
+    docker::require_docker();
+    let id = xlb_tests::util::unique_id();
+    let (api_label, app_label) = (format!("xt{id}api"), format!("xt{id}app"));
+    let labelled = |role: &str, service: &str, host: &str| {
+        let (s, h) = (format!("xlb.service={service}"), format!("xlb.host={host}"));
+        Container::testd(role, &["--label", &s, "--label", &h])
+    };
+    let _api = labelled("api", &api_label, "api.app.dev");
+    let _app = labelled("app", &app_label, "app.app.dev, www.app.dev");
+    let _beta = labelled("beta", &app_label, "beta.app.dev");
+    let port = dead_addr().port();
+    let yaml = format!(
+        "services:\n\
+         - {{ name: api, vip: 127.0.0.1, port: {port}, protocol: http, docker: {{ name: {api_label}, port: 8080 }} }}\n\
+         - {{ name: app, vip: 127.0.0.1, port: {port}, protocol: http, docker: {{ name: {app_label}, port: 8080 }} }}\n"
+    );
+    let config = Config::parse(&yaml, Path::new("docker-hosts.yaml")).unwrap();
+    let watches: Vec<DockerWatch> = config
+        .services
+        .iter()
+        .map(|s| {
+            let d = s.docker.as_ref().unwrap();
+            DockerWatch { service: s.name.clone(), name: d.name.clone(), project: None, network: None, port: d.port }
+        })
+        .collect();
+
+    let lb = Lb::new();
+    // Discovery until it reports both services with their containers (bounded).
+    let registry = lb.rt.block_on(async {
+        let (_watch_tx, watch_rx) = tokio::sync::watch::channel(watches);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(xlb::discovery::docker::run(watch_rx, tx));
+        let mut registry = Registry::default();
+        let complete = |r: &Registry| r.backends("api").len() == 1 && r.backends("app").len() == 2;
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !complete(&registry) {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(u)) => {
+                    registry.apply(u);
+                }
+                _ => panic!("Docker discovery did not report the 3 containers within 30 s: api {:?}, app {:?}", registry.backends("api"), registry.backends("app")),
+            }
+        }
+        registry
+    });
+    let passing = |_: &str, _| Vitals { probe: Some(true), since: None };
+    let plan = desired::plan(&config, "lo", &registry, Instant::now(), passing).unwrap();
+    assert!(plan.services.is_empty());
+    lb.update(plan.http);
+    let addr = lb.proxy.local_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).expect("listening on the services' VIP and port");
+    let at = |host: &str| {
+        let r = get(addr, host, "/", &[]);
+        if r.status == 200 { r.name() } else { r.status.to_string() }
+    };
+    let mut seen = Vec::new();
+    for host in ["api.app.dev", "app.app.dev", "www.app.dev", "beta.app.dev", "other.app.dev"] {
+        let names: Vec<String> = (0..4).map(|_| at(host)).collect();
+        seen.push(format!("{host} -> {names:?}"));
+        let want = match host {
+            "api.app.dev" => "api",
+            "app.app.dev" | "www.app.dev" => "app",
+            "beta.app.dev" => "beta",
+            _ => "404",
+        };
+        assert!(names.iter().all(|n| n == want), "{host}: {names:?}, want {want}");
+    }
+    eprintln!("xlb.host routing through Docker discovery:\n{}", seen.join("\n"));
 }
 
 #[test]

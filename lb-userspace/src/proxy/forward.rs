@@ -239,7 +239,8 @@ async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgra
     let deadline = o.timeouts.total.map(|t| started + t);
     let retriable_body = matches!(body, ReqBody::Buffered(_));
     let max_tries = 1 + o.retries.attempts as usize;
-    let mut tried: Vec<usize> = Vec::new();
+    // Backends excluded: those tried, and from the start those not serving this host.
+    let mut tried: Vec<usize> = svc.backend_hosts.excluded(host.as_deref());
     let mut last_error: Option<u16> = None;
     let decay = match o.method {
         Method::PeakEwma { decay } => decay,

@@ -31,7 +31,7 @@ use std::{
 };
 
 pub use balance::PeerState;
-pub use config::HttpOptions;
+pub use config::{HostPattern, HttpOptions};
 pub use server::Proxy;
 use tokio::sync::mpsc;
 
@@ -44,6 +44,10 @@ pub struct BackendView {
     pub name: String,
     /// More names a pin header or cookie may use (hostname, `xlb.name` label).
     pub aliases: Vec<String>,
+    /// Host names this backend serves (a container's `xlb.host` label). They are added
+    /// to the service's routes, and a request for one of them goes only to the backends
+    /// that name it; backends without names serve the service's other hosts.
+    pub hosts: Vec<HostPattern>,
     pub addr: SocketAddr,
     /// Selection weight (any scale: slow start's ramped weights do).
     pub weight: u32,

@@ -1,4 +1,5 @@
-//! Which service of a listener a request is for: by host, then by path prefix.
+//! Which service of a listener a request is for: by host, then by path prefix; and
+//! which backends of that service serve the host, when backends name hosts of their own.
 //!
 //! Host tiers, tried in order: exact names, then wildcards (longest suffix first), then
 //! services without hosts. Within a tier the longest matching path prefix wins; a tier
@@ -14,11 +15,51 @@ use super::config::{HostPattern, HttpOptions};
 
 type Paths = Vec<(String, usize)>;
 
+/// Values by host pattern, looked up in the routing order: the exact name, then the
+/// wildcards whose suffix matches, longest suffix first.
+#[derive(Debug)]
+struct HostTable<T> {
+    exact: HashMap<String, T>,
+    /// (suffix with its leading dot, value), longest suffix first once `sort` ran.
+    wildcard: Vec<(String, T)>,
+}
+
+impl<T> Default for HostTable<T> {
+    fn default() -> Self {
+        Self { exact: HashMap::new(), wildcard: Vec::new() }
+    }
+}
+
+impl<T: Default> HostTable<T> {
+    fn entry(&mut self, h: &HostPattern) -> &mut T {
+        match h {
+            HostPattern::Exact(name) => self.exact.entry(name.clone()).or_default(),
+            HostPattern::Wildcard(suffix) => {
+                let i = match self.wildcard.iter().position(|(s, _)| s == suffix) {
+                    Some(i) => i,
+                    None => {
+                        self.wildcard.push((suffix.clone(), T::default()));
+                        self.wildcard.len() - 1
+                    }
+                };
+                &mut self.wildcard[i].1
+            }
+        }
+    }
+
+    fn sort(&mut self) {
+        self.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    }
+
+    /// The values for a normalized host, most specific first.
+    fn lookup<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a T> + 'a {
+        self.exact.get(host).into_iter().chain(self.wildcard.iter().filter(move |(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|(_, v)| v))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Router {
-    exact: HashMap<String, Paths>,
-    /// (suffix with its leading dot, paths), longest suffix first.
-    wildcard: Vec<(String, Paths)>,
+    hosts: HostTable<Paths>,
     any: Paths,
     default: Option<usize>,
 }
@@ -52,34 +93,58 @@ impl Router {
                 }
             }
             for h in &o.hosts {
-                let paths = match h {
-                    HostPattern::Exact(name) => r.exact.entry(name.clone()).or_default(),
-                    HostPattern::Wildcard(suffix) => match r.wildcard.iter().position(|(s, _)| s == suffix) {
-                        Some(i) => &mut r.wildcard[i].1,
-                        None => {
-                            r.wildcard.push((suffix.clone(), Vec::new()));
-                            &mut r.wildcard.last_mut().expect("just pushed").1
-                        }
-                    },
-                };
+                let paths = r.hosts.entry(h);
                 for p in &prefixes {
                     add(paths, p, svc, &format!("host {h}"), &mut conflicts);
                 }
             }
         }
-        r.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        r.hosts.sort();
         (r, conflicts)
     }
 
     /// The service for a normalized host (see [`normalize_host`]) and a path.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        let mut tiers: Vec<&Paths> = Vec::new();
-        if let Some(h) = host {
-            tiers.extend(self.exact.get(h));
-            tiers.extend(self.wildcard.iter().filter(|(s, _)| h.len() > s.len() && h.ends_with(s.as_str())).map(|(_, p)| p));
+        let by_host = host.into_iter().flat_map(|h| self.hosts.lookup(h));
+        by_host.chain(std::iter::once(&self.any)).find_map(|paths| longest_prefix(paths, path)).or(self.default)
+    }
+}
+
+/// Which backends of a service serve which host, when some backends carry host names
+/// of their own (`xlb.host`): a backend with names serves only requests for the most
+/// specific of them that matches (exact, then the longest wildcard, as routes); a
+/// backend without names serves every other host of the service.
+#[derive(Debug, Default)]
+pub struct BackendHosts {
+    named: HostTable<Vec<usize>>,
+    unnamed: Vec<usize>,
+    all: Vec<usize>,
+}
+
+impl BackendHosts {
+    /// From each backend's names, in backend order.
+    pub fn new<'a>(backends: impl IntoIterator<Item = &'a [HostPattern]>) -> Self {
+        let mut t = BackendHosts::default();
+        for (i, hosts) in backends.into_iter().enumerate() {
+            t.all.push(i);
+            if hosts.is_empty() {
+                t.unnamed.push(i);
+            }
+            for h in hosts {
+                t.named.entry(h).push(i);
+            }
         }
-        tiers.push(&self.any);
-        tiers.into_iter().find_map(|paths| longest_prefix(paths, path)).or(self.default)
+        t.named.sort();
+        t
+    }
+
+    /// The backends that must not serve a request for `host` (a normalized host).
+    pub fn excluded(&self, host: Option<&str>) -> Vec<usize> {
+        if self.unnamed.len() == self.all.len() {
+            return Vec::new();
+        }
+        let serving = host.and_then(|h| self.named.lookup(h).next()).unwrap_or(&self.unnamed);
+        self.all.iter().copied().filter(|i| !serving.contains(i)).collect()
     }
 }
 
@@ -173,6 +238,20 @@ mod tests {
         let (r, c) = Router::new(&s.iter().collect::<Vec<_>>());
         assert_eq!(c.len(), 1);
         assert_eq!(r.route(Some("a.dev"), "/"), Some(0));
+    }
+
+    #[test]
+    fn backends_with_names_serve_only_those() {
+        let p = |hs: &[&str]| hs.iter().map(|h| h.parse::<HostPattern>().unwrap()).collect::<Vec<_>>();
+        let hosts = [p(&["api.app.dev"]), p(&[]), p(&["api.app.dev", "*.eu.app.dev"]), p(&["*.app.dev"])];
+        let t = BackendHosts::new(hosts.iter().map(Vec::as_slice));
+        assert_eq!(t.excluded(Some("api.app.dev")), [1, 3], "exact names before wildcards");
+        assert_eq!(t.excluded(Some("x.eu.app.dev")), [0, 1, 3], "the longest wildcard");
+        assert_eq!(t.excluded(Some("www.app.dev")), [0, 1, 2]);
+        assert_eq!(t.excluded(Some("other.dev")), [0, 2, 3], "other hosts: the unnamed backends");
+        assert_eq!(t.excluded(None), [0, 2, 3]);
+        let none = BackendHosts::new([p(&[]), p(&[])].iter().map(Vec::as_slice));
+        assert!(none.excluded(Some("api.app.dev")).is_empty(), "no names: every backend serves");
     }
 
     #[test]

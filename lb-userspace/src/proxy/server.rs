@@ -29,7 +29,7 @@ use super::{
     ewma::Stats,
     forward::{self, UpstreamBody},
     guard::{ClientTimeouts, ConnShared, GuardedIo, HeadLimits},
-    route::Router,
+    route::{BackendHosts, Router},
 };
 
 /// How long idle pooled connections to a backend are kept.
@@ -47,6 +47,8 @@ pub struct ServiceRt {
     pub name: String,
     pub options: HttpOptions,
     pub balancer: Balancer,
+    /// Which backends serve which host (`BackendView::hosts`).
+    pub backend_hosts: BackendHosts,
     pub client: UpstreamClient,
     pub sink: Arc<dyn FailureSink>,
 }
@@ -131,7 +133,7 @@ impl Proxy {
         for (listen, mut views) in by_listen {
             views.sort_by(|a, b| a.name.cmp(&b.name));
             let rts: Vec<Arc<ServiceRt>> = views.iter().map(|v| self.runtime(&mut st, v, &mut stats, &mut clients)).collect();
-            let (router, conflicts) = Router::new(&views.iter().map(|v| &v.options).collect::<Vec<_>>());
+            let (router, conflicts) = Router::new(&rts.iter().map(|rt| &rt.options).collect::<Vec<_>>());
             for c in conflicts {
                 warn!(%listen, "http routes: {c}");
             }
@@ -208,6 +210,13 @@ impl Proxy {
                 })
             })
             .collect();
+        // The backends' own host names route to the service too.
+        let mut options = v.options.clone();
+        for h in v.backends.iter().flat_map(|b| &b.hosts) {
+            if !options.hosts.contains(h) {
+                options.hosts.push(h.clone());
+            }
+        }
         let connect = v.options.timeouts.connect;
         let client = match st.clients.get(&v.name) {
             Some((c, client)) if *c == connect => client.clone(),
@@ -216,8 +225,9 @@ impl Proxy {
         clients.insert(v.name.clone(), (connect, client.clone()));
         Arc::new(ServiceRt {
             name: v.name.clone(),
-            options: v.options.clone(),
             balancer: Balancer::new(v.options.method.clone(), peers),
+            backend_hosts: BackendHosts::new(v.backends.iter().map(|b| b.hosts.as_slice())),
+            options,
             client,
             sink: self.sink.clone(),
         })

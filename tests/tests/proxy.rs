@@ -1067,6 +1067,14 @@ fn http2_prior_knowledge_and_http10() {
     // HTTP/1.0 without Host reaches the catch-all service.
     let (r, _) = raw(addr, b"GET / HTTP/1.0\r\n\r\n");
     assert_eq!(r.unwrap().name(), "h2");
+    // `Upgrade: h2c` (deprecated by RFC 9113) is declined the way RFC 9113 3.2 of its
+    // predecessor allows: answered over HTTP/1.1, and the connection goes on as HTTP/1.1.
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").unwrap();
+    let r = c.read().unwrap();
+    assert_eq!((r.status, r.name()), (200, "h2".to_string()), "{r:?}");
+    assert_eq!(r.header("upgrade"), None);
+    assert_eq!(c.get("x", "/", &[]).unwrap().name(), "h2", "the connection goes on as HTTP/1.1");
 }
 
 #[test]

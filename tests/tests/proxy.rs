@@ -70,6 +70,19 @@ fn backend(name: &str, addr: SocketAddr, weight: u32) -> BackendView {
     BackendView { name: name.into(), aliases: vec![], hosts: vec![], addr, weight, backup: false, state: PeerState::Active, max_conns: None }
 }
 
+/// A listening port whose accept queue is full (listen backlog 0, one connection never
+/// accepted): the kernel drops further SYNs, so a connect to it hangs. Keep the result.
+fn stuck_listener() -> (socket2::Socket, TcpStream, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(), "the accept queue of {addr} is full");
+    (s, filler, addr)
+}
+
 /// A port nothing listens on.
 fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -95,6 +108,8 @@ struct RawBackend {
     name: String,
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted.
+    conns: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -111,11 +126,13 @@ impl RawBackend {
         let addr = l.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, s, n) = (heads.clone(), stop.clone(), name.to_string());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, s, n, k) = (heads.clone(), stop.clone(), name.to_string(), conns.clone());
         thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((c, _)) => {
+                        k.fetch_add(1, Ordering::Relaxed);
                         let (h, n) = (h.clone(), n.clone());
                         thread::spawn(move || {
                             let _ = raw_conn(c, &n, b, &h);
@@ -125,11 +142,15 @@ impl RawBackend {
                 }
             }
         });
-        RawBackend { name: name.into(), addr, heads, stop }
+        RawBackend { name: name.into(), addr, heads, conns, stop }
     }
 
     fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::Relaxed)
     }
 
     fn view(&self) -> BackendView {
@@ -685,6 +706,18 @@ fn backup_serves_only_when_primaries_fail_and_max_conns_holds() {
     let names: Vec<String> = (0..6).map(|_| get(addr, "x", "/", &[]).name()).collect();
     assert!(names.iter().all(|n| n == "b"), "{names:?}");
     long.join().unwrap();
+
+    // `down` takes nothing, not even pinned requests; draining only pinned ones.
+    a.delay(0);
+    let c = Testd::start("c");
+    let (mut down, mut draining) = (a.view(1), b.view(1));
+    down.state = PeerState::Down;
+    draining.state = PeerState::Draining;
+    let lb = Lb::one("pin_header: app", vec![down, draining, c.view(1)]);
+    let names: Vec<String> = (0..6).map(|_| get(lb.addr(), "x", "/", &[]).name()).collect();
+    assert!(names.iter().all(|n| n == "c"), "{names:?}");
+    assert_eq!(get(lb.addr(), "x", "/", &[("app", "a")]).name(), "c", "a pin to a down backend is balanced");
+    assert_eq!(get(lb.addr(), "x", "/", &[("app", "b")]).name(), "b", "a pin reaches a draining backend");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -904,6 +937,10 @@ fn connect_failures_retry_elsewhere_and_feed_passive_health() {
     let lb = Lb::one("method: round_robin\nmax_fails: 0", vec![backend("dead", dead_addr(), 1), ok.view(1)]);
     let (r, _) = raw(lb.addr(), b"POST /delay/0 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(r.unwrap().status, 200);
+    // Nothing else to try: a clean 502 page.
+    let lb = Lb::one("max_fails: 0", vec![backend("dead", dead_addr(), 1)]);
+    let r = get(lb.addr(), "x", "/", &[]);
+    assert_eq!((r.status, r.text().as_str()), (502, "502 Bad Gateway\n"));
 }
 
 #[test]
@@ -934,6 +971,75 @@ fn bad_gateway_answers_retry_only_idempotent_requests() {
 }
 
 #[test]
+fn connect_timeout_is_504_and_retries_elsewhere() {
+    let stuck = stuck_listener();
+    let ok = Testd::start("ok");
+    let lb = Lb::one("timeouts: { connect: 200ms }\nretries: { attempts: 0 }\nmax_fails: 0", vec![backend("stuck", stuck.2, 1)]);
+    let t0 = Instant::now();
+    let r = get(lb.addr(), "x", "/", &[]);
+    let took = t0.elapsed();
+    eprintln!("connect timeout 200ms: {} after {took:?}", r.status);
+    assert_eq!((r.status, r.text().as_str()), (504, "504 Gateway Timeout\n"));
+    assert!(took >= Duration::from_millis(190) && took < Duration::from_millis(1000), "{took:?}");
+    assert_eq!(lb.failures().iter().map(|f| f.kind).collect::<Vec<_>>(), [FailureKind::Connect]);
+    // With another backend the request goes there after the connect timeout.
+    let lb = Lb::one("method: round_robin\ntimeouts: { connect: 200ms }\nmax_fails: 0", vec![backend("stuck", stuck.2, 1), ok.view(1)]);
+    let names: Vec<String> = (0..4).map(|_| get(lb.addr(), "x", "/", &[]).name()).collect();
+    assert_eq!(names, ["ok", "ok", "ok", "ok"]);
+    assert_eq!(lb.failures().len(), 2, "every other request tried stuck first");
+}
+
+/// Retries are bounded by `attempts` (each on another backend) and wait a random time
+/// in `[0, min(max_backoff, backoff·2^(n−1))]` before retry n.
+#[test]
+fn retries_are_bounded_with_jittered_backoff() {
+    let bad: Vec<RawBackend> = (0..4).map(|i| RawBackend::start(&format!("bad{i}"), Behaviour::Status(503))).collect();
+    let views = || bad.iter().map(RawBackend::view).collect::<Vec<_>>();
+    let tries = || bad.iter().map(|b| b.heads().len()).sum::<usize>();
+    let timed = |lb: &Lb, n: usize| -> Vec<Duration> {
+        (0..n)
+            .map(|i| {
+                let before = tries();
+                let t0 = Instant::now();
+                let r = get(lb.addr(), "x", "/", &[]);
+                let took = t0.elapsed();
+                assert_eq!(r.status, 503, "the last backend's own answer");
+                assert_eq!(tries() - before, 3, "request {i}: the first try and 2 retries, never a 4th");
+                took
+            })
+            .collect()
+    };
+    // Two retries, each after U(0, 100 ms): 0..200 ms in all.
+    let lb = Lb::one("method: round_robin\nmax_fails: 0\nretries: { attempts: 2, backoff: 100ms, max_backoff: 100ms }", views());
+    let took = timed(&lb, 16);
+    let ms: Vec<u128> = took.iter().map(Duration::as_millis).collect();
+    let (min, max) = (*ms.iter().min().unwrap(), *ms.iter().max().unwrap());
+    let mean = ms.iter().sum::<u128>() / ms.len() as u128;
+    eprintln!("2 retries, backoff U(0,100ms) each: {ms:?} ms (mean {mean}, expected about 100)");
+    assert!(max < 200 + 150, "bounded: {ms:?}");
+    assert!(max - min >= 30, "jittered, not a fixed wait: {ms:?}");
+    assert!((40..=170).contains(&mean), "waits are drawn over [0, cap]: mean {mean} ms");
+    // max_backoff caps an exponential backoff of 1 s.
+    let lb = Lb::one("max_fails: 0\nretries: { attempts: 2, backoff: 1s, max_backoff: 30ms }", views());
+    let ms: Vec<u128> = timed(&lb, 6).iter().map(Duration::as_millis).collect();
+    eprintln!("backoff 1s capped at 30ms: {ms:?} ms");
+    assert!(ms.iter().all(|&t| t < 60 + 150), "{ms:?}");
+}
+
+#[test]
+fn backend_connections_are_pooled() {
+    let b = RawBackend::start("pooled", Behaviour::Status(200));
+    let lb = Lb::one("", vec![b.view()]);
+    // 30 requests, each on a new client connection.
+    for _ in 0..30 {
+        assert_eq!(get(lb.addr(), "x", "/", &[]).status, 200);
+    }
+    eprintln!("30 requests from 30 client connections: {} backend connection(s)", b.conns());
+    assert_eq!(b.heads().len(), 30);
+    assert!(b.conns() <= 3, "kept alive and reused: {} connections", b.conns());
+}
+
+#[test]
 fn header_and_total_timeouts() {
     let (slow, fast) = (Testd::start("slow"), Testd::start("fast"));
     slow.delay(2000);
@@ -943,7 +1049,7 @@ fn header_and_total_timeouts() {
     let r = get(lb.addr(), "x", "/", &[]);
     let took = t0.elapsed();
     eprintln!("header timeout 300ms: {} after {took:?}", r.status);
-    assert_eq!(r.status, 504);
+    assert_eq!((r.status, r.text().as_str()), (504, "504 Gateway Timeout\n"));
     assert!(took >= Duration::from_millis(290) && took < Duration::from_millis(1500), "{took:?}");
     // With a retry the fast backend answers.
     let lb = Lb::one("method: round_robin\ntimeouts: { header: 300ms }\nmax_fails: 0", vec![slow.view(1), fast.view(1)]);

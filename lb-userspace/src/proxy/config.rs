@@ -152,6 +152,19 @@ pub struct Retries {
     pub statuses: Vec<u16>,
 }
 
+impl Retries {
+    /// The longest wait before retry `n` (1-based): `min(max_backoff, backoff·2^(n−1))`.
+    pub fn backoff_cap(&self, n: u32) -> Duration {
+        self.max_backoff.min(self.backoff.saturating_mul(1 << n.saturating_sub(1).min(16)))
+    }
+
+    /// The wait before retry `n`: uniform in `[0, backoff_cap(n)]` ("full jitter"), so
+    /// clients retrying together spread out instead of hitting the next backend at once.
+    pub fn backoff(&self, n: u32) -> Duration {
+        Duration::from_micros(rand::random_range(0..=self.backoff_cap(n).as_micros() as u64))
+    }
+}
+
 impl Default for Retries {
     fn default() -> Self {
         Self { attempts: 2, backoff: Duration::from_millis(10), max_backoff: Duration::from_millis(200), statuses: vec![502, 503, 504] }
@@ -525,6 +538,23 @@ mod tests {
         let n: Cidr = "fd00::/8".parse().unwrap();
         assert!(n.contains("fd12::1".parse().unwrap()) && !n.contains("fe80::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_full_jitter() {
+        let r = Retries::default();
+        let caps: Vec<u128> = (1..=7).map(|n| r.backoff_cap(n).as_millis()).collect();
+        assert_eq!(caps, [10, 20, 40, 80, 160, 200, 200]);
+        assert_eq!(Retries { backoff: Duration::from_secs(1), ..r.clone() }.backoff_cap(40), Duration::from_millis(200), "no overflow");
+        for n in [1, 3, 9] {
+            let waits: Vec<Duration> = (0..400).map(|_| r.backoff(n)).collect();
+            let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+            let cap = r.backoff_cap(n);
+            assert!(*hi <= cap, "retry {n}: {hi:?} above {cap:?}");
+            // Uniform over [0, cap]: 400 draws reach both ends' tenths.
+            assert!(*lo < cap / 10 && *hi > cap * 9 / 10, "retry {n}: {lo:?}..{hi:?} of {cap:?}");
+        }
+        assert_eq!(Retries { backoff: Duration::ZERO, ..r }.backoff(2), Duration::ZERO);
     }
 
     #[test]

@@ -249,8 +249,7 @@ async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgra
 
     for attempt in 0..max_tries {
         if attempt > 0 {
-            let cap = o.retries.max_backoff.min(o.retries.backoff.saturating_mul(1 << (attempt - 1).min(16)));
-            let wait = Duration::from_micros(rand::random_range(0..=cap.as_micros() as u64));
+            let wait = o.retries.backoff(attempt as u32);
             if deadline.is_some_and(|d| Instant::now() + wait >= d) {
                 return Err(504);
             }

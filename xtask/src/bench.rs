@@ -15,6 +15,7 @@
 //! to `bench/results/` as Markdown, JSON and a PNG chart (timestamped, and `latest.*`).
 mod chart;
 mod contender;
+mod docker_event;
 mod measure;
 mod report;
 mod scale;
@@ -59,7 +60,8 @@ pub struct Options {
     /// haproxy-http, haproxy-tcp.
     #[arg(long, value_delimiter = ',', value_name = "ID,...")]
     only: Vec<String>,
-    /// Skip the kernel micro-benchmarks.
+    /// Skip the micro-benchmarks (kernel programs, Maglev, map sync, Docker event to map
+    /// update).
     #[arg(long)]
     no_micro: bool,
     /// Skip the 1,000-service scale test.
@@ -206,6 +208,15 @@ pub fn bench(opts: &Options) -> Result<()> {
         }))
     };
 
+    let docker_events = (!opts.no_micro).then(|| {
+        let reps = if plan.quick { 3 } else { 10 };
+        eprintln!("bench: Docker event to map update, {reps} containers started and stopped");
+        docker_event::measure(&ctx, reps).unwrap_or_else(|err| {
+            eprintln!("bench: Docker event measurement failed: {err:#}");
+            docker_event::DockerEvents::failed(format!("{err:#}"))
+        })
+    });
+
     let results = report::Results::new(report::Input {
         started,
         seconds: clock.elapsed().as_secs_f64(),
@@ -218,6 +229,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         runs,
         xlb_memory: memory,
         micro,
+        docker_events,
         scale,
     });
     drop(ctx);

@@ -176,13 +176,18 @@ fn backend_list(topo: &Topo, sep: &str) -> String {
 
 /// `xlb run ARGS` in the LB namespace, with BPF run-time statistics on while it runs.
 pub fn start_xlb(ctx: &Ctx, dir: &Path, args: Vec<OsString>) -> Result<Running> {
+    start_xlb_logging(ctx, dir, args, "info")
+}
+
+/// [`start_xlb`] with `RUST_LOG=filter`.
+pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &str) -> Result<Running> {
     let stats = if ctx.bpf_stats {
         Some(BpfStats::enable().context("turning on BPF run-time statistics")?)
     } else {
         None
     };
     let mut cmd = ctx.topo.lb.cmd(&ctx.xlb);
-    cmd.arg("run").args(args).env("RUST_LOG", "info").env("NO_COLOR", "1");
+    cmd.arg("run").args(args).env("RUST_LOG", filter).env("NO_COLOR", "1");
     let mut xlb = Proc::spawn("xlb", cmd, &dir.join("xlb.log"))?;
     xlb.wait_log(" ready", Duration::from_secs(30))?;
     Ok(Running { xlb_pid: Some(xlb.pid()), _stats: stats, ..Running::procs(vec![xlb]) })

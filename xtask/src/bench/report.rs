@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{
     Plan, Run,
     contender::Kind,
+    docker_event::{DockerEvents, Reaction},
     measure::HostCpu,
     scale::{self, Fill, Memory},
     wrk::Mode,
@@ -232,6 +233,7 @@ pub struct Input {
     pub runs: Vec<Measured>,
     pub xlb_memory: Option<Memory>,
     pub micro: Option<Value>,
+    pub docker_events: Option<DockerEvents>,
     pub scale: Option<Scale>,
 }
 
@@ -259,6 +261,7 @@ pub struct Results {
     /// xlb L4's memory with the 3-backend config (xlb's default sizes).
     pub xlb_memory: Option<Memory>,
     pub micro: Option<Value>,
+    pub docker_events: Option<DockerEvents>,
     pub scale: Option<Scale>,
     pub runs: Vec<ContenderRuns>,
     #[serde(skip)]
@@ -267,7 +270,7 @@ pub struct Results {
 
 impl Results {
     pub fn new(input: Input) -> Results {
-        let Input { started, seconds, command, host, plan, versions, kinds, unavailable, runs, xlb_memory, micro, mut scale } =
+        let Input { started, seconds, command, host, plan, versions, kinds, unavailable, runs, xlb_memory, micro, docker_events, mut scale } =
             input;
         let of = |kind: Kind, mode: Mode| -> Vec<&Run> {
             runs.iter().filter(|m| m.kind == kind && m.mode == mode).map(|m| &m.run).collect()
@@ -314,6 +317,7 @@ impl Results {
             others_cpu_percent,
             xlb_memory,
             micro,
+            docker_events,
             scale,
             runs: by_kind,
             stamp,
@@ -435,6 +439,7 @@ impl Results {
         }
         s.push('\n');
         self.markdown_micro(&mut s);
+        self.markdown_docker(&mut s);
         self.markdown_scale(&mut s);
         s.push_str(METHOD);
         let _ = writeln!(s, "\nVersions: {}.", self.versions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
@@ -485,10 +490,34 @@ impl Results {
         for c in m["sync"].as_array().into_iter().flatten() {
             writeln!(s, "| {} | {:.1} |", c["what"].as_str().unwrap_or(""), c["ms"].as_f64().unwrap_or(f64::NAN)).unwrap();
         }
+        s.push('\n');
+    }
+
+    fn markdown_docker(&self, s: &mut String) {
+        let Some(d) = &self.docker_events else { return };
+        s.push_str("Docker event to map update (`xlb run` following containers by label; the tests' `FROM scratch` xlb-testd image):\n\n");
+        if let Some(e) = &d.error {
+            writeln!(s, "Failed: {e}\n").unwrap();
+            return;
+        }
         s.push_str(
-            "\nDocker event to map update: not measured by this benchmark (it needs the Docker engine and containers). \
-             `tests/tests/live.rs` measures it under load and prints it on its `LIVE-FIGURE` lines \
-             (`XLB_BIN=… cargo test -p xlb-tests --test live -- --nocapture`).\n\n",
+            "| event | to xlb's discovery update, ms | to `maps synced`, ms | of which the map sync, ms | repetitions |\n|---|--:|--:|--:|--:|\n",
+        );
+        for (what, reps) in [
+            ("container started (`start`): added", &d.start),
+            ("`docker stop` (`kill`, SIGTERM): drained", &d.stop),
+            ("container exited (`die`): removed", &d.exit),
+        ] {
+            let show = |f: fn(&Reaction) -> f64| {
+                DockerEvents::spread(reps, f).map_or("–".into(), |x| x.show(|v| format!("{v:.1}")))
+            };
+            writeln!(s, "| {what} | {} | {} | {} | {} |", show(|r| r.discovered_ms), show(|r| r.synced_ms), show(|r| r.sync_ms), reps.len())
+                .unwrap();
+        }
+        s.push_str(
+            "\nFrom the engine's event time (`docker events`, `timeNano`) to xlb's log lines: `Docker discovery update` (the event \
+             received and the container inspected) and `maps synced` (written after the maps hold the change); median (min–max). \
+             xlb runs in the LB namespace with no load.\n\n",
         );
     }
 

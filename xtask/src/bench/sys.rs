@@ -1,5 +1,5 @@
 //! Network namespaces, veth pairs and child processes for the benchmark: a small, quiet
-//! cousin of `tests/src/netns.rs` (the xtask cannot depend on the tests crate).
+//! cousin of `tests/src/netns.rs` (errors are `Result`s here, where the tests' helpers panic).
 //!
 //! Everything the benchmark creates is named `xb<pid hex>-<role>`; namespaces left behind
 //! by a benchmark that was killed are removed by the next one.

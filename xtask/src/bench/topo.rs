@@ -54,7 +54,7 @@ pub struct Backend {
     pub addr: Ipv4Addr,
     // Held for their drop, in this order: the server goes before its namespace.
     _nginx: Proc,
-    _ns: Ns,
+    ns: Ns,
 }
 
 pub struct Topo {
@@ -100,13 +100,11 @@ impl Topo {
             ns.ip(&format!("route add default via 10.200.{x}.1"))?;
             ns.sysctls(SYSCTLS)?;
             ns.sysctls(&[("net.ipv4.ip_forward", "0")])?;
-            // What the scale test's unused backends would get is dropped here at once.
-            ns.ip(&format!("route add blackhole {UNUSED_NET}"))?;
             lb.ip(&format!("addr add 10.200.{x}.1/24 dev {lb_side}"))?;
             let nginx = start_backend(dir, &ns, &name, addr)?;
-            topo.backends.push(Backend { name, addr, _nginx: nginx, _ns: ns });
+            topo.backends.push(Backend { name, addr, _nginx: nginx, ns });
         }
-        lb.ip(&format!("route add {UNUSED_NET} via {}", topo.backends[0].addr))?;
+        topo.route_nowhere(UNUSED_NET)?;
         for b in &topo.backends {
             let url = format!("http://{}:{BACKEND_PORT}/", b.addr);
             let got = topo.wait_serving(&url, Duration::from_secs(10))?;
@@ -120,8 +118,17 @@ impl Topo {
     /// Inodes of the benchmark's namespaces, to tell its processes from others'.
     pub fn namespaces(&self) -> Vec<u64> {
         let mut names = vec![self.client.name(), self.lb.name()];
-        names.extend(self.backends.iter().map(|b| b._ns.name()));
+        names.extend(self.backends.iter().map(|b| b.ns.name()));
         names.into_iter().filter_map(|n| super::measure::netns_inode(&format!("/run/netns/{n}"))).collect()
+    }
+
+    /// Routes `net` from the LB namespace to backend 1, which drops what it gets for it: a
+    /// route for backends xlb is given but never sends to (the scale test's unused
+    /// addresses, the Docker event test's containers).
+    pub fn route_nowhere(&self, net: &str) -> Result<()> {
+        let b1 = &self.backends[0];
+        b1.ns.ip(&format!("route add blackhole {net}"))?;
+        self.lb.ip(&format!("route add {net} via {}", b1.addr))
     }
 
     pub fn vip_url(&self) -> String {

@@ -419,6 +419,12 @@ mod tests {
             h = (h * 113 + x) % 6271;
         }
         assert_eq!(who("10.0.7.1".into()), (h % 3) as usize);
+        // IPv6: the whole address is the key; an IPv4-mapped one counts as IPv4.
+        assert_eq!(ip_hash_key("fd00::1".parse().unwrap()).len(), 16);
+        assert_ne!(ip_hash_key("fd00::1".parse().unwrap()), ip_hash_key("fd00::2".parse().unwrap()));
+        assert_eq!(ip_hash_key("::ffff:10.0.7.9".parse().unwrap()), [10, 0, 7]);
+        let v6: std::collections::HashSet<usize> = (1..=60).map(|i| who(format!("fd00::{i:x}"))).collect();
+        assert_eq!(v6.len(), 3, "IPv6 clients of one /64 are spread, not grouped");
     }
 
     #[test]

@@ -9,8 +9,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuValues},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    maps::{Array, HashMap as BpfHashMap, MapInfo, MapType, PerCpuArray, PerCpuValues},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     AF_INET, AF_INET6, Addr, Backend as KBackend, BackendState as KState, Conn, ConnKey, Counters,
@@ -21,10 +26,28 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{self, BackendState},
     maglev::{self, Entry},
+    pin::Scope,
 };
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The maps a kept data plane keeps: all the programs read, write or count into. The
+/// kernel log's ring buffer and the programs' constants are made anew by each run.
+const KEPT_MAPS: [&str; 11] = [
+    names::SERVICES,
+    names::BACKENDS,
+    names::REV_NAT,
+    names::TABLES,
+    names::CONNTRACK,
+    names::SETTINGS,
+    names::TX_PORTS,
+    names::RR,
+    names::SERVICE_STATS,
+    names::BACKEND_STATS,
+    names::DROPS,
+];
+const PROGRAMS: [&str; 3] = [names::PROG_XDP, names::PROG_FWD, names::PROG_REPLY];
 
 /// Sizes fixed when the programs are loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +56,29 @@ pub struct Limits {
     pub table_size: u32,
     pub max_services: u32,
     pub hash_seed: u32,
+}
+
+impl Limits {
+    /// Entries of `TABLES`: a table per service and a spare.
+    fn tables_len(&self) -> anyhow::Result<u32> {
+        (self.max_services + 1)
+            .checked_mul(self.table_size)
+            .filter(|n| *n <= 1 << 28)
+            .context("max_services x table_size is too large for one map")
+    }
+
+    /// The maps whose size the config sets, with that size.
+    fn map_sizes(&self) -> anyhow::Result<[(&'static str, u32); 6]> {
+        let tables = self.tables_len()?;
+        Ok([
+            (names::CONNTRACK, self.conntrack_size),
+            (names::SERVICES, self.max_services),
+            (names::REV_NAT, self.max_services),
+            (names::RR, self.max_services),
+            (names::SERVICE_STATS, self.max_services),
+            (names::TABLES, tables),
+        ])
+    }
 }
 
 impl From<&config::Dataplane> for Limits {
@@ -74,8 +120,34 @@ struct ServiceSlot {
     table_ids: Vec<u32>,
 }
 
+/// One attachment of one of our programs, so that it can be pinned on the way out.
+struct Attachment {
+    program: &'static str,
+    iface: String,
+    link: LinkId,
+}
+
+enum LinkId {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
+/// What an adopted data plane held, for the log.
+pub struct Adopted {
+    pub services: usize,
+    pub backends: usize,
+    pub connections: usize,
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+    /// Links of a kept data plane not yet taken over, by (program, interface).
+    kept_links: HashMap<(String, String), PinnedLink>,
+    /// Backend ids a kept data plane held outside any selection table (draining, as
+    /// far as can be told), by address: the first sync gives each back to the service
+    /// that still has that backend, and retires the rest.
+    unclaimed: HashMap<u32, (IpAddr, u16)>,
     limits: Limits,
     services: HashMap<ServiceKey, ServiceSlot>,
     backend_ids: HashMap<BackendIdent, u32>,
@@ -92,21 +164,43 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the programs and creates the maps at the configured sizes.
     pub fn load(limits: Limits, kernel_log: aya_log::Level) -> anyhow::Result<(Self, aya_log::EbpfLogger<&'static dyn log::Log>)> {
+        Self::open(limits, kernel_log, None)
+    }
+
+    /// Loads the programs onto the maps of the data plane kept in `scope` (after checking
+    /// that their layout is the one these programs and `limits` expect) and takes over its
+    /// ids. Its links are taken over as the programs are attached.
+    pub fn adopt(limits: Limits, kernel_log: aya_log::Level, scope: &Scope) -> anyhow::Result<(Self, aya_log::EbpfLogger<&'static dyn log::Log>)> {
+        Self::open(limits, kernel_log, Some(scope))
+    }
+
+    fn open(
+        limits: Limits,
+        kernel_log: aya_log::Level,
+        kept: Option<&Scope>,
+    ) -> anyhow::Result<(Self, aya_log::EbpfLogger<&'static dyn log::Log>)> {
         if limits.max_services == 0 || limits.table_size < 3 {
             bail!("max_services must be above 0 and table_size at least 3");
         }
-        let tables = (limits.max_services + 1)
-            .checked_mul(limits.table_size)
-            .filter(|n| *n <= 1 << 28)
-            .context("max_services x table_size is too large for one map")?;
+        let sizes = limits.map_sizes()?;
+        let tables = limits.tables_len()?;
         let level = kernel_log as u8;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONNTRACK, limits.conntrack_size)
-            .map_max_entries(names::SERVICES, limits.max_services)
-            .map_max_entries(names::REV_NAT, limits.max_services)
-            .map_max_entries(names::RR, limits.max_services)
-            .map_max_entries(names::SERVICE_STATS, limits.max_services)
-            .map_max_entries(names::TABLES, tables)
+        let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, size);
+        }
+        let mut kept_links = HashMap::new();
+        if let Some(scope) = kept {
+            check_layout(scope, &sizes)?;
+            for name in KEPT_MAPS {
+                loader.map_pin_path(name, scope.map(name));
+            }
+            for (program, iface, path) in scope.links()? {
+                let link = PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+                kept_links.insert((program, iface), link);
+            }
+        }
+        let mut ebpf = loader
             .override_global(aya_log::LEVEL, &level, true)
             .load(OBJECT)
             .context("loading the kernel programs")?;
@@ -122,8 +216,11 @@ impl Dataplane {
         let mut settings: Array<_, Settings> = map(&mut ebpf, names::SETTINGS)?;
         settings.set(0, Settings { table_size: limits.table_size, hash_seed: limits.hash_seed }, 0)?;
         let tables = Tables::map(&ebpf, tables)?;
-        let dp = Self {
+        let mut dp = Self {
             ebpf,
+            attachments: Vec::new(),
+            kept_links,
+            unclaimed: HashMap::new(),
             limits,
             services: HashMap::new(),
             backend_ids: HashMap::new(),
@@ -134,25 +231,144 @@ impl Dataplane {
             tables,
             active: HashMap::new(),
         };
+        if kept.is_some() {
+            dp.take_over_ids().context("reading the kept data plane's maps")?;
+        }
         Ok((dp, logger))
+    }
+
+    /// Rebuilds the id allocation from the maps of a kept data plane, so the entries of
+    /// its connection table (which name backend ids and rev-NAT indexes) stay valid.
+    /// A service keeps its id and table; a backend in a service's table stays that
+    /// service's; other live backends wait in `unclaimed` for the first sync.
+    fn take_over_ids(&mut self) -> anyhow::Result<()> {
+        let size = self.limits.table_size;
+        let services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
+        let services = services.iter().collect::<Result<Vec<_>, _>>()?;
+        let mut owner = HashMap::new();
+        for (key, s) in services {
+            if s.id >= self.limits.max_services || s.table > self.limits.max_services || s.len > size {
+                bail!("service entry {s:?} does not fit the data plane's sizes");
+            }
+            let table_ids = self.tables.read(s.table as usize * size as usize, s.len as usize);
+            for id in &table_ids {
+                owner.insert(*id, key);
+            }
+            self.services.insert(key, ServiceSlot { id: s.id, table: s.table, backends: Vec::new(), table_ids });
+        }
+        let backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+        let mut free = Vec::new();
+        for id in 0..lb_common::MAX_BACKENDS {
+            let b = backends.get(&id, 0)?;
+            let addr = key_addr(&ServiceKey { addr: b.addr, port: 0, proto: 0, family: b.family });
+            let port = u16::from_be(b.port);
+            match b.state {
+                s if s == KState::Empty as u8 => free.push(id),
+                s if s == KState::Removed as u8 => {
+                    self.retired.insert(id);
+                }
+                s => {
+                    let state = if s == KState::Active as u8 { BackendState::Active } else { BackendState::Draining };
+                    let slot = owner.get(&id).and_then(|key| Some((*key, self.services.get_mut(key)?)));
+                    match slot {
+                        Some((key, slot)) if !self.backend_ids.contains_key(&(key, addr, port)) => {
+                            self.backend_ids.insert((key, addr, port), id);
+                            slot.backends.push((id, DesiredBackend { addr, port, weight: 0, state }));
+                        }
+                        _ => {
+                            self.unclaimed.insert(id, (addr, port));
+                        }
+                    }
+                }
+            }
+        }
+        self.free_backend_ids = free.into_iter().rev().collect();
+        let used_ids: BTreeSet<u32> = self.services.values().map(|s| s.id).collect();
+        let used_tables: BTreeSet<u32> = self.services.values().map(|s| s.table).collect();
+        self.free_service_ids.retain(|id| !used_ids.contains(id));
+        self.free_tables.retain(|t| !used_tables.contains(t));
+        Ok(())
+    }
+
+    /// What the maps hold right now: services, backend ids in use, connection entries.
+    pub fn adopted(&mut self) -> anyhow::Result<Adopted> {
+        let ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
+        let connections = ct.keys().filter(Result::is_ok).count();
+        Ok(Adopted { services: self.services.len(), backends: self.backend_ids.len() + self.unclaimed.len(), connections })
+    }
+
+    /// Interfaces a kept data plane had the reply program on.
+    pub fn kept_reply_ifaces(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.kept_links.keys().filter(|(p, _)| p == names::PROG_REPLY).map(|(_, i)| i.clone()).collect();
+        out.sort();
+        out
+    }
+
+    /// Ends an adoption: the links not taken over are let go, and the pins removed (this
+    /// process holds the descriptors now; the next keep pins again).
+    pub fn finish_adoption(&mut self, scope: &Scope) -> anyhow::Result<()> {
+        for ((program, iface), _) in self.kept_links.drain() {
+            warn!(program, %iface, "a kept attachment is no longer needed: detaching it");
+        }
+        scope.remove().map(drop)
+    }
+
+    /// Pins the maps, the programs and their attachments under `scope` and lets go of
+    /// the attachments: once this process exits, the kernel keeps forwarding with what
+    /// it has until the next `xlb run` adopts it. Returns how many links were pinned.
+    pub fn keep(&mut self, scope: &Scope) -> anyhow::Result<usize> {
+        for name in KEPT_MAPS {
+            let m = self.ebpf.map(name).with_context(|| format!("map {name} missing"))?;
+            let path = scope.map(name);
+            m.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        for name in PROGRAMS {
+            let prog = self.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
+            let path = scope.program(name);
+            prog.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        let attachments = std::mem::take(&mut self.attachments);
+        let count = attachments.len();
+        for a in attachments {
+            let path = scope.link(a.program, &a.iface);
+            let link: FdLink = match a.link {
+                LinkId::Xdp(id) => program::<Xdp>(&mut self.ebpf, a.program)?.take_link(id)?.try_into(),
+                LinkId::Tc(id) => program::<SchedClassifier>(&mut self.ebpf, a.program)?.take_link(id)?.try_into(),
+            }
+            .with_context(|| format!("{} on {} is not a BPF link (kernel too old to keep it)", a.program, a.iface))?;
+            link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(count)
     }
 
     /// Attaches the XDP program (native mode, else generic) and the TC program that
     /// finishes its stack-bound packets to the interface clients reach.
     pub fn attach_client_side(&mut self, iface: &str) -> anyhow::Result<()> {
+        if let Some(kept) = self.kept_link(names::PROG_XDP, iface) {
+            let xdp: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
+            match XdpLink::try_from(kept).map_err(anyhow::Error::from).and_then(|l| Ok(xdp.attach_to_link(l)?)) {
+                Ok(id) => {
+                    info!(%iface, program = names::PROG_XDP, "took over the kept attachment (program replaced in place)");
+                    self.attachments.push(Attachment { program: names::PROG_XDP, iface: iface.to_owned(), link: LinkId::Xdp(id) });
+                    return self.attach_tc(names::PROG_FWD, iface);
+                }
+                Err(e) => warn!(%iface, error = %e, "the kept XDP attachment is unusable: attaching anew"),
+            }
+        }
         let xdp: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
-        let mode = match xdp.attach(iface, XdpMode::Driver) {
-            Ok(_) => "native",
+        let (id, mode) = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
             Err(e) if is_busy(&e) => {
                 bail!("{iface} already has an XDP program (is another xlb running? `ip link show {iface}`)")
             }
             Err(e) => {
                 warn!(%iface, error = %e, "native XDP unavailable, using generic XDP");
-                xdp.attach(iface, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface}"))?;
-                "generic"
+                (xdp.attach(iface, XdpMode::Skb).with_context(|| format!("attaching XDP to {iface}"))?, "generic")
             }
         };
         info!(%iface, program = names::PROG_XDP, mode, "attached");
+        self.attachments.push(Attachment { program: names::PROG_XDP, iface: iface.to_owned(), link: LinkId::Xdp(id) });
         self.attach_tc(names::PROG_FWD, iface)
     }
 
@@ -161,16 +377,34 @@ impl Dataplane {
         self.attach_tc(names::PROG_REPLY, iface)
     }
 
-    fn attach_tc(&mut self, name: &str, iface: &str) -> anyhow::Result<()> {
+    fn attach_tc(&mut self, name: &'static str, iface: &str) -> anyhow::Result<()> {
+        if let Some(kept) = self.kept_link(name, iface) {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            match SchedClassifierLink::try_from(kept).map_err(anyhow::Error::from).and_then(|l| Ok(prog.attach_to_link(l)?)) {
+                Ok(id) => {
+                    info!(%iface, program = name, "took over the kept attachment (program replaced in place)");
+                    self.attachments.push(Attachment { program: name, iface: iface.to_owned(), link: LinkId::Tc(id) });
+                    return Ok(());
+                }
+                Err(e) => warn!(%iface, program = name, error = %e, "the kept TC attachment is unusable: attaching anew"),
+            }
+        }
         // Kernels before 6.6 attach through a clsact qdisc; later ones use TCX links.
         if let Err(e) = tc::qdisc_add_clsact(iface) {
             debug!(%iface, error = %e, "clsact qdisc not added (exists, or TCX is used)");
         }
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-        prog.attach(iface, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {name} to {iface}"))?;
+        let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| format!("attaching {name} to {iface}"))?;
         info!(%iface, program = name, "attached");
+        self.attachments.push(Attachment { program: name, iface: iface.to_owned(), link: LinkId::Tc(id) });
         Ok(())
+    }
+
+    /// The kept link of `program` on `iface`, if a kept data plane had one. Taking it
+    /// over (`attach_to_link`) swaps the program in one `BPF_LINK_UPDATE`: packets see
+    /// the old program or the new one, never none.
+    fn kept_link(&mut self, program: &str, iface: &str) -> Option<FdLink> {
+        self.kept_links.remove(&(program.to_owned(), iface.to_owned())).map(FdLink::from)
     }
 
     /// The XDP program, for `BPF_PROG_TEST_RUN`.
@@ -207,6 +441,13 @@ impl Dataplane {
             self.backend_ids.remove(&ident);
             self.retired.insert(id);
         }
+        // A kept data plane's backends that no service claimed are gone.
+        for (id, _) in self.unclaimed.drain() {
+            let mut b = backends.get(&id, 0)?;
+            b.state = KState::Removed as u8;
+            backends.set(id, b, 0)?;
+            self.retired.insert(id);
+        }
         Ok(())
     }
 
@@ -217,8 +458,11 @@ impl Dataplane {
         let mut drain_later = Vec::new();
         for b in &d.backends {
             let ident = (d.key, b.addr, b.port);
-            let id = match self.backend_ids.get(&ident) {
-                Some(id) => *id,
+            let id = match self.backend_ids.get(&ident).copied().or_else(|| self.claim(b.addr, b.port)) {
+                Some(id) => {
+                    self.backend_ids.insert(ident, id);
+                    id
+                }
                 None => {
                     let id = self.free_backend_ids.pop().context("out of backend ids")?;
                     self.backend_ids.insert(ident, id);
@@ -296,6 +540,13 @@ impl Dataplane {
             .collect();
         self.services.insert(d.key, ServiceSlot { id, table: entry.table, backends, table_ids });
         Ok(removed)
+    }
+
+    /// Takes the id a kept data plane gave this backend, if it is still unclaimed.
+    fn claim(&mut self, addr: IpAddr, port: u16) -> Option<u32> {
+        let id = self.unclaimed.iter().find(|(_, a)| **a == (addr, port)).map(|(id, _)| *id)?;
+        self.unclaimed.remove(&id);
+        Some(id)
     }
 
     /// Clears a reused id's per-CPU counters: a new backend or service starts at zero.
@@ -449,6 +700,14 @@ impl Tables {
         Ok(Self { ptr, len: len as usize, bytes })
     }
 
+    /// Reads `len` ids from `start`.
+    fn read(&self, start: usize, len: usize) -> Vec<u32> {
+        assert!(start + len <= self.len, "table read past the TABLES array");
+        // SAFETY: in bounds (checked above) of a live mapping we own.
+        let words = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(start * 2), len * 2) };
+        words.chunks_exact(2).map(|element| element[0]).collect()
+    }
+
     /// Writes `ids` from `start`. The caller makes the table live afterwards with a map
     /// update (a syscall, which orders these stores before it).
     fn write(&mut self, start: usize, ids: &[u32]) {
@@ -466,6 +725,47 @@ impl Drop for Tables {
         // SAFETY: the mapping made in `map`, unmapped once.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
+}
+
+/// Refuses a kept data plane whose maps differ from what these programs and this config
+/// would create (type, key and value sizes, flags, entries): adopting it would make the
+/// programs misread every entry. Sizes are checked against the config, so a resized
+/// connection table or selection table is refused too.
+fn check_layout(scope: &Scope, sizes: &[(&str, u32)]) -> anyhow::Result<()> {
+    let object = aya_obj::Object::parse(OBJECT).context("parsing the kernel object")?;
+    let mut problems = Vec::new();
+    for name in KEPT_MAPS {
+        let def = object.maps.get(name).with_context(|| format!("map {name} missing from the object"))?;
+        let max = sizes.iter().find(|(n, _)| *n == name).map_or(def.max_entries(), |(_, m)| *m);
+        let info = match MapInfo::from_pin(scope.map(name)) {
+            Ok(i) => i,
+            Err(e) => {
+                problems.push(format!("{name}: not kept ({e})"));
+                continue;
+            }
+        };
+        let kind = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        // aya picks a device map's value size from what the kernel supports, and the
+        // kernel adds flags of its own (read-only to programs).
+        let devmap = [MapType::DevMap as u32, MapType::DevMapHash as u32].contains(&kind);
+        let want = (def.map_type(), def.key_size(), (!devmap).then(|| (def.value_size(), def.map_flags())), max);
+        let got = (kind, info.key_size(), (!devmap).then(|| (info.value_size(), info.map_flags())), info.max_entries());
+        if want != got {
+            problems.push(format!(
+                "{name}: kept (type, key size, (value size, flags), entries) {got:?}, this xlb needs {want:?}"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the data plane kept in {} does not fit this xlb and config:\n  {}\n\
+             Nothing was changed. Start it with the config it was kept with, or remove it with \
+             `xlb down` (this drops the connections it tracks)",
+            scope.dir().display(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 /// Possible CPUs: the length of every per-CPU map value.

@@ -7,6 +7,7 @@ pub mod desired;
 pub mod health;
 pub mod maglev;
 pub mod netdev;
+pub mod pin;
 pub mod probe;
 pub mod proxy;
 pub mod run;

@@ -34,8 +34,25 @@ enum Command {
         /// Level of the kernel programs' own log records (error, warn, info, debug, trace).
         #[arg(long, default_value = "info")]
         kernel_log: String,
+        /// On SIGINT/SIGTERM, leave the data plane running (pinned under
+        /// /sys/fs/bpf/xlb) for the next `xlb run` to adopt, instead of detaching it.
+        #[arg(long)]
+        keep_dataplane: bool,
+        /// Where the BPF file system is mounted (kept data planes live in its xlb/).
+        #[arg(long, default_value = xlb::pin::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
         /// Services: [VIP:]PORT:TARGET[,TARGET...][:TARGETPORT][/tcp|/udp|/http].
         specs: Vec<Spec>,
+    },
+    /// Remove a data plane kept by `xlb run --keep-dataplane`: detach its programs,
+    /// unpin its maps. Idempotent.
+    Down {
+        /// Only the one kept for this interface (in this network namespace); default: all.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Where the BPF file system is mounted.
+        #[arg(long, default_value = xlb::pin::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
     },
     /// Validate a config file without touching the system.
     Check { config: PathBuf },
@@ -59,13 +76,14 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => fmt.json().init(),
     }
     let result = match cli.command {
-        Command::Run { iface, config, kernel_log, specs } => kernel_level(&kernel_log).and_then(|level| {
+        Command::Run { iface, config, kernel_log, keep_dataplane, bpffs, specs } => kernel_level(&kernel_log).and_then(|level| {
             let source = Source { file: config, specs, interface: iface };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(xlb::run::run(source, level))
+                .block_on(xlb::run::run(source, level, keep_dataplane, &bpffs))
         }),
+        Command::Down { iface, bpffs } => xlb::pin::down(&bpffs, iface.as_deref()).map(|lines| lines.iter().for_each(|l| println!("{l}"))),
         Command::Check { config } => Config::load(&config).map(|c| println!("{}: ok, {} services", config.display(), c.services.len())),
         Command::Status { json, admin } => status(json, admin),
     };

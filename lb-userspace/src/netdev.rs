@@ -108,6 +108,11 @@ impl Forwarding {
         }
         Ok(())
     }
+
+    /// Leaves the switches on: a kept data plane still forwards through them.
+    pub fn keep(&mut self) {
+        self.changed.clear();
+    }
 }
 
 impl Drop for Forwarding {

@@ -2,10 +2,9 @@
 //! until told to stop.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    fs::File,
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -26,6 +25,7 @@ use crate::{
     discovery::{self, DnsWatch, DockerWatch, Registry, Update},
     health::{self, Health},
     netdev,
+    pin::{self, Scope},
     proxy::Proxy,
     status::{self, BackendStatus, ServiceStatus, Snapshot},
 };
@@ -38,8 +38,13 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 const WATCH_FILE_EVERY: Duration = Duration::from_secs(1);
 /// How often weights are recomputed while a slow start is ramping.
 const RAMP_EVERY: Duration = Duration::from_millis(500);
+/// The longest an adopted data plane serves as it was kept, waiting for discovery and
+/// first probes, before the maps are synced with whatever is known by then.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
 
-pub async fn run(source: Source, kernel_log: aya_log::Level) -> anyhow::Result<()> {
+/// `keep_dataplane`: on SIGINT/SIGTERM, pin the data plane under `bpffs` and leave it
+/// running. A data plane kept there before is adopted either way.
+pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: bool, bpffs: &Path) -> anyhow::Result<()> {
     let config = source.load()?;
     let iface = config
         .dataplane
@@ -48,10 +53,19 @@ pub async fn run(source: Source, kernel_log: aya_log::Level) -> anyhow::Result<(
         .context("no interface: give --iface or dataplane.interface")?;
     netdev::ifindex(&iface)?;
     crate::probe::check()?;
-    let _lock = lock(&iface)?;
+    let scope_name = pin::scope_name(&iface)?;
+    let _lock = pin::lock(&scope_name, &iface)?;
+    if keep_dataplane {
+        check_keepable(bpffs)?;
+    }
     let limits = Limits::from(&config.dataplane);
     let admin = admin::bind(config.admin.address).await?;
-    let (dp, logger) = Dataplane::load(limits, kernel_log)?;
+    let kept = Scope::find(bpffs, &scope_name).filter(Scope::is_kept);
+    let adopt_started = Instant::now();
+    let (dp, logger) = match &kept {
+        Some(scope) => Dataplane::adopt(limits, kernel_log, scope)?,
+        None => Dataplane::load(limits, kernel_log)?,
+    };
     let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(admin::serve(admin, snapshot_rx));
     let (updates_tx, mut updates) = mpsc::channel(256);
@@ -67,6 +81,8 @@ pub async fn run(source: Source, kernel_log: aya_log::Level) -> anyhow::Result<(
         reply_ifaces: BTreeSet::new(),
         forwarding: netdev::Forwarding::default(),
         plan: Vec::new(),
+        settle: None,
+        reported: HashSet::new(),
         snapshots,
         last_status: None,
         health_transitions: 0,
@@ -79,6 +95,9 @@ pub async fn run(source: Source, kernel_log: aya_log::Level) -> anyhow::Result<(
     let iface = ctl.iface.clone();
     ctl.forwarding.enable(&iface)?;
     ctl.dp.attach_client_side(&ctl.iface)?;
+    if let Some(scope) = &kept {
+        ctl.adopt_kept(scope, adopt_started)?;
+    }
     ctl.watch();
     let ramping = ctl.replan()?;
     info!(iface = %ctl.iface, services = ctl.config.services.len(), "ready");
@@ -140,8 +159,40 @@ pub async fn run(source: Source, kernel_log: aya_log::Level) -> anyhow::Result<(
             }
         }
     }
+    if keep_dataplane {
+        match Scope::create(bpffs, &scope_name).and_then(|scope| ctl.dp.keep(&scope).map(|links| (scope, links))) {
+            Ok((scope, links)) => {
+                // The kept programs still need the forwarding switches xlb turned on.
+                ctl.forwarding.keep();
+                info!(
+                    dir = %scope.dir().display(),
+                    links,
+                    "stopping: data plane kept (maps, programs and links pinned; `xlb run` adopts it, `xlb down` removes it)"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                error!("keeping the data plane failed, detaching it instead: {e:#}");
+                if let Some(scope) = Scope::find(bpffs, &scope_name) {
+                    scope.remove().context("removing the partly written pins")?;
+                }
+            }
+        }
+    }
     info!("stopping: detaching programs");
     Ok(())
+}
+
+/// Fails at start, not at exit, when `--keep-dataplane` could not be honoured: the kept
+/// attachments must be BPF links (XDP links since 5.9, TCX links since 6.6; netlink
+/// attachments cannot be pinned) and a BPF file system must be reachable.
+fn check_keepable(bpffs: &Path) -> anyhow::Result<()> {
+    use aya::util::KernelVersion;
+    let current = KernelVersion::current().map_err(|e| anyhow::anyhow!("reading the kernel version: {e}"))?;
+    if current < KernelVersion::new(6, 6, 0) {
+        bail!("--keep-dataplane needs Linux 6.6 or later (TC programs attached as links), this is {current:?}");
+    }
+    pin::check_bpffs(bpffs)
 }
 
 /// Everything `xlb run` keeps between events.
@@ -161,6 +212,10 @@ struct Controller {
     forwarding: netdev::Forwarding,
     /// The services as last written to the maps.
     plan: Vec<Desired>,
+    /// Until when an adopted data plane serves as kept (see `settled`).
+    settle: Option<Instant>,
+    /// Services a discovery source has reported on since the start.
+    reported: HashSet<String>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     last_status: Option<(Instant, Snapshot)>,
     health_transitions: u64,
@@ -170,6 +225,44 @@ struct Controller {
 }
 
 impl Controller {
+    /// Takes over the rest of a kept data plane (the reply attachments), removes its
+    /// pins, and holds the first sync until what feeds it has spoken (`settled`).
+    fn adopt_kept(&mut self, scope: &Scope, started: Instant) -> anyhow::Result<()> {
+        for iface in self.dp.kept_reply_ifaces() {
+            if netdev::ifindex(&iface).is_err() {
+                warn!(%iface, "a kept reply attachment's interface is gone");
+                continue;
+            }
+            self.forwarding.enable(&iface)?;
+            self.dp.attach_backend_side(&iface)?;
+            self.reply_ifaces.insert(iface);
+        }
+        self.dp.finish_adoption(scope)?;
+        let held = self.dp.adopted()?;
+        info!(
+            dir = %scope.dir().display(),
+            services = held.services,
+            backends = held.backends,
+            connections = held.connections,
+            took_ms = started.elapsed().as_millis() as u64,
+            "adopted the kept data plane"
+        );
+        self.settle = Some(Instant::now() + SETTLE_MAX);
+        Ok(())
+    }
+
+    /// Whether `services` can replace what an adopted data plane holds: every discovery
+    /// source has reported on its services and every probed backend has a verdict.
+    /// Syncing earlier would write empty or not-yet-healthy backend sets, turning away
+    /// new connections (and, for vanished backends, re-balancing live ones).
+    fn settled(&self, services: &[Desired]) -> bool {
+        let discovered = self.config.services.iter().filter(|s| s.docker.is_some() || s.dns.is_some()).all(|s| self.reported.contains(&s.name));
+        let probed = services.iter().filter(|d| self.config.services.iter().any(|s| s.name == d.name && s.probes().is_some())).all(|d| {
+            d.backends.iter().all(|b| self.health.healthy(&health::Target { service: d.name.clone(), addr: SocketAddr::new(b.addr, b.port) }).is_some())
+        });
+        discovered && probed
+    }
+
     /// Re-reads the config; a bad one is logged and the running one keeps serving.
     /// Says whether anything was applied.
     fn reload(&mut self, source: &Source) -> bool {
@@ -242,6 +335,7 @@ impl Controller {
     fn apply_update(&mut self, u: Update) -> bool {
         debug!(service = %u.service, source = ?u.source, backends = u.backends.len(), "discovered");
         *self.discovery_events.entry(format!("{:?}", u.source).to_lowercase()).or_default() += 1;
+        self.reported.insert(u.service.clone());
         let now = Instant::now();
         for b in &u.backends {
             self.first_seen.entry((u.service.clone(), b.addr)).or_insert(now);
@@ -278,6 +372,15 @@ impl Controller {
             error!("HTTP proxy: {e:#}");
         }
         self.attach_reply(&plan.services)?;
+        if let Some(until) = self.settle {
+            if started < until && !self.settled(&plan.services) {
+                debug!("adopted data plane: waiting for discovery and first probes before syncing");
+                // Replanned again at the next ramp tick.
+                return Ok(true);
+            }
+            self.settle = None;
+            info!(services = plan.services.len(), "resynchronised the adopted data plane");
+        }
         self.dp.sync(&plan.services)?;
         debug!(elapsed_us = started.elapsed().as_micros() as u64, "maps synced");
         self.plan = plan.services;
@@ -422,22 +525,6 @@ impl<W: Send + Sync + PartialEq + 'static> Discovery<W> {
 fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
     let meta = std::fs::metadata(path?).ok()?;
     Some((meta.modified().ok()?, meta.len()))
-}
-
-/// One xlb per interface: a second one would fight over the same hooks and maps.
-/// Interface names repeat across network namespaces, so the lock names both.
-fn lock(iface: &str) -> anyhow::Result<File> {
-    use std::os::unix::fs::MetadataExt as _;
-    let dir = "/run/xlb";
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
-    let netns = std::fs::metadata("/proc/self/ns/net").context("reading this network namespace")?.ino();
-    let path = format!("{dir}/{netns}-{iface}.lock");
-    let file = File::create(&path).with_context(|| format!("creating {path}"))?;
-    // SAFETY: a valid descriptor; the lock lives as long as `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another xlb is already running on {iface} (lock {path} is held)");
-    }
-    Ok(file)
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.

@@ -159,6 +159,30 @@ impl Xlb {
         if self.stopped {
             return Ok(());
         }
+        self.terminate()?;
+        let leftovers = self.attached_programs();
+        if !leftovers.is_empty() {
+            return Err(format!(
+                "xlb exited but left programs attached:\n{}\nlog:\n{}",
+                leftovers.join("\n"),
+                self.log()
+            ));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to an xlb run with `--keep-dataplane`: checks that it exits 0 within
+    /// [`STOP_TIMEOUT`] and says it kept the data plane, which stays attached.
+    pub fn stop_keeping_dataplane(&mut self) -> Result<(), String> {
+        self.terminate()?;
+        if !self.log().contains("data plane kept") {
+            return Err(format!("xlb exited without keeping the data plane; log:\n{}", self.log()));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then checks that xlb exits 0 within [`STOP_TIMEOUT`].
+    fn terminate(&mut self) -> Result<(), String> {
         self.stopped = true;
         let status = match self.proc.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT) {
             Some(st) => st,
@@ -177,14 +201,6 @@ impl Xlb {
         }
         if !status.success() {
             return Err(format!("xlb exited with {status} after SIGTERM (want 0); log:\n{}", self.log()));
-        }
-        let leftovers = self.attached_programs();
-        if !leftovers.is_empty() {
-            return Err(format!(
-                "xlb exited but left programs attached:\n{}\nlog:\n{}",
-                leftovers.join("\n"),
-                self.log()
-            ));
         }
         Ok(())
     }

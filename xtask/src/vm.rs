@@ -281,14 +281,17 @@ fn cache_dir() -> PathBuf {
 
 /// QEMU and a busybox; apt installs them when missing (as root).
 fn ensure_host_tools() -> Result<()> {
-    let mut packages = Vec::new();
-    if cmd::which(qemu::QEMU).is_none() {
-        packages.push("qemu-system-x86");
-    }
     if cmd::which("busybox").is_none() {
-        packages.push("busybox-static");
+        apt::ensure(&["busybox-static"])?;
     }
-    apt::ensure(&packages)?;
+    if cmd::which(qemu::QEMU).is_none() {
+        // QEMU's packages must come from the suite of an installed qemu-utils (they share
+        // qemu-system-common): some machines carry qemu-utils from backports, which breaks
+        // the release's own QEMU.
+        let backports = apt::version("qemu-utils").is_some_and(|v| v.contains("~bpo"));
+        let release = if backports { Some(apt::enable_backports()?) } else { None };
+        apt::ensure_from(&["qemu-system-x86"], release.as_deref())?;
+    }
     for tool in ["ldd", "dpkg-deb", "apt-get", "ip", "ethtool", "curl"] {
         if cmd::which(tool).is_none() {
             bail!("{tool} is not on PATH: run `cargo xtask setup` as root");

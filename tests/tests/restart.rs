@@ -1,0 +1,248 @@
+//! Restarting xlb without dropping flows: `xlb run --keep-dataplane` leaves the data plane
+//! pinned under /sys/fs/bpf/xlb and forwarding, the next `xlb run` adopts it, and `xlb down`
+//! removes everything. Runs in the namespace topology (see `xlb_tests::topology`).
+//!
+//! Needs root and `XLB_BIN`; run with
+//! `XLB_BIN=$PWD/target/debug/xlb cargo test -p xlb-tests --test restart -- --test-threads=1`.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{MapInfo, loaded_maps},
+    programs::{
+        ProgramInfo, loaded_links, loaded_programs,
+        links::{FdLink, PinnedLink},
+    },
+};
+use xlb_tests::{
+    NetNs, Topology, Xlb,
+    config::{self, BackendCfg, ServiceCfg},
+    topology::{LB_CLIENT_IF, TESTD_PORT, VIP4},
+    util::{self, TempFile},
+    xlb::xlb_bin,
+};
+
+/// A live TCP connection through the VIP (a line every 100 ms) flows on, from the same
+/// backend and without a stall, while xlb stops with `--keep-dataplane`, stays down, and
+/// starts again; new connections work throughout; the restarted xlb (without the flag)
+/// adopts the kept maps (log line), replaces the kept programs in their links, applies a
+/// backend change, and on an ordinary stop leaves nothing attached or pinned.
+#[test]
+fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
+    let _g = xlb_tests::serial();
+    let topo = setup();
+    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
+    let keep = keep_args();
+    // Dropped last: cleans up after a failure, once xlb has stopped.
+    let _down = Down(&topo);
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &keep);
+    let vip = Topology::vip4(80);
+    expect_spread(&topo, &["b1", "b2"], &xlb);
+
+    let secs = 20;
+    let stream = topo.stream(vip, secs);
+    let on = stream.backend(Duration::from_secs(3)).unwrap_or_else(|e| panic!("stream: {e}\n{}", xlb.log()));
+    std::thread::sleep(Duration::from_secs(1));
+    let retrans_before = retransmits(&topo.backend(&on).ns);
+
+    xlb.stop_keeping_dataplane().unwrap_or_else(|e| panic!("{e}"));
+    let stopped = Instant::now();
+    let scope = scope_dir(&topo);
+    let first = Kept::read(&scope);
+    assert!(
+        first.links.iter().any(|l| l.ends_with("xlb_xdp@lc")) && first.links.iter().any(|l| l.ends_with("xlb_fwd@lc")),
+        "kept links: {:?}",
+        first.links
+    );
+    assert_eq!(first.maps.len(), 11, "kept maps: {:?}", first.maps);
+    assert!(topo.lb.ip(&format!("-d link show dev {LB_CLIENT_IF}")).contains("xdp"), "no XDP program on {LB_CLIENT_IF} after a keep");
+
+    // Nobody runs xlb now: the kernel balances new connections on its own.
+    expect_spread(&topo, &["b1", "b2"], &xlb);
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(stopped.elapsed()));
+    let down_for = stopped.elapsed();
+
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &["--bpffs".into(), BPFFS.into()]);
+    let log = xlb.log();
+    let adopted = log.lines().find(|l| l.contains("adopted the kept data plane")).unwrap_or_else(|| panic!("no adoption logged:\n{log}"));
+    assert!(log.contains("took over the kept attachment"), "links not taken over:\n{log}");
+    assert!(!log.contains("attaching anew"), "a kept link was not reused:\n{log}");
+    assert!(!scope.exists(), "the adopting xlb left the pins at {}", scope.display());
+    // The kept programs were swapped out of the links: nothing holds them any more.
+    first.assert_programs_gone();
+    expect_spread(&topo, &["b1", "b2"], &xlb);
+
+    // A change after the adoption reaches the kernel.
+    cfg.write(&yaml(&topo, &["b1", "b2", "b3"]));
+    xlb.reload();
+    let applied = util::wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        let s = topo.spread(vip, 30);
+        (s.count("b3") > 0 && s.total_ok() == 30).then_some(())
+    });
+    assert!(applied.is_some(), "b3 added after the adoption never got connections\n{}", xlb.log());
+
+    let r = stream.join();
+    let retrans = retransmits(&topo.backend(&on).ns) - retrans_before;
+    eprintln!("restart: xlb down for {down_for:?}; {adopted}; stream {r:?}; TCP retransmissions by {on} meanwhile: {retrans}");
+    assert_eq!(r.backend.as_deref(), Some(on.as_str()), "stream moved: {r:?}");
+    r.assert_ok(secs, Duration::from_secs(1));
+    xlb.assert_running();
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!scope.exists(), "a normal stop left pins at {}", scope.display());
+}
+
+/// `xlb down` removes a kept data plane: no pin, no link, no program and no map of it is
+/// left in the kernel, nothing is attached to the interfaces, and the VIP stops answering.
+/// A second `xlb down` finds nothing to do.
+#[test]
+fn down_leaves_no_program_pin_or_link() {
+    let _g = xlb_tests::serial();
+    let topo = setup();
+    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
+    let _down = Down(&topo);
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &keep_args());
+    let vip = Topology::vip4(80);
+    expect_spread(&topo, &["b1", "b2"], &xlb);
+    xlb.stop_keeping_dataplane().unwrap_or_else(|e| panic!("{e}"));
+    let scope = scope_dir(&topo);
+    let kept = Kept::read(&scope);
+    assert!(!kept.links.is_empty() && !kept.programs.is_empty(), "nothing kept: {kept:?}");
+
+    let out = down(&topo);
+    for path in kept.links.iter().chain(&kept.programs).chain(&kept.maps) {
+        assert!(out.contains(path.to_str().unwrap()), "`xlb down` did not report {}:\n{out}", path.display());
+    }
+    assert!(!scope.exists(), "{} left after `xlb down`", scope.display());
+    let leftovers = xlb.attached_programs();
+    assert!(leftovers.is_empty(), "attached after `xlb down`: {leftovers:?}");
+    kept.assert_programs_gone();
+    kept.assert_links_and_maps_gone();
+    assert!(topo.get(vip).is_err(), "the VIP still answers after `xlb down`");
+
+    let again = down(&topo);
+    assert!(again.contains("nothing kept"), "second `xlb down`: {again}");
+}
+
+/// A BPF file system for the kept data planes of these tests. Not /sys/fs/bpf: xlb runs
+/// under `ip netns exec`, which mounts a fresh sysfs over /sys and so hides the host's.
+const BPFFS: &str = "/run/xlb-tests-bpffs";
+
+fn setup() -> Topology {
+    xlb_tests::preflight();
+    ensure_bpffs();
+    Topology::builder().backends(3).build()
+}
+
+/// Mounts [`BPFFS`] in the root mount namespace (namespaces `ip netns exec` makes later
+/// see it) unless it is mounted already.
+fn ensure_bpffs() {
+    std::fs::create_dir_all(BPFFS).unwrap_or_else(|e| panic!("creating {BPFFS}: {e}"));
+    let out = util::run(&mut util::cmd("stat", ["-f", "-c", "%T", BPFFS]));
+    if out.trim() != "bpf_fs" {
+        util::run(&mut util::cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
+    }
+}
+
+/// `xlb run` arguments (passed with the SPECs) that keep the data plane in [`BPFFS`].
+fn keep_args() -> [String; 3] {
+    ["--keep-dataplane".into(), "--bpffs".into(), BPFFS.into()]
+}
+
+fn yaml(topo: &Topology, names: &[&str]) -> String {
+    let backends = names.iter().map(|n| BackendCfg::new(topo.backend(n).v4.into(), TESTD_PORT)).collect();
+    config::render(&[ServiceCfg::tcp("web", VIP4.into(), 80, backends)])
+}
+
+/// 30 new connections through the VIP all succeed, on exactly `names`.
+#[track_caller]
+fn expect_spread(topo: &Topology, names: &[&str], xlb: &Xlb) {
+    let s = topo.spread(Topology::vip4(80), 30);
+    let all: usize = names.iter().map(|n| s.count(n)).sum();
+    assert!(s.total_ok() == 30 && all == 30 && names.iter().all(|n| s.count(n) > 0), "spread over {names:?}: {s:?}\n{}", xlb.log());
+}
+
+/// `RetransSegs` of the namespace's TCP stack: segments sent again because they (or their
+/// acknowledgements) were lost.
+fn retransmits(ns: &NetNs) -> u64 {
+    let snmp = ns.run("cat", &["/proc/net/snmp"]);
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().expect("Tcp: header"), tcp.next().expect("Tcp: values"));
+    let at = names.split_whitespace().position(|n| n == "RetransSegs").expect("RetransSegs");
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("RetransSegs value")
+}
+
+/// The pin directory of xlb on `lc` in the LB namespace.
+fn scope_dir(topo: &Topology) -> PathBuf {
+    let ino = std::fs::metadata(format!("/run/netns/{}", topo.lb.name())).expect("LB netns").ino();
+    PathBuf::from(format!("{BPFFS}/xlb/{ino}-{LB_CLIENT_IF}"))
+}
+
+/// `xlb down --iface lc` in the LB namespace: its output.
+fn down(topo: &Topology) -> String {
+    let bin = xlb_bin();
+    topo.lb.try_run(bin.to_str().unwrap(), &["down", "--bpffs", BPFFS, "--iface", LB_CLIENT_IF]).unwrap_or_else(|e| panic!("xlb down: {e}"))
+}
+
+/// Removes a kept data plane when a test ends early, before its namespace goes.
+struct Down<'a>(&'a Topology);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.lb.try_run(xlb_bin().to_str().unwrap(), &["down", "--bpffs", BPFFS, "--iface", LB_CLIENT_IF]);
+    }
+}
+
+/// What a kept data plane pinned, and the kernel ids behind the pins.
+#[derive(Debug)]
+struct Kept {
+    links: Vec<PathBuf>,
+    programs: Vec<PathBuf>,
+    maps: Vec<PathBuf>,
+    link_ids: Vec<u32>,
+    program_ids: Vec<u32>,
+    map_ids: Vec<u32>,
+}
+
+impl Kept {
+    fn read(scope: &Path) -> Kept {
+        let list = |sub: &str| -> Vec<PathBuf> {
+            let dir = scope.join(sub);
+            let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .map(|e| e.unwrap().path())
+                .collect();
+            v.sort();
+            v
+        };
+        let (links, programs, maps) = (list("links"), list("progs"), list("maps"));
+        // Each descriptor opened here is closed at once: only the pins hold the objects.
+        let link_ids = links.iter().map(|p| FdLink::from(PinnedLink::from_pin(p).unwrap()).info().unwrap().id()).collect();
+        let program_ids = programs.iter().map(|p| ProgramInfo::from_pin(p).unwrap().id()).collect();
+        let map_ids = maps.iter().map(|p| MapInfo::from_pin(p).unwrap().id()).collect();
+        Kept { links, programs, maps, link_ids, program_ids, map_ids }
+    }
+
+    /// No program with one of the kept ids is loaded (frees are deferred: polls 5 s).
+    #[track_caller]
+    fn assert_programs_gone(&self) {
+        let left = util::wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+            let live: Vec<u32> = loaded_programs().filter_map(Result::ok).map(|p| p.id()).filter(|id| self.program_ids.contains(id)).collect();
+            live.is_empty().then_some(())
+        });
+        assert!(left.is_some(), "kept programs {:?} still loaded", self.program_ids);
+    }
+
+    #[track_caller]
+    fn assert_links_and_maps_gone(&self) {
+        let left = util::wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+            let links = loaded_links().filter_map(Result::ok).any(|l| self.link_ids.contains(&l.id()));
+            let maps = loaded_maps().filter_map(Result::ok).any(|m| self.map_ids.contains(&m.id()));
+            (!links && !maps).then_some(())
+        });
+        assert!(left.is_some(), "kept links {:?} or maps {:?} still in the kernel", self.link_ids, self.map_ids);
+    }
+}

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod docker;
+pub mod dockerd;
 pub mod http;
 pub mod load;
 pub mod netns;

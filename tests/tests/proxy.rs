@@ -26,9 +26,11 @@ use xlb::{
     proxy::{BackendView, CollectFailures, FailureKind, HttpOptions, PeerState, Proxy, ServiceView},
 };
 use xlb_tests::{
+    Topology, config,
     docker::{self, Container},
     http,
-    util::{Proc, STDOUT},
+    topology::{LB_CLIENT_V4, TESTD_PORT},
+    util::{Proc, STDOUT, wait_for},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,6 +83,11 @@ fn stuck_listener() -> (socket2::Socket, TcpStream, SocketAddr) {
     let filler = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
     assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(), "the accept queue of {addr} is full");
     (s, filler, addr)
+}
+
+/// Whether a TCP connection to `addr` opens.
+fn listening(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
 /// A port nothing listens on.
@@ -538,6 +545,51 @@ fn svc(name: &str, options: &str, backends: Vec<BackendView>) -> ServiceView {
 }
 
 // ---------------------------------------------------------------------------------------
+// The xlb binary
+
+/// The real binary, root and namespaces (client → LB → backends b1..b3): a `/http` SPEC
+/// is served by xlb's proxy on the interface's address; a backend that dies is retried
+/// around with no failed request and reported to xlb's health (the passive check).
+#[test]
+fn xlb_serves_an_http_spec_and_feeds_passive_health() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    let mut topo = Topology::builder().backends(3).build();
+    let targets: Vec<(IpAddr, Option<u32>)> = topo.names().iter().map(|n| (topo.ip(n, false), None)).collect();
+    let spec = config::spec(None, 80, &targets, Some(TESTD_PORT), Some("http"));
+    let mut xlb = topo.start_xlb(None, &[spec.clone()]);
+    let vip = SocketAddr::from((LB_CLIENT_V4, 80));
+    let fetch = |n: usize| -> Vec<String> {
+        topo.client.enter(|| {
+            (0..n)
+                .map(|_| {
+                    let r = get(vip, "app.dev", "/", &[]);
+                    if r.status == 200 { r.name() } else { r.status.to_string() }
+                })
+                .collect()
+        })
+    };
+    let up = wait_for(Duration::from_secs(10), Duration::from_millis(100), || topo.client.enter(|| listening(vip)).then_some(()));
+    assert!(up.is_some(), "nothing listens on {vip} for SPEC {spec}\n{}", xlb.log());
+    let t = tally(fetch(30));
+    eprintln!("xlb {spec}: 30 requests → {t:?}");
+    assert_eq!(t, BTreeMap::from([("b1".into(), 10), ("b2".into(), 10), ("b3".into(), 10)]), "smooth round robin\n{}", xlb.log());
+
+    let b2 = topo.ip("b2", false);
+    drop(topo.backends[1].testd.take());
+    let t = tally(fetch(30));
+    eprintln!("b2 stopped: 30 requests → {t:?}");
+    assert_eq!(t.get("b2"), None, "{t:?}");
+    assert_eq!(t.values().sum::<usize>(), 30);
+    assert!(t.keys().all(|n| n == "b1" || n == "b3"), "every request answered: {t:?}\n{}", xlb.log());
+    let marked = format!("addr={b2}:{TESTD_PORT}");
+    let log = xlb.log();
+    assert!(log.lines().any(|l| l.contains("out for") && l.contains(&marked)), "the proxy's failure reached health ({marked}):\n{log}");
+    xlb.assert_running();
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---------------------------------------------------------------------------------------
 // Balancing methods
 
 #[test]
@@ -627,6 +679,18 @@ fn hash_by_header_and_cookie() {
         eprintln!("{opts}: 30 keys → {t:?}");
         assert_eq!(t.len(), 3);
     }
+    // `hash client`: the whole client address, unlike ip_hash's /24.
+    let lb = Lb::one("method: hash client consistent", ts.iter().map(|t| t.view(1)).collect());
+    let by_client: Vec<String> = (1..=30u8)
+        .map(|h| {
+            let names: Vec<String> = (0..3).map(|_| Client::connect_from(lb.addr(), Ipv4Addr::new(127, 9, 1, h)).get("x", "/", &[]).unwrap().name()).collect();
+            assert!(names.iter().all(|n| *n == names[0]), "127.9.1.{h} split {names:?}");
+            names[0].clone()
+        })
+        .collect();
+    let t = tally(by_client);
+    eprintln!("hash client consistent: 30 clients of one /24 → {t:?}");
+    assert_eq!(t.len(), 3, "{t:?}");
 }
 
 #[test]

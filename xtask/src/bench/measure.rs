@@ -121,11 +121,62 @@ pub fn bpf_memory(pid: u32) -> BpfMemory {
     mem
 }
 
-/// VmRSS of `pid` in bytes.
-pub fn rss(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+/// Resident memory of a process in bytes, by kind (/proc/PID/status), and the part of it
+/// that is BPF maps mapped into the process (/proc/PID/smaps: `anon_inode:bpf-map`
+/// mappings, the `BPF_F_MMAPABLE` maps): kernel map memory, also counted in `bpf` memlock,
+/// which RSS counts as a mapped file (RssFile) once the process touches its pages.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Rss {
+    /// VmRSS: the sum of the three below.
+    pub total: u64,
+    /// RssAnon: the heap, thread stacks and other private anonymous memory.
+    pub anon: u64,
+    /// RssFile: mapped files (the binary, its libraries, the mapped BPF maps).
+    pub file: u64,
+    /// RssShmem: shared memory (System V, tmpfs, shared anonymous).
+    pub shmem: u64,
+    /// Resident pages of mapped BPF maps (from smaps).
+    pub bpf_maps: u64,
+}
+
+impl Rss {
+    pub fn of(pid: u32) -> Option<Rss> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+        };
+        let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        Some(Rss {
+            total: kib("VmRSS:")?,
+            anon: kib("RssAnon:")?,
+            file: kib("RssFile:")?,
+            shmem: kib("RssShmem:")?,
+            bpf_maps: smaps_rss(&smaps, |path| path.contains("bpf-map")),
+        })
+    }
+
+    /// Resident memory that is not kernel map memory.
+    pub fn own(&self) -> u64 {
+        self.total.saturating_sub(self.bpf_maps)
+    }
+}
+
+/// Sum of the `Rss:` of the mappings whose path satisfies `pick`, in bytes.
+fn smaps_rss(smaps: &str, pick: impl Fn(&str) -> bool) -> u64 {
+    let mut picked = false;
+    let mut sum = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        if first.contains('-') && !first.ends_with(':') {
+            picked = pick(words.nth(4).unwrap_or(""));
+        } else if picked && first == "Rss:" {
+            sum += words.next().and_then(|k| k.parse::<u64>().ok()).unwrap_or(0) * 1024;
+        }
+    }
+    sum
 }
 
 fn fdinfos(pid: u32) -> Vec<String> {
@@ -196,4 +247,29 @@ pub fn foreign_ticks(ours: &[u64]) -> HashMap<u32, u64> {
 pub fn foreign_ms(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64 {
     let ticks = after.iter().map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0))).sum();
     ticks_ms(ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_rss_of_picked_mappings() {
+        let smaps = "\
+55f4b768d000-55f4b965d000 rw-p 00000000 00:00 0                          [heap]
+Size:              32576 kB
+Rss:               32080 kB
+7fcfa46fc000-7fcfa670b000 rw-s 00000000 00:10 1038                       anon_inode:bpf-map
+Size:              32828 kB
+Rss:               32768 kB
+7fcfa6878000-7fcfa68b9000 r--s 00001000 00:10 1038                       anon_inode:bpf-map
+Rss:                 260 kB
+7fcfa670b000-7fcfa67d4000 rw-p 00000000 00:00 0 
+Rss:                 784 kB
+VmFlags: rd wr mr mw me ac sd
+";
+        assert_eq!(smaps_rss(smaps, |p| p.contains("bpf-map")), (32768 + 260) * 1024);
+        assert_eq!(smaps_rss(smaps, |p| p == "[heap]"), 32080 * 1024);
+        assert_eq!(smaps_rss(smaps, str::is_empty), 784 * 1024);
+    }
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::{
     contender::{self, Ctx},
-    measure::{self, BpfMemory},
+    measure::{self, BpfMemory, Rss},
     sys,
     topo::{BACKEND_PORT, CLIENT, EXTRA_CLIENTS, FILL_PORT, VIP, VIP_PORT},
 };
@@ -36,15 +36,15 @@ pub const CONNTRACK_SIZE: u32 = 262_144;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Memory {
-    /// VmRSS of the xlb process.
-    pub rss: u64,
+    /// Resident memory of the xlb process, by kind.
+    pub rss: Rss,
     /// `memlock` of the BPF maps and programs xlb holds (kernel memory, not in RSS).
     pub bpf: BpfMemory,
 }
 
 impl Memory {
     pub fn of(pid: u32) -> Memory {
-        Memory { rss: measure::rss(pid).unwrap_or(0), bpf: measure::bpf_memory(pid) }
+        Memory { rss: Rss::of(pid).unwrap_or_default(), bpf: measure::bpf_memory(pid) }
     }
 }
 

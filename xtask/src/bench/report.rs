@@ -437,6 +437,9 @@ impl Results {
                 .unwrap();
             }
         }
+        if self.goals.iter().any(|g| g.met == Some(false)) {
+            s.push_str("- Where a goal is missed, what profiling showed: [profile.md](profile.md) (perf and heaptrack, by hand).\n");
+        }
         s.push('\n');
         self.markdown_micro(&mut s);
         self.markdown_docker(&mut s);
@@ -745,6 +748,30 @@ fn goals(table: &[Row]) -> Vec<Goal> {
                 None => "no figures".into(),
                 Some(r) if r >= 1.5 => format!("met ({r:.2}×)"),
                 Some(r) => format!("missed: {r:.2}×, {:.0}% short of 1.5×", (1.0 - r / 1.5) * 100.0),
+            },
+        });
+        let row = |kind: Kind| table.iter().find(|r| r.id == kind.id() && r.mode == Some(mode) && r.note.is_none());
+        let (xlb_http, nginx) = (row(Kind::XlbHttp), row(Kind::NginxHttp));
+        let rps = xlb_http.zip(nginx).and_then(|(x, n)| Some((x.rps?.median, n.rps?.median)));
+        let p99 = xlb_http.zip(nginx).and_then(|(x, n)| Some((x.p99_ms?.median, n.p99_ms?.median)));
+        let met = rps.zip(p99).map(|((x, n), (xp, np))| x >= n && xp < np);
+        out.push(Goal {
+            goal: "xlb HTTP proxy ≥ nginx HTTP proxy's req/s, with a lower p99".into(),
+            mode,
+            target: 1.0,
+            actual: rps.map(|(x, n)| x / n),
+            met,
+            verdict: match (rps, p99, met) {
+                (Some((x, n)), Some((xp, np)), Some(met)) => format!(
+                    "{} ({:.0}% of nginx's req/s{}; p99 {} ms against nginx's {} ms, {})",
+                    if met { "met" } else { "missed" },
+                    100.0 * x / n,
+                    if x < n { format!(", {:.0}% short", 100.0 * (1.0 - x / n)) } else { String::new() },
+                    fmt_ms(xp),
+                    fmt_ms(np),
+                    if xp < np { "lower" } else { "not lower" },
+                ),
+                _ => "no figures".into(),
             },
         });
     }

@@ -276,6 +276,9 @@ impl Service {
             if !seen.insert((b.address, b.port)) {
                 return Err(format!("service {:?}: backend {} listed twice", self.name, b.address));
             }
+            if b.max_conns.is_some() && self.protocol != Protocol::Http {
+                return Err(format!("service {:?}: backend {}: `max_conns` needs `protocol: http`", self.name, b.address));
+            }
         }
         Ok(())
     }
@@ -316,6 +319,17 @@ pub struct Backend {
     pub weight: Weight,
     #[serde(default)]
     pub state: BackendState,
+    /// Serves only while no other backend of the service can (nginx's `backup`).
+    #[serde(default)]
+    pub backup: bool,
+    /// Takes nothing new at all (nginx's `down`): unlike `draining`, not even the HTTP
+    /// proxy's pinned requests or sticky sessions. Connections it has finish.
+    #[serde(default)]
+    pub down: bool,
+    /// HTTP services: most requests in flight to this backend (overrides the service's
+    /// `http.max_conns`).
+    #[serde(default)]
+    pub max_conns: Option<u32>,
 }
 
 /// What the operator asks of a backend; health and discovery may add to it.
@@ -575,7 +589,7 @@ impl Spec {
         let (backends, name) = match &self.targets {
             Targets::Addresses(list) => (
                 list.iter()
-                    .map(|&(address, weight)| Backend { address, port: self.target_port, weight, state: BackendState::Active })
+                    .map(|&(address, weight)| Backend { address, port: self.target_port, weight, state: BackendState::Active, backup: false, down: false, max_conns: None })
                     .collect(),
                 None,
             ),
@@ -774,6 +788,17 @@ mod tests {
         assert_eq!(c.services[0].method, Method::RoundRobin);
         assert_eq!(c.services[0].backend_port(&c.services[0].backends[1]), 80);
         assert_eq!(c.services[0].backends[1].state, BackendState::Draining);
+    }
+
+    #[test]
+    fn backend_backup_down_and_max_conns() {
+        let svc = |proto: &str| format!("services:\n  - name: a\n    port: 80\n    protocol: {proto}\n    backends:\n      - {{ address: 10.0.0.1, backup: true, down: true, max_conns: 5 }}\n      - {{ address: 10.0.0.2 }}\n");
+        let c = Config::parse(&svc("http"), Path::new("x")).unwrap();
+        let b = &c.services[0].backends;
+        assert!(b[0].backup && b[0].down && b[0].max_conns == Some(5));
+        assert!(!b[1].backup && !b[1].down && b[1].max_conns.is_none());
+        let e = Config::parse(&svc("tcp"), Path::new("x")).unwrap_err().to_string();
+        assert!(e.contains("`max_conns` needs `protocol: http`"), "{e}");
     }
 
     #[test]

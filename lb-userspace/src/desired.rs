@@ -75,8 +75,11 @@ struct Planned {
     takes_new: bool,
     /// Stopping or drained by the operator: finishes what it has.
     draining: bool,
+    /// Taken out by the operator (`down`): nothing new, not even pinned requests.
+    down: bool,
     /// A probe or Docker's health check says it fails.
     unhealthy: bool,
+    max_conns: Option<u32>,
     /// Host names it serves (`xlb.host`), for the HTTP proxy.
     hosts: Vec<HostPattern>,
 }
@@ -94,12 +97,16 @@ impl Planned {
     /// The proxy fails over to backups per request, so it gets the facts, not the
     /// kernel's verdict.
     fn into_view(self) -> BackendView {
-        let state = match (self.draining, self.unhealthy) {
-            (true, _) => PeerState::Draining,
-            (false, true) => PeerState::Down,
-            (false, false) => PeerState::Active,
+        let state = if self.down {
+            PeerState::Down
+        } else if self.draining {
+            PeerState::Draining
+        } else if self.unhealthy {
+            PeerState::Down
+        } else {
+            PeerState::Active
         };
-        BackendView { name: self.name, aliases: Vec::new(), hosts: self.hosts, addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: None }
+        BackendView { name: self.name, aliases: Vec::new(), hosts: self.hosts, addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: self.max_conns }
     }
 }
 
@@ -118,6 +125,8 @@ struct Candidate {
     weight: u32,
     backup: bool,
     draining: bool,
+    down: bool,
+    max_conns: Option<u32>,
     /// Docker's HEALTHCHECK verdict.
     docker_healthy: Option<bool>,
     hosts: Vec<HostPattern>,
@@ -129,8 +138,10 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         name: b.address.to_string(),
         addr: SocketAddr::new(b.address, s.backend_port(b)),
         weight: b.weight.0,
-        backup: false,
+        backup: b.backup,
         draining: b.state == BackendState::Draining,
+        down: b.down,
+        max_conns: b.max_conns,
         docker_healthy: None,
         hosts: Vec::new(),
     });
@@ -140,6 +151,8 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         weight: d.weight,
         backup: d.backup,
         draining: d.draining,
+        down: false,
+        max_conns: None,
         docker_healthy: d.healthy,
         hosts: host_patterns(&d.name, &d.hosts),
     });
@@ -157,7 +170,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
     let probed = s.probes().is_some();
     let probe_ok = |v: &Vitals| if probed { v.probe == Some(true) } else { v.probe != Some(false) };
     let healthy = |c: &Candidate, v: &Vitals| c.docker_healthy != Some(false) && probe_ok(v);
-    let usable = |c: &Candidate, v: &Vitals| !c.draining && healthy(c, v);
+    let usable = |c: &Candidate, v: &Vitals| !c.draining && !c.down && healthy(c, v);
     let primary_up = candidates.iter().any(|(c, v)| !c.backup && usable(c, v));
     let mut ramping = false;
     let out = candidates
@@ -168,7 +181,18 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
             let takes_new = usable(&c, &v) && (!c.backup || !primary_up);
             let weight = ramp(c.weight, s.slow_start, v.since, now);
             ramping |= takes_new && weight < c.weight * WEIGHT_SCALE;
-            Planned { takes_new, unhealthy: !healthy(&c, &v), draining: c.draining, name: c.name, addr: c.addr, weight, backup: c.backup, hosts: c.hosts }
+            Planned {
+                takes_new,
+                unhealthy: !healthy(&c, &v),
+                draining: c.draining,
+                down: c.down,
+                max_conns: c.max_conns,
+                name: c.name,
+                addr: c.addr,
+                weight,
+                backup: c.backup,
+                hosts: c.hosts,
+            }
         })
         .collect();
     (out, ramping)
@@ -283,6 +307,23 @@ mod tests {
         assert!(p.services.is_empty());
         let want: Vec<HostPattern> = ["api.app.dev", "*.eu.app.dev"].iter().map(|h| h.parse().unwrap()).collect();
         assert_eq!(p.http[0].backends[0].hosts, want);
+    }
+
+    #[test]
+    fn static_backup_down_and_max_conns() {
+        let c = config(
+            "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    backends:\n      - { address: 10.1.0.1, max_conns: 3 }\n      - { address: 10.1.0.2, down: true }\n      - { address: 10.1.0.3, backup: true }\n",
+        );
+        let p = plan(&c, "lo", &Registry::default(), Instant::now(), |_, _| Vitals::default()).unwrap();
+        let v: Vec<_> = p.http[0].backends.iter().map(|b| (b.state, b.backup, b.max_conns)).collect();
+        assert_eq!(v, [(PeerState::Active, false, Some(3)), (PeerState::Down, false, None), (PeerState::Active, true, None)]);
+        // The kernel's view of the same: down and an idle backup take no new flows.
+        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - { address: 10.1.0.1, down: true }\n      - { address: 10.1.0.2, backup: true }\n      - { address: 10.1.0.3 }\n");
+        let p = plan(&c, "lo", &Registry::default(), Instant::now(), |_, _| Vitals::default()).unwrap();
+        assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Draining, BackendState::Draining, BackendState::Active]);
+        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - { address: 10.1.0.1, down: true }\n      - { address: 10.1.0.2, backup: true }\n");
+        let p = plan(&c, "lo", &Registry::default(), Instant::now(), |_, _| Vitals::default()).unwrap();
+        assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Draining, BackendState::Active], "the backup serves while the primary is down");
     }
 
     #[test]

@@ -95,6 +95,46 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
     assert!(!scope.exists(), "a normal stop left pins at {}", scope.display());
 }
 
+/// A draining backend is in no selection table, so the adopting xlb finds its id only in
+/// `BACKENDS`: the first sync must give that id back to it (not retire it), or the live
+/// connection it still serves would be re-balanced and reset. New connections keep
+/// avoiding it across the restart.
+#[test]
+fn restart_keeps_a_draining_backends_connection() {
+    let _g = xlb_tests::serial();
+    let topo = setup();
+    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
+    let _down = Down(&topo);
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &keep_args());
+    let vip = Topology::vip4(80);
+    let secs = 15;
+    let stream = topo.stream(vip, secs);
+    let on = stream.backend(Duration::from_secs(3)).unwrap_or_else(|e| panic!("stream: {e}\n{}", xlb.log()));
+    let other = if on == "b1" { "b2" } else { "b1" };
+
+    let backends = |draining: &str| -> String {
+        let list = ["b1", "b2"].map(|n| BackendCfg::new(topo.backend(n).v4.into(), TESTD_PORT).draining(n == draining)).to_vec();
+        config::render(&[ServiceCfg::tcp("web", VIP4.into(), 80, list)])
+    };
+    cfg.write(&backends(&on));
+    xlb.reload();
+    let drained = util::wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
+        let s = topo.spread(vip, 20);
+        (s.count(other) == 20).then_some(())
+    });
+    assert!(drained.is_some(), "{on} still gets new connections after draining it\n{}", xlb.log());
+
+    xlb.stop_keeping_dataplane().unwrap_or_else(|e| panic!("{e}"));
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &["--bpffs".into(), BPFFS.into()]);
+    assert!(xlb.log().contains("adopted the kept data plane"), "no adoption logged:\n{}", xlb.log());
+    expect_spread(&topo, &[other], &xlb);
+
+    let r = stream.join();
+    assert_eq!(r.backend.as_deref(), Some(on.as_str()), "stream moved: {r:?}");
+    r.assert_ok(secs, Duration::from_secs(1));
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// `xlb down` removes a kept data plane: no pin, no link, no program and no map of it is
 /// left in the kernel, nothing is attached to the interfaces, and the VIP stops answering.
 /// A second `xlb down` finds nothing to do.

@@ -9,10 +9,12 @@
 //! parent-death signal) and the new daemon starts a new one that reattaches to the shims.
 //!
 //! [`Daemon`] is a guard: on drop, also when the test panics, it starts dockerd again if
-//! none answers and restores the live-restore setting and daemon.json's exact bytes.
+//! none answers and restores the live-restore setting and daemon.json's exact bytes. While
+//! dockerd is stopped a detached watchdog shell also waits to start it, in case the test
+//! process is killed (no drop then); daemon.json keeps live restore on in that case.
 
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     fs::{self, OpenOptions},
     os::unix::{ffi::OsStringExt as _, process::CommandExt as _},
     path::PathBuf,
@@ -33,6 +35,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONFIG: &str = "/etc/docker/daemon.json";
 /// Where a restarted dockerd logs when the original's output was not a file.
 const FALLBACK_LOG: &str = "/tmp/dockerd.log";
+/// How long the watchdog waits before it starts a dockerd the test did not start again.
+const WATCHDOG_AFTER: Duration = Duration::from_secs(30);
 
 /// How the running dockerd was started, read from `/proc/PID`.
 #[derive(Debug, Clone)]
@@ -50,6 +54,8 @@ pub struct Daemon {
     pid: Option<u32>,
     /// The one this guard started (reaped when it is stopped again).
     child: Option<Child>,
+    /// See [`Daemon::spawn_watchdog`].
+    watchdog: Option<Child>,
     config: PathBuf,
     /// daemon.json's bytes before (`None`: there was none), when this guard changed it.
     changed_config: Option<Option<Vec<u8>>>,
@@ -171,7 +177,7 @@ impl Daemon {
         }
         let launch = read_launch(pid).unwrap_or_else(|e| panic!("{e}"));
         let config = config_file(&launch.argv);
-        let mut d = Daemon { launch, pid: Some(pid), child: None, config, changed_config: None };
+        let mut d = Daemon { launch, pid: Some(pid), child: None, watchdog: None, config, changed_config: None };
         match live_restore() {
             None => panic!("the Docker daemon does not answer"),
             Some(true) => {}
@@ -201,6 +207,7 @@ impl Daemon {
     /// SIGTERM to dockerd, then waits until it has exited.
     pub fn stop(&mut self) -> Stopped {
         let pid = self.pid.expect("dockerd is not running");
+        self.spawn_watchdog().unwrap_or_else(|e| panic!("{e}"));
         let signalled = Instant::now();
         // SAFETY: kill(2) with a pid and a signal number.
         if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
@@ -223,12 +230,14 @@ impl Daemon {
         self.try_start().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_start(&mut self) -> Result<Started, String> {
+    /// A command run the way dockerd ran (environment, working directory, output to its
+    /// log), detached from the test process.
+    fn detached(&self, program: &OsStr, args: &[OsString]) -> Result<Command, String> {
         let l = &self.launch;
         let log = OpenOptions::new().create(true).append(true).open(&l.log).map_err(|e| format!("{}: {e}", l.log.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut c = Command::new(&l.argv[0]);
-        c.args(&l.argv[1..]).env_clear().envs(l.env.iter().cloned()).current_dir(&l.cwd);
+        let mut c = Command::new(program);
+        c.args(args).env_clear().envs(l.env.iter().cloned()).current_dir(&l.cwd);
         c.stdin(Stdio::null()).stdout(log).stderr(err);
         // SAFETY: setsid(2) and close_range(2) are async-signal-safe. Its own session (no
         // signal of the test's terminal or process group reaches it) and no descriptor of the
@@ -240,6 +249,35 @@ impl Daemon {
                 Ok(())
             });
         }
+        Ok(c)
+    }
+
+    /// Started before dockerd is stopped: should the test process die before it starts dockerd
+    /// again (SIGKILL, a timeout: no drop runs), this starts it after [`WATCHDOG_AFTER`] unless
+    /// a daemon answers or runs by then. Ended by [`Daemon::start`].
+    fn spawn_watchdog(&mut self) -> Result<(), String> {
+        let script = format!(
+            "sleep {}; docker info >/dev/null 2>&1 || pgrep -x dockerd >/dev/null || exec \"$@\"",
+            WATCHDOG_AFTER.as_secs()
+        );
+        let mut args = vec![OsString::from("-c"), script.into(), "xlb-tests-dockerd-watchdog".into()];
+        args.extend(self.launch.argv.iter().cloned());
+        let mut c = self.detached(OsStr::new("/bin/sh"), &args)?;
+        self.watchdog = Some(c.spawn().map_err(|e| format!("starting the dockerd watchdog: {e}"))?);
+        Ok(())
+    }
+
+    /// Ends the watchdog (this guard started it).
+    fn end_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            // SAFETY: kill(2) of our own child, before it is reaped (its pid is still ours).
+            unsafe { libc::kill(w.id() as i32, libc::SIGKILL) };
+            let _ = w.wait();
+        }
+    }
+
+    fn try_start(&mut self) -> Result<Started, String> {
+        let mut c = self.detached(&self.launch.argv[0], &self.launch.argv[1..])?;
         let spawned = Instant::now();
         let mut child = c.spawn().map_err(|e| format!("starting {}: {e}", self.describe()))?;
         let pid = child.id();
@@ -247,6 +285,7 @@ impl Daemon {
         loop {
             if live_restore().is_some() {
                 let answered = Instant::now();
+                self.end_watchdog();
                 self.pid = Some(pid);
                 self.child = Some(child);
                 return Ok(Started { spawned, answered });
@@ -272,6 +311,7 @@ impl Daemon {
                 return Err(format!("dockerd {running:?} runs but does not answer"));
             }
         }
+        self.end_watchdog();
         let Some(before) = self.changed_config.take() else { return Ok(()) };
         let pid = *dockerd_pids().first().ok_or("no dockerd after the restart")?;
         // A key missing from the file keeps its current value on SIGHUP: say false, reload,

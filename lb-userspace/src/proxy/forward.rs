@@ -99,21 +99,35 @@ pub fn page(status: u16, close: bool) -> Response<BoxBody<Bytes, BoxError>> {
 pub async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: Arc<ConnShared>) -> Response<ProxyBody> {
     let guard = conn.request();
     let h1 = req.version() < Version::HTTP_2;
-    let upgrade = h1 && is_upgrade(req.headers());
+    let asks_upgrade = h1 && asks_upgrade(req.headers());
+    // `Upgrade: h2c` is the proxy's own business (h2c.rs); one that reaches here is
+    // declined, and the request answered over HTTP/1.1.
+    let upgrade = asks_upgrade && !req.headers().get(header::UPGRADE).is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"));
     let resp = match proxy(req, &site, &conn, upgrade).await {
         Ok(r) => r,
         Err(status) => page(status, h1 && matches!(status, 400 | 408 | 413 | 414 | 431)),
     };
-    if upgrade {
-        conn.upgrade_outcome(resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+    if asks_upgrade {
+        conn.upgrade_outcome(upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS);
     }
     resp.map(|inner| ProxyBody { inner, _req: Some(guard) })
 }
 
-/// `Connection: upgrade` with an `Upgrade` header (not h2c, which is not served).
-pub fn is_upgrade(h: &HeaderMap) -> bool {
+/// The answer that switches a connection to HTTP/2 (`Upgrade: h2c`); the request is
+/// answered on stream 1 of the new protocol.
+pub fn switching_to_h2c(conn: &ConnShared) -> Response<ProxyBody> {
+    conn.upgrade_outcome(true);
+    let mut r = Response::new(ProxyBody { inner: Empty::new().map_err(|e: Infallible| match e {}).boxed(), _req: None });
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+    r
+}
+
+/// `Connection: upgrade` with an `Upgrade` header (as the guard sees it).
+fn asks_upgrade(h: &HeaderMap) -> bool {
     let conn_upgrade = h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")));
-    conn_upgrade && h.get(header::UPGRADE).is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
+    conn_upgrade && h.contains_key(header::UPGRADE)
 }
 
 fn idempotent(m: &HttpMethod) -> bool {

@@ -432,8 +432,7 @@ fn check_head(head: &[u8], limits: &HeadLimits) -> Result<Framing, Reject> {
         } else if name.eq_ignore_ascii_case(b"connection") {
             conn_upgrade |= value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            // `h2c` is declined (`forward::is_upgrade`): the connection stays HTTP/1.1.
-            upgrade_hdr = !value.trim_ascii().eq_ignore_ascii_case(b"h2c");
+            upgrade_hdr = true;
         }
     }
     if cls > 1 {
@@ -938,10 +937,6 @@ mod tests {
             assert_eq!(&out[req.len()..], after);
             assert_eq!(f.is_passthrough(), switched);
         }
-        // `Upgrade: h2c` is never switched: no waiting for an answer.
-        let mut f = Framer::new(LIMITS);
-        f.feed(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n", &mut Vec::new()).unwrap();
-        assert!(!f.awaiting_upgrade());
         // Declined: what follows is checked like any request.
         let mut f = Framer::new(LIMITS);
         let mut out = Vec::new();

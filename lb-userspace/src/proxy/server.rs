@@ -2,14 +2,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    convert::Infallible,
+    future::Future,
     io,
+    pin::Pin,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, RwLock},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use hyper::service::service_fn;
+use hyper::{Request, Response, body::Incoming, service::Service};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -28,10 +31,15 @@ use super::{
     config::{HttpOptions, Method},
     ewma::Stats,
     forward::{self, UpstreamBody},
+    forward::ProxyBody,
     guard::{ClientTimeouts, ConnShared, GuardedIo, HeadLimits},
+    h2c,
     route::{BackendHosts, Router},
 };
 
+/// HTTP/2 client connections: streams at once, and how often an idle one is pinged.
+const H2_MAX_STREAMS: u32 = 128;
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long idle pooled connections to a backend are kept.
 const POOL_IDLE: Duration = Duration::from_secs(15);
 const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
@@ -347,12 +355,7 @@ async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
     let stream = Arc::new(stream);
     let limits = load(&slot).client;
     let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, conn.clone());
-    let handler_conn = conn.clone();
-    let svc = service_fn(move |req| {
-        let site = load(&slot);
-        let conn = handler_conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward::handle(req, site, conn).await) }
-    });
+    let svc = Handler { slot, conn: conn.clone() };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -362,9 +365,9 @@ async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
         .timer(TokioTimer::new());
     builder
         .http2()
-        .max_concurrent_streams(128)
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(limits.head.max_head as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_interval(Some(H2_KEEPALIVE))
         .timer(TokioTimer::new());
     if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
         debug!(peer = %conn.peer, "http connection: {e}");
@@ -379,6 +382,54 @@ async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
         let _ = tokio::time::timeout(LINGER, write_all(&stream, &raw_page(r.status()))).await;
     }
     linger_close(&stream).await;
+}
+
+/// Requests of one client connection: HTTP/1, HTTP/2, and HTTP/2 after `Upgrade: h2c`.
+#[derive(Clone)]
+struct Handler {
+    slot: Slot,
+    conn: Arc<ConnShared>,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl Service<Request<Incoming>> for Handler {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, mut req: Request<Incoming>) -> Answer {
+        let site = load(&self.slot);
+        let this = self.clone();
+        Box::pin(async move {
+            if h2c::wanted(&req)
+                && let Some(frame) = h2c::stream_one(&req)
+            {
+                let upgrade = hyper::upgrade::on(&mut req);
+                let head_limit = site.client.head.max_head as u32;
+                let h2 = this.clone();
+                tokio::spawn(async move {
+                    let io = match upgrade.await {
+                        Ok(io) => h2c::WithStreamOne::new(TokioIo::new(io), frame),
+                        Err(e) => return debug!(peer = %h2.conn.peer, "h2c upgrade: {e}"),
+                    };
+                    let peer = h2.conn.peer;
+                    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(H2_MAX_STREAMS)
+                        .max_header_list_size(head_limit)
+                        .keep_alive_interval(Some(H2_KEEPALIVE))
+                        .timer(TokioTimer::new())
+                        .serve_connection(TokioIo::new(io), h2)
+                        .await;
+                    if let Err(e) = served {
+                        debug!(%peer, "http connection (h2c): {e}");
+                    }
+                });
+                return Ok(forward::switching_to_h2c(&this.conn));
+            }
+            Ok(forward::handle(req, site, this.conn).await)
+        })
+    }
 }
 
 /// Over the connection limit: 503 and close.

@@ -179,9 +179,6 @@ pub fn bench(opts: &Options) -> Result<()> {
                     continue;
                 }
             };
-            if kind == Kind::XlbL4 && memory.is_none() {
-                memory = running.xlb_pid.map(scale::Memory::of);
-            }
             for mode in Mode::ALL {
                 done += 1;
                 let result = measure(&ctx, &running, &scripts.for_kind(kind), &url(&ctx.topo, kind), mode, &plan, round);
@@ -192,6 +189,9 @@ pub fn bench(opts: &Options) -> Result<()> {
                     }
                     Err(err) => eprintln!("bench: {} {}: {err:#}", kind.label(), mode.short()),
                 }
+            }
+            if kind == Kind::XlbL4 && memory.is_none() {
+                memory = running.xlb_pid.map(scale::Memory::of);
             }
             if let Err(err) = running.stop() {
                 eprintln!("bench: stopping {}: {err:#}", kind.label());
@@ -490,9 +490,11 @@ fn run_scale(ctx: &Ctx, scripts: &Scripts, plan: &Plan, clock: Instant) -> Resul
         let (running, ready) = scale::start(ctx, &config)?;
         let pid = running.xlb_pid.context("xlb pid")?;
         out.ready_seconds.push(ready);
-        out.memory_loaded.get_or_insert_with(|| scale::Memory::of(pid));
         for state in [report::ScaleState::Loaded, report::ScaleState::TableFull] {
             if state == report::ScaleState::TableFull {
+                // After the loaded runs: xlb's steady state (status snapshots, health and
+                // expiry passes have run), not the moment it became ready.
+                out.memory_loaded.get_or_insert_with(|| scale::Memory::of(pid));
                 let fill = scale::fill(ctx)?;
                 eprintln!(
                     "bench: scale: sent {} new UDP flows in {:.1} s to fill the connection table ({} flows seen by xlb)",

@@ -605,7 +605,8 @@ impl Results {
         mem("1,000 services, 10,000 backends", &sc.memory_loaded);
         mem("1,000 services, connection table full", &sc.memory_full);
         s.push_str(
-            "\nRSS from /proc/PID/status (VmRSS = RssAnon + RssFile + RssShmem); the mapped BPF maps from /proc/PID/smaps \
+            "\nSampled after each state's runs (the 3-backend row after xlb L4's first runs). \
+             RSS from /proc/PID/status (VmRSS = RssAnon + RssFile + RssShmem); the mapped BPF maps from /proc/PID/smaps \
              (`anon_inode:bpf-map` mappings). BPF map memory is kernel memory charged to the maps (`memlock` in /proc/PID/fdinfo). \
              The selection tables are `BPF_F_MMAPABLE` maps that xlb maps into its address space to write them; their pages count \
              in RSS (as a mapped file, RssFile) once touched, so those pages are in both the RSS and the BPF maps columns.\n\n",

@@ -557,7 +557,7 @@ fn xlb_serves_an_http_spec_and_feeds_passive_health() {
     let mut topo = Topology::builder().backends(3).build();
     let targets: Vec<(IpAddr, Option<u32>)> = topo.names().iter().map(|n| (topo.ip(n, false), None)).collect();
     let spec = config::spec(None, 80, &targets, Some(TESTD_PORT), Some("http"));
-    let mut xlb = topo.start_xlb(None, &[spec.clone()]);
+    let mut xlb = topo.start_xlb(None, std::slice::from_ref(&spec));
     let vip = SocketAddr::from((LB_CLIENT_V4, 80));
     let fetch = |n: usize| -> Vec<String> {
         topo.client.enter(|| {

@@ -861,6 +861,8 @@ fn backend_host_names_route_to_their_backends() {
 /// the proxy. (No prober runs here: every container counts as passing its probe.)
 #[test]
 fn docker_xlb_host_labels_route_subdomains_to_their_containers() {
+    // Other suites stop and restart the Docker daemon under this lock.
+    let _g = xlb_tests::serial();
     docker::require_docker();
     let id = xlb_tests::util::unique_id();
     let (api_label, app_label) = (format!("xt{id}api"), format!("xt{id}app"));

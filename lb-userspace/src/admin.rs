@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (127.0.0.1:9100 by default): `GET /api/v1/services`
-//! (JSON) and `GET /metrics` (Prometheus), served from the latest status snapshot,
-//! and the client side that `xlb status` uses.
+//! (JSON) and `GET /metrics` (Prometheus), served from the latest status snapshot
+//! (refreshed every 2 s) plus the HTTP proxy's live counters (`metrics.rs`), and the
+//! client side that `xlb status` uses.
 //!
 //! A few GET routes on loopback do not need a full HTTP stack: requests are read to
 //! the end of their headers (bounded in size and time) and answered with
@@ -46,7 +47,7 @@ async fn answer(mut conn: TcpStream, snapshot: &Snapshot) -> anyhow::Result<()> 
     let line = head.lines().next().unwrap_or_default();
     let (status, kind, body) = match line.split(' ').collect::<Vec<_>>().as_slice() {
         ["GET", "/api/v1/services", _] => ("200 OK", "application/json", serde_json::to_string_pretty(snapshot)?),
-        ["GET", "/metrics", _] => ("200 OK", "text/plain; version=0.0.4", snapshot.metrics()),
+        ["GET", "/metrics", _] => ("200 OK", "text/plain; version=0.0.4", snapshot.metrics(&crate::metrics::HTTP)),
         ["GET", _, _] => ("404 Not Found", "text/plain", "not found\n".into()),
         [_, _, _] => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
         _ => ("400 Bad Request", "text/plain", "bad request\n".into()),

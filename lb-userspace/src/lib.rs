@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod netdev;
 pub mod pin;
 pub mod probe;

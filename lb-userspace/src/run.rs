@@ -368,6 +368,7 @@ impl Controller {
         );
         let live: BTreeSet<(&str, IpAddr)> = backends.iter().map(|(s, a)| (*s, a.ip())).collect();
         self.first_seen.retain(|(s, a), _| live.contains(&(s.as_str(), *a)));
+        crate::metrics::HTTP.retain(plan.http.iter().flat_map(|v| v.backends.iter().map(move |b| (v.name.as_str(), b.addr, b.name.as_str()))));
         if let Err(e) = self.proxy.update(plan.http) {
             error!("HTTP proxy: {e:#}");
         }

@@ -106,8 +106,9 @@ impl Snapshot {
         out
     }
 
-    /// Prometheus text exposition format (version 0.0.4).
-    pub fn metrics(&self) -> String {
+    /// Prometheus text exposition format (version 0.0.4), with the HTTP proxy's
+    /// counters (`http`, live rather than from the snapshot).
+    pub fn metrics(&self, http: &crate::metrics::HttpMetrics) -> String {
         let mut m = Metrics::default();
         for s in &self.services {
             let l = format!("service=\"{}\",vip=\"{}\",port=\"{}\",protocol=\"{}\"", esc(&s.name), s.vip, s.port, s.protocol);
@@ -132,28 +133,38 @@ impl Snapshot {
         for (source, n) in sources {
             m.add("xlb_discovery_events_total", "counter", "Discovery updates received.", &format!("source=\"{source}\""), *n as f64);
         }
+        http.render(&mut m);
         m.render()
     }
 }
 
 /// Collects samples so each metric's HELP and TYPE lines come once, before its samples.
 #[derive(Default)]
-struct Metrics {
+pub(crate) struct Metrics {
     order: Vec<&'static str>,
     families: HashMap<&'static str, (&'static str, &'static str, Vec<String>)>,
 }
 
 impl Metrics {
     fn add(&mut self, name: &'static str, kind: &'static str, help: &'static str, labels: &str, value: f64) {
-        let family = self.families.entry(name).or_insert_with(|| {
-            self.order.push(name);
-            (kind, help, Vec::new())
-        });
-        let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        family.2.push(format!("{name}{labels} {value}"));
+        self.sample(name, kind, help, name, labels, value);
     }
 
-    fn render(&self) -> String {
+    /// A sample of family `family` named `name` (a histogram's samples carry suffixes).
+    pub(crate) fn sample(&mut self, family: &'static str, kind: &'static str, help: &'static str, name: &str, labels: &str, value: f64) {
+        let samples = &mut self
+            .families
+            .entry(family)
+            .or_insert_with(|| {
+                self.order.push(family);
+                (kind, help, Vec::new())
+            })
+            .2;
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        samples.push(format!("{name}{labels} {value}"));
+    }
+
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for name in &self.order {
             let (kind, help, samples) = &self.families[name];
@@ -166,7 +177,8 @@ impl Metrics {
     }
 }
 
-fn esc(v: &str) -> String {
+/// A label value, escaped as the text format wants.
+pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -207,7 +219,7 @@ mod tests {
 
     #[test]
     fn metrics_are_prometheus_text() {
-        let text = snapshot(5).metrics();
+        let text = snapshot(5).metrics(&crate::metrics::HttpMetrics::default());
         assert!(text.contains("# TYPE xlb_backend_flows_total counter\n"), "{text}");
         assert!(text.contains("xlb_backend_flows_total{service=\"web \\\"a\\\"\",backend=\"10.1.0.2:8080\",name=\"b1\"} 5\n"), "{text}");
         assert!(text.contains("xlb_drops_total{reason=\"no_backend\"} 3\n"), "{text}");

@@ -4,6 +4,9 @@
 //! 1. `status_and_metrics_count_real_traffic`: exactly N new connections through the VIP;
 //!    `xlb status --json`, `xlb status` and `GET /metrics` (read inside the LB namespace) count
 //!    exactly N flows, split over the backends as the client saw them;
+//!    `metrics_count_http_requests_by_code_with_a_latency_histogram`: N requests through the
+//!    HTTP proxy (200s and 404s) are read back from `/metrics` by backend and status code, with
+//!    a latency histogram per backend whose count is N in all;
 //! 2. `sighup_reload_under_load_adds_and_removes_a_backend`: the config file is rewritten
 //!    (b3 removed, b4 added) and xlb gets SIGHUP while steady load runs: zero failed requests,
 //!    b4 serves, b3 gets no request started after the reload was applied. The file keeps its
@@ -33,9 +36,10 @@ use std::{
 use xlb_tests::{
     Topology, Xlb,
     config::{self, BackendCfg, ServiceCfg},
+    http,
     load::{Load, LoadOpts, Report},
     status::{self, Status, parse_metrics, samples},
-    topology::{LB_CLIENT_IF, TESTD_PORT, VIP4},
+    topology::{LB_CLIENT_IF, LB_CLIENT_V4, TESTD_PORT, VIP4},
     util::{self, TempDir, TempFile, cmd, wait_for},
     xlb::{XlbArgs, xlb_bin},
 };
@@ -307,6 +311,80 @@ fn status_and_metrics_count_real_traffic() {
             assert!(b.active_connections <= b.new_flows, "{}: {} active, {} flows:\n{}", b.address, b.active_connections, b.new_flows, s.raw);
         }
     }
+    stop(xlb);
+}
+
+/// An HTTP service (the proxy, on the LB's client-side address) over b1 and b2: exactly
+/// N_OK `GET /` (200) and N_MISSING `GET /missing` (the backends' 404), each on a new
+/// connection. `/metrics` then counts them back: `xlb_http_requests_total{service, backend,
+/// code}` per backend as the client saw the answers, and per backend a
+/// `xlb_http_request_duration_seconds` histogram whose `_count` is that backend's total,
+/// whose buckets never decrease with `le` and end in `+Inf` = `_count`, and whose `_sum` is
+/// above 0 and below the client's own wall time.
+#[test]
+fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
+    const N_OK: usize = 40;
+    const N_MISSING: usize = 10;
+    let (_g, topo) = setup(2);
+    let names = ["b1", "b2"];
+    let bs = names.iter().map(|n| BackendCfg::new(topo.ip(n, false), TESTD_PORT)).collect();
+    // No VIP: the proxy listens on the interface's address.
+    let http = ServiceCfg { vip: None, protocol: "http", ..ServiceCfg::tcp(SERVICE, VIP4.into(), 80, bs) };
+    let cfg = TempFile::new(".yaml", &config::render(&[http]));
+    let xlb = start_xlb(&topo, cfg.path());
+    let front = std::net::SocketAddr::from((LB_CLIENT_V4, 80));
+    let up = wait_for(Duration::from_secs(10), Duration::from_millis(100), || topo.client.enter(|| std::net::TcpStream::connect_timeout(&front, Duration::from_millis(500)).ok()));
+    assert!(up.is_some(), "nothing listens on {front}\n{}", tail(&xlb));
+
+    let started = Instant::now();
+    let ok = topo.spread(front, N_OK);
+    assert!(ok.errors.is_empty() && ok.total_ok() == N_OK, "{N_OK} GET / through the proxy: {ok}\n{}", tail(&xlb));
+    let missing: Vec<u16> = topo.client.enter(|| (0..N_MISSING).map(|_| http::request(front, "GET", "/missing").map_or(0, |r| r.status)).collect());
+    assert!(missing.iter().all(|&s| s == 404), "{N_MISSING} GET /missing: statuses {missing:?}\n{}", tail(&xlb));
+    let wall = started.elapsed().as_secs_f64();
+
+    // Counted when each response is finished: poll until all are in, then they must match.
+    let total = |m: &[status::Sample]| samples(m, "xlb_http_requests_total", &[("service", SERVICE)]).iter().map(|s| s.value).sum::<f64>();
+    let mut text = String::new();
+    let counted = wait_for(SNAPSHOT_WAIT, Duration::from_millis(100), || {
+        text = status::metrics_text(&topo.lb, ADMIN).ok()?;
+        let m = parse_metrics(&text).ok()?;
+        (total(&m) >= (N_OK + N_MISSING) as f64).then_some(m)
+    });
+    let m = counted.unwrap_or_else(|| panic!("/metrics never counted {} requests of {SERVICE}:\n{text}\n{}", N_OK + N_MISSING, tail(&xlb)));
+    assert_eq!(total(&m), (N_OK + N_MISSING) as f64, "requests counted for {SERVICE}:\n{text}");
+    assert!(text.contains("# TYPE xlb_http_requests_total counter\n") && text.contains("# TYPE xlb_http_request_duration_seconds histogram\n"), "{text}");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let s = samples(&m, name, labels);
+        assert_eq!(s.len(), 1, "{name} {labels:?}: want one sample, got {s:?}\n{text}");
+        s[0].value
+    };
+    // 404s follow the same smooth round robin as the 200s before them; whatever the split,
+    // each backend's count must be what the client saw from it.
+    let missing_at: usize = names.iter().map(|n| value("xlb_http_requests_total", &[("service", SERVICE), ("backend", &addr_of(&topo, n)), ("code", "404")]) as usize).sum();
+    assert_eq!(missing_at, N_MISSING, "404s counted over the backends:\n{text}");
+    let mut figures = Vec::new();
+    for n in names {
+        // A static backend's name is its address.
+        let a = addr_of(&topo, n);
+        let served = value("xlb_http_requests_total", &[("service", SERVICE), ("backend", &a), ("code", "200")]);
+        assert_eq!(served, ok.count(n) as f64, "{n} ({a}): 200s counted vs the answers the client got from it ({ok}):\n{text}");
+        let not_found = value("xlb_http_requests_total", &[("service", SERVICE), ("backend", &a), ("code", "404")]);
+        let labels = [("service", SERVICE), ("backend", a.as_str())];
+        let count = value("xlb_http_request_duration_seconds_count", &labels);
+        assert_eq!(count, served + not_found, "{n}: histogram _count vs its requests:\n{text}");
+        let sum = value("xlb_http_request_duration_seconds_sum", &labels);
+        assert!(sum > 0.0 && sum < wall, "{n}: _sum {sum} s, the client's {} requests took {wall:.3} s in all:\n{text}", N_OK + N_MISSING);
+        let buckets = samples(&m, "xlb_http_request_duration_seconds_bucket", &labels);
+        let mut bounds: Vec<(f64, f64)> = buckets.iter().map(|s| (s.labels["le"].parse::<f64>().unwrap_or_else(|_| panic!("le {:?}", s.labels["le"])), s.value)).collect();
+        assert!(bounds.len() >= 2 && bounds.iter().any(|(le, _)| le.is_infinite()), "{n}: buckets {bounds:?}\n{text}");
+        bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(bounds.windows(2).all(|w| w[0].1 <= w[1].1), "{n}: buckets decrease: {bounds:?}\n{text}");
+        assert_eq!(bounds.last().map(|b| b.1), Some(count), "{n}: +Inf bucket vs _count:\n{text}");
+        let p_under_10ms = bounds.iter().find(|(le, _)| *le == 0.01).map_or(0.0, |b| b.1);
+        figures.push(format!("{n}: {served} x 200 + {not_found} x 404, mean {:.2} ms, {p_under_10ms} within 10 ms", 1e3 * sum / count));
+    }
+    figure("http-metrics", &format!("{} requests in {:.0} ms; {}", N_OK + N_MISSING, wall * 1e3, figures.join("; ")));
     stop(xlb);
 }
 

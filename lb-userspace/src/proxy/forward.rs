@@ -21,6 +21,8 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
 use tracing::debug;
 
+use crate::metrics::Exchange;
+
 use super::{
     Failure, FailureKind,
     balance::Pick,
@@ -98,19 +100,21 @@ pub fn page(status: u16, close: bool) -> Response<BoxBody<Bytes, BoxError>> {
 /// The hyper service function.
 pub async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: Arc<ConnShared>) -> Response<ProxyBody> {
     let guard = conn.request();
+    let mut exchange = Exchange::start();
     let h1 = req.version() < Version::HTTP_2;
     let asks_upgrade = h1 && asks_upgrade(req.headers());
     // `Upgrade: h2c` is the proxy's own business (h2c.rs); one that reaches here is
     // declined, and the request answered over HTTP/1.1.
     let upgrade = asks_upgrade && !req.headers().get(header::UPGRADE).is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"));
-    let resp = match proxy(req, &site, &conn, upgrade).await {
+    let resp = match proxy(req, &site, &conn, upgrade, &mut exchange).await {
         Ok(r) => r,
         Err(status) => page(status, h1 && matches!(status, 400 | 408 | 413 | 414 | 431)),
     };
     if asks_upgrade {
         conn.upgrade_outcome(upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS);
     }
-    resp.map(|inner| ProxyBody { inner, _req: Some(guard) })
+    let status = resp.status();
+    resp.map(|inner| ProxyBody { inner: exchange.finish(status, inner), _req: Some(guard) })
 }
 
 /// The answer that switches a connection to HTTP/2 (`Upgrade: h2c`); the request is
@@ -166,7 +170,7 @@ enum ReqBody {
     Stream(Option<Incoming>),
 }
 
-async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgrade: bool) -> Result<Response<BoxBody<Bytes, BoxError>>, u16> {
+async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgrade: bool, exchange: &mut Exchange) -> Result<Response<BoxBody<Bytes, BoxError>>, u16> {
     let started = Instant::now();
     if req.method() == HttpMethod::CONNECT {
         return Err(405);
@@ -194,6 +198,7 @@ async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgra
     };
     let svc_idx = site.router.route(host.as_deref(), path).ok_or(404u16)?;
     let svc = site.services[svc_idx].clone();
+    exchange.routed(&svc);
     let o = &svc.options;
 
     let peer_ip = canonical(conn.peer.ip());
@@ -321,6 +326,7 @@ async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgra
                         continue;
                     }
                 }
+                exchange.answered_by(&peer);
                 if status == 101 {
                     return Ok(tunnel(resp, client_upgrade, inflight));
                 }

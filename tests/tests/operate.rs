@@ -11,6 +11,9 @@
 //!    (b3 removed, b4 added) and xlb gets SIGHUP while steady load runs: zero failed requests,
 //!    b4 serves, b3 gets no request started after the reload was applied. The file keeps its
 //!    size and mtime, so only the SIGHUP can have triggered the reload;
+//!    `reload_keeps_the_connections_of_unchanged_services`: a reload that changes and adds
+//!    other services leaves an unchanged one alone: its long connection runs on without a gap
+//!    and it counts no new flow (its connection entries were kept);
 //! 3. `bad_reload_keeps_serving_then_the_watcher_applies_a_good_file`: broken files (an
 //!    unknown key, a bad value: SIGHUP; a bad address: the file watcher) are rejected with
 //!    FILE:LINE:COLUMN in the log while the old config serves with zero failed requests; a good
@@ -492,6 +495,54 @@ fn sighup_reload_under_load_adds_and_removes_a_backend() {
         b4.new_flows,
         st.raw
     );
+    stop(xlb);
+}
+
+/// A reload is applied as a diff: service `web` (b1, b2) is left as it was while service
+/// `other` changes (b3 -> b3, b4) and a third service appears. A long `/stream` connection
+/// through `web` runs across the SIGHUP without a gap, and `web` counts no new flow for it
+/// afterwards: had the reload rebuilt `web` or dropped its connection entries, the stream's
+/// next packet would have started a new flow (or been re-balanced and reset).
+#[test]
+fn reload_keeps_the_connections_of_unchanged_services() {
+    const SECS: u64 = 8;
+    let (_g, topo) = setup(4);
+    let svc = |name: &str, port: u16, names: &[&str]| ServiceCfg::tcp(name, VIP4.into(), port, names.iter().map(|n| BackendCfg::new(topo.ip(n, false), TESTD_PORT)).collect());
+    let old = config::render(&[svc(SERVICE, 80, &["b1", "b2"]), svc("other", 81, &["b3"])]);
+    let new = config::render(&[svc(SERVICE, 80, &["b1", "b2"]), svc("other", 81, &["b3", "b4"]), svc("third", 82, &["b4"])]);
+    let cfg = TempFile::new(".yaml", &old);
+    let mut xlb = start_xlb(&topo, cfg.path());
+    let warm = topo.spread(Topology::vip4(80), 10);
+    ensure!(warm.errors.is_empty(), &xlb, None, "before the reload: {warm}");
+    let stream = topo.stream(Topology::vip4(80), SECS);
+    let on = stream.backend(Duration::from_secs(3)).unwrap_or_else(|e| panic!("{}", context(&format!("stream: {e}"), None, &xlb)));
+    // Two snapshots apart: the count of web's flows with the stream in it.
+    thread::sleep(Duration::from_millis(2500));
+    let before = web(&poll_status(&topo, SNAPSHOT_WAIT, |s| s.service(SERVICE).is_some()).unwrap_or_else(|e| panic!("{e}"))).new_flows;
+
+    cfg.write(&new);
+    let from = log_lines(&xlb).len();
+    sighup(&mut xlb);
+    let reloaded = wait_log(&xlb, from, Duration::from_secs(5), |l| l.contains("config reloaded") || l.contains("reload rejected"));
+    let synced = reloaded.as_ref().and_then(|(i, _)| wait_log(&xlb, i + 1, Duration::from_secs(5), |l| l.contains("maps synced")));
+    ensure!(reloaded.as_ref().is_some_and(|(_, l)| l.contains("config reloaded")) && synced.is_some(), &xlb, None, "no `config reloaded` then `maps synced` within 5 s ({reloaded:?}, {synced:?})");
+    // The changed services did change.
+    let other = wait_for(Duration::from_secs(5), Duration::from_millis(200), || {
+        let s = topo.spread(Topology::vip4(81), 20);
+        (s.count("b4") > 0).then_some(s)
+    });
+    ensure!(other.is_some(), &xlb, None, "service other never reached the added b4");
+    let third = topo.spread(Topology::vip4(82), 5);
+    ensure!(third.count("b4") == 5, &xlb, None, "the added service third: {third}");
+
+    let r = stream.join();
+    thread::sleep(Duration::from_millis(2500));
+    let after = poll_status(&topo, SNAPSHOT_WAIT, |s| s.service("third").is_some()).unwrap_or_else(|e| panic!("{e}"));
+    let w = web(&after);
+    figure("reload-diff", &format!("stream on {on}: {} lines, longest gap {:?}; web new_flows {before} before the reload, {} after", r.lines, r.max_gap, w.new_flows));
+    ensure!(r.backend.as_deref() == Some(on.as_str()), &xlb, None, "the stream moved: {r:?}");
+    r.assert_ok(SECS, Duration::from_secs(1));
+    ensure!(w.new_flows == before, &xlb, None, "web (unchanged) counted {} new flows across the reload, want 0 (its connection entries were lost):\n{}", w.new_flows - before, after.raw);
     stop(xlb);
 }
 

@@ -20,7 +20,8 @@
 //!    file is then applied by the file watcher alone (no SIGHUP) within 3 s;
 //! 4. `check_reports_file_line_column`, `check_accepts_the_example`: `xlb check` on broken
 //!    files prints FILE:LINE:COLUMN (of the offending key or value) and exits non-zero; on
-//!    `xlb.example.yaml` it exits 0. `check_positions_of_errors_found_after_parsing`: errors
+//!    `xlb.example.yaml` it exits 0, and `the_example_sets_every_key` (every field of the
+//!    config structs, read from their source). `check_positions_of_errors_found_after_parsing`: errors
 //!    found once a service was read (port 0, a backend twice, a backend of the wrong family)
 //!    or across services (a name or VIP:port twice) point at the offending service.
 //!
@@ -816,6 +817,53 @@ fn check_accepts_the_example() {
     figure("check", &format!("xlb.example.yaml: {}", stdout.trim()));
     assert!(ok, "xlb check {}: failed\nstdout: {stdout}\nstderr: {stderr}", example.display());
     assert!(stdout.contains(&format!(": ok, {services} services")), "xlb check {}: {stdout:?}, want `ok, {services} services`", example.display());
+}
+
+/// The fields of the structs a config is deserialized into (`#[derive(..Deserialize..)]` in
+/// lb-userspace/src/config.rs and proxy/config.rs), read from the source so a key added
+/// there is a key the example must show.
+fn config_keys() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-userspace/src");
+    let mut keys = Vec::new();
+    for file in ["config.rs", "proxy/config.rs"] {
+        let text = fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut lines = text.lines();
+        while let Some(l) = lines.next() {
+            if !(l.starts_with("#[derive(") && l.contains("Deserialize")) {
+                continue;
+            }
+            let Some(head) = lines.by_ref().find(|l| !l.starts_with("#[")) else { break };
+            let Some(name) = head.strip_prefix("pub struct ").or_else(|| head.strip_prefix("struct ")).filter(|h| h.ends_with(" {")) else { continue };
+            let name = name.trim_end_matches(" {").to_string();
+            for field in lines.by_ref().take_while(|l| *l != "}") {
+                let f = field.trim_start().trim_start_matches("pub ");
+                if let Some((key, _)) = f.split_once(": ")
+                    && !key.is_empty()
+                    && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                {
+                    keys.push((name.clone(), key.to_string()));
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// `xlb.example.yaml` sets every key of the config model (README: it "lists every key with
+/// its default").
+#[test]
+fn the_example_sets_every_key() {
+    let example = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("xlb.example.yaml")).unwrap();
+    let set: Vec<&str> = example.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>();
+    let keys = config_keys();
+    assert!(keys.len() > 40 && keys.iter().any(|(s, k)| s == "RawService" && k == "slow_start"), "reading the config structs found only {keys:?}");
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|(_, k)| !set.iter().any(|l| l.contains(&format!(" {k}: ")) || l.contains(&format!("{{ {k}: ")) || l.trim_start().starts_with(&format!("{k}:")) || l.trim_start().starts_with(&format!("- {k}:"))))
+        .map(|(s, k)| format!("{s}.{k}"))
+        .collect();
+    figure("check", &format!("xlb.example.yaml sets all {} keys of the config structs", keys.len() - missing.len()));
+    assert!(missing.is_empty(), "keys of the config model that xlb.example.yaml does not set: {missing:?}");
 }
 
 /// Errors found after a service's keys were read (its port, its backends' families,

@@ -80,6 +80,8 @@ struct Planned {
     /// A probe or Docker's health check says it fails.
     unhealthy: bool,
     max_conns: Option<u32>,
+    /// Pinning names besides `name` (hostname, `xlb.name`), for the HTTP proxy.
+    aliases: Vec<String>,
     /// Host names it serves (`xlb.host`), for the HTTP proxy.
     hosts: Vec<HostPattern>,
 }
@@ -106,7 +108,7 @@ impl Planned {
         } else {
             PeerState::Active
         };
-        BackendView { name: self.name, aliases: Vec::new(), hosts: self.hosts, addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: self.max_conns }
+        BackendView { name: self.name, aliases: self.aliases, hosts: self.hosts, addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: self.max_conns }
     }
 }
 
@@ -129,6 +131,7 @@ struct Candidate {
     max_conns: Option<u32>,
     /// Docker's HEALTHCHECK verdict.
     docker_healthy: Option<bool>,
+    aliases: Vec<String>,
     hosts: Vec<HostPattern>,
 }
 
@@ -143,6 +146,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         down: b.down,
         max_conns: b.max_conns,
         docker_healthy: None,
+        aliases: Vec::new(),
         hosts: Vec::new(),
     });
     let discovered = registry.backends(&s.name).iter().map(|d| Candidate {
@@ -154,6 +158,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         down: false,
         max_conns: None,
         docker_healthy: d.healthy,
+        aliases: d.aliases.clone(),
         hosts: host_patterns(&d.name, &d.hosts),
     });
     // A static entry wins over a discovered one for the same address.
@@ -191,6 +196,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
                 addr: c.addr,
                 weight,
                 backup: c.backup,
+                aliases: c.aliases,
                 hosts: c.hosts,
             }
         })
@@ -236,6 +242,7 @@ mod tests {
             weight: 1,
             backup,
             name: addr.into(),
+            aliases: vec![],
             hosts: vec![],
             draining,
             healthy,
@@ -307,6 +314,19 @@ mod tests {
         assert!(p.services.is_empty());
         let want: Vec<HostPattern> = ["api.app.dev", "*.eu.app.dev"].iter().map(|h| h.parse().unwrap()).collect();
         assert_eq!(p.http[0].backends[0].hosts, want);
+    }
+
+    #[test]
+    fn container_aliases_reach_the_http_view_and_statics_have_none() {
+        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    docker: { name: api }\n    backends: [{ address: 10.1.0.9 }]\n");
+        let mut r = Registry::default();
+        let mut d = discovered("10.1.0.1", false, false, None);
+        d.name = "api-1".into();
+        d.aliases = vec!["app2".into(), "host-2".into()];
+        r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d] });
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        let v: Vec<_> = p.http[0].backends.iter().map(|b| (b.name.as_str(), b.aliases.clone())).collect();
+        assert_eq!(v, [("10.1.0.9", vec![]), ("api-1", vec!["app2".to_string(), "host-2".to_string()])]);
     }
 
     #[test]

@@ -855,6 +855,43 @@ fn backend_host_names_route_to_their_backends() {
     assert_eq!(at("x"), "404");
 }
 
+/// The HTTP services of `config` as xlb plans them from what its Docker discovery
+/// reports, once `complete` holds (within 30 s). (No prober runs here: every container
+/// counts as passing its probe.)
+fn docker_plan(lb: &Lb, config: &Config, what: &str, complete: impl Fn(&Registry) -> bool) -> Vec<ServiceView> {
+    let watches: Vec<DockerWatch> = config
+        .services
+        .iter()
+        .map(|s| {
+            let d = s.docker.as_ref().unwrap();
+            DockerWatch { service: s.name.clone(), name: d.name.clone(), project: None, network: None, port: d.port }
+        })
+        .collect();
+    let registry = lb.rt.block_on(async {
+        let (_watch_tx, watch_rx) = tokio::sync::watch::channel(watches);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(xlb::discovery::docker::run(watch_rx, tx));
+        let mut registry = Registry::default();
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !complete(&registry) {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(u)) => {
+                    registry.apply(u);
+                }
+                _ => {
+                    let sets: Vec<_> = config.services.iter().map(|s| (s.name.as_str(), registry.backends(&s.name))).collect();
+                    panic!("Docker discovery did not report {what} within 30 s: {sets:?}")
+                }
+            }
+        }
+        registry
+    });
+    let passing = |_: &str, _| Vitals { probe: Some(true), since: None };
+    let plan = desired::plan(config, "lo", &registry, Instant::now(), passing).unwrap();
+    assert!(plan.services.is_empty());
+    plan.http
+}
+
 /// The same on the real Docker engine, end to end through xlb's own parts: containers
 /// labelled `xlb.service` and `xlb.host`, found by xlb's Docker discovery, planned by
 /// `desired::plan` from a config of two HTTP services on one VIP and port, served by
@@ -880,38 +917,9 @@ fn docker_xlb_host_labels_route_subdomains_to_their_containers() {
          - {{ name: app, vip: 127.0.0.1, port: {port}, protocol: http, docker: {{ name: {app_label}, port: 8080 }} }}\n"
     );
     let config = Config::parse(&yaml, Path::new("docker-hosts.yaml")).unwrap();
-    let watches: Vec<DockerWatch> = config
-        .services
-        .iter()
-        .map(|s| {
-            let d = s.docker.as_ref().unwrap();
-            DockerWatch { service: s.name.clone(), name: d.name.clone(), project: None, network: None, port: d.port }
-        })
-        .collect();
-
     let lb = Lb::new();
-    // Discovery until it reports both services with their containers (bounded).
-    let registry = lb.rt.block_on(async {
-        let (_watch_tx, watch_rx) = tokio::sync::watch::channel(watches);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(xlb::discovery::docker::run(watch_rx, tx));
-        let mut registry = Registry::default();
-        let complete = |r: &Registry| r.backends("api").len() == 1 && r.backends("app").len() == 2;
-        let until = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !complete(&registry) {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(u)) => {
-                    registry.apply(u);
-                }
-                _ => panic!("Docker discovery did not report the 3 containers within 30 s: api {:?}, app {:?}", registry.backends("api"), registry.backends("app")),
-            }
-        }
-        registry
-    });
-    let passing = |_: &str, _| Vitals { probe: Some(true), since: None };
-    let plan = desired::plan(&config, "lo", &registry, Instant::now(), passing).unwrap();
-    assert!(plan.services.is_empty());
-    lb.update(plan.http);
+    let http = docker_plan(&lb, &config, "the 3 containers", |r| r.backends("api").len() == 1 && r.backends("app").len() == 2);
+    lb.update(http);
     let addr = lb.proxy.local_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).expect("listening on the services' VIP and port");
     let at = |host: &str| {
         let r = get(addr, host, "/", &[]);
@@ -930,6 +938,61 @@ fn docker_xlb_host_labels_route_subdomains_to_their_containers() {
         assert!(names.iter().all(|n| n == want), "{host}: {names:?}, want {want}");
     }
     eprintln!("xlb.host routing through Docker discovery:\n{}", seen.join("\n"));
+}
+
+/// Pinning on the real Docker engine, through xlb's discovery and planning: a pin header
+/// or cookie naming a container by its container name, its hostname (`--hostname`, else
+/// Docker's short id) or its `xlb.name` label reaches that container on every request;
+/// an unknown name is balanced over all of them.
+#[test]
+fn docker_pins_by_container_name_hostname_and_xlb_name() {
+    let _g = xlb_tests::serial();
+    docker::require_docker();
+    let id = xlb_tests::util::unique_id();
+    let service = format!("xt{id}pin");
+    let label = format!("xlb.service={service}");
+    let host1 = format!("xt{id}-host-one");
+    let one = Container::testd("one", &["--label", &label, "--hostname", &host1, "--label", "xlb.name=Blue, first"]);
+    let two = Container::testd("two", &["--label", &label, "--label", &format!("xlb.name=xt{id}-green")]);
+    let three = Container::testd("three", &["--label", &label]);
+    let port = dead_addr().port();
+    let yaml = format!(
+        "services:\n\
+         - {{ name: pin, vip: 127.0.0.1, port: {port}, protocol: http, docker: {{ name: {service}, port: 8080 }}, http: {{ pin_header: app, pin_cookie: app }} }}\n"
+    );
+    let config = Config::parse(&yaml, Path::new("docker-pin.yaml")).unwrap();
+    let lb = Lb::new();
+    lb.update(docker_plan(&lb, &config, "the 3 containers", |r| r.backends("pin").len() == 3));
+    let addr = lb.proxy.local_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).expect("listening on the service's VIP and port");
+
+    let green = format!("xt{id}-green");
+    let short_id = &three.id[..12];
+    let pins = [
+        (one.name.as_str(), "one"),
+        (host1.as_str(), "one"),
+        ("BLUE", "one"),
+        ("first", "one"),
+        (two.name.as_str(), "two"),
+        (green.as_str(), "two"),
+        (three.name.as_str(), "three"),
+        (short_id, "three"),
+    ];
+    const N: usize = 20;
+    let mut seen = Vec::new();
+    for (name, want) in pins {
+        let cookie = format!("x=1; app={name}");
+        for extra in [("app", name), ("Cookie", cookie.as_str())] {
+            let answers: Vec<String> = (0..N).map(|_| get(addr, "pin.dev", "/", &[extra]).name()).collect();
+            let hits = answers.iter().filter(|a| *a == want).count();
+            seen.push(format!("{}: {} -> {want} {hits}/{N}", extra.0, extra.1));
+            assert_eq!(hits, N, "{extra:?}: {answers:?}, want {want}");
+        }
+    }
+    // An unknown name: normal balancing (round robin over the three).
+    let t = tally((0..30).map(|_| get(addr, "pin.dev", "/", &[("app", "nope")]).name()));
+    seen.push(format!("app: nope -> {t:?}"));
+    assert_eq!(t.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{t:?}");
+    eprintln!("pinning through Docker discovery:\n{}", seen.join("\n"));
 }
 
 #[test]

@@ -122,6 +122,7 @@ fn discovered(w: &DnsWatch, addr: IpAddr) -> Discovered {
         weight: 1,
         backup: false,
         name: addr.to_string(),
+        aliases: Vec::new(),
         hosts: Vec::new(),
         draining: false,
         healthy: None,

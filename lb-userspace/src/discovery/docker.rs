@@ -42,6 +42,8 @@ pub const LABEL_BACKUP: &str = "xlb.backup";
 pub const LABEL_HOST: &str = "xlb.host";
 /// Network whose address to use.
 pub const LABEL_NETWORK: &str = "xlb.network";
+/// Comma-separated names a pin header or cookie may use for this container.
+pub const LABEL_NAME: &str = "xlb.name";
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 
@@ -75,6 +77,8 @@ pub struct Labels {
     pub backup: bool,
     pub hosts: Vec<String>,
     pub network: Option<String>,
+    /// `xlb.name`: pinning names.
+    pub names: Vec<String>,
 }
 
 /// Parses the `xlb.*` labels. A bad value is left out and described in the second
@@ -103,16 +107,26 @@ pub fn parse_labels(labels: &HashMap<String, String>) -> (Labels, Vec<String>) {
         }
     }
     if let Some(v) = labels.get(LABEL_HOST) {
-        for h in v.split(',').map(|h| h.trim().to_ascii_lowercase()) {
-            if !h.is_empty() && !out.hosts.contains(&h) {
-                out.hosts.push(h);
-            }
-        }
+        out.hosts = name_list(v);
+    }
+    if let Some(v) = labels.get(LABEL_NAME) {
+        out.names = name_list(v);
     }
     if let Some(v) = labels.get(LABEL_NETWORK).map(|v| v.trim()).filter(|v| !v.is_empty()) {
         out.network = Some(v.to_owned());
     }
     (out, problems)
+}
+
+/// A comma-separated label value: trimmed, lowercased, without empty or repeated names.
+fn name_list(v: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in v.split(',').map(|n| n.trim().to_ascii_lowercase()) {
+        if !n.is_empty() && !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 fn label<'a>(c: &'a ContainerInspectResponse, key: &str) -> Option<&'a str> {
@@ -125,6 +139,20 @@ pub fn container_name(c: &ContainerInspectResponse) -> String {
         Some(n) if !n.is_empty() => n.to_owned(),
         _ => short_id(c.id.as_deref().unwrap_or_default()).to_owned(),
     }
+}
+
+/// Names a pin header or cookie may use besides the container name: the `xlb.name`
+/// label's, then the container's hostname (`--hostname`, else Docker's short id).
+pub fn aliases(c: &Tracked) -> Vec<String> {
+    let name = container_name(&c.info).to_ascii_lowercase();
+    let hostname = c.info.config.as_ref().and_then(|c| c.hostname.as_deref()).map(|h| h.trim().to_ascii_lowercase());
+    let mut out: Vec<String> = Vec::new();
+    for a in c.labels.names.iter().cloned().chain(hostname) {
+        if !a.is_empty() && a != name && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 fn short_id(id: &str) -> &str {
@@ -275,6 +303,7 @@ pub fn backend(w: &DockerWatch, c: &Tracked, host: &HashSet<IpAddr>) -> Result<D
         weight: c.labels.weight.unwrap_or(1),
         backup: c.labels.backup,
         name: container_name(&c.info),
+        aliases: aliases(c),
         hosts: c.labels.hosts.clone(),
         draining: c.stopping || is_paused(&c.info),
         healthy: health(&c.info),
@@ -768,6 +797,7 @@ mod tests {
             (LABEL_BACKUP, "true"),
             (LABEL_HOST, " A.example.com, b.example.com,,a.example.com "),
             (LABEL_NETWORK, "front"),
+            (LABEL_NAME, " App2 ,,web-two, app2"),
             ("unrelated", "x"),
         ]);
         assert!(problems.is_empty(), "{problems:?}");
@@ -779,6 +809,7 @@ mod tests {
                 backup: true,
                 hosts: vec!["a.example.com".into(), "b.example.com".into()],
                 network: Some("front".into()),
+                names: vec!["app2".into(), "web-two".into()],
             }
         );
 
@@ -798,6 +829,25 @@ mod tests {
         }
         assert!(!l(&[(LABEL_BACKUP, "False")]).0.backup);
         assert_eq!(l(&[(LABEL_WEIGHT, " 5 ")]).0.weight, Some(5));
+    }
+
+    #[test]
+    fn pinning_aliases_are_xlb_name_and_hostname() {
+        let w = watch("web");
+        let aliases = |name: &str, labels: &[(&str, &str)], hostname: Option<&str>| {
+            let mut info = simple(name, labels);
+            info.config.as_mut().unwrap().hostname = hostname.map(Into::into);
+            let (t, problems) = Tracked::new(info);
+            assert!(problems.is_empty(), "{problems:?}");
+            backend(&w, &t, &host()).unwrap().aliases
+        };
+        assert_eq!(aliases("x", &[(LABEL_NAME, "App2, b")], Some("Host-2")), ["app2", "b", "host-2"]);
+        // Docker's default hostname (the short id) is a name too; nothing repeats the
+        // container name or another alias, and an empty one is no name.
+        assert_eq!(aliases("x", &[], Some("0123456789ab")), ["0123456789ab"]);
+        assert_eq!(aliases("Web-1", &[(LABEL_NAME, "web-1, h")], Some("H")), ["h"]);
+        assert!(aliases("x", &[(LABEL_NAME, " , ")], Some("")).is_empty());
+        assert!(aliases("x", &[], None).is_empty());
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct Discovered {
     pub backup: bool,
     /// Stable name: the container name, else the address.
     pub name: String,
+    /// More names a pin header or cookie may use (a container's hostname and `xlb.name`
+    /// label), lowercased.
+    pub aliases: Vec<String>,
     /// Host names for HTTP routing (`xlb.host`).
     pub hosts: Vec<String>,
     /// The container is stopping (`kill`/`stop` seen, or paused): no new flows.

@@ -26,7 +26,7 @@ use crate::{
     health::{self, Health},
     netdev,
     pin::{self, Scope},
-    proxy::Proxy,
+    proxy::{PeerState, Proxy, ServiceView},
     status::{self, BackendStatus, ServiceStatus, Snapshot},
 };
 
@@ -81,11 +81,13 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         reply_ifaces: BTreeSet::new(),
         forwarding: netdev::Forwarding::default(),
         plan: Vec::new(),
+        http_plan: Vec::new(),
         settle: None,
         reported: HashSet::new(),
         snapshots,
         last_status: None,
         health_transitions: 0,
+        backend_transitions: HashMap::new(),
         discovery_events: HashMap::new(),
         docker: Discovery::spawn_when_needed(discovery::docker::run, updates_tx.clone()),
         dns: Discovery::spawn_when_needed(discovery::dns::run, updates_tx),
@@ -127,6 +129,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
             Some(e) = health_events.recv() => {
                 info!(service = %e.target.service, backend = %e.target.addr, healthy = e.healthy, "health changed");
                 ctl.health_transitions += 1;
+                *ctl.backend_transitions.entry((e.target.service, e.target.addr)).or_default() += 1;
                 true
             }
             // The proxy's passive observations; a mark-down comes back as a health event.
@@ -212,6 +215,8 @@ struct Controller {
     forwarding: netdev::Forwarding,
     /// The services as last written to the maps.
     plan: Vec<Desired>,
+    /// The HTTP services as last handed to the proxy.
+    http_plan: Vec<ServiceView>,
     /// Until when an adopted data plane serves as kept (see `settled`).
     settle: Option<Instant>,
     /// Services a discovery source has reported on since the start.
@@ -219,6 +224,8 @@ struct Controller {
     snapshots: watch::Sender<Arc<Snapshot>>,
     last_status: Option<(Instant, Snapshot)>,
     health_transitions: u64,
+    /// Health changes per service and backend address.
+    backend_transitions: HashMap<(String, SocketAddr), u64>,
     discovery_events: HashMap<String, u64>,
     docker: Discovery<DockerWatch>,
     dns: Discovery<DnsWatch>,
@@ -368,6 +375,7 @@ impl Controller {
         );
         let live: BTreeSet<(&str, IpAddr)> = backends.iter().map(|(s, a)| (*s, a.ip())).collect();
         self.first_seen.retain(|(s, a), _| live.contains(&(s.as_str(), *a)));
+        self.http_plan = plan.http.clone();
         crate::metrics::HTTP.retain(plan.http.iter().flat_map(|v| v.backends.iter().map(move |b| (v.name.as_str(), b.addr, b.name.as_str()))));
         if let Err(e) = self.proxy.update(plan.http) {
             error!("HTTP proxy: {e:#}");
@@ -437,15 +445,12 @@ impl Controller {
                         new_flows: counters.new_flows,
                         new_flows_per_sec: 0.0,
                         bytes_per_sec: 0.0,
+                        requests: 0,
+                        health_transitions: self.backend_transitions.get(&(s.name.clone(), SocketAddr::new(b.addr, b.port))).copied().unwrap_or(0),
                     }
                 })
                 .collect();
-            let mut sources = Vec::new();
-            if !s.backends.is_empty() {
-                sources.push("static".to_owned());
-            }
-            sources.extend(s.docker.as_ref().map(|d| format!("docker:{}", d.name)));
-            sources.extend(s.dns.as_ref().map(|d| format!("dns:{}", d.name)));
+            let sources = sources(s);
             let vip = IpAddr::from(crate::dataplane::key_addr(&d.key));
             services.push(ServiceStatus {
                 name: s.name.clone(),
@@ -457,8 +462,13 @@ impl Controller {
                 packets: counters.packets,
                 bytes: counters.bytes,
                 new_flows: counters.new_flows,
+                requests: 0,
                 backends,
             });
+        }
+        for v in &self.http_plan {
+            let Some(s) = self.config.services.iter().find(|s| s.name == v.name) else { continue };
+            services.push(self.http_status(s, v));
         }
         let mut snapshot = Snapshot {
             services,
@@ -473,6 +483,57 @@ impl Controller {
         self.snapshots.send_replace(Arc::new(snapshot.clone()));
         self.last_status = Some((now, snapshot));
         Ok(())
+    }
+
+    /// An HTTP service's status: the proxy's view of its backends, its requests in
+    /// flight, and the requests counted for `/metrics`.
+    fn http_status(&self, s: &crate::config::Service, v: &ServiceView) -> ServiceStatus {
+        let discovered = self.registry.backends(&s.name);
+        let in_flight = self.proxy.counters(&v.name);
+        let requests = crate::metrics::HTTP.requests(&v.name);
+        let backends = v
+            .backends
+            .iter()
+            .map(|b| {
+                let found = discovered.iter().find(|x| x.addr == b.addr.ip() && x.port.unwrap_or(s.port) == b.addr.port());
+                let probe = self.health.healthy(&health::Target { service: s.name.clone(), addr: b.addr });
+                let state = match b.state {
+                    PeerState::Active if b.backup => "backup",
+                    PeerState::Active => "healthy",
+                    PeerState::Draining => "draining",
+                    PeerState::Down if probe == Some(false) || found.is_some_and(|f| f.healthy == Some(false)) => "unhealthy",
+                    PeerState::Down => "down",
+                };
+                BackendStatus {
+                    address: b.addr.to_string(),
+                    name: b.name.clone(),
+                    origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
+                    state: state.to_owned(),
+                    weight: f64::from(b.weight) / f64::from(desired::WEIGHT_SCALE),
+                    active_connections: in_flight.get(&b.name).map_or(0, |c| u64::from(c.0)),
+                    packets: 0,
+                    bytes: 0,
+                    new_flows: 0,
+                    new_flows_per_sec: 0.0,
+                    bytes_per_sec: 0.0,
+                    requests: requests.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, n)| n).sum(),
+                    health_transitions: self.backend_transitions.get(&(s.name.clone(), b.addr)).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        ServiceStatus {
+            name: s.name.clone(),
+            vip: v.listen.ip().to_string(),
+            port: v.listen.port(),
+            protocol: s.protocol.to_string(),
+            method: status::http_method(&v.options.method),
+            sources: sources(s),
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+            requests: requests.iter().map(|(_, n)| n).sum(),
+            backends,
+        }
     }
 
     fn expire(&mut self) {
@@ -520,6 +581,17 @@ impl<W: Send + Sync + PartialEq + 'static> Discovery<W> {
             }
         }
     }
+}
+
+/// Where a service's backends come from: static, docker:NAME, dns:NAME.
+fn sources(s: &crate::config::Service) -> Vec<String> {
+    let mut sources = Vec::new();
+    if !s.backends.is_empty() {
+        sources.push("static".to_owned());
+    }
+    sources.extend(s.docker.as_ref().map(|d| format!("docker:{}", d.name)));
+    sources.extend(s.dns.as_ref().map(|d| format!("dns:{}", d.name)));
+    sources
 }
 
 /// What tells that a file changed: its modification time and size.

@@ -34,6 +34,9 @@ pub struct ServiceStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// HTTP services: requests answered, xlb's own answers (404, 502...) included.
+    #[serde(default)]
+    pub requests: u64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -49,13 +52,19 @@ pub struct BackendStatus {
     /// Configured weight, lower while a slow start ramps.
     pub weight: f64,
     /// Flows pinned to it in the connection table (until their idle timeout: the
-    /// kernel does not track connection close).
+    /// kernel does not track connection close); HTTP services: requests in flight.
     pub active_connections: u64,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
     pub new_flows_per_sec: f64,
     pub bytes_per_sec: f64,
+    /// HTTP services: requests it answered.
+    #[serde(default)]
+    pub requests: u64,
+    /// Health changes seen since start (probes, Docker's verdict, passive failures).
+    #[serde(default)]
+    pub health_transitions: u64,
 }
 
 /// Fills per-second rates from the previous snapshot.
@@ -83,6 +92,14 @@ impl Snapshot {
     pub fn table(&self) -> String {
         let mut out = String::new();
         for s in &self.services {
+            if s.protocol == "http" {
+                let _ = writeln!(out, "{} {}:{}/{} method={} sources={} requests={}", s.name, s.vip, s.port, s.protocol, s.method, s.sources.join(","), s.requests);
+                let _ = writeln!(out, "  {:<28} {:<24} {:<20} {:<10} {:>6} {:>9} {:>10}", "BACKEND", "NAME", "ORIGIN", "STATE", "WEIGHT", "IN FLIGHT", "REQUESTS");
+                for b in &s.backends {
+                    let _ = writeln!(out, "  {:<28} {:<24} {:<20} {:<10} {:>6.2} {:>9} {:>10}", b.address, b.name, b.origin, b.state, b.weight, b.active_connections, b.requests);
+                }
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "{} {}:{}/{} method={} sources={} flows={} packets={} bytes={}",
@@ -111,23 +128,30 @@ impl Snapshot {
     pub fn metrics(&self, http: &crate::metrics::HttpMetrics) -> String {
         let mut m = Metrics::default();
         for s in &self.services {
+            // HTTP services have no kernel counters: their traffic is in xlb_http_*.
+            let kernel = s.protocol != "http";
             let l = format!("service=\"{}\",vip=\"{}\",port=\"{}\",protocol=\"{}\"", esc(&s.name), s.vip, s.port, s.protocol);
-            m.add("xlb_service_packets_total", "counter", "Packets from clients to the service.", &l, s.packets as f64);
-            m.add("xlb_service_bytes_total", "counter", "Bytes from clients to the service.", &l, s.bytes as f64);
-            m.add("xlb_service_flows_total", "counter", "New flows steered by the service.", &l, s.new_flows as f64);
+            if kernel {
+                m.add("xlb_service_packets_total", "counter", "Packets from clients to the service.", &l, s.packets as f64);
+                m.add("xlb_service_bytes_total", "counter", "Bytes from clients to the service.", &l, s.bytes as f64);
+                m.add("xlb_service_flows_total", "counter", "New flows steered by the service.", &l, s.new_flows as f64);
+            }
             for b in &s.backends {
                 let l = format!("service=\"{}\",backend=\"{}\",name=\"{}\"", esc(&s.name), b.address, esc(&b.name));
-                m.add("xlb_backend_packets_total", "counter", "Packets steered to the backend.", &l, b.packets as f64);
-                m.add("xlb_backend_bytes_total", "counter", "Bytes steered to the backend.", &l, b.bytes as f64);
-                m.add("xlb_backend_flows_total", "counter", "New flows steered to the backend.", &l, b.new_flows as f64);
-                m.add("xlb_backend_active_connections", "gauge", "Flows pinned to the backend in the connection table.", &l, b.active_connections as f64);
+                if kernel {
+                    m.add("xlb_backend_packets_total", "counter", "Packets steered to the backend.", &l, b.packets as f64);
+                    m.add("xlb_backend_bytes_total", "counter", "Bytes steered to the backend.", &l, b.bytes as f64);
+                    m.add("xlb_backend_flows_total", "counter", "New flows steered to the backend.", &l, b.new_flows as f64);
+                }
+                m.add("xlb_backend_active_connections", "gauge", "Flows pinned to the backend in the connection table (HTTP services: requests in flight).", &l, b.active_connections as f64);
                 m.add("xlb_backend_up", "gauge", "1 when the backend takes new flows.", &l, f64::from(u8::from(b.state == "healthy")));
+                m.add("xlb_backend_health_transitions_total", "counter", "Health changes of the backend since start.", &l, b.health_transitions as f64);
             }
         }
         for d in &self.drops {
             m.add("xlb_drops_total", "counter", "Packets the kernel program dropped, by reason.", &format!("reason=\"{}\"", d.reason), d.packets as f64);
         }
-        m.add("xlb_health_transitions_total", "counter", "Backend health changes.", "", self.health_transitions as f64);
+        m.add("xlb_health_transitions_total", "counter", "Backend health changes, of backends gone since included.", "", self.health_transitions as f64);
         let mut sources: Vec<_> = self.discovery_events.iter().collect();
         sources.sort();
         for (source, n) in sources {
@@ -182,6 +206,35 @@ pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// An HTTP service's balancing method as the config writes it (`least_time header inflight`).
+pub fn http_method(m: &crate::proxy::config::Method) -> String {
+    use crate::proxy::config::{HashKey, Method, TimeMeasure, TwoBy};
+    let measure = |t: &TimeMeasure| match t {
+        TimeMeasure::Header => "header",
+        TimeMeasure::LastByte => "last_byte",
+    };
+    match m {
+        Method::RoundRobin => "round_robin".into(),
+        Method::LeastConn => "least_conn".into(),
+        Method::IpHash => "ip_hash".into(),
+        Method::Random => "random".into(),
+        Method::Hash { key, consistent } => {
+            let key = match key {
+                HashKey::Uri => "uri".into(),
+                HashKey::Path => "path".into(),
+                HashKey::Client => "client".into(),
+                HashKey::Header(h) => format!("header:{h}"),
+                HashKey::Cookie(c) => format!("cookie:{c}"),
+            };
+            format!("hash {key}{}", if *consistent { " consistent" } else { "" })
+        }
+        Method::RandomTwo { by: TwoBy::LeastConn } => "random two least_conn".into(),
+        Method::RandomTwo { by: TwoBy::LeastTime(t) } => format!("random two least_time={}", measure(t)),
+        Method::LeastTime { measure: t, inflight } => format!("least_time {}{}", measure(t), if *inflight { " inflight" } else { "" }),
+        Method::PeakEwma { decay } => format!("peak_ewma decay={}s", decay.as_secs_f64()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +251,7 @@ mod tests {
                 packets: 10,
                 bytes: 1000,
                 new_flows: flows,
+                requests: 0,
                 backends: vec![BackendStatus {
                     address: "10.1.0.2:8080".into(),
                     name: "b1".into(),
@@ -210,6 +264,8 @@ mod tests {
                     new_flows: flows,
                     new_flows_per_sec: 0.0,
                     bytes_per_sec: 0.0,
+                    requests: 0,
+                    health_transitions: 1,
                 }],
             }],
             drops: vec![Drop { reason: "no_backend".into(), packets: 3 }],
@@ -223,7 +279,16 @@ mod tests {
         assert!(text.contains("# TYPE xlb_backend_flows_total counter\n"), "{text}");
         assert!(text.contains("xlb_backend_flows_total{service=\"web \\\"a\\\"\",backend=\"10.1.0.2:8080\",name=\"b1\"} 5\n"), "{text}");
         assert!(text.contains("xlb_drops_total{reason=\"no_backend\"} 3\n"), "{text}");
+        assert!(text.contains("xlb_backend_health_transitions_total{service=\"web \\\"a\\\"\",backend=\"10.1.0.2:8080\",name=\"b1\"} 1\n"), "{text}");
         assert_eq!(text.matches("# HELP xlb_backend_up").count(), 1);
+    }
+
+    #[test]
+    fn http_methods_read_as_written() {
+        for text in ["round_robin", "hash header:x-user consistent", "random two least_time=last_byte", "least_time header inflight", "peak_ewma decay=5s"] {
+            let m: crate::proxy::config::Method = text.parse().unwrap();
+            assert_eq!(http_method(&m), text);
+        }
     }
 
     #[test]

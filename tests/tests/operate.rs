@@ -324,7 +324,8 @@ fn status_and_metrics_count_real_traffic() {
 /// code}` per backend as the client saw the answers, and per backend a
 /// `xlb_http_request_duration_seconds` histogram whose `_count` is that backend's total,
 /// whose buckets never decrease with `le` and end in `+Inf` = `_count`, and whose `_sum` is
-/// above 0 and below the client's own wall time.
+/// above 0 and below the client's own wall time. `xlb status --json` and `xlb status` list
+/// the service (protocol http, its method) with the same request counts.
 #[test]
 fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
     const N_OK: usize = 40;
@@ -389,6 +390,31 @@ fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
         figures.push(format!("{n}: {served} x 200 + {not_found} x 404, mean {:.2} ms, {p_under_10ms} within 10 ms", 1e3 * sum / count));
     }
     figure("http-metrics", &format!("{} requests in {:.0} ms; {}", N_OK + N_MISSING, wall * 1e3, figures.join("; ")));
+
+    // `xlb status --json` lists the HTTP service with the same counts (from its next snapshot).
+    let all = (N_OK + N_MISSING) as u64;
+    let requests = |v: &status::Json| v.get("requests").and_then(status::Json::as_u64);
+    let service_requests = |raw: &str| -> Option<u64> {
+        let json = status::Json::parse(raw).ok()?;
+        let svc = json.get("services")?.as_array()?.iter().find(|s| s.get("name").and_then(status::Json::as_str) == Some(SERVICE))?.clone();
+        requests(&svc)
+    };
+    let st = poll_status(&topo, SNAPSHOT_WAIT, |s| service_requests(&s.raw).is_some_and(|n| n >= all)).unwrap_or_else(|e| panic!("{e}\n{}", tail(&xlb)));
+    let w = web(&st);
+    assert_eq!((w.protocol.as_str(), w.method.as_str(), w.port, w.vip.as_str()), ("http", "round_robin", 80, "10.200.1.1"), "{}", st.raw);
+    assert_eq!(w.addresses(), addrs_of(&topo, &names), "{}", st.raw);
+    let json = status::Json::parse(&st.raw).unwrap();
+    let svc = json.get("services").and_then(status::Json::as_array).and_then(|a| a.iter().find(|s| s.get("name").and_then(status::Json::as_str) == Some(SERVICE))).unwrap();
+    assert_eq!(requests(svc), Some(all), "service requests in xlb status --json:\n{}", st.raw);
+    for b in svc.get("backends").and_then(status::Json::as_array).unwrap() {
+        let a = b.get("address").and_then(status::Json::as_str).unwrap();
+        let n = names.iter().find(|n| addr_of(&topo, n) == a).unwrap();
+        let want = value("xlb_http_request_duration_seconds_count", &[("service", SERVICE), ("backend", a)]) as u64;
+        assert_eq!(requests(b), Some(want), "{n}: requests in xlb status --json vs /metrics:\n{}", st.raw);
+        assert_eq!(b.get("state").and_then(status::Json::as_str), Some("healthy"), "{}", st.raw);
+    }
+    let table = status::xlb_status_raw(&topo.lb, &[]).unwrap_or_else(|e| panic!("xlb status: {e}"));
+    assert!(table.contains(&format!("requests={all}")) && names.iter().all(|n| table.contains(&addr_of(&topo, n))), "`xlb status`:\n{table}");
     stop(xlb);
 }
 

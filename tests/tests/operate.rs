@@ -325,12 +325,14 @@ fn status_and_metrics_count_real_traffic() {
 /// `xlb_http_request_duration_seconds` histogram whose `_count` is that backend's total,
 /// whose buckets never decrease with `le` and end in `+Inf` = `_count`, and whose `_sum` is
 /// above 0 and below the client's own wall time. `xlb status --json` and `xlb status` list
-/// the service (protocol http, its method) with the same request counts.
+/// the service (protocol http, its method) with the same request counts. Then b2 stops: its
+/// failed request marks it down, and `/metrics` shows one health transition for it (and in
+/// all) and `xlb_backend_up` 0.
 #[test]
 fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
     const N_OK: usize = 40;
     const N_MISSING: usize = 10;
-    let (_g, topo) = setup(2);
+    let (_g, mut topo) = setup(2);
     let names = ["b1", "b2"];
     let bs = names.iter().map(|n| BackendCfg::new(topo.ip(n, false), TESTD_PORT)).collect();
     // No VIP: the proxy listens on the interface's address.
@@ -415,6 +417,19 @@ fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
     }
     let table = status::xlb_status_raw(&topo.lb, &[]).unwrap_or_else(|e| panic!("xlb status: {e}"));
     assert!(table.contains(&format!("requests={all}")) && names.iter().all(|n| table.contains(&addr_of(&topo, n))), "`xlb status`:\n{table}");
+
+    // b2 stops: the proxy's failed try marks it down (passive health), one transition.
+    drop(topo.backends[1].testd.take());
+    let after_stop = topo.spread(front, 6);
+    assert!(after_stop.errors.is_empty() && after_stop.count("b1") == 6, "with b2 stopped: {after_stop}\n{}", tail(&xlb));
+    let b2 = [("service", SERVICE), ("backend", &*addr_of(&topo, "b2"))];
+    let seen = wait_for(SNAPSHOT_WAIT, Duration::from_millis(100), || {
+        text = status::metrics_text(&topo.lb, ADMIN).ok()?;
+        let m = parse_metrics(&text).ok()?;
+        let one = |name: &str, l: &[(&str, &str)]| samples(&m, name, l).first().map(|s| s.value);
+        (one("xlb_backend_health_transitions_total", &b2)? >= 1.0).then(|| (one("xlb_backend_health_transitions_total", &b2), one("xlb_health_transitions_total", &[]), one("xlb_backend_up", &b2)))
+    });
+    assert_eq!(seen, Some((Some(1.0), Some(1.0), Some(0.0))), "b2's health transition (its own, the total) and xlb_backend_up after it stopped:\n{text}\n{}", tail(&xlb));
     stop(xlb);
 }
 

@@ -7,6 +7,9 @@
 //!    `metrics_count_http_requests_by_code_with_a_latency_histogram`: N requests through the
 //!    HTTP proxy (200s and 404s) are read back from `/metrics` by backend and status code, with
 //!    a latency histogram per backend whose count is N in all;
+//!    `logs_are_json_on_request_with_kernel_records_at_the_level_asked`: `--log-format json`
+//!    gives JSON lines only, `--kernel-log debug` adds the kernel's per-flow records, the
+//!    default `info` keeps them out (in the kernel);
 //! 2. `sighup_reload_under_load_adds_and_removes_a_backend`: the config file is rewritten
 //!    (b3 removed, b4 added) and xlb gets SIGHUP while steady load runs: zero failed requests,
 //!    b4 serves, b3 gets no request started after the reload was applied. The file keeps its
@@ -430,6 +433,70 @@ fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
         (one("xlb_backend_health_transitions_total", &b2)? >= 1.0).then(|| (one("xlb_backend_health_transitions_total", &b2), one("xlb_health_transitions_total", &[]), one("xlb_backend_up", &b2)))
     });
     assert_eq!(seen, Some((Some(1.0), Some(1.0), Some(0.0))), "b2's health transition (its own, the total) and xlb_backend_up after it stopped:\n{text}\n{}", tail(&xlb));
+    stop(xlb);
+}
+
+/// Logs: `--log-format json` makes every log line a JSON object (level, target, message), and
+/// `--kernel-log debug` lets the kernel programs' debug records through (one per new flow), as
+/// JSON lines too. With the default `--kernel-log info`, the same traffic logs no kernel record
+/// even though RUST_LOG asks for debug: the level is applied in the kernel. Text is the default.
+#[test]
+fn logs_are_json_on_request_with_kernel_records_at_the_level_asked() {
+    const N: usize = 5;
+    const KERNEL_RECORD: &str = "new flow for service";
+    let (_g, topo) = setup(1);
+    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1"]));
+    let run = |extra: &[&str]| {
+        Xlb::start_with_env(
+            XlbArgs {
+                ns: Some(&topo.lb),
+                iface: LB_CLIENT_IF,
+                config: Some(cfg.path()),
+                specs: extra.iter().map(|s| s.to_string()).collect(),
+                other_ifaces: topo.lb_backend_ifaces(),
+            },
+            &[("RUST_LOG", "debug")],
+        )
+    };
+    // xlb's own lines (the harness prefixes stderr with `[err] `).
+    let stderr = |xlb: &Xlb| -> Vec<String> { log_lines(xlb).iter().filter_map(|l| l.strip_prefix("[err] ")).map(str::to_string).collect() };
+
+    let xlb = run(&["--log-format", "json", "--kernel-log", "debug"]);
+    let spread = topo.spread(Topology::vip4(80), N);
+    assert!(spread.total_ok() == N, "{spread}\n{}", tail(&xlb));
+    let kernel = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let n = stderr(&xlb).iter().filter(|l| l.contains(KERNEL_RECORD)).count();
+        (n >= N).then_some(n)
+    });
+    assert!(kernel.is_some(), "fewer than {N} kernel records `{KERNEL_RECORD}` for {N} new connections with --kernel-log debug:\n{}", tail(&xlb));
+    let lines = stderr(&xlb);
+    let mut bad = Vec::new();
+    for l in &lines {
+        let j = status::Json::parse(l);
+        let ok = j.as_ref().is_ok_and(|j| {
+            j.get("level").and_then(status::Json::as_str).is_some()
+                && j.get("target").and_then(status::Json::as_str).is_some()
+                && j.get("fields").and_then(|f| f.get("message")).and_then(status::Json::as_str).is_some()
+        });
+        if !ok {
+            bad.push(l.clone());
+        }
+    }
+    let record = lines.iter().find(|l| l.contains(KERNEL_RECORD)).cloned().unwrap_or_default();
+    figure("logs", &format!("--log-format json: {} lines, all JSON: {}; a kernel record: {record}", lines.len(), bad.is_empty()));
+    assert!(bad.is_empty(), "{} of {} log lines are not JSON objects with level, target and fields.message:\n{}", bad.len(), lines.len(), bad.join("\n"));
+    stop(xlb);
+
+    let xlb = run(&[]);
+    let spread = topo.spread(Topology::vip4(80), N);
+    assert!(spread.total_ok() == N, "{spread}\n{}", tail(&xlb));
+    // The kernel log is read as records come; give them the time the first run needed.
+    thread::sleep(Duration::from_secs(2));
+    let lines = stderr(&xlb);
+    assert!(lines.iter().all(|l| !l.starts_with('{')), "text is the default format:\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("DEBUG")), "RUST_LOG=debug shows xlb's own debug lines:\n{}", lines.join("\n"));
+    let records = lines.iter().filter(|l| l.contains(KERNEL_RECORD)).count();
+    assert_eq!(records, 0, "kernel debug records with the default --kernel-log info:\n{}", lines.join("\n"));
     stop(xlb);
 }
 

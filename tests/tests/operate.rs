@@ -10,6 +10,9 @@
 //!    `logs_are_json_on_request_with_kernel_records_at_the_level_asked`: `--log-format json`
 //!    gives JSON lines only, `--kernel-log debug` adds the kernel's per-flow records, the
 //!    default `info` keeps them out (in the kernel);
+//!    `status_names_containers_and_metrics_count_discovery_events` (real Docker): backends
+//!    named by container name with origin `docker:bridge`; `xlb_discovery_events_total` counts
+//!    a container start;
 //! 2. `sighup_reload_under_load_adds_and_removes_a_backend`: the config file is rewritten
 //!    (b3 removed, b4 added) and xlb gets SIGHUP while steady load runs: zero failed requests,
 //!    b4 serves, b3 gets no request started after the reload was applied. The file keeps its
@@ -29,7 +32,7 @@
 //!    or across services (a name or VIP:port twice) point at the offending service.
 //!
 //! Figures are printed on lines starting with `OPERATE-FIGURE` (run with `--nocapture`).
-//! Needs root and `XLB_BIN` (the `check_*` tests only `XLB_BIN`); run with
+//! Needs root and `XLB_BIN` (the `check_*` tests only `XLB_BIN`; the discovery test Docker); run with
 //! `XLB_BIN=$PWD/target/debug/xlb cargo test -p xlb-tests --test operate -- --test-threads=1 --nocapture`.
 
 use std::{
@@ -41,8 +44,10 @@ use std::{
 };
 
 use xlb_tests::{
-    Topology, Xlb,
+    Offload, Topology, Xlb,
     config::{self, BackendCfg, ServiceCfg},
+    docker::{self, Container},
+    outside::Outside,
     http,
     load::{Load, LoadOpts, Report},
     status::{self, Status, parse_metrics, samples},
@@ -497,6 +502,58 @@ fn logs_are_json_on_request_with_kernel_records_at_the_level_asked() {
     assert!(lines.iter().any(|l| l.contains("DEBUG")), "RUST_LOG=debug shows xlb's own debug lines:\n{}", lines.join("\n"));
     let records = lines.iter().filter(|l| l.contains(KERNEL_RECORD)).count();
     assert_eq!(records, 0, "kernel debug records with the default --kernel-log info:\n{}", lines.join("\n"));
+    stop(xlb);
+}
+
+/// Docker discovery as the operator sees it: xlb (in the root namespace, a client outside the
+/// host) follows containers labelled `xlb.service=LABEL`. `xlb status --json` names each
+/// backend by its container name with origin `docker:bridge`, and
+/// `xlb_discovery_events_total{source="docker"}` counts up when a second container starts.
+#[test]
+fn status_names_containers_and_metrics_count_discovery_events() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    docker::require_docker();
+    let out = Outside::new(249, Offload::On);
+    let label = format!("xt{}s", util::unique_id());
+    let with_label = ["--label".to_string(), format!("xlb.service={label}")];
+    let with_label: Vec<&str> = with_label.iter().map(String::as_str).collect();
+    let first = Container::testd("de1", &with_label);
+    let spec = format!("{}:80:{label}:{TESTD_PORT}", out.host_ip);
+    // A SPEC's service is named by its VIP, port and protocol.
+    let service = format!("{}:80/tcp", out.host_ip);
+    let xlb = Xlb::start_with_env(
+        XlbArgs { ns: None, iface: &out.host_if, config: None, specs: vec![spec], other_ifaces: vec!["docker0".into()] },
+        &[("RUST_LOG", "info,xlb=debug")],
+    );
+    let status_json = || -> Result<Status, String> { util::try_run(&mut cmd(xlb_bin(), ["status", "--json"])).and_then(|t| Status::parse(&t)) };
+    let events = || -> Option<f64> {
+        let text = util::try_run(&mut cmd("curl", ["-sS", "--fail", "--max-time", "2", &format!("http://{ADMIN}/metrics")])).ok()?;
+        let m = parse_metrics(&text).ok()?;
+        samples(&m, "xlb_discovery_events_total", &[("source", "docker")]).first().map(|s| s.value)
+    };
+    let backends = |n: usize| {
+        wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
+            let st = status_json().ok()?;
+            let svc = st.service(&service)?;
+            (svc.backends.len() == n && svc.backends.iter().all(|b| b.state == "healthy")).then(|| st.clone())
+        })
+    };
+    let st = backends(1).unwrap_or_else(|| panic!("{}", context(&format!("xlb status never showed {label}'s container healthy in {service}"), None, &xlb)));
+    let b = &st.service(&service).unwrap().backends[0];
+    assert_eq!((b.name.as_str(), b.origin.as_str(), b.address.clone()), (first.name.as_str(), "docker:bridge", format!("{}:{TESTD_PORT}", first.ip())), "{}", st.raw);
+    assert!(st.service(&service).unwrap().sources.contains(&format!("docker:{label}")), "{}", st.raw);
+    let before = wait_for(SNAPSHOT_WAIT, Duration::from_millis(100), || events().filter(|&n| n >= 1.0));
+    assert!(before.is_some(), "{}", context("xlb_discovery_events_total{source=\"docker\"} never reached 1", None, &xlb));
+    let before = before.unwrap();
+
+    let second = Container::testd("de2", &with_label);
+    let st = backends(2).unwrap_or_else(|| panic!("{}", context("the second container never showed in xlb status", None, &xlb)));
+    let names: Vec<&str> = st.service(&service).unwrap().backends.iter().map(|b| b.name.as_str()).collect();
+    assert!(names.contains(&second.name.as_str()), "{names:?}\n{}", st.raw);
+    let after = wait_for(SNAPSHOT_WAIT, Duration::from_millis(100), || events().filter(|&n| n > before));
+    figure("discovery", &format!("xlb_discovery_events_total{{source=\"docker\"}}: {before} with one container, {after:?} after a second started; backends {names:?}"));
+    assert!(after.is_some(), "{}", context(&format!("xlb_discovery_events_total{{source=\"docker\"}} stayed at {before} after a second container started"), None, &xlb));
     stop(xlb);
 }
 

@@ -8,12 +8,14 @@
 //! - [`docker`]: the `FROM scratch` xlb-testd image, labelled containers and compose projects;
 //! - [`outside`]: a client outside the Docker host (a namespace linked to the root one);
 //! - [`load`]: steady HTTP load through a VIP, every request recorded;
-//! - [`config`]: SPECs and YAML configs.
+//! - [`config`]: SPECs and YAML configs;
+//! - [`dns`]: a DNS server answering one name with records the test switches.
 //!
 //! The tests need root, iproute2, ethtool, curl, the `xlb` binary at `$XLB_BIN` (and Docker for
 //! tests/docker.rs); see [`preflight`].
 
 pub mod config;
+pub mod dns;
 pub mod docker;
 pub mod dockerd;
 pub mod http;

@@ -3,7 +3,9 @@
 //!
 //! 1. `status_and_metrics_count_real_traffic`: exactly N new connections through the VIP;
 //!    `xlb status --json`, `xlb status` and `GET /metrics` (read inside the LB namespace) count
-//!    exactly N flows, split over the backends as the client saw them;
+//!    exactly N flows, split over the backends as the client saw them, and per-second rates
+//!    that show the traffic and fall back to 0; `drops_are_counted_by_reason`: SYNs to a VIP
+//!    without an active backend are counted as `no_backend` drops in status and `/metrics`;
 //!    `metrics_count_http_requests_by_code_with_a_latency_histogram`: N requests through the
 //!    HTTP proxy (200s and 404s) are read back from `/metrics` by backend and status code, with
 //!    a latency histogram per backend whose count is N in all;
@@ -255,6 +257,19 @@ fn status_and_metrics_count_real_traffic() {
     let after = poll_status(&topo, SNAPSHOT_WAIT, |s| s.service(SERVICE).is_some_and(|w| w.new_flows >= N as u64))
         .unwrap_or_else(|e| panic!("after {N} connections ({spread}): {e}\n{}", tail(&xlb)));
     let shown_after = sent_at.elapsed();
+    // Per-second rates come from two snapshots 2 s apart: the first one with the traffic shows
+    // some, never more than the N flows over 1 s (bytes too), and once the traffic is over
+    // two snapshots later they are back to 0.
+    let rate_sum = |raw: &str, key: &str| -> f64 {
+        let j = status::Json::parse(raw).unwrap_or_else(|e| panic!("{e}"));
+        let svc = j.get("services").and_then(status::Json::as_array).and_then(|a| a.iter().find(|s| s.get("name").and_then(status::Json::as_str) == Some(SERVICE)).cloned());
+        svc.and_then(|s| s.get("backends").and_then(status::Json::as_array).map(|bs| bs.iter().filter_map(|b| b.get(key).and_then(status::Json::as_f64)).sum())).unwrap_or(0.0)
+    };
+    let (flow_rate, byte_rate) = (rate_sum(&after.raw, "new_flows_per_sec"), rate_sum(&after.raw, "bytes_per_sec"));
+    assert!(flow_rate > 0.0 && flow_rate <= N as f64 * 1.05 && byte_rate > 0.0, "rates with the {N} flows: {flow_rate} flows/s, {byte_rate} bytes/s:\n{}", after.raw);
+    let quiet = poll_status(&topo, Duration::from_secs(7), |s| rate_sum(&s.raw, "new_flows_per_sec") == 0.0 && rate_sum(&s.raw, "bytes_per_sec") == 0.0);
+    assert!(quiet.is_ok(), "rates never went back to 0 without traffic: {quiet:?}");
+    figure("status", &format!("rates over the snapshot with the traffic: {flow_rate:.1} new flows/s, {byte_rate:.0} bytes/s; 0 once it was over"));
     let w = web(&after);
     let mut table = String::new();
     for n in names {
@@ -554,6 +569,29 @@ fn status_names_containers_and_metrics_count_discovery_events() {
     let after = wait_for(SNAPSHOT_WAIT, Duration::from_millis(100), || events().filter(|&n| n > before));
     figure("discovery", &format!("xlb_discovery_events_total{{source=\"docker\"}}: {before} with one container, {after:?} after a second started; backends {names:?}"));
     assert!(after.is_some(), "{}", context(&format!("xlb_discovery_events_total{{source=\"docker\"}} stayed at {before} after a second container started"), None, &xlb));
+    stop(xlb);
+}
+
+/// A service whose only backend is draining has nothing to give a new flow: the kernel drops
+/// the SYNs with reason `no_backend`, and both `xlb status --json` and `/metrics` count them
+/// (the per-CPU counters summed).
+#[test]
+fn drops_are_counted_by_reason() {
+    let (_g, topo) = setup(1);
+    let bs = vec![BackendCfg::new(topo.ip("b1", false), TESTD_PORT).draining(true)];
+    let cfg = TempFile::new(".yaml", &config::render(&[ServiceCfg::tcp(SERVICE, VIP4.into(), 80, bs)]));
+    let xlb = start_xlb(&topo, cfg.path());
+    let vip = Topology::vip4(80);
+    let refused = topo.client.enter(|| std::net::TcpStream::connect_timeout(&vip, Duration::from_millis(1500)));
+    assert!(refused.is_err(), "a connection through a VIP with no active backend succeeded\n{}", tail(&xlb));
+    let st = poll_status(&topo, SNAPSHOT_WAIT, |s| s.drops.get("no_backend").is_some_and(|&n| n >= 1)).unwrap_or_else(|e| panic!("{e}\n{}", tail(&xlb)));
+    let shown = st.drops["no_backend"];
+    let text = status::metrics_text(&topo.lb, ADMIN).unwrap_or_else(|e| panic!("{e}"));
+    let m = parse_metrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let metric = samples(&m, "xlb_drops_total", &[("reason", "no_backend")]).first().map(|s| s.value);
+    figure("drops", &format!("one refused connection (SYN and its retransmissions): no_backend {shown} in xlb status, {metric:?} in /metrics"));
+    assert!(metric.is_some_and(|v| v >= shown as f64), "xlb_drops_total{{reason=\"no_backend\"}} {metric:?}, xlb status says {shown}:\n{text}");
+    assert!(st.drops.iter().all(|(r, &n)| r == "no_backend" || n == 0), "other drops: {:?}", st.drops);
     stop(xlb);
 }
 

@@ -45,6 +45,12 @@ const SETTLE_MAX: Duration = Duration::from_secs(10);
 /// `keep_dataplane`: on SIGINT/SIGTERM, pin the data plane under `bpffs` and leave it
 /// running. A data plane kept there before is adopted either way.
 pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: bool, bpffs: &Path) -> anyhow::Result<()> {
+    // Before anything is attached: a signal that came before its handler would end the
+    // process with the programs still attached (SIGINT, SIGTERM) or kill it outright
+    // (SIGHUP, e.g. a reload sent as soon as `ready` is logged).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     let config = source.load()?;
     let iface = config
         .dataplane
@@ -106,9 +112,6 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
 
     // SAFETY: the logger owns its ring buffer descriptor for as long as AsyncFd holds it.
     let mut logger = unsafe { AsyncFd::register(logger) }.map_err(|e| e.into_parts().1).context("polling the kernel log")?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
     let mut expire = tokio::time::interval(EXPIRE_EVERY);
     let mut ramp = tokio::time::interval(RAMP_EVERY);
     let mut status = tokio::time::interval(STATUS_EVERY);

@@ -258,6 +258,8 @@ pub struct StreamResult {
     pub done: bool,
     /// Longest time between two lines (or from the request to the first one).
     pub max_gap: Duration,
+    /// When that longest gap ended, in UTC (to set beside xlb's log).
+    pub max_gap_ended: String,
     pub error: Option<String>,
     pub elapsed: Duration,
 }
@@ -342,7 +344,10 @@ fn run_stream(addr: SocketAddr, secs: u64, first: mpsc::Sender<Result<String, St
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream closed before `done`"));
             }
-            res.max_gap = res.max_gap.max(now - last);
+            if now - last > res.max_gap {
+                res.max_gap = now - last;
+                res.max_gap_ended = utc_now();
+            }
             last = now;
             let Some((name, what)) = line.trim().rsplit_once(' ') else {
                 return Err(invalid(format!("stream: bad line {line:?}")));
@@ -373,6 +378,13 @@ fn run_stream(addr: SocketAddr, secs: u64, first: mpsc::Sender<Result<String, St
     }
     res.elapsed = start.elapsed();
     res
+}
+
+/// The UTC time of day now, `HH:MM:SS.ffffff` (as in xlb's log lines).
+fn utc_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!("{:02}:{:02}:{:02}.{:06}", s / 3600, s / 60 % 60, s % 60, d.subsec_micros())
 }
 
 /// `curl -sS --max-time 2 URL` from `ns` (`None`: the root namespace); the trimmed body.

@@ -266,13 +266,17 @@ pub struct StreamResult {
 
 impl StreamResult {
     /// Panics unless the stream delivered all `secs * 10` lines from one backend, with no gap
-    /// above `max_gap`.
+    /// above `max_gap` plus the stream's lateness. The backend sleeps 100 ms between lines,
+    /// so time it was starved of CPU (a loaded host) makes the stream end late by as much;
+    /// packets held up in the network make a gap but not a late end (the lines were written
+    /// on time and arrive together).
     #[track_caller]
     pub fn assert_ok(&self, secs: u64, max_gap: Duration) {
         let want = (secs * 10) as usize;
+        let late = self.elapsed.saturating_sub(Duration::from_secs(secs));
         assert!(
-            self.error.is_none() && self.done && self.lines == want && self.foreign_lines == 0 && self.max_gap <= max_gap,
-            "long-lived connection broken: wanted {want} lines and `done` from one backend with gaps <= {max_gap:?}; got {self:?}"
+            self.error.is_none() && self.done && self.lines == want && self.foreign_lines == 0 && self.max_gap <= max_gap + late,
+            "long-lived connection broken: wanted {want} lines and `done` from one backend with gaps <= {max_gap:?} + {late:.1?} late; got {self:?}"
         );
     }
 }

@@ -19,20 +19,13 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, LazyLock, Mutex, RwLock},
-    task::{Context, Poll},
     time::Instant,
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, combinators::BoxBody};
-use hyper::{
-    StatusCode,
-    body::{Body, Frame, SizeHint},
-};
+use hyper::StatusCode;
 
-use crate::proxy::{balance::Peer, forward::BoxError, server::ServiceRt};
+use crate::proxy::{balance::Peer, server::ServiceRt};
 
 /// Upper bounds of the duration histogram's buckets, in seconds (`+Inf` is implied).
 pub const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -195,42 +188,25 @@ impl Exchange {
         self.backend = Some(peer.clone());
     }
 
-    /// Wraps the response body: the exchange is recorded, with `status`, when the body
-    /// is finished or dropped.
-    pub fn finish(self, status: StatusCode, body: BoxBody<Bytes, BoxError>) -> BoxBody<Bytes, BoxError> {
-        Recorded { inner: body, status: status.as_u16(), exchange: self }.boxed()
+    /// The exchange, recorded with `status` when the returned value is dropped: the
+    /// response body holds it, so the duration covers the body's transfer too.
+    pub fn finish(self, status: StatusCode) -> Recording {
+        Recording { status: status.as_u16(), exchange: self }
     }
 }
 
-struct Recorded {
-    inner: BoxBody<Bytes, BoxError>,
+/// An [`Exchange`] with its status, recorded on drop.
+pub struct Recording {
     status: u16,
     exchange: Exchange,
 }
 
-impl Drop for Recorded {
+impl Drop for Recording {
     fn drop(&mut self) {
         let e = &self.exchange;
         let service = e.service.as_ref().map_or("", |s| s.name.as_str());
         let backend = e.backend.as_ref().map(|p| (p.addr, p.name.as_str()));
         HTTP.record(service, backend, self.status, e.started.elapsed().as_secs_f64());
-    }
-}
-
-impl Body for Recorded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::metrics::Exchange;
+use crate::metrics::{Exchange, Recording};
 
 use super::{
     Failure, FailureKind,
@@ -59,7 +59,9 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// it is done.
 pub struct ProxyBody {
     inner: BoxBody<Bytes, BoxError>,
-    _req: Option<RequestGuard>,
+    /// Held until the body is sent or dropped: the request counts as in flight, and its
+    /// metrics are recorded, until then.
+    _done: Option<(RequestGuard, Recording)>,
 }
 
 impl Body for ProxyBody {
@@ -114,14 +116,14 @@ pub async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: Arc<ConnShare
         conn.upgrade_outcome(upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS);
     }
     let status = resp.status();
-    resp.map(|inner| ProxyBody { inner: exchange.finish(status, inner), _req: Some(guard) })
+    resp.map(|inner| ProxyBody { inner, _done: Some((guard, exchange.finish(status))) })
 }
 
 /// The answer that switches a connection to HTTP/2 (`Upgrade: h2c`); the request is
 /// answered on stream 1 of the new protocol.
 pub fn switching_to_h2c(conn: &ConnShared) -> Response<ProxyBody> {
     conn.upgrade_outcome(true);
-    let mut r = Response::new(ProxyBody { inner: Empty::new().map_err(|e: Infallible| match e {}).boxed(), _req: None });
+    let mut r = Response::new(ProxyBody { inner: Empty::new().map_err(|e: Infallible| match e {}).boxed(), _done: None });
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("h2c"));

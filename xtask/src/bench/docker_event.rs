@@ -33,6 +33,8 @@ const PORT: u16 = 81;
 const TESTD_PORT: u16 = 8080;
 /// How long xlb may take to react before a repetition counts as failed.
 const REACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// xlb-testd's lame duck after SIGTERM (default 1 s): what separates `kill` from `die`.
+const LAME_DUCK_MS: &str = "300";
 
 /// One repetition's delays in milliseconds from the Docker event.
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +45,9 @@ pub struct Reaction {
     pub synced_ms: f64,
     /// The map sync alone, as xlb timed it (`elapsed_us`).
     pub sync_ms: f64,
+    /// When xlb logged the update (the next reaction is looked for after it).
+    #[serde(skip)]
+    logged: SystemTime,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -51,7 +56,7 @@ pub struct DockerEvents {
     pub start: Vec<Reaction>,
     /// `docker stop` → `kill` (SIGTERM) event → xlb drains it (no new flows go to it).
     pub stop: Vec<Reaction>,
-    /// The container exits (`die`, after xlb-testd's 1 s lame duck) → xlb removes it.
+    /// The container exits (`die`, after xlb-testd's lame duck) → xlb removes it.
     pub exit: Vec<Reaction>,
     pub error: Option<String>,
 }
@@ -88,7 +93,10 @@ fn run(ctx: &Ctx, reps: usize) -> Result<DockerEvents> {
 
     let name = format!("{}d", sys::tag());
     let label = format!("xlb.service={name}");
-    let testd = |role: &str| Container::run(role, &["--label", &label], image, &["--name", role, "--port", &TESTD_PORT.to_string()]);
+    let testd = |role: &str| {
+        let args = ["--name", role, "--port", &TESTD_PORT.to_string(), "--lame-duck", LAME_DUCK_MS];
+        Container::run(role, &["--label", &label], image, &args)
+    };
     // One container throughout, so that the service never becomes empty.
     let _anchor = testd("anchor");
     let dir = ctx.topo.dir.join("xlb-docker");
@@ -97,20 +105,27 @@ fn run(ctx: &Ctx, reps: usize) -> Result<DockerEvents> {
     let args = vec!["--iface".into(), ctx.topo.lb_iface.clone().into(), spec.into()];
     let xlb = contender::start_xlb_logging(ctx, &dir, args, "info,xlb=debug")?;
     // The anchor is discovered after `ready`: wait for its map update before the first change.
-    wait_reaction(&xlb, SystemTime::UNIX_EPOCH).context("xlb never added the first container")?;
+    let mut last = wait_reaction(&xlb, SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH)
+        .context("xlb never added the first container")?
+        .logged;
 
     let mut out = DockerEvents::default();
     for i in 0..reps {
         let c = testd(&format!("r{i}"));
         let since = SystemTime::now() - Duration::from_secs(30);
         let started = event_time(&c, since, "start")?;
-        out.start.push(wait_reaction(&xlb, started).with_context(|| format!("repetition {}: start", i + 1))?);
+        let mut react = |event: SystemTime, what: &str| -> Result<Reaction> {
+            let r = wait_reaction(&xlb, event, last).with_context(|| format!("repetition {}: {what}", i + 1))?;
+            last = r.logged;
+            Ok(r)
+        };
+        out.start.push(react(started, "start")?);
         let stop = Instant::now();
         c.stop(10);
         let killed = event_time(&c, since, "kill")?;
-        out.stop.push(wait_reaction(&xlb, killed).with_context(|| format!("repetition {}: stop", i + 1))?);
+        out.stop.push(react(killed, "stop")?);
         let died = event_time(&c, since, "die")?;
-        out.exit.push(wait_reaction(&xlb, died).with_context(|| format!("repetition {}: exit", i + 1))?);
+        out.exit.push(react(died, "exit")?);
         eprintln!(
             "bench: Docker event to map update {}/{reps}: start {:.1} ms, stop {:.1} ms, exit {:.1} ms (docker stop took {:.0} ms)",
             i + 1,
@@ -133,22 +148,23 @@ fn event_time(c: &Container, since: SystemTime, action: &str) -> Result<SystemTi
         .with_context(|| format!("no `{action}` event of container {}", c.name))
 }
 
-/// Waits for xlb's first `Docker discovery update` logged at or after `event`, then the
-/// `maps synced` that followed it. The changes are made one at a time, each after the last
-/// one's update, so the first update after an event is that event's.
-fn wait_reaction(xlb: &contender::Running, event: SystemTime) -> Result<Reaction> {
+/// Waits for xlb's first `Docker discovery update` logged at or after `event` and after the
+/// previous reaction's update (`after`: `kill` and `die` are only the lame duck apart), then
+/// the `maps synced` that followed it. The changes are made one at a time, so the first
+/// such update is that event's.
+fn wait_reaction(xlb: &contender::Running, event: SystemTime, after: SystemTime) -> Result<Reaction> {
     let deadline = Instant::now() + REACTION_TIMEOUT;
     loop {
         let log = xlb.log();
         let lines: Vec<(SystemTime, &str)> =
             log.lines().filter_map(|l| Some((testdocker::parse_rfc3339(l.split_whitespace().next()?)?, l))).collect();
-        let update = lines.iter().position(|(t, l)| *t >= event && l.contains("Docker discovery update"));
+        let update = lines.iter().position(|(t, l)| *t >= event && *t > after && l.contains("Docker discovery update"));
         if let Some(i) = update
             && let Some((synced, line)) = lines[i..].iter().find(|(_, l)| l.contains("maps synced"))
         {
             let ms = |t: SystemTime| t.duration_since(event).unwrap_or_default().as_secs_f64() * 1e3;
             let us: f64 = line.rsplit("elapsed_us=").next().and_then(|v| v.trim().parse().ok()).unwrap_or(f64::NAN);
-            return Ok(Reaction { discovered_ms: ms(lines[i].0), synced_ms: ms(*synced), sync_ms: us / 1e3 });
+            return Ok(Reaction { discovered_ms: ms(lines[i].0), synced_ms: ms(*synced), sync_ms: us / 1e3, logged: lines[i].0 });
         }
         if Instant::now() >= deadline {
             bail!("xlb logged no map update within {REACTION_TIMEOUT:?}:\n{}", sys::tail(&log));

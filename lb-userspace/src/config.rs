@@ -422,7 +422,7 @@ impl<'de, T, F: FnOnce(u32) -> Result<T, String>> de::Visitor<'de> for Checked<F
 }
 
 pub fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// Durations as `500ms`, `30s`, `5m`, `1h`.

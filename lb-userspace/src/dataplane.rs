@@ -205,10 +205,8 @@ impl Dataplane {
             .load(OBJECT)
             .context("loading the kernel programs")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).context("opening the kernel log")?;
-        for name in [names::PROG_XDP] {
-            let prog: &mut Xdp = program(&mut ebpf, name)?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
-        }
+        let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
+        xdp.load().with_context(|| format!("verifying {}", names::PROG_XDP))?;
         for name in [names::PROG_FWD, names::PROG_REPLY] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().with_context(|| format!("verifying {name}"))?;

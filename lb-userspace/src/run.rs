@@ -454,7 +454,7 @@ impl Controller {
                 })
                 .collect();
             let sources = sources(s);
-            let vip = IpAddr::from(crate::dataplane::key_addr(&d.key));
+            let vip = crate::dataplane::key_addr(&d.key);
             services.push(ServiceStatus {
                 name: s.name.clone(),
                 vip: vip.to_string(),

@@ -1050,7 +1050,7 @@ impl Fixture {
 #[test]
 fn maglev_choice_is_the_flow_hash_and_survives_eviction() {
     let d = even(Method::Maglev, &TRIO);
-    let mut fx = Fixture::new(&[d.clone()]);
+    let mut fx = Fixture::new(std::slice::from_ref(&d));
     let flows = web_flows(60);
     let first: Vec<&Host> = flows.iter().map(|p| fx.send("maglev: new flow", p, &TRIO)).collect();
     for (p, h) in flows.iter().zip(&first) {
@@ -1084,7 +1084,7 @@ fn equal_seeds_choose_alike_across_loads() {
     let flows = web_flows(60);
     let choices = |seed: u32| -> Vec<IpAddr> {
         let limits = Limits { hash_seed: seed, ..LIMITS };
-        let mut fx = Fixture::with_limits(limits, &[d.clone()]);
+        let mut fx = Fixture::with_limits(limits, std::slice::from_ref(&d));
         flows
             .iter()
             .map(|p| {
@@ -1109,7 +1109,7 @@ fn equal_seeds_choose_alike_across_loads() {
 #[test]
 fn source_hash_keeps_each_client_on_one_backend() {
     let d = even(Method::SourceHash, &TRIO);
-    let mut fx = Fixture::new(&[d.clone()]);
+    let mut fx = Fixture::new(std::slice::from_ref(&d));
     let mut by_client: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
     for c in 0..24 {
         for port in (40000..).step_by(97).take(16) {
@@ -1258,7 +1258,7 @@ struct Removal {
 /// `sync` and runs `expire`.
 fn remove_b(idle: bool) -> Removal {
     let two = even(Method::Maglev, &[&B4A, &B4B]);
-    let mut fx = Fixture::new(&[two.clone()]);
+    let mut fx = Fixture::new(std::slice::from_ref(&two));
     let (on_a, on_b) = (flow_to(&two, &B4A, 40000..41000), flow_to(&two, &B4B, 40000..41000));
     let (old, fresh) = if idle { (vec![on_b.clone()], vec![on_a.clone()]) } else { (vec![], vec![on_a.clone(), on_b.clone()]) };
     let now = fx.age(&old, &fresh, &[&B4A, &B4B]);
@@ -1280,7 +1280,7 @@ fn removed_backend_id_is_freed_once_its_entries_expire() {
         let Removal { mut fx, on_a, on_b, b_id, expired } = remove_b(idle);
         assert_eq!(expired, if idle { 2 } else { 0 }, "{case}: entries expired");
 
-        fx.sync(&[with_c.clone()]);
+        fx.sync(std::slice::from_ref(&with_c));
         let to_c = flow_to(&with_c, &B4C, 50000..51000);
         let (h, new) = fx.send_counting("new flow to the new backend", &to_c, &[&B4A, &B4C]);
         assert!(h.ip == B4C.ip && new, "{case}: flow {} went to {} (new: {new}), want a new flow to {}", flow_name(&to_c), h.ip, B4C.ip);
@@ -1307,7 +1307,7 @@ fn backend_on_a_reused_id_starts_with_zero_counters() {
     let Removal { mut fx, b_id, expired, .. } = remove_b(true);
     assert_eq!(expired, 2, "entries expired");
     let with_c = even(Method::Maglev, &[&B4A, &B4C]);
-    fx.sync(&[with_c.clone()]);
+    fx.sync(std::slice::from_ref(&with_c));
     let c = fx.backend_counters(&B4C);
     assert_eq!((c.packets, c.new_flows), (0, 0), "{} (on id {b_id}, freed) starts with counters (packets, new flows)", B4C.ip);
     let to_c = flow_to(&with_c, &B4C, 50000..51000);

@@ -2,10 +2,12 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
+    docker::parse_rfc3339,
+    load::Report,
     netns::NetNs,
     util::{Proc, STDERR, cmd, try_run},
 };
@@ -92,6 +94,17 @@ impl Xlb {
     /// Everything xlb logged so far.
     pub fn log(&self) -> String {
         self.proc.log().text()
+    }
+
+    /// xlb's log lines with their timestamps, on `report`'s time line.
+    pub fn log_times(&self, report: &Report) -> Vec<(Instant, String)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let ts = l.strip_prefix("[err] ")?.split_whitespace().next()?;
+                Some((report.instant_of(parse_rfc3339(ts)?), l.to_string()))
+            })
+            .collect()
     }
 
     /// Panics (with the log) if xlb is no longer running.

@@ -25,7 +25,6 @@ use std::{
 use xlb_tests::{
     Topology, Xlb,
     dns::DnsServer,
-    docker::parse_rfc3339,
     load::{Ended, Load, LoadOpts, Outcome, Report},
     topology::{LB_CLIENT_IF, TESTD_PORT, VIP4},
     util::{TempFile, wait_for},
@@ -64,17 +63,6 @@ fn yaml(server: SocketAddr) -> String {
          port: {TESTD_PORT}\n      interval: {}ms\n      server: \"{server}\"\n",
         INTERVAL.as_millis()
     )
-}
-
-/// xlb's log lines (debug level) with their time, from its RFC 3339 timestamps.
-fn log_times(xlb: &Xlb, report: &Report) -> Vec<(Instant, String)> {
-    xlb.log()
-        .lines()
-        .filter_map(|l| {
-            let ts = l.strip_prefix("[err] ")?.split_whitespace().next()?;
-            Some((report.instant_of(parse_rfc3339(ts)?), l.to_string()))
-        })
-        .collect()
 }
 
 /// One change of the records: when, and to which backends.
@@ -203,7 +191,7 @@ fn records_change_moves_traffic_within_two_intervals() {
     if early > 0 {
         errors.push(format!("{early} requests before the first switch failed or were not answered by b1"));
     }
-    let log = log_times(&xlb, &report);
+    let log = xlb.log_times(&report);
     let mut before: &[&str] = &["b1"];
     for (i, s) in switches.iter().enumerate() {
         let until = switches.get(i + 1).map_or(end, |n| n.at);

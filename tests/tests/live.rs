@@ -172,21 +172,10 @@ fn docker_spec(out: &Outside, name: &str) -> String {
     format!("{}:{PORT}:{name}:{TESTD_PORT}", out.host_ip)
 }
 
-/// xlb's log lines (debug level) with their time, from its RFC 3339 timestamps.
-fn xlb_log_times(xlb: &Xlb, report: &Report) -> Vec<(Instant, String)> {
-    xlb.log()
-        .lines()
-        .filter_map(|l| {
-            let ts = l.strip_prefix("[err] ")?.split_whitespace().next()?;
-            Some((report.instant_of(docker::parse_rfc3339(ts)?), l.to_string()))
-        })
-        .collect()
-}
-
 /// How fast xlb reacted to something done at `at`: the first log line after it containing
 /// `event` (e.g. a discovery update), then the first `maps synced` after that.
 fn xlb_reaction(xlb: &Xlb, report: &Report, at: Instant, event: &str) -> String {
-    let lines = xlb_log_times(xlb, report);
+    let lines = xlb.log_times(report);
     let Some((t_event, _)) = lines.iter().find(|(t, l)| *t >= at && l.contains(event)) else {
         return format!("no xlb log line with {event:?} after it");
     };
@@ -625,7 +614,7 @@ fn docker_healthcheck_fail_then_recover() {
     let (Some(t_down), Some(t_up)) = (event("health_status: unhealthy", fail.called), event("health_status: healthy", ok.called)) else {
         panic!("{}", context(&format!("no health_status events for {vname} from docker events: {events:?}"), Some(&report), &xlb));
     };
-    let lines = xlb_log_times(&xlb, &report);
+    let lines = xlb.log_times(&report);
     let update = |at| first_log_after(&lines, at, "Docker discovery update");
     let applied = |at| update(at).and_then(|u| first_log_after(&lines, u, "maps synced"));
     let (Some(drained), Some(restored)) = (applied(t_down), applied(t_up)) else {
@@ -817,7 +806,7 @@ fn docker_daemon_restart() {
     let a_now = wait_for(Duration::from_secs(5), Duration::from_millis(250), || status_addresses(&xlb, a).filter(|l| *l == a_want));
     drop(daemon);
 
-    let lines = xlb_log_times(&xlb, &report);
+    let lines = xlb.log_times(&report);
     let unreachable = first_log_after(&lines, stopped.signalled, "Docker daemon unreachable");
     let synced = first_log_after(&lines, started.spawned, "synchronised with the daemon");
     let served_away = |n: &str| report.answered_by(n, stopped.exited, started.answered).len();

@@ -73,19 +73,31 @@ pub fn scopes(bpffs: &Path) -> anyhow::Result<Vec<Scope>> {
     if !is_bpffs(bpffs) {
         return Ok(Vec::new());
     }
-    let root = bpffs.join(DIR);
-    let entries = match std::fs::read_dir(&root) {
-        Ok(e) => e,
+    Ok(entries(&bpffs.join(DIR))?.into_iter().map(|dir| Scope { name: file_name(&dir), dir }).collect())
+}
+
+/// The paths in `dir`, sorted; none when it does not exist.
+fn entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let list = match std::fs::read_dir(dir) {
+        Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
     };
-    let mut out = Vec::new();
-    for e in entries {
-        let e = e.with_context(|| format!("listing {}", root.display()))?;
-        out.push(Scope { dir: e.path(), name: e.file_name().to_string_lossy().into_owned() });
+    let mut paths = list.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>().with_context(|| format!("listing {}", dir.display()))?;
+    paths.sort();
+    Ok(paths)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// Removes the empty directory `dir`, if it is there.
+fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
+        _ => Ok(()),
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
 }
 
 /// The pin directory of one scope. It may not exist.
@@ -139,18 +151,11 @@ impl Scope {
 
     /// The pinned links, as (program, interface, path).
     pub fn links(&self) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
-        let dir = self.dir.join("links");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
         let mut out = Vec::new();
-        for e in entries {
-            let e = e.with_context(|| format!("listing {}", dir.display()))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some((program, iface)) = name.split_once('@') else { bail!("unexpected pin {}", e.path().display()) };
-            out.push((program.to_owned(), iface.to_owned(), e.path()));
+        for path in entries(&self.dir.join("links"))? {
+            let name = file_name(&path);
+            let Some((program, iface)) = name.split_once('@') else { bail!("unexpected pin {}", path.display()) };
+            out.push((program.to_owned(), iface.to_owned(), path));
         }
         out.sort();
         Ok(out)
@@ -163,25 +168,13 @@ impl Scope {
         let mut removed = Vec::new();
         for sub in ["links", "progs", "maps"] {
             let dir = self.dir.join(sub);
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-            };
-            let mut paths = entries.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>()?;
-            paths.sort();
-            for p in paths {
+            for p in entries(&dir)? {
                 std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
                 removed.push(p);
             }
-            std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            remove_dir(&dir)?;
         }
-        match std::fs::remove_dir(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing {}", self.dir.display()));
-            }
-            _ => {}
-        }
+        remove_dir(&self.dir)?;
         Ok(removed)
     }
 }

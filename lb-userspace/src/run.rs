@@ -92,7 +92,6 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         reported: HashSet::new(),
         snapshots,
         last_status: None,
-        health_transitions: 0,
         backend_transitions: HashMap::new(),
         discovery_events: HashMap::new(),
         docker: Discovery::spawn_when_needed(discovery::docker::run, updates_tx.clone()),
@@ -131,7 +130,6 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
             // Health keeps its own state; the event only says it changed.
             Some(e) = health_events.recv() => {
                 info!(service = %e.target.service, backend = %e.target.addr, healthy = e.healthy, "health changed");
-                ctl.health_transitions += 1;
                 *ctl.backend_transitions.entry((e.target.service, e.target.addr)).or_default() += 1;
                 true
             }
@@ -226,8 +224,7 @@ struct Controller {
     reported: HashSet<String>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     last_status: Option<(Instant, Snapshot)>,
-    health_transitions: u64,
-    /// Health changes per service and backend address.
+    /// Health changes per service and backend address (their sum is the total).
     backend_transitions: HashMap<(String, SocketAddr), u64>,
     discovery_events: HashMap<String, u64>,
     docker: Discovery<DockerWatch>,
@@ -476,7 +473,7 @@ impl Controller {
         let mut snapshot = Snapshot {
             services,
             drops: stats.drops.iter().map(|(r, n)| status::Drop { reason: (*r).to_owned(), packets: *n }).collect(),
-            health_transitions: self.health_transitions,
+            health_transitions: self.backend_transitions.values().sum(),
             discovery_events: self.discovery_events.clone(),
         };
         let now = Instant::now();

@@ -106,7 +106,9 @@ pub enum BackendState {
     Active = 1,
     /// Takes no new flows; existing flows continue.
     Draining = 2,
-    /// Gone: flows pinned to it pick a new backend.
+    /// Gone from the service: takes no new flow; the TCP segments of its flows still
+    /// reach it (so they close where they began), while a SYN or a UDP datagram picks anew.
+    /// Its id is not reused while a connection entry names it.
     Removed = 3,
 }
 
@@ -169,6 +171,15 @@ pub struct Conn {
     pub rev_nat: u32,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet.
     pub last_seen: u64,
+    /// `Conn::F_*`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+impl Conn {
+    /// A FIN or RST went either way: the connection is closing, and its entries expire
+    /// after the short `tcp_closed_timeout`, not the idle one.
+    pub const F_CLOSED: u32 = 1;
 }
 
 /// `SETTINGS[0]`: data plane knobs set by user space.
@@ -206,10 +217,17 @@ pub enum DropReason {
     NoMetaRoom = 4,
     /// The kernel's L4 checksum helper refused the packet.
     ChecksumFailed = 5,
+    /// A TCP segment other than a SYN for a flow the connection table does not hold
+    /// (closed, expired, evicted, or from before xlb): not steered anywhere new, but
+    /// passed to the stack, which resets it when the VIP is a local address.
+    NoFlow = 6,
+    /// A packet for a service whose TTL (hop limit) would reach 0 here: not steered, but
+    /// passed to the stack, which answers it as a router or a host would.
+    TtlExpired = 7,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         Self::NoBackend,
         Self::BadTableEntry,
@@ -217,6 +235,8 @@ impl DropReason {
         Self::FibUnreachable,
         Self::NoMetaRoom,
         Self::ChecksumFailed,
+        Self::NoFlow,
+        Self::TtlExpired,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -227,6 +247,8 @@ impl DropReason {
             Self::FibUnreachable => "fib_unreachable",
             Self::NoMetaRoom => "no_meta_room",
             Self::ChecksumFailed => "checksum_failed",
+            Self::NoFlow => "no_flow",
+            Self::TtlExpired => "ttl_expired",
         }
     }
 }

@@ -4,10 +4,10 @@
 //! creates and refreshes entries; user space expires idle ones.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
-use lb_common::{Addr, Backend, BackendState, Conn, ConnKey, ConnKind, DropReason, Service, Settings};
+use lb_common::{Addr, Backend, BackendState, Conn, ConnKey, ConnKind, DropReason, IPPROTO_TCP, Service, Settings};
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK},
+    maps::{BACKENDS, CONNTRACK, count_drop},
     parse::Packet,
     select,
 };
@@ -26,42 +26,85 @@ pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Pac
     }
 }
 
-/// The backend of a forward packet: the pinned one while it is active or draining,
-/// otherwise a fresh choice (a new flow, an evicted entry, or a removed backend).
+/// The backend of a forward packet: the pinned one while it is active; while it drains or
+/// after its removal, for every TCP segment but a SYN (the flow ends where it began);
+/// otherwise a fresh choice. Only a SYN (or any UDP datagram) opens a flow: a TCP segment
+/// of a flow with no entry, or whose backend's id is free again, is `None`, for the stack
+/// to answer (with a reset when the VIP is local), and counted as `NoFlow`. A FIN or RST
+/// marks both of the flow's entries closed.
 /// Returns the backend id, its entry and whether the flow is new.
 #[inline(always)]
-pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<(u32, Backend, bool), DropReason> {
+pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, Backend, bool)>, DropReason> {
     let skey = key(&p.src, p.sport, &p.dst, p.dport, p, ConnKind::Service);
     let now = unsafe { bpf_ktime_get_ns() };
+    let opens = p.proto != IPPROTO_TCP || p.is_syn();
+    let mut pinned = None;
     if let Some(entry) = CONNTRACK.get_ptr_mut(&skey) {
         let entry = unsafe { &mut *entry };
         if let Some(b) = BACKENDS.get(entry.backend) {
-            // A draining backend keeps its flows, but a SYN on a 4-tuple used before starts a
-            // NEW connection (the client reused its port): that one is balanced afresh.
-            if b.state == BackendState::Active as u8 || (b.state == BackendState::Draining as u8 && !p.is_syn()) {
+            let keeps = match b.state {
+                s if s == BackendState::Active as u8 => true,
+                s if s == BackendState::Draining as u8 => !p.is_syn(),
+                s if s == BackendState::Removed as u8 => !opens,
+                _ => false,
+            };
+            if keeps && !p.is_syn() {
                 entry.last_seen = now;
-                return Ok((entry.backend, *b, false));
+                if p.closes() && entry.flags & Conn::F_CLOSED == 0 {
+                    entry.flags |= Conn::F_CLOSED;
+                    mark_closed(&key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend));
+                }
+                return Ok(Some((entry.backend, *b, false)));
+            }
+            // A SYN on a 4-tuple used before starts a NEW connection (the client reused its
+            // port): an active backend keeps it, with both entries written anew (not closed,
+            // the reply entry back if it was lost); elsewhere it is balanced afresh.
+            if keeps {
+                pinned = Some((entry.backend, *b));
             }
         }
     }
-    let (id, b) = select::pick(svc, p, s)?;
-    let conn = Conn { backend: id, rev_nat: svc.id, last_seen: now };
+    if !opens {
+        count_drop(DropReason::NoFlow);
+        return Ok(None);
+    }
+    let (id, b, new) = match pinned {
+        Some((id, b)) => (id, b, false),
+        None => {
+            let (id, b) = select::pick(svc, p, s)?;
+            (id, b, true)
+        }
+    };
+    let conn = Conn { backend: id, rev_nat: svc.id, last_seen: now, flags: 0, _pad: 0 };
     let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
     if CONNTRACK.insert(&skey, &conn, BPF_ANY as u64).is_err()
         || CONNTRACK.insert(&bkey, &conn, BPF_ANY as u64).is_err()
     {
         return Err(DropReason::ConntrackFull);
     }
-    Ok((id, b, true))
+    Ok(Some((id, b, new)))
 }
 
-/// The flow entry a reply (backend -> client) belongs to, refreshed.
+/// The flow entry a reply (backend -> client) belongs to, refreshed; a FIN or RST marks it
+/// closed (the caller marks the service entry, whose key needs the VIP).
 #[inline(always)]
 pub fn reply(p: &Packet) -> Option<Conn> {
     let bkey = key(&p.dst, p.dport, &p.src, p.sport, p, ConnKind::Backend);
     let entry = CONNTRACK.get_ptr_mut(&bkey)?;
     unsafe {
+        let before = *entry;
         (*entry).last_seen = bpf_ktime_get_ns();
-        Some(*entry)
+        if p.closes() {
+            (*entry).flags |= Conn::F_CLOSED;
+        }
+        Some(before)
+    }
+}
+
+/// Marks the entry under `k` closed, if there is one.
+#[inline(always)]
+pub fn mark_closed(k: &ConnKey) {
+    if let Some(e) = CONNTRACK.get_ptr_mut(k) {
+        unsafe { (*e).flags |= Conn::F_CLOSED };
     }
 }

@@ -32,7 +32,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{AF_INET, DropReason, FwdMeta, IPPROTO_UDP, ServiceKey};
+use lb_common::{AF_INET, Conn, ConnKind, DropReason, FwdMeta, IPPROTO_UDP, ServiceKey};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -49,8 +49,13 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: user space updates map values whole; we copy before use.
     let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else { return xdp_action::XDP_PASS };
     let Some(settings) = SETTINGS.get(0).copied() else { return xdp_action::XDP_PASS };
+    if p.ttl <= 1 {
+        count_drop(DropReason::TtlExpired);
+        return xdp_action::XDP_PASS;
+    }
     let (id, backend, new) = match conntrack::forward(&svc, &p, &settings) {
-        Ok(v) => v,
+        Ok(Some(v)) => v,
+        Ok(None) => return xdp_action::XDP_PASS,
         Err(reason) => {
             count_drop(reason);
             return xdp_action::XDP_DROP;
@@ -72,6 +77,9 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     let Some(diff) = nat::rewrite(&ctx, &p, Side::Dst, &backend.addr, backend.port) else {
         return xdp_action::XDP_PASS;
     };
+    if nat::decrement_ttl(&ctx, &p).is_none() {
+        return xdp_action::XDP_PASS;
+    }
     if !maybe_partial && nat::apply_l4(&ctx, &p, &diff).is_none() {
         return xdp_action::XDP_PASS;
     }
@@ -161,14 +169,24 @@ pub fn xlb_fwd(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn xlb_reply(ctx: TcContext) -> i32 {
     let Some(p) = parse_tc(&ctx) else { return TC_ACT_UNSPEC };
+    // The stack forwards it unchanged and answers with ICMP time exceeded, as a router would.
+    if p.ttl <= 1 {
+        return TC_ACT_UNSPEC;
+    }
     let Some(conn) = conntrack::reply(&p) else { return TC_ACT_UNSPEC };
     let Some(vip) = REV_NAT.get(conn.rev_nat).copied() else { return TC_ACT_UNSPEC };
     if vip.family != p.family {
         return TC_ACT_UNSPEC;
     }
+    if p.closes() && conn.flags & Conn::F_CLOSED == 0 {
+        conntrack::mark_closed(&conntrack::key(&p.dst, p.dport, &vip.addr, vip.port, &p, ConnKind::Service));
+    }
     let Some(check) = ptr_at::<u16>(&ctx, p.csum_off()) else { return TC_ACT_UNSPEC };
     let no_l4_csum = p.proto == IPPROTO_UDP && p.family == AF_INET && unsafe { read_unaligned(check) } == 0;
     let Some(diff) = nat::rewrite(&ctx, &p, Side::Src, &vip.addr, vip.port) else { return TC_ACT_UNSPEC };
+    if nat::decrement_ttl(&ctx, &p).is_none() {
+        return TC_ACT_UNSPEC;
+    }
     if !no_l4_csum && fix_l4(&ctx, &p, diff.addr, diff.port).is_err() {
         count_drop(DropReason::ChecksumFailed);
         return TC_ACT_SHOT;

@@ -58,6 +58,28 @@ pub fn rewrite(f: &impl Frame, p: &Packet, side: Side, addr: &Addr, port: u16) -
     Some(L4Diff { addr: addr_diff, port: csum::diff16(old, port) })
 }
 
+/// Takes one off the TTL (IPv4, with its header checksum) or the hop limit (IPv6), as a
+/// router does: xlb forwards between interfaces where the stack would have. The caller
+/// leaves a packet whose TTL would reach 0 to the stack (`DropReason::TtlExpired`).
+#[inline(always)]
+pub fn decrement_ttl(f: &impl Frame, p: &Packet) -> Option<()> {
+    if p.family == AF_INET {
+        // TTL and protocol make one 16-bit word of the header checksum.
+        let word: *mut u16 = ptr_at(f, p.l3_off + 8)?;
+        let old = unsafe { read_unaligned(word) };
+        let mut bytes = old.to_ne_bytes();
+        bytes[0] = bytes[0].wrapping_sub(1);
+        let new = u16::from_ne_bytes(bytes);
+        unsafe { write_unaligned(word, new) };
+        let check: *mut u16 = ptr_at(f, p.l3_off + 10)?;
+        unsafe { write_unaligned(check, csum::apply(read_unaligned(check), csum::diff16(old, new))) };
+    } else if p.family == AF_INET6 {
+        let hop: *mut u8 = ptr_at(f, p.l3_off + 7)?;
+        unsafe { *hop = (*hop).wrapping_sub(1) };
+    }
+    Some(())
+}
+
 /// Folds a rewrite into a complete L4 checksum in place. A zero UDP checksum means
 /// "none" over IPv4 and stays zero; a computed zero is sent as 0xffff.
 #[inline(always)]

@@ -67,11 +67,18 @@ pub struct Packet {
     pub l4_len: u16,
     /// TCP flags (byte 13 of the TCP header); 0 for UDP.
     pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
 }
 
 impl Packet {
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
+    /// A FIN or RST: the TCP connection is ending.
+    pub fn closes(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & 0x05 != 0
+    }
+
     pub fn is_syn(&self) -> bool {
         self.proto == IPPROTO_TCP && self.tcp_flags & 0x12 == 0x02
     }
@@ -120,6 +127,7 @@ pub fn parse(f: &impl Frame) -> Option<Packet> {
         dport: 0,
         l4_len: 0,
         tcp_flags: 0,
+        ttl: 0,
     };
     if ether_type == EtherType::Ipv4 as u16 {
         let ip: *const Ipv4Hdr = ptr_at(f, l3_off)?;
@@ -135,6 +143,7 @@ pub fn parse(f: &impl Frame) -> Option<Packet> {
         }
         p.family = AF_INET;
         p.proto = ip.proto;
+        p.ttl = ip.ttl;
         p.src[0] = u32::from_ne_bytes(ip.src_addr);
         p.dst[0] = u32::from_ne_bytes(ip.dst_addr);
         p.l4_off = l3_off + (ihl & 0x3c);
@@ -144,6 +153,7 @@ pub fn parse(f: &impl Frame) -> Option<Packet> {
         let ip = unsafe { &*ip };
         p.family = AF_INET6;
         p.proto = ip.next_hdr;
+        p.ttl = ip.hop_limit;
         p.src = unsafe { mem::transmute::<[u8; 16], Addr>(ip.src_addr) };
         p.dst = unsafe { mem::transmute::<[u8; 16], Addr>(ip.dst_addr) };
         p.l4_off = l3_off + Ipv6Hdr::LEN;

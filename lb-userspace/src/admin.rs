@@ -16,12 +16,14 @@ use tokio::{
     sync::watch,
     time::timeout,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::status::Snapshot;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause after a failed accept (EMFILE and the like), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("admin address {addr} (admin.address)"))
@@ -32,7 +34,15 @@ pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<Snapsho
         info!(%addr, "admin endpoint listening");
     }
     loop {
-        let Ok((conn, peer)) = listener.accept().await else { continue };
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!("admin accept: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let snapshot = snapshots.borrow().clone();
         tokio::spawn(async move {
             if let Err(e) = answer(conn, &snapshot).await {

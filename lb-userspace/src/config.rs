@@ -4,7 +4,7 @@
 //! and column of a bad one; unknown keys are rejected the same way.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet, hash_map::Entry},
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -51,6 +51,10 @@ pub struct Dataplane {
     pub max_services: Positive,
     #[serde(deserialize_with = "duration")]
     pub tcp_idle_timeout: Duration,
+    /// How long a TCP flow's entries live after a FIN or RST went either way (late
+    /// retransmits and the last ACK still find their backend).
+    #[serde(deserialize_with = "duration")]
+    pub tcp_closed_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub udp_idle_timeout: Duration,
 }
@@ -64,6 +68,7 @@ impl Default for Dataplane {
             hash_seed: 0,
             max_services: Positive(lb_common::DEFAULT_MAX_SERVICES),
             tcp_idle_timeout: Duration::from_secs(15 * 60),
+            tcp_closed_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
         }
     }
@@ -444,14 +449,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 30s"))?;
-    Ok(match unit {
+    let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("bad duration {s:?}: expected a unit of ms, s, m or h")),
-    })
+    };
+    // Deadlines are `Instant + duration`: bounded here, they can never overflow.
+    if d > MAX_DURATION {
+        return Err(format!("bad duration {s:?}: at most {}h (a year)", MAX_DURATION.as_secs() / 3600));
+    }
+    Ok(d)
 }
+
+/// The longest duration a config may set.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Config {
     /// Reads and validates a YAML file. Errors read `file:line:column: message`.
@@ -534,11 +547,12 @@ fn services<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Service>, D::Error> {
     d.deserialize_seq(List)
 }
 
-/// Names and listeners already taken by earlier services.
+/// Names and listeners already taken by earlier services, each listener with the
+/// service that took it.
 #[derive(Default)]
 struct Seen {
     names: HashSet<String>,
-    listeners: HashSet<(Option<IpAddr>, u16, u8)>,
+    listeners: HashMap<(Option<IpAddr>, u16, u8), (String, Protocol)>,
 }
 
 impl Seen {
@@ -546,9 +560,20 @@ impl Seen {
         if !self.names.insert(s.name.clone()) {
             return Err(format!("service name {:?} is used twice", s.name));
         }
-        // HTTP services may share a listener: their routes tell them apart.
-        if s.protocol != Protocol::Http && !self.listeners.insert((s.vip, s.port, s.protocol.number())) {
-            return Err(format!("service {:?}: another service already has this VIP, port and protocol", s.name));
+        match self.listeners.entry((s.vip, s.port, s.protocol.number())) {
+            Entry::Vacant(v) => {
+                v.insert((s.name.clone(), s.protocol));
+            }
+            // HTTP services may share a listener: their routes tell them apart. Any other pair
+            // would fight over one kernel key, or the kernel would take the proxy's packets.
+            Entry::Occupied(o) if o.get().1 == Protocol::Http && s.protocol == Protocol::Http => {}
+            Entry::Occupied(o) => {
+                let (other, protocol) = o.get();
+                return Err(format!(
+                    "service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol",
+                    s.name
+                ));
+            }
         }
         Ok(())
     }
@@ -769,7 +794,11 @@ mod tests {
             ("services:\n  - name: a\n    port: 80\n    method: fastest\n", "xlb.yaml:4:13: services[0].method: unknown variant `fastest`"),
             ("services:\n  - name: a\n    port: 80\n  - name: b\n    port: 0\n", "xlb.yaml:5:11: services[1].port: port 0: expected 1 to 65535"),
             ("services:\n  - name: a\n    port: 80\n  - name: a\n    port: 81\n", "xlb.yaml:4:5: services[1]: service name \"a\" is used twice"),
-            ("services:\n  - name: a\n    port: 80\n  - name: b\n    port: 80\n", "xlb.yaml:4:5: services[1]: service \"b\": another service"),
+            ("services:\n  - name: a\n    port: 80\n  - name: b\n    port: 80\n", "xlb.yaml:4:5: services[1]: service \"b\": service \"a\" (tcp) already has this VIP"),
+            ("services:\n  - name: a\n    port: 80\n    protocol: http\n  - name: b\n    port: 80\n", "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP"),
+            ("services:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n  - name: b\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n", "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (tcp) already has this VIP"),
+            ("dataplane:\n  udp_idle_timeout: 99999999999999999h\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"99999999999999999h\": at most 8760h"),
+            ("dataplane:\n  udp_idle_timeout: 31536000001ms\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"31536000001ms\": at most 8760h"),
             ("services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n", "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice"),
             ("services:\n  - name: a\n    port: 80\n    backends:\n      - address: 10.0.0.1\n        weight: 0\n", "xlb.yaml:6:17: services[0].backends[0].weight: weight 0 out of range"),
         ];

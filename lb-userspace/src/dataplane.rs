@@ -49,6 +49,22 @@ const KEPT_MAPS: [&str; 11] = [
 ];
 const PROGRAMS: [&str; 3] = [names::PROG_XDP, names::PROG_FWD, names::PROG_REPLY];
 
+/// How long connection entries live without a packet, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub tcp: u64,
+    /// A TCP flow's, after its FIN or RST.
+    pub tcp_closed: u64,
+    pub udp: u64,
+}
+
+impl From<&config::Dataplane> for Timeouts {
+    fn from(d: &config::Dataplane) -> Self {
+        let ns = |d: std::time::Duration| d.as_nanos() as u64;
+        Self { tcp: ns(d.tcp_idle_timeout), tcp_closed: ns(d.tcp_closed_timeout), udp: ns(d.udp_idle_timeout) }
+    }
+}
+
 /// Sizes fixed when the programs are loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -554,9 +570,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Deletes connection entries idle longer than their protocol's timeout, and frees
-    /// the ids of removed backends no entry names any more. Returns how many expired.
-    pub fn expire(&mut self, now_ns: u64, tcp_idle_ns: u64, udp_idle_ns: u64) -> anyhow::Result<usize> {
+    /// Deletes connection entries idle longer than their timeout, and frees the ids of
+    /// removed backends no entry names any more. Returns how many expired.
+    pub fn expire(&mut self, now_ns: u64, t: &Timeouts) -> anyhow::Result<usize> {
         // aya's HashMap also opens LRU hash maps.
         let mut ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
         let mut idle = Vec::new();
@@ -564,7 +580,11 @@ impl Dataplane {
         self.active.clear();
         for item in ct.iter() {
             let Ok((k, v)) = item else { continue };
-            let limit = if k.proto == lb_common::IPPROTO_TCP { tcp_idle_ns } else { udp_idle_ns };
+            let limit = match k.proto {
+                lb_common::IPPROTO_TCP if v.flags & Conn::F_CLOSED != 0 => t.tcp_closed.min(t.tcp),
+                lb_common::IPPROTO_TCP => t.tcp,
+                _ => t.udp,
+            };
             if now_ns.saturating_sub(v.last_seen) > limit {
                 idle.push(k);
             } else {

@@ -2,7 +2,7 @@
 //! their health: one place that decides every backend's state and weight.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet, hash_map::Entry},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -10,7 +10,7 @@ use std::{
 use anyhow::bail;
 
 use crate::{
-    config::{BackendState, Config, Service},
+    config::{BackendState, Config, Protocol, Service},
     proxy::{BackendView, HostPattern, PeerState, ServiceView},
     dataplane::{Desired, DesiredBackend, service_key},
     discovery::Registry,
@@ -40,8 +40,24 @@ pub struct Plan {
 /// Resolves every configured service. `vitals` answers for (service name, backend).
 pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vitals: impl Fn(&str, SocketAddr) -> Vitals) -> anyhow::Result<Plan> {
     let mut plan = Plan { services: Vec::new(), http: Vec::new(), ramping: false };
+    // Parsing tells listeners apart as written; only here is a missing VIP the interface's.
+    let mut listeners: HashMap<(IpAddr, u16, u8), &Service> = HashMap::new();
     for s in &config.services {
         let vip = vip(s, iface, registry)?;
+        match listeners.entry((vip, s.port, s.protocol.number())) {
+            Entry::Occupied(o) if !(o.get().protocol == Protocol::Http && s.protocol == Protocol::Http) => bail!(
+                "services {:?} ({}) and {:?} ({}) both take {vip} port {} (a service without a VIP takes the address of {iface})",
+                o.get().name,
+                o.get().protocol,
+                s.name,
+                s.protocol,
+                s.port
+            ),
+            Entry::Occupied(_) => {}
+            Entry::Vacant(v) => {
+                v.insert(s);
+            }
+        }
         let (backends, ramp) = backends(s, registry, now, &vitals);
         plan.ramping |= ramp;
         if let Some(b) = backends.iter().find(|b| b.addr.ip().is_ipv4() != vip.is_ipv4()) {
@@ -257,6 +273,26 @@ mod tests {
     const PASSED: Vitals = Vitals { probe: Some(true), since: None };
 
     const SVC: &str = "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    docker: { name: api }\n";
+
+    /// A service without a VIP takes the interface's address, so it collides with one that
+    /// names that address: rejected, as is TCP beside HTTP there; HTTP beside HTTP shares.
+    #[test]
+    fn services_resolving_to_one_listener_are_rejected() {
+        let svc = |name: &str, vip: &str, protocol: &str| {
+            let vip = if vip.is_empty() { String::new() } else { format!("    vip: {vip}\n") };
+            format!("  - name: {name}\n{vip}    port: 80\n    protocol: {protocol}\n    backends: [{{ address: 127.0.0.2 }}]\n")
+        };
+        let plan_of = |services: &[String]| {
+            let c = config(&format!("services:\n{}", services.concat()));
+            plan(&c, "lo", &Registry::default(), Instant::now(), |_, _| Vitals::default()).map(|p| (p.services.len(), p.http.len()))
+        };
+        let e = plan_of(&[svc("a", "", "tcp"), svc("b", "127.0.0.1", "tcp")]).unwrap_err().to_string();
+        assert_eq!(e, "services \"a\" (tcp) and \"b\" (tcp) both take 127.0.0.1 port 80 (a service without a VIP takes the address of lo)");
+        let e = plan_of(&[svc("a", "127.0.0.1", "http"), svc("b", "", "tcp")]).unwrap_err().to_string();
+        assert!(e.starts_with("services \"a\" (http) and \"b\" (tcp) both take 127.0.0.1 port 80"), "{e}");
+        assert_eq!(plan_of(&[svc("a", "", "http"), svc("b", "127.0.0.1", "http")]).unwrap(), (0, 2));
+        assert_eq!(plan_of(&[svc("a", "", "tcp"), svc("b", "127.0.0.1", "udp")]).unwrap(), (2, 0));
+    }
 
     #[test]
     fn backups_serve_only_when_no_primary_is_up() {

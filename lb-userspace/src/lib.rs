@@ -3,6 +3,7 @@ pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod dataplane;
+pub mod fdlimit;
 pub mod desired;
 pub mod health;
 pub mod maglev;

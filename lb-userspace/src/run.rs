@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     admin,
     config::{BackendState, Config, HealthCheck, Source},
-    dataplane::{Dataplane, Desired, Limits},
+    dataplane::{Dataplane, Desired, Limits, Timeouts},
     desired::{self, Vitals},
     discovery::{self, DnsWatch, DockerWatch, Registry, Update},
     health::{self, Health},
@@ -52,6 +52,8 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let config = source.load()?;
+    let fd_limit = crate::fdlimit::raise()?;
+    crate::fdlimit::check(&config, fd_limit);
     let iface = config
         .dataplane
         .interface
@@ -537,8 +539,7 @@ impl Controller {
     }
 
     fn expire(&mut self) {
-        let d = &self.config.dataplane;
-        match self.dp.expire(monotonic_ns(), d.tcp_idle_timeout.as_nanos() as u64, d.udp_idle_timeout.as_nanos() as u64) {
+        match self.dp.expire(monotonic_ns(), &Timeouts::from(&self.config.dataplane)) {
             Ok(0) => {}
             Ok(n) => info!(expired = n, "idle connection entries removed"),
             Err(e) => warn!("expiring connection entries: {e:#}"),

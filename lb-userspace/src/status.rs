@@ -149,7 +149,7 @@ impl Snapshot {
             }
         }
         for d in &self.drops {
-            m.add("xlb_drops_total", "counter", "Packets the kernel program dropped, by reason.", &format!("reason=\"{}\"", d.reason), d.packets as f64);
+            m.add("xlb_drops_total", "counter", "Packets the kernel program dropped, by reason (no_flow and ttl_expired are left to the stack instead).", &format!("reason=\"{}\"", d.reason), d.packets as f64);
         }
         m.add("xlb_health_transitions_total", "counter", "Backend health changes, of backends gone since included.", "", self.health_transitions as f64);
         let mut sources: Vec<_> = self.discovery_events.iter().collect();

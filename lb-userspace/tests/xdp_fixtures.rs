@@ -35,7 +35,7 @@ use etherparse::{
 use lb_common::{Conn, ConnKey, ConnKind, Counters, FwdMeta, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, flow_hash, names, source_hash};
 use xlb::{
     config::{BackendState, Method},
-    dataplane::{Dataplane, Desired, DesiredBackend, Limits, addr_words, service_key},
+    dataplane::{Dataplane, Desired, DesiredBackend, Limits, Timeouts, addr_words, service_key},
     maglev::{self, Entry},
     run::monotonic_ns,
 };
@@ -111,6 +111,16 @@ enum L4 {
     Udp,
 }
 
+/// A TCP segment's flags: only a SYN may open a flow.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Seg {
+    Syn,
+    SynAck,
+    Ack,
+    FinAck,
+    Rst,
+}
+
 /// What the L4 checksum field holds.
 #[derive(Clone, Copy, Debug)]
 enum L4Csum {
@@ -140,9 +150,13 @@ struct Pkt {
     /// IPv4 more-fragments flag and fragment offset (8-byte units).
     frag: (bool, u16),
     csum: L4Csum,
+    /// TCP flags; ignored for UDP.
+    seg: Seg,
+    /// IPv4 TTL or IPv6 hop limit.
+    ttl: u8,
 }
 
-/// A client's packet to `dst:dport`, as it arrives on fx0.
+/// A client's SYN to `dst:dport`, as it arrives on fx0.
 fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Pkt {
     Pkt {
         src_mac: CLIENT_MAC,
@@ -156,6 +170,8 @@ fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Pkt {
         ip_options: Vec::new(),
         frag: (false, 0),
         csum: L4Csum::Full,
+        seg: Seg::Syn,
+        ttl: 64,
     }
 }
 
@@ -180,27 +196,36 @@ impl Pkt {
         Pkt { csum, ..self }
     }
 
+    fn ttl(self, ttl: u8) -> Self {
+        Pkt { ttl, ..self }
+    }
+
+    /// The same flow's segment with these flags.
+    fn seg(&self, seg: Seg) -> Self {
+        Pkt { seg, ..self.clone() }
+    }
+
     /// The packet as xlb must leave it for `host:port`: destination rewritten, the next
-    /// hop's MACs, and a partial checksum left as it was (TC finishes it).
+    /// hop's MACs, one hop less, and a partial checksum left as it was (TC finishes it).
     fn to(&self, host: &Host, port: u16) -> Pkt {
         let csum = match self.csum {
             L4Csum::Partial => L4Csum::Raw(self.pseudo_sum()),
             c => c,
         };
-        Pkt { src_mac: host.dev.mac(), dst_mac: host.mac, dst: host.ip, dport: port, csum, ..self.clone() }
+        Pkt { src_mac: host.dev.mac(), dst_mac: host.mac, dst: host.ip, dport: port, csum, ttl: self.ttl - 1, ..self.clone() }
     }
 
     fn bytes(&self) -> Vec<u8> {
         let ip = match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut h = Ipv4Header::new(0, 64, ip_number::TCP, s.octets(), d.octets()).unwrap();
+                let mut h = Ipv4Header::new(0, self.ttl, ip_number::TCP, s.octets(), d.octets()).unwrap();
                 h.options = self.ip_options.as_slice().try_into().unwrap();
                 h.more_fragments = self.frag.0;
                 h.fragment_offset = IpFragOffset::try_new(self.frag.1).unwrap();
                 IpHeaders::Ipv4(h, Default::default())
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let h = Ipv6Header { hop_limit: 64, source: s.octets(), destination: d.octets(), ..Default::default() };
+                let h = Ipv6Header { hop_limit: self.ttl, source: s.octets(), destination: d.octets(), ..Default::default() };
                 IpHeaders::Ipv6(h, Default::default())
             }
             _ => panic!("mixed address families"),
@@ -212,7 +237,17 @@ impl Pkt {
         };
         let mut out = Vec::new();
         match self.l4 {
-            L4::Tcp => ip.tcp(self.sport, self.dport, 1, 64240).write(&mut out, PAYLOAD),
+            L4::Tcp => {
+                let tcp = ip.tcp(self.sport, self.dport, 1, 64240);
+                match self.seg {
+                    Seg::Syn => tcp.syn(),
+                    Seg::SynAck => tcp.syn().ack(1),
+                    Seg::Ack => tcp.ack(1),
+                    Seg::FinAck => tcp.fin().ack(1),
+                    Seg::Rst => tcp.rst(),
+                }
+                .write(&mut out, PAYLOAD)
+            }
             L4::Udp => ip.udp(self.sport, self.dport).write(&mut out, PAYLOAD),
         }
         .unwrap();
@@ -479,20 +514,19 @@ impl Fixture {
         self.dp.counters().expect("counters").drops
     }
 
+    /// The drop reasons counted since `before`, with how many each.
+    fn drops_since(&mut self, before: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
+        self.drops().into_iter().zip(before).filter(|(now, then)| now.1 != then.1).map(|(now, then)| (now.0, now.1 - then.1)).collect()
+    }
+
     /// Runs a case and checks everything it says, drop counters included; returns the
     /// backend a forwarded packet went to.
     fn check(&mut self, case: &Case) -> Option<&'static Host> {
         let before = self.drops();
         let got = self.run(&case.input);
-        let counted: Vec<(&str, u64)> = self
-            .drops()
-            .into_iter()
-            .zip(before)
-            .filter(|(now, then)| now.1 != then.1)
-            .map(|(now, then)| (now.0, now.1 - then.1))
-            .collect();
+        let counted = self.drops_since(&before);
         let want_counted = match case.want {
-            Want::Drop(reason) => vec![(reason, 1)],
+            Want::Drop(reason) | Want::Passed(reason) => vec![(reason, 1)],
             _ => Vec::new(),
         };
         assert_eq!(counted, want_counted, "{}: drop counters moved", case.name);
@@ -503,7 +537,7 @@ impl Fixture {
                 None
             }
             (_, Err(errno)) => panic!("{}: test run failed: {}", case.name, io::Error::from_raw_os_error(errno)),
-            (Want::Untouched, Ok(out)) => {
+            (Want::Untouched | Want::Passed(_), Ok(out)) => {
                 expect_action(case, &out, XDP_PASS);
                 assert!(out.meta.is_empty(), "{}: metadata left: {}", case.name, hex(&out.meta));
                 expect_frame(case, &out.frame, std::slice::from_ref(&case.input));
@@ -633,6 +667,8 @@ enum Want {
     Forward { sent: Pkt, hosts: Vec<&'static Host>, port: u16 },
     /// `XDP_DROP`, counted under this drop reason.
     Drop(&'static str),
+    /// `XDP_PASS`, the frame untouched, counted under this reason (`no_flow`, `ttl_expired`).
+    Passed(&'static str),
     /// The kernel refuses to run XDP on it (`EINVAL`).
     Refused,
 }
@@ -651,6 +687,11 @@ fn untouched(name: &'static str, input: Vec<u8>) -> Case {
 
 fn dropped(name: &'static str, sent: Pkt, reason: &'static str) -> Case {
     Case { name, input: sent.bytes(), want: Want::Drop(reason) }
+}
+
+/// A TCP segment other than a SYN that no connection entry knows: left to the stack.
+fn no_flow(name: &'static str, sent: Pkt) -> Case {
+    Case { name, input: sent.bytes(), want: Want::Passed("no_flow") }
 }
 
 fn svc(vip: IpAddr, port: u16, proto: u8, backends: &[(&Host, u16)]) -> Desired {
@@ -708,6 +749,21 @@ fn cases() -> Vec<Case> {
         untouched("truncated ipv6", tcp(CLIENT6, 40021, VIP6, 80).cut(14 + 39)),
         untouched("truncated tcp", web4(40022).cut(14 + 20 + 19)),
         untouched("truncated udp", udp(CLIENT4, 40023, VIP4, 53).cut(14 + 20 + 7)),
+        // Only a SYN opens a flow; these flows have no entry.
+        no_flow("ack of an unknown flow", web4(40024).seg(Seg::Ack)),
+        no_flow("fin+ack of an unknown flow", web4(40025).seg(Seg::FinAck)),
+        no_flow("rst of an unknown flow", web4(40026).seg(Seg::Rst)),
+        no_flow("syn+ack to a vip", web4(40027).seg(Seg::SynAck)),
+        no_flow("tcp6 ack of an unknown flow", tcp(CLIENT6, 40028, VIP6, 80).seg(Seg::Ack)),
+        no_flow("ack of an unknown flow, service without backends", tcp(CLIENT4, 40029, VIP4, 25).seg(Seg::Ack)),
+        // A router's hop: the TTL (hop limit) goes down by one; at 1 the stack answers.
+        fwd("tcp4 ttl 2", web4(40030).ttl(2), &B4A, 8080),
+        fwd("tcp6 hop limit 2", tcp(CLIENT6, 40031, VIP6, 80).ttl(2), &B6A, 8080),
+        fwd("tcp4 ttl 255", web4(40032).ttl(255), &B4A, 8080),
+        Case { name: "tcp4 ttl 1", input: web4(40033).ttl(1).bytes(), want: Want::Passed("ttl_expired") },
+        Case { name: "udp4 ttl 0", input: udp(CLIENT4, 40034, VIP4, 53).ttl(0).bytes(), want: Want::Passed("ttl_expired") },
+        Case { name: "tcp6 hop limit 1", input: tcp(CLIENT6, 40035, VIP6, 80).ttl(1).bytes(), want: Want::Passed("ttl_expired") },
+        untouched("ttl 1, not a service", tcp(CLIENT4, 40036, VIP4, 81).ttl(1).bytes()),
     ]
 }
 
@@ -733,7 +789,7 @@ fn established_flows_keep_their_backend() {
     }
     fx.sync(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, 8080), (&B4B, 8080)])]);
     for p in &flows {
-        fx.check(&fwd("established flow after a backend was added", p.clone(), &B4A, 8080));
+        fx.check(&fwd("established flow after a backend was added", p.seg(Seg::Ack), &B4A, 8080));
     }
     let fresh: Vec<&Host> = (50000..50032)
         .map(|port| {
@@ -749,14 +805,29 @@ fn established_flows_keep_their_backend() {
     assert_eq!((a.packets, a.new_flows), (2 * flows + to_a, flows + to_a), "{} counters (packets, new flows)", B4A.ip);
 }
 
+/// A removed backend's TCP flow ends where it began: its segments (ACK, FIN) still reach
+/// it and count no new flow; a SYN on the same 4-tuple (a new connection) goes to an active
+/// backend, and so does the next datagram of a UDP flow.
 #[test]
-fn flow_of_a_removed_backend_moves_to_an_active_one() {
-    let mut fx = Fixture::new(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, 8080), (&B4B, 8080)])]);
+fn tcp_flow_of_a_removed_backend_ends_there_and_a_syn_moves() {
+    let both = |proto, port| svc(VIP4, port, proto, &[(&B4A, 8080), (&B4B, 8080)]);
+    let one = |proto, port, h: &Host| svc(VIP4, port, proto, &[(h, 8080)]);
+    let mut fx = Fixture::new(&[both(IPPROTO_TCP, 80), both(IPPROTO_UDP, 53)]);
     let p = tcp(CLIENT4, 40000, VIP4, 80);
     let first = fx.check(&fwd_any("new flow", p.clone(), &[&B4A, &B4B], 8080)).unwrap();
+    let u = (40000..40100).map(|port| udp(CLIENT4, port, VIP4, 53)).find(|u| {
+        fx.check(&fwd_any("new udp flow", u.clone(), &[&B4A, &B4B], 8080)).unwrap().ip == first.ip
+    });
+    let u = u.expect("a udp flow on the same backend as the tcp one");
     let other = if first.ip == B4A.ip { &B4B } else { &B4A };
-    fx.sync(&[svc(VIP4, 80, IPPROTO_TCP, &[(other, 8080)])]);
-    fx.check(&fwd("same flow after its backend was removed", p, other, 8080));
+    fx.sync(&[one(IPPROTO_TCP, 80, other), one(IPPROTO_UDP, 53, other)]);
+    for seg in [Seg::Ack, Seg::FinAck, Seg::Ack] {
+        let (h, new) = fx.send_counting("segment of a flow on a removed backend", &p.seg(seg), &[first]);
+        assert!(!new && h.ip == first.ip, "{seg:?} went to {} (new: {new}), want its removed backend {}", h.ip, first.ip);
+    }
+    let (h, new) = fx.send_counting("syn on the 4-tuple of a removed backend's flow", &p, &[other]);
+    assert!(new && h.ip == other.ip, "SYN went to {} (new: {new}), want a new flow to {}", h.ip, other.ip);
+    fx.check(&fwd("udp flow of a removed backend", u, other, 8080));
 }
 
 #[test]
@@ -772,7 +843,8 @@ fn draining_backend_keeps_its_flows_and_takes_no_new_ones() {
         }
     }
     fx.sync(&[both]);
-    fx.check(&fwd("existing flow of a draining backend", p, pinned, 8080));
+    fx.check(&fwd("existing flow of a draining backend", p.seg(Seg::Ack), pinned, 8080));
+    fx.check(&fwd("a syn on the draining backend's 4-tuple moves", p, other, 8080));
     for port in 50000..50032 {
         fx.check(&fwd("new flow while a backend drains", tcp(CLIENT4, port, VIP4, 80), other, 8080));
     }
@@ -820,9 +892,9 @@ fn garbage_frames_pass_or_drop() {
             t
         };
         frame.resize_with(len, || rng.next() as u8);
-        let dropped_before: u64 = fx.drops().iter().map(|d| d.1).sum();
+        let before = fx.drops();
         let got = fx.run(&frame);
-        let counted = fx.drops().iter().map(|d| d.1).sum::<u64>() - dropped_before;
+        let counted = fx.drops_since(&before);
         match got {
             Err(errno) => {
                 assert!(
@@ -834,18 +906,20 @@ fn garbage_frames_pass_or_drop() {
                 refused += 1;
             }
             Ok(out) => {
-                let (tally, want_counted) = match out.action {
-                    XDP_PASS => (&mut passed, 0),
-                    XDP_DROP => (&mut dropped, 1),
+                let tally = match out.action {
+                    XDP_PASS => &mut passed,
+                    XDP_DROP => &mut dropped,
                     a => panic!("frame {i}: {}\n{}", action_name(a), hex(&frame)),
                 };
-                assert_eq!(
-                    counted,
-                    want_counted,
-                    "frame {i} ({}): drops counted\n{}",
-                    action_name(out.action),
-                    hex(&frame)
-                );
+                // A drop counts one reason; a pass counts nothing, or one reason it passes by.
+                let passes = |r: &str| r == "no_flow" || r == "ttl_expired";
+                let fits = match (out.action, counted.as_slice()) {
+                    (XDP_PASS, []) => true,
+                    (XDP_PASS, [(r, 1)]) => passes(r),
+                    (XDP_DROP, [(r, 1)]) => !passes(r),
+                    _ => false,
+                };
+                assert!(fits, "frame {i} ({}): counted {counted:?}\n{}", action_name(out.action), hex(&frame));
                 *tally += 1;
             }
         }
@@ -1046,7 +1120,8 @@ impl Fixture {
 /// Maglev's choice is a pure function of the 5-tuple and the seed: the kernel picks exactly
 /// the backend that `lb_common::flow_hash` names in the table user space built, and a flow
 /// whose connection entries are deleted (as the LRU table evicts them) comes back to the
-/// same backend, counted as a new flow, while the others stay pinned.
+/// same backend with its next SYN, counted as a new flow, while the others stay pinned; a
+/// mid-flow segment of an evicted flow is left to the stack, not steered.
 #[test]
 fn maglev_choice_is_the_flow_hash_and_survives_eviction() {
     let d = even(Method::Maglev, &TRIO);
@@ -1069,7 +1144,13 @@ fn maglev_choice_is_the_flow_hash_and_survives_eviction() {
     }
     for (i, (p, h)) in flows.iter().zip(&first).enumerate() {
         let evicted = i % 2 == 0;
-        let (again, new) = fx.send_counting("maglev: flow after an eviction", p, &TRIO);
+        if evicted {
+            fx.check(&no_flow("maglev: a segment of an evicted flow is not steered afresh", p.seg(Seg::Ack)));
+        } else {
+            let again = fx.send("maglev: a segment of a kept flow", &p.seg(Seg::Ack), &TRIO);
+            assert_eq!(again.ip, h.ip, "flow {} moved from {} to {}", flow_name(p), h.ip, again.ip);
+        }
+        let (again, new) = fx.send_counting("maglev: a syn after an eviction", p, &TRIO);
         assert_eq!(new, evicted, "flow {} (evicted: {evicted}) counted as a new flow: {new}", flow_name(p));
         assert_eq!(again.ip, h.ip, "flow {} (evicted: {evicted}) moved from {} to {}", flow_name(p), h.ip, again.ip);
     }
@@ -1229,9 +1310,10 @@ fn idle_entries_expire_per_protocol() {
         let expires = |p: &Pkt| if p.l4 == L4::Tcp { tcp_expires } else { udp_expires };
         let want = 2 * old.iter().filter(|p| expires(p)).count();
         let (tcp_ns, udp_ns) = (tcp_idle.as_nanos() as u64, udp_idle.as_nanos() as u64);
-        let got = fx.dp.expire(now, tcp_ns, udp_ns).expect("expire");
+        let t = Timeouts { tcp: tcp_ns, tcp_closed: tcp_ns, udp: udp_ns };
+        let got = fx.dp.expire(now, &t).expect("expire");
         assert_eq!(got, want, "{name}: entries expired");
-        assert_eq!(fx.dp.expire(now, tcp_ns, udp_ns).expect("expire"), 0, "{name}: a second pass expired more");
+        assert_eq!(fx.dp.expire(now, &t).expect("expire"), 0, "{name}: a second pass expired more");
         for p in &old {
             let (_, new) = fx.send_counting("flow after expiry", p, &[&B4A]);
             assert_eq!(new, expires(p), "{name}: idle {:?} flow {} chose a backend again: {new}", p.l4, flow_name(p));
@@ -1241,6 +1323,40 @@ fn idle_entries_expire_per_protocol() {
             assert!(!new, "{name}: fresh {:?} flow {} lost its entry", p.l4, flow_name(p));
         }
         println!("expiry, {name}: {got} entries removed");
+    }
+}
+
+/// A FIN or RST marks both entries of a flow closed, and `expire` removes them after the
+/// short closed timeout though the idle one is far off; an open flow stays, and so does one
+/// whose 4-tuple a SYN opened again after its FIN (its entries are written anew).
+#[test]
+fn closed_tcp_flows_expire_after_the_closed_timeout() {
+    let mut fx = Fixture::new(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, WEB_PORT)])]);
+    let flow = |port| tcp(CLIENT4, port, VIP4, 80);
+    let (fin, rst, open, reopened) = (flow(40000), flow(40001), flow(40002), flow(40003));
+    for p in [&fin, &rst, &open, &reopened] {
+        fx.send("new flow", p, &[&B4A]);
+    }
+    for (what, p) in [("fin", fin.seg(Seg::FinAck)), ("rst", rst.seg(Seg::Rst)), ("fin", reopened.seg(Seg::FinAck)), ("syn", reopened.clone())] {
+        let (h, new) = fx.send_counting(what, &p, &[&B4A]);
+        assert!(!new && h.ip == B4A.ip, "{what} of flow {}: to {} (new: {new})", flow_name(&p), h.ip);
+    }
+    let closed = |fx: &mut Fixture, p: &Pkt| {
+        let mut ct = fx.conntrack();
+        conn_keys(p, &B4A, WEB_PORT).map(|k| ct.get(&k, 0).unwrap_or_else(|e| panic!("entry {k:?}: {e}")).flags & Conn::F_CLOSED != 0)
+    };
+    for (p, want) in [(&fin, true), (&rst, true), (&open, false), (&reopened, false)] {
+        assert_eq!(closed(&mut fx, p), [want, want], "flow {}: (service, backend) entries closed", flow_name(p));
+    }
+    std::thread::sleep(2 * IDLE);
+    let (idle, long) = (IDLE.as_nanos() as u64, LONG.as_nanos() as u64);
+    let expired = fx.dp.expire(monotonic_ns(), &Timeouts { tcp: long, tcp_closed: idle, udp: long }).expect("expire");
+    assert_eq!(expired, 4, "entries of the two closed flows expired");
+    fx.check(&no_flow("an ack of an expired closed flow", fin.seg(Seg::Ack)));
+    fx.check(&no_flow("an ack of an expired reset flow", rst.seg(Seg::Ack)));
+    for p in [&open, &reopened] {
+        let (_, new) = fx.send_counting("an ack of a flow still open", &p.seg(Seg::Ack), &[&B4A]);
+        assert!(!new, "flow {}", flow_name(p));
     }
 }
 
@@ -1264,7 +1380,8 @@ fn remove_b(idle: bool) -> Removal {
     let now = fx.age(&old, &fresh, &[&B4A, &B4B]);
     let b_id = fx.pinned_id(&on_b, &B4B);
     fx.sync(&[even(Method::Maglev, &[&B4A])]);
-    let expired = fx.dp.expire(now, IDLE.as_nanos() as u64, IDLE.as_nanos() as u64).expect("expire");
+    let idle = IDLE.as_nanos() as u64;
+    let expired = fx.dp.expire(now, &Timeouts { tcp: idle, tcp_closed: idle, udp: idle }).expect("expire");
     Removal { fx, on_a, on_b, b_id, expired }
 }
 
@@ -1291,7 +1408,13 @@ fn removed_backend_id_is_freed_once_its_entries_expire() {
             assert_ne!(c_id, b_id, "{case}: the removed backend's id was given to a new backend while an entry names it");
         }
 
-        let (h, new) = fx.send_counting("flow of the removed backend", &on_b, &[&B4A, &B4C]);
+        if idle {
+            fx.check(&no_flow("a segment of the removed backend's expired flow", on_b.seg(Seg::Ack)));
+        } else {
+            let (h, new) = fx.send_counting("a segment of the removed backend's flow", &on_b.seg(Seg::Ack), &[&B4B]);
+            assert!(!new && h.ip == B4B.ip, "{case}: flow {} went to {} (new: {new}), want its removed backend", flow_name(&on_b), h.ip);
+        }
+        let (h, new) = fx.send_counting("a syn on the removed backend's flow", &on_b, &[&B4A, &B4C]);
         let want = predict(&with_c, &LIMITS, &on_b);
         assert!(new && h.ip == want, "{case}: flow {} went to {} (new: {new}), want a new choice, {want}", flow_name(&on_b), h.ip);
         let (h, new) = fx.send_counting("flow of the kept backend", &on_a, &[&B4A, &B4C]);

@@ -1097,7 +1097,14 @@ fn check_positions_of_errors_found_after_parsing() {
             "not of the VIP's family",
         ),
         ("service name used twice", format!("{a}  - name: a\n    vip: 10.0.0.100\n    port: 81\n"), 5, 7, "service name \"a\" is used twice"),
-        ("VIP and port used twice", format!("{a}  - name: b\n    vip: 10.0.0.100\n    port: 80\n"), 5, 7, "another service already has this VIP, port and protocol"),
+        ("VIP and port used twice", format!("{a}  - name: b\n    vip: 10.0.0.100\n    port: 80\n"), 5, 7, "service \"a\" (tcp) already has this VIP, port and protocol"),
+        (
+            "HTTP on a TCP service's VIP and port",
+            format!("{a}  - name: b\n    vip: 10.0.0.100\n    port: 80\n    protocol: http\n"),
+            5,
+            8,
+            "service \"a\" (tcp) already has this VIP, port and protocol",
+        ),
     ];
     let mut bad = Vec::new();
     for (i, (what, text, first, last, says)) in cases.iter().enumerate() {

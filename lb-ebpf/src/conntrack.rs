@@ -37,18 +37,15 @@ pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Pac
 pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, Backend, bool)>, DropReason> {
     let skey = key(&p.src, p.sport, &p.dst, p.dport, p, ConnKind::Service);
     let now = unsafe { bpf_ktime_get_ns() };
-    let opens = p.proto != IPPROTO_TCP || p.is_syn();
+    let syn = p.is_syn();
+    let tcp = p.proto == IPPROTO_TCP;
     let mut pinned = None;
     if let Some(entry) = CONNTRACK.get_ptr_mut(&skey) {
         let entry = unsafe { &mut *entry };
         if let Some(b) = BACKENDS.get(entry.backend) {
-            let keeps = match b.state {
-                s if s == BackendState::Active as u8 => true,
-                s if s == BackendState::Draining as u8 => !p.is_syn(),
-                s if s == BackendState::Removed as u8 => !opens,
-                _ => false,
-            };
-            if keeps && !p.is_syn() {
+            let (active, draining) = (b.state == BackendState::Active as u8, b.state == BackendState::Draining as u8);
+            let removed = b.state == BackendState::Removed as u8;
+            if !syn && (active || draining || (removed && tcp)) {
                 entry.last_seen = now;
                 if p.closes() && entry.flags & Conn::F_CLOSED == 0 {
                     entry.flags |= Conn::F_CLOSED;
@@ -59,12 +56,12 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
             // A SYN on a 4-tuple used before starts a NEW connection (the client reused its
             // port): an active backend keeps it, with both entries written anew (not closed,
             // the reply entry back if it was lost); elsewhere it is balanced afresh.
-            if keeps {
+            if syn && active {
                 pinned = Some((entry.backend, *b));
             }
         }
     }
-    if !opens {
+    if tcp && !syn {
         count_drop(DropReason::NoFlow);
         return Ok(None);
     }

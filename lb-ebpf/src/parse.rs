@@ -74,13 +74,14 @@ pub struct Packet {
 impl Packet {
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
-    /// A FIN or RST: the TCP connection is ending.
-    pub fn closes(&self) -> bool {
-        self.proto == IPPROTO_TCP && self.tcp_flags & 0x05 != 0
-    }
-
     pub fn is_syn(&self) -> bool {
         self.proto == IPPROTO_TCP && self.tcp_flags & 0x12 == 0x02
+    }
+
+    /// A FIN or RST: the TCP connection is ending.
+    #[inline(always)]
+    pub fn closes(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & 0x05 != 0
     }
 
     /// Offset of the L4 checksum field.

@@ -91,6 +91,13 @@ impl Protocol {
             Self::Udp => lb_common::IPPROTO_UDP,
         }
     }
+
+    /// Whether two services of these protocols may take one VIP, port and IP protocol:
+    /// only HTTP beside HTTP, told apart by their routes. Any other pair would fight over
+    /// one kernel key, or the kernel would take the proxy's packets.
+    pub fn shares_listener(self, other: Protocol) -> bool {
+        self == Self::Http && other == Self::Http
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -564,9 +571,7 @@ impl Seen {
             Entry::Vacant(v) => {
                 v.insert((s.name.clone(), s.protocol));
             }
-            // HTTP services may share a listener: their routes tell them apart. Any other pair
-            // would fight over one kernel key, or the kernel would take the proxy's packets.
-            Entry::Occupied(o) if o.get().1 == Protocol::Http && s.protocol == Protocol::Http => {}
+            Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) => {}
             Entry::Occupied(o) => {
                 let (other, protocol) = o.get();
                 return Err(format!(

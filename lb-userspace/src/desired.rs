@@ -10,7 +10,7 @@ use std::{
 use anyhow::bail;
 
 use crate::{
-    config::{BackendState, Config, Protocol, Service},
+    config::{BackendState, Config, Service},
     proxy::{BackendView, HostPattern, PeerState, ServiceView},
     dataplane::{Desired, DesiredBackend, service_key},
     discovery::Registry,
@@ -45,7 +45,7 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
     for s in &config.services {
         let vip = vip(s, iface, registry)?;
         match listeners.entry((vip, s.port, s.protocol.number())) {
-            Entry::Occupied(o) if !(o.get().protocol == Protocol::Http && s.protocol == Protocol::Http) => bail!(
+            Entry::Occupied(o) if !o.get().protocol.shares_listener(s.protocol) => bail!(
                 "services {:?} ({}) and {:?} ({}) both take {vip} port {} (a service without a VIP takes the address of {iface})",
                 o.get().name,
                 o.get().protocol,

@@ -325,6 +325,52 @@ pub fn source_hash(client: &Addr, seed: u32) -> u32 {
     hash_words(client, seed)
 }
 
+/// Addresses as user space writes and reads them in keys.
+#[cfg(feature = "user")]
+mod addr {
+    use core::net::IpAddr;
+
+    use super::*;
+
+    /// An address as the kernel keys it: network-order words, IPv4 in word 0.
+    pub fn addr_words(addr: IpAddr) -> (Addr, u8) {
+        match addr {
+            IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                ([w(0), w(4), w(8), w(12)], AF_INET6)
+            }
+        }
+    }
+
+    /// The address kernel words of `family` hold.
+    pub fn words_addr(w: &Addr, family: u8) -> IpAddr {
+        if family == AF_INET {
+            IpAddr::from(w[0].to_ne_bytes())
+        } else {
+            let mut o = [0u8; 16];
+            for (i, word) in w.iter().enumerate() {
+                o[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            IpAddr::from(o)
+        }
+    }
+
+    impl ServiceKey {
+        pub fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
+            let (addr, family) = addr_words(vip);
+            ServiceKey { addr, port: port.to_be(), proto, family }
+        }
+
+        pub fn ip(&self) -> IpAddr {
+            words_addr(&self.addr, self.family)
+        }
+    }
+}
+#[cfg(feature = "user")]
+pub use addr::{addr_words, words_addr};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

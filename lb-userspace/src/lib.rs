@@ -1,16 +1,12 @@
-//! xlb's control plane: config, selection tables, and the kernel data plane's maps.
-pub mod admin;
+//! xlb's control plane and HTTP proxy. Each folder is one role, and imports run one
+//! way: `config` <- `discovery` <- `plan` -> `dataplane` / `proxy`; `health` feeds the
+//! plan; `observe` only reads; `run` wires them together (checked by `cargo xtask layers`).
 pub mod config;
-pub mod discovery;
 pub mod dataplane;
-pub mod fdlimit;
-pub mod desired;
+pub mod discovery;
 pub mod health;
-pub mod maglev;
-pub mod metrics;
 pub mod netdev;
-pub mod pin;
-pub mod probe;
+pub mod observe;
+pub mod plan;
 pub mod proxy;
 pub mod run;
-pub mod status;

@@ -39,7 +39,7 @@ enum Command {
         #[arg(long)]
         keep_dataplane: bool,
         /// Where the BPF file system is mounted (kept data planes live in its xlb/).
-        #[arg(long, default_value = xlb::pin::DEFAULT_BPFFS)]
+        #[arg(long, default_value = xlb::dataplane::pin::DEFAULT_BPFFS)]
         bpffs: PathBuf,
         /// Services: [VIP:]PORT:TARGET[,TARGET...][:TARGETPORT][/tcp|/udp|/http].
         specs: Vec<Spec>,
@@ -51,7 +51,7 @@ enum Command {
         #[arg(long)]
         iface: Option<String>,
         /// Where the BPF file system is mounted.
-        #[arg(long, default_value = xlb::pin::DEFAULT_BPFFS)]
+        #[arg(long, default_value = xlb::dataplane::pin::DEFAULT_BPFFS)]
         bpffs: PathBuf,
     },
     /// Validate a config file without touching the system.
@@ -78,12 +78,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run { iface, config, kernel_log, keep_dataplane, bpffs, specs } => kernel_level(&kernel_log).and_then(|level| {
             let source = Source { file: config, specs, interface: iface };
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(xlb::run::run(source, level, keep_dataplane, &bpffs))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(xlb::run::run(source, level, keep_dataplane, &bpffs))
         }),
-        Command::Down { iface, bpffs } => xlb::pin::down(&bpffs, iface.as_deref()).map(|lines| lines.iter().for_each(|l| println!("{l}"))),
+        Command::Down { iface, bpffs } => xlb::dataplane::pin::down(&bpffs, iface.as_deref()).map(|lines| lines.iter().for_each(|l| println!("{l}"))),
         Command::Check { config } => Config::load(&config).map(|c| println!("{}: ok, {} services", config.display(), c.services.len())),
         Command::Status { json, admin } => status(json, admin),
     };
@@ -98,7 +95,7 @@ fn main() -> std::process::ExitCode {
 
 fn status(json: bool, admin: std::net::SocketAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let snapshot = runtime.block_on(xlb::admin::fetch(admin))?;
+    let snapshot = runtime.block_on(xlb::observe::admin::fetch(admin))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
     } else {

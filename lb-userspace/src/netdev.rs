@@ -95,11 +95,10 @@ impl Forwarding {
     /// Turns on forwarding on `iface`: `bpf_fib_lookup` answers only for packets that
     /// arrive on an interface that forwards (Docker hosts already do for IPv4).
     pub fn enable(&mut self, iface: &str) -> anyhow::Result<()> {
-        for path in [
-            format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
-            format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
-        ] {
-            let Ok(current) = std::fs::read_to_string(&path) else { continue };
+        for path in [format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), format!("/proc/sys/net/ipv6/conf/{iface}/forwarding")] {
+            let Ok(current) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             if current.trim() != "1" {
                 std::fs::write(&path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
                 tracing::info!(%path, "enabled forwarding");

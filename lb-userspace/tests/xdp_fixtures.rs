@@ -32,12 +32,15 @@ use aya::{
 use etherparse::{
     ArpEthIpv4Packet, ArpOperation, IpFragOffset, IpHeaders, Ipv4Header, Ipv6Header, PacketBuilder, VlanId, ip_number,
 };
-use lb_common::{Conn, ConnKey, ConnKind, Counters, FwdMeta, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, flow_hash, names, source_hash};
+use lb_common::{Conn, ConnKey, ConnKind, Counters, FwdMeta, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, addr_words, flow_hash, names, source_hash};
 use xlb::{
     config::{BackendState, Method},
-    dataplane::{Dataplane, Desired, DesiredBackend, Limits, Timeouts, addr_words, service_key},
-    maglev::{self, Entry},
-    run::monotonic_ns,
+    dataplane::{
+        Dataplane, Limits, Timeouts,
+        maglev::{self, Entry},
+        monotonic_ns,
+    },
+    plan::{Desired, DesiredBackend},
 };
 
 const XDP_DROP: u32 = 1;
@@ -697,7 +700,7 @@ fn no_flow(name: &'static str, sent: Pkt) -> Case {
 fn svc(vip: IpAddr, port: u16, proto: u8, backends: &[(&Host, u16)]) -> Desired {
     Desired {
         name: format!("{vip}:{port}/{proto}"),
-        key: service_key(vip, port, proto),
+        key: ServiceKey::new(vip, port, proto),
         method: Method::Maglev,
         backends: backends
             .iter()
@@ -943,7 +946,7 @@ const LONG: Duration = Duration::from_secs(3600);
 fn web(method: Method, backends: &[(&Host, u32)]) -> Desired {
     Desired {
         name: "web".into(),
-        key: service_key(VIP4, 80, IPPROTO_TCP),
+        key: ServiceKey::new(VIP4, 80, IPPROTO_TCP),
         method,
         backends: backends
             .iter()
@@ -1061,7 +1064,7 @@ impl Fixture {
     /// Sends `p`; returns its backend and whether the data plane counted a new flow,
     /// i.e. chose a backend rather than following a connection entry.
     fn send_counting(&mut self, what: &'static str, p: &Pkt, hosts: &[&'static Host]) -> (&'static Host, bool) {
-        let key = service_key(p.dst, p.dport, p.proto());
+        let key = ServiceKey::new(p.dst, p.dport, p.proto());
         let before = self.new_flows(key);
         let host = self.send(what, p, hosts);
         let counted = self.new_flows(key) - before;
@@ -1342,7 +1345,7 @@ fn closed_tcp_flows_expire_after_the_closed_timeout() {
         assert!(!new && h.ip == B4A.ip, "{what} of flow {}: to {} (new: {new})", flow_name(&p), h.ip);
     }
     let closed = |fx: &mut Fixture, p: &Pkt| {
-        let mut ct = fx.conntrack();
+        let ct = fx.conntrack();
         conn_keys(p, &B4A, WEB_PORT).map(|k| ct.get(&k, 0).unwrap_or_else(|e| panic!("entry {k:?}: {e}")).flags & Conn::F_CLOSED != 0)
     };
     for (p, want) in [(&fin, true), (&rst, true), (&open, false), (&reopened, false)] {

@@ -1025,12 +1025,12 @@ fn check_accepts_the_example() {
 }
 
 /// The fields of the structs a config is deserialized into (`#[derive(..Deserialize..)]` in
-/// lb-userspace/src/config.rs and proxy/config.rs), read from the source so a key added
+/// lb-userspace/src/config/), read from the source so a key added
 /// there is a key the example must show.
 fn config_keys() -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-userspace/src");
     let mut keys = Vec::new();
-    for file in ["config.rs", "proxy/config.rs"] {
+    for file in ["config/mod.rs", "config/http.rs"] {
         let text = fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut lines = text.lines();
         while let Some(l) = lines.next() {

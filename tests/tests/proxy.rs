@@ -20,10 +20,10 @@ use std::{
 };
 
 use xlb::{
-    config::Config,
-    desired::{self, Vitals},
+    config::{Config, http::HttpOptions},
     discovery::{DockerWatch, Registry},
-    proxy::{BackendView, CollectFailures, FailureKind, HttpOptions, PeerState, Proxy, ServiceView},
+    plan::{self, BackendView, PeerState, ServiceView, Vitals},
+    proxy::{CollectFailures, FailureKind, Proxy},
 };
 use xlb_tests::{
     Topology, config,
@@ -887,14 +887,14 @@ fn docker_plan(lb: &Lb, config: &Config, what: &str, complete: impl Fn(&Registry
         registry
     });
     let passing = |_: &str, _| Vitals { probe: Some(true), since: None };
-    let plan = desired::plan(config, "lo", &registry, Instant::now(), passing).unwrap();
+    let plan = plan::plan(config, "lo", &registry, Instant::now(), passing).unwrap();
     assert!(plan.services.is_empty());
     plan.http
 }
 
 /// The same on the real Docker engine, end to end through xlb's own parts: containers
 /// labelled `xlb.service` and `xlb.host`, found by xlb's Docker discovery, planned by
-/// `desired::plan` from a config of two HTTP services on one VIP and port, served by
+/// `plan::plan` from a config of two HTTP services on one VIP and port, served by
 /// the proxy. (No prober runs here: every container counts as passing its probe.)
 #[test]
 fn docker_xlb_host_labels_route_subdomains_to_their_containers() {

@@ -52,19 +52,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Containers inspected at once during a full listing.
 const INSPECT_CONCURRENCY: usize = 8;
 /// Actions followed; anything else (create, exec_*, attach, ...) is filtered by the daemon.
-const EVENTS: &[&str] = &[
-    "start",
-    "die",
-    "stop",
-    "kill",
-    "destroy",
-    "pause",
-    "unpause",
-    "health_status",
-    "rename",
-    "connect",
-    "disconnect",
-];
+const EVENTS: &[&str] = &["start", "die", "stop", "kill", "destroy", "pause", "unpause", "health_status", "rename", "connect", "disconnect"];
 
 // ---------------------------------------------------------------------------------------
 // Pure parts: what a container's inspect data means.
@@ -161,12 +149,7 @@ fn short_id(id: &str) -> &str {
 
 /// The container's networks, sorted by name.
 fn networks(c: &ContainerInspectResponse) -> Vec<(&str, &EndpointSettings)> {
-    let mut v: Vec<_> = c
-        .network_settings
-        .iter()
-        .flat_map(|s| s.networks.iter().flatten())
-        .map(|(n, ep)| (n.as_str(), ep))
-        .collect();
+    let mut v: Vec<_> = c.network_settings.iter().flat_map(|s| s.networks.iter().flatten()).map(|(n, ep)| (n.as_str(), ep)).collect();
     v.sort_by_key(|(n, _)| *n);
     v
 }
@@ -248,24 +231,15 @@ pub fn endpoint_address(ep: &EndpointSettings) -> Option<(IpAddr, Option<IpAddr>
 /// it: among the networks sorted by name, the first whose gateway is an address of the
 /// host (`host`: so the host can reach the container directly), else the first with an
 /// address.
-pub fn choose_network(
-    c: &ContainerInspectResponse,
-    wanted: Option<&str>,
-    host: &HashSet<IpAddr>,
-) -> Result<(String, IpAddr), String> {
+pub fn choose_network(c: &ContainerInspectResponse, wanted: Option<&str>, host: &HashSet<IpAddr>) -> Result<(String, IpAddr), String> {
     let nets = networks(c);
     if let Some(want) = wanted {
         let prefixed = label(c, COMPOSE_PROJECT).map(|p| format!("{p}_{want}"));
-        let found = nets
-            .iter()
-            .find(|(n, _)| *n == want)
-            .or_else(|| nets.iter().find(|(n, _)| Some(*n) == prefixed.as_deref()));
+        let found = nets.iter().find(|(n, _)| *n == want).or_else(|| nets.iter().find(|(n, _)| Some(*n) == prefixed.as_deref()));
         let Some((name, ep)) = found else {
             return Err(format!("not attached to network {want:?}"));
         };
-        return endpoint_address(ep)
-            .map(|(a, _)| (name.to_string(), a))
-            .ok_or_else(|| format!("no IP address on network {name:?}"));
+        return endpoint_address(ep).map(|(a, _)| (name.to_string(), a)).ok_or_else(|| format!("no IP address on network {name:?}"));
     }
     let addressed: Vec<_> = nets.iter().filter_map(|(n, ep)| endpoint_address(ep).map(|a| (*n, a))).collect();
     addressed
@@ -354,7 +328,10 @@ pub enum Change {
     Forget(String),
     /// A signal was sent (`kill`, with its number when the event says) or the container
     /// was stopped (`stop`, `signal: None`).
-    Stopping { id: String, signal: Option<i32> },
+    Stopping {
+        id: String,
+        signal: Option<i32>,
+    },
     Nothing,
 }
 
@@ -367,7 +344,9 @@ pub fn classify(ev: &EventMessage) -> Change {
     let attr = |k: &str| actor.and_then(|a| a.attributes.as_ref()?.get(k).cloned());
     match ev.typ {
         Some(EventMessageTypeEnum::CONTAINER) => {
-            let Some(id) = actor.and_then(|a| a.id.clone()) else { return Change::Nothing };
+            let Some(id) = actor.and_then(|a| a.id.clone()) else {
+                return Change::Nothing;
+            };
             match verb {
                 "die" | "destroy" => Change::Forget(id),
                 "kill" => Change::Stopping { id, signal: attr("signal").as_deref().and_then(parse_signal) },
@@ -376,9 +355,7 @@ pub fn classify(ev: &EventMessage) -> Change {
                 _ => Change::Nothing,
             }
         }
-        Some(EventMessageTypeEnum::NETWORK) if matches!(verb, "connect" | "disconnect") => {
-            attr("container").map_or(Change::Nothing, Change::InspectKnown)
-        }
+        Some(EventMessageTypeEnum::NETWORK) if matches!(verb, "connect" | "disconnect") => attr("container").map_or(Change::Nothing, Change::InspectKnown),
         _ => Change::Nothing,
     }
 }
@@ -386,9 +363,8 @@ pub fn classify(ev: &EventMessage) -> Change {
 /// A signal by number (`15`) or name (`SIGTERM`, `term`).
 pub fn parse_signal(s: &str) -> Option<i32> {
     const NAMES: [&str; 31] = [
-        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM",
-        "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO",
-        "PWR", "SYS",
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP",
+        "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
     ];
     let s = s.trim();
     if let Ok(n) = s.parse() {
@@ -437,10 +413,7 @@ async fn run_on(host: Option<String>, watches: watch::Receiver<Vec<DockerWatch>>
         if failing {
             tracing::debug!(error = format!("{e:#}"), retry_in = ?delay, "Docker daemon still unreachable");
         } else {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "Docker daemon unreachable; keeping the last known containers, retrying"
-            );
+            tracing::warn!(error = format!("{e:#}"), "Docker daemon unreachable; keeping the last known containers, retrying");
             failing = true;
         }
         if src.pause(delay).await.is_err() {
@@ -676,11 +649,7 @@ fn events_options(since: SystemTime) -> EventsOptions {
         ("type".to_owned(), vec!["container".to_owned(), "network".to_owned()]),
         ("event".to_owned(), EVENTS.iter().map(|e| e.to_string()).collect()),
     ]);
-    EventsOptions {
-        since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
-        until: None,
-        filters: Some(filters),
-    }
+    EventsOptions { since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())), until: None, filters: Some(filters) }
 }
 
 /// The host's addresses (a network whose gateway is one of them is reachable).
@@ -777,13 +746,7 @@ mod tests {
         let labelled = simple("x", &[(LABEL_SERVICE, "web"), (COMPOSE_PROJECT, "other")]);
         assert!(matches(&DockerWatch { project: Some("p".into()), ..w.clone() }, &labelled));
 
-        let aliased = container(
-            "x",
-            &[],
-            &[Net { aliases: &["web", "0123abcd"], ..net("appnet", "172.18.0.2", "172.18.0.1") }],
-            &[],
-            json!({}),
-        );
+        let aliased = container("x", &[], &[Net { aliases: &["web", "0123abcd"], ..net("appnet", "172.18.0.2", "172.18.0.1") }], &[], json!({}));
         assert!(matches(&w, &aliased));
         assert!(!matches(&watch("api"), &aliased));
     }
@@ -908,13 +871,7 @@ mod tests {
 
     #[test]
     fn ipv4_first_ipv6_when_alone() {
-        let dual = container(
-            "x",
-            &[],
-            &[Net { ip6: "fd00:1::2", gw6: "fd00:1::1", ..net("dual", "172.22.0.2", "172.22.0.1") }],
-            &[],
-            json!({}),
-        );
+        let dual = container("x", &[], &[Net { ip6: "fd00:1::2", gw6: "fd00:1::1", ..net("dual", "172.22.0.2", "172.22.0.1") }], &[], json!({}));
         assert_eq!(choose_network(&dual, None, &host()).unwrap().1, "172.22.0.2".parse::<IpAddr>().unwrap());
         let v6 = container("x", &[], &[Net { ip6: "fd00:1::2", gw6: "fd00:1::1", ..net("v6", "", "") }], &[], json!({}));
         let h: HashSet<IpAddr> = ["fd00:1::1".parse().unwrap()].into();
@@ -975,10 +932,7 @@ mod tests {
         .into_iter()
         .map(|c| Tracked::new(c).0)
         .collect();
-        let watches = [
-            DockerWatch { service: "a".into(), ..watch("web") },
-            DockerWatch { service: "b".into(), ..watch("nothing") },
-        ];
+        let watches = [DockerWatch { service: "a".into(), ..watch("web") }, DockerWatch { service: "b".into(), ..watch("nothing") }];
         let (sets, problems) = service_sets(&watches, &cs, &host());
         assert_eq!(sets.keys().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(sets["a"].iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["web-1", "web-2"]);
@@ -1042,20 +996,12 @@ mod tests {
     // -----------------------------------------------------------------------------------
     // Against the real daemon.
 
-    use std::{
-        path::PathBuf,
-        process::Command,
-        time::Instant,
-    };
+    use std::{path::PathBuf, process::Command, time::Instant};
 
     const IMAGE: &str = "xlb-disc-test:scratch";
 
     fn docker_cli(args: &[&str]) -> Result<String, String> {
-        let out = Command::new("docker")
-            .args(args)
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .map_err(|e| format!("docker {args:?}: {e}"))?;
+        let out = Command::new("docker").args(args).env("DOCKER_BUILDKIT", "0").output().map_err(|e| format!("docker {args:?}: {e}"))?;
         if !out.status.success() {
             return Err(format!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
@@ -1063,9 +1009,7 @@ mod tests {
     }
 
     async fn docker_async(args: Vec<String>) -> Result<String, String> {
-        tokio::task::spawn_blocking(move || docker_cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || docker_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap()
     }
 
     /// A `FROM scratch` image whose entrypoint is a static binary that listens on 8080
@@ -1094,11 +1038,7 @@ mod tests {
             .output()
             .expect("running rustc");
         assert!(out.status.success(), "rustc (static): {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::write(
-            dir.join("Dockerfile"),
-            "FROM scratch\nCOPY listen /listen\nEXPOSE 8080/tcp\nENTRYPOINT [\"/listen\"]\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY listen /listen\nEXPOSE 8080/tcp\nENTRYPOINT [\"/listen\"]\n").unwrap();
         let built = docker_cli(&["build", "--quiet", "--label", "xlb-tests", "-t", IMAGE, dir.to_str().unwrap()]);
         let _ = std::fs::remove_dir_all(&dir);
         built.unwrap_or_else(|e| panic!("building {IMAGE}: {e}"));
@@ -1164,10 +1104,7 @@ mod tests {
         let svc = format!("xt-disc-{id}");
         let label = format!("{LABEL_SERVICE}={svc}");
         let a = TestContainer::run(&format!("{svc}-a"), &[label.clone(), "xlb.port=9000".into(), "xlb.weight=7".into()]);
-        let b = TestContainer::run(
-            &format!("{svc}-b"),
-            &[label.clone(), "xlb.weight=heavy".into(), "xlb.host=A.example, b.example".into()],
-        );
+        let b = TestContainer::run(&format!("{svc}-b"), &[label.clone(), "xlb.weight=heavy".into(), "xlb.host=A.example, b.example".into()]);
         let (ip_a, ip_b) = (a.bridge_ip(), b.bridge_ip());
 
         let w = DockerWatch { service: "web".into(), name: svc.clone(), project: None, network: None, port: None };
@@ -1183,10 +1120,7 @@ mod tests {
         });
 
         // The listing finds both.
-        let (_, first) = next_update(&mut rx, Duration::from_secs(10), "both containers", |u| {
-            u.service == "web" && u.backends.len() == 2
-        })
-        .await;
+        let (_, first) = next_update(&mut rx, Duration::from_secs(10), "both containers", |u| u.service == "web" && u.backends.len() == 2).await;
         assert_eq!(first.source, SourceKind::Docker);
         let (da, db) = (&first.backends[0], &first.backends[1]);
         assert_eq!((da.name.as_str(), da.addr, da.port, da.weight), (a.name.as_str(), ip_a, Some(9000), 7));
@@ -1200,10 +1134,7 @@ mod tests {
 
         // A new watch: one update per watched service, the new one empty.
         wtx.send(vec![w.clone(), DockerWatch { service: "none".into(), name: format!("{svc}-none"), ..w.clone() }]).unwrap();
-        next_update(&mut rx, Duration::from_secs(2), "an empty set for the new watch", |u| {
-            u.service == "none" && u.backends.is_empty()
-        })
-        .await;
+        next_update(&mut rx, Duration::from_secs(2), "an empty set for the new watch", |u| u.service == "none" && u.backends.is_empty()).await;
 
         // Paused: draining; unpaused: back.
         docker_async(vec!["pause".into(), b.name.clone()]).await.unwrap();
@@ -1305,10 +1236,8 @@ mod tests {
         // Back: a full listing, and the dead one is gone.
         let back = Instant::now();
         let up = proxy(&sock);
-        let (at, _) = next_update(&mut rx, Duration::from_secs(10), "the set after resynchronisation", |u| {
-            u.backends.len() == 1 && u.backends[0].name == b.name
-        })
-        .await;
+        let (at, _) =
+            next_update(&mut rx, Duration::from_secs(10), "the set after resynchronisation", |u| u.backends.len() == 1 && u.backends[0].name == b.name).await;
         println!("daemon back -> resynchronised update after {:?}", at.duration_since(back));
 
         task.abort();

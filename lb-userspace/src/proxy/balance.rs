@@ -27,23 +27,11 @@ use std::{
     time::Instant,
 };
 
-use super::{
-    config::{Method, TimeMeasure, TwoBy, canonical},
-    ewma::Stats,
+use super::ewma::Stats;
+use crate::{
+    config::http::{Method, TimeMeasure, TwoBy, canonical},
+    plan::PeerState,
 };
-
-/// What the rest of xlb says of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PeerState {
-    /// Takes new requests.
-    #[default]
-    Active,
-    /// No new requests, except those pinned to it or carrying its sticky cookie
-    /// (sessions drain, as nginx's `drain`).
-    Draining,
-    /// Takes nothing (unhealthy, or `down`).
-    Down,
-}
 
 /// A backend as the balancer sees it.
 #[derive(Debug)]
@@ -108,10 +96,7 @@ impl Balancer {
             PeerState::Draining => draining_ok,
             PeerState::Down => false,
         };
-        state_ok
-            && !p.exclude.contains(&i)
-            && (peer.max_conns == 0 || peer.stats.active() < peer.max_conns)
-            && !peer.stats.is_failed(p.now)
+        state_ok && !p.exclude.contains(&i) && (peer.max_conns == 0 || peer.stats.active() < peer.max_conns) && !peer.stats.is_failed(p.now)
     }
 
     /// A backend named by a pin header or cookie, if it is usable (draining ones are).
@@ -207,7 +192,9 @@ impl Balancer {
     }
 
     fn weighted_random(&self, cands: &[usize], not: Option<usize>) -> usize {
-        let w = |i: usize| if Some(i) == not { 0 } else { u64::from(self.peers[i].weight.max(1)) };
+        let w = |i: usize| {
+            if Some(i) == not { 0 } else { u64::from(self.peers[i].weight.max(1)) }
+        };
         let total: u64 = cands.iter().map(|&i| w(i)).sum();
         let mut r = rand::random_range(0..total.max(1));
         for &i in cands {
@@ -324,7 +311,7 @@ mod tests {
     use std::{collections::HashMap, time::Duration};
 
     use super::*;
-    use crate::proxy::config::HashKey;
+    use crate::config::http::HashKey;
 
     fn peer(name: &str, weight: u32, backup: bool) -> Arc<Peer> {
         Arc::new(Peer {
@@ -462,7 +449,12 @@ mod tests {
     #[test]
     fn plain_hash_is_deterministic_and_weighted() {
         let b = Balancer::new(Method::Hash { key: HashKey::Uri, consistent: false }, vec![peer("a", 3, false), peer("b", 1, false)]);
-        let c = counts(&b, 8000, |k| Pick { client: "10.0.0.1".parse().unwrap(), key: Some(Box::leak(format!("/{k}").into_bytes().into_boxed_slice())), exclude: &[], now: Instant::now() });
+        let c = counts(&b, 8000, |k| Pick {
+            client: "10.0.0.1".parse().unwrap(),
+            key: Some(Box::leak(format!("/{k}").into_bytes().into_boxed_slice())),
+            exclude: &[],
+            now: Instant::now(),
+        });
         assert!((5600..=6400).contains(&c["a"]), "{c:?}");
         let k: &[u8] = b"/same";
         let first = b.choose(&pick("1.1.1.1", Some(k), &[]));

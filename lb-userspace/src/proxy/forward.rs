@@ -21,17 +21,16 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::metrics::{Exchange, Recording};
-
 use super::{
     Failure, FailureKind,
     balance::Pick,
-    config::{DEFAULT_EWMA_DECAY, HashKey, Method, canonical},
     ewma::{InFlight, Stats},
     guard::{ConnShared, RequestGuard},
+    metrics::{Exchange, Recording},
     route::normalize_host,
     server::{ServiceRt, Site},
 };
+use crate::config::http::{DEFAULT_EWMA_DECAY, HashKey, Method, canonical};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies sent to backends.
@@ -102,7 +101,7 @@ pub fn page(status: u16, close: bool) -> Response<BoxBody<Bytes, BoxError>> {
 /// The hyper service function.
 pub async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: Arc<ConnShared>) -> Response<ProxyBody> {
     let guard = conn.request();
-    let mut exchange = Exchange::start();
+    let mut exchange = Exchange::start(&site.metrics);
     let h1 = req.version() < Version::HTTP_2;
     let asks_upgrade = h1 && asks_upgrade(req.headers());
     // `Upgrade: h2c` is the proxy's own business (h2c.rs); one that reaches here is
@@ -132,7 +131,8 @@ pub fn switching_to_h2c(conn: &ConnShared) -> Response<ProxyBody> {
 
 /// `Connection: upgrade` with an `Upgrade` header (as the guard sees it).
 fn asks_upgrade(h: &HeaderMap) -> bool {
-    let conn_upgrade = h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")));
+    let conn_upgrade =
+        h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")));
     conn_upgrade && h.contains_key(header::UPGRADE)
 }
 
@@ -172,7 +172,13 @@ enum ReqBody {
     Stream(Option<Incoming>),
 }
 
-async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgrade: bool, exchange: &mut Exchange) -> Result<Response<BoxBody<Bytes, BoxError>>, u16> {
+async fn proxy(
+    mut req: Request<Incoming>,
+    site: &Site,
+    conn: &ConnShared,
+    upgrade: bool,
+    exchange: &mut Exchange,
+) -> Result<Response<BoxBody<Bytes, BoxError>>, u16> {
     let started = Instant::now();
     if req.method() == HttpMethod::CONNECT {
         return Err(405);
@@ -287,7 +293,9 @@ async fn proxy(mut req: Request<Incoming>, site: &Site, conn: &ConnShared, upgra
                 chosen = sticky_value.as_deref().and_then(|v| bal.by_cookie(v, &pick)).map(|i| (i, true));
             }
         }
-        let Some((idx, by_cookie)) = chosen.or_else(|| bal.choose(&pick).map(|i| (i, false))) else { break };
+        let Some((idx, by_cookie)) = chosen.or_else(|| bal.choose(&pick).map(|i| (i, false))) else {
+            break;
+        };
         tried.push(idx);
         let peer = bal.peers[idx].clone();
         let inflight = peer.stats.start();
@@ -391,7 +399,7 @@ fn report(svc: &ServiceRt, peer: &super::balance::Peer, kind: FailureKind) {
     });
 }
 
-fn sticky_header(s: &super::config::StickyCookie, value: &str) -> HeaderValue {
+fn sticky_header(s: &crate::config::http::StickyCookie, value: &str) -> HeaderValue {
     let mut c = format!("{}={value}; Path={}", s.name, s.path);
     if let Some(age) = s.max_age {
         c.push_str(&format!("; Max-Age={}", age.as_secs()));
@@ -474,7 +482,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// The backend's response, for the client.
-fn respond(resp: Response<Incoming>, svc: &ServiceRt, inflight: InFlight, stats: Arc<Stats>, deadline: Option<Instant>, set_cookie: Option<HeaderValue>) -> Response<BoxBody<Bytes, BoxError>> {
+fn respond(
+    resp: Response<Incoming>,
+    svc: &ServiceRt,
+    inflight: InFlight,
+    stats: Arc<Stats>,
+    deadline: Option<Instant>,
+    set_cookie: Option<HeaderValue>,
+) -> Response<BoxBody<Bytes, BoxError>> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(c) = set_cookie {

@@ -54,7 +54,7 @@ use tokio::{
     time::Sleep,
 };
 
-use super::config::is_tchar;
+use crate::config::http::is_tchar;
 
 /// Why a client's bytes were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -722,7 +722,9 @@ impl AsyncRead for GuardedIo {
                         continue;
                     }
                     let now = Instant::now();
-                    let Some((at, violation)) = this.due(now) else { return Poll::Pending };
+                    let Some((at, violation)) = this.due(now) else {
+                        return Poll::Pending;
+                    };
                     if this.deadline != Some(at) {
                         this.deadline = Some(at);
                         this.timer.as_mut().reset(at.into());

@@ -85,16 +85,21 @@ pub fn stream_one(req: &Request<Incoming>) -> Option<Vec<u8>> {
 
 /// Headers HTTP/2 does not carry (RFC 9113 8.2.2), and `Host` (`:authority` instead).
 fn is_connection_specific(name: &HeaderName) -> bool {
-    [header::CONNECTION, header::UPGRADE, header::TRANSFER_ENCODING, header::TE, header::HOST, HeaderName::from_static("keep-alive"), HeaderName::from_static("proxy-connection"), HeaderName::from_static("http2-settings")]
-        .contains(name)
+    [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::HOST,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        HeaderName::from_static("http2-settings"),
+    ]
+    .contains(name)
 }
 
 fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect()
+    h.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok()).collect()
 }
 
 /// HPACK "literal header field without indexing, new name" (RFC 7541 6.2.2), no Huffman.
@@ -154,7 +159,9 @@ fn insert_at(got: &[u8]) -> Result<Option<usize>, ()> {
     if got[..n] != PREFACE[..n] {
         return Err(());
     }
-    let Some(head) = got.get(PREFACE.len()..PREFACE.len() + FRAME_HEADER) else { return Ok(None) };
+    let Some(head) = got.get(PREFACE.len()..PREFACE.len() + FRAME_HEADER) else {
+        return Ok(None);
+    };
     if head[3] != SETTINGS {
         return Err(());
     }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::config::{HostPattern, HttpOptions};
+use crate::config::http::{HostPattern, HttpOptions};
 
 type Paths = Vec<(String, usize)>;
 

@@ -5,8 +5,8 @@ use std::{
     convert::Infallible,
     future::Future,
     io,
-    pin::Pin,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard, RwLock},
     time::{Duration, Instant},
 };
@@ -26,15 +26,19 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    BackendCounters, FailureSink, ServiceView,
+    BackendCounters, FailureSink,
     balance::{Balancer, Peer, cookie_value},
-    config::{HttpOptions, Method},
     ewma::Stats,
-    forward::{self, UpstreamBody},
     forward::ProxyBody,
+    forward::{self, UpstreamBody},
     guard::{ClientTimeouts, ConnShared, GuardedIo, HeadLimits},
     h2c,
+    metrics::HttpMetrics,
     route::{BackendHosts, Router},
+};
+use crate::{
+    config::http::{HttpOptions, Method},
+    plan::ServiceView,
 };
 
 /// HTTP/2 client connections: streams at once, and how often an idle one is pinged.
@@ -66,6 +70,7 @@ pub struct Site {
     pub router: Router,
     pub services: Vec<Arc<ServiceRt>>,
     pub client: ClientLimits,
+    pub metrics: Arc<HttpMetrics>,
 }
 
 /// Client-side limits of a listener (the smallest of its services').
@@ -100,6 +105,7 @@ impl Drop for Listener {
 /// The HTTP proxy. Create it inside a tokio runtime.
 pub struct Proxy {
     sink: Arc<dyn FailureSink>,
+    metrics: Arc<HttpMetrics>,
     state: Mutex<State>,
 }
 
@@ -116,7 +122,12 @@ struct State {
 
 impl Proxy {
     pub fn new(sink: Arc<dyn FailureSink>) -> Self {
-        Self { sink, state: Mutex::default() }
+        Self { sink, metrics: Arc::default(), state: Mutex::default() }
+    }
+
+    /// The requests answered, for `/metrics` and the status.
+    pub fn metrics(&self) -> &Arc<HttpMetrics> {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -129,6 +140,7 @@ impl Proxy {
     /// reported in the error; everything else is still applied.
     pub fn update(&self, services: Vec<ServiceView>) -> anyhow::Result<()> {
         let mut st = self.lock();
+        self.metrics.retain(services.iter().flat_map(|v| v.backends.iter().map(move |b| (v.name.as_str(), b.addr, b.name.as_str()))));
         let mut by_listen: HashMap<SocketAddr, Vec<ServiceView>> = HashMap::new();
         for s in services {
             by_listen.entry(s.listen).or_default().push(s);
@@ -149,7 +161,7 @@ impl Proxy {
                 runtimes.insert(rt.name.clone(), rt.clone());
             }
             let client = client_limits(views.iter().map(|v| &v.options));
-            sites.insert(listen, Arc::new(Site { router, services: rts, client }));
+            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone() }));
         }
         st.stats = stats;
         st.clients = clients;
@@ -249,7 +261,11 @@ impl Proxy {
     /// Requests in flight and sent so far, per backend of a service.
     pub fn counters(&self, service: &str) -> BackendCounters {
         let st = self.lock();
-        st.stats.iter().filter(|((s, _), _)| s == service).map(|((_, b), s)| (b.clone(), (s.active(), s.requests.load(std::sync::atomic::Ordering::Relaxed)))).collect()
+        st.stats
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|((_, b), s)| (b.clone(), (s.active(), s.requests.load(std::sync::atomic::Ordering::Relaxed))))
+            .collect()
     }
 
     /// The balancing method a service runs (for status output).
@@ -357,12 +373,7 @@ async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
     let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, conn.clone());
     let svc = Handler { slot, conn: conn.clone() };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .half_close(true)
-        .max_headers(limits.max_headers.max(1))
-        .header_read_timeout(None)
-        .timer(TokioTimer::new());
+    builder.http1().half_close(true).max_headers(limits.max_headers.max(1)).header_read_timeout(None).timer(TokioTimer::new());
     builder
         .http2()
         .max_concurrent_streams(H2_MAX_STREAMS)
@@ -445,7 +456,9 @@ async fn linger_close(stream: &TcpStream) {
     let mut buf = [0u8; 4096];
     let mut total = 0;
     while total < LINGER_BYTES {
-        let Ok(Ok(())) = tokio::time::timeout_at(until.into(), stream.readable()).await else { return };
+        let Ok(Ok(())) = tokio::time::timeout_at(until.into(), stream.readable()).await else {
+            return;
+        };
         match stream.try_read(&mut buf) {
             Ok(0) => return,
             Ok(n) => total += n,
@@ -471,5 +484,6 @@ async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 pub fn raw_page(status: u16) -> Vec<u8> {
     let reason = hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
     let body = format!("{status} {reason}\n");
-    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .into_bytes()
 }

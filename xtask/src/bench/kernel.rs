@@ -24,14 +24,18 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use serde_json::{Value, json};
+use lb_common::ServiceKey;
 use xlb::{
     config::{BackendState, Method},
-    dataplane::{Dataplane, Desired, DesiredBackend, Limits, service_key},
-    maglev::{self, Entry},
+    dataplane::{
+        Dataplane, Limits,
+        maglev::{self, Entry},
+    },
+    plan::{Desired, DesiredBackend},
 };
 
 const IPPROTO_TCP: u8 = 6;
-/// xlb's weight unit (`desired::WEIGHT_SCALE`): weight 1 in a config.
+/// xlb's weight unit (`plan::WEIGHT_SCALE`): weight 1 in a config.
 const WEIGHT: u32 = 100;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 const BACKENDS: [Ipv4Addr; 3] =
@@ -149,7 +153,7 @@ impl Bench {
             .iter()
             .map(|b| DesiredBackend { addr: IpAddr::V4(*b), port: 8080, weight: WEIGHT, state: BackendState::Active })
             .collect();
-        let key = service_key(IpAddr::V4(VIP), 80, IPPROTO_TCP);
+        let key = ServiceKey::new(IpAddr::V4(VIP), 80, IPPROTO_TCP);
         dp.sync(&[Desired { name: "bench".into(), key, method: Method::Maglev, backends }])?;
         let name = std::ffi::CString::new("fx0")?;
         // SAFETY: a valid C string.
@@ -356,7 +360,7 @@ fn sync_times() -> Result<Vec<Value>> {
                     state: BackendState::Active,
                 })
                 .collect();
-            Desired { name: format!("s{j}"), key: service_key(vip, 80, IPPROTO_TCP), method: Method::Maglev, backends }
+            Desired { name: format!("s{j}"), key: ServiceKey::new(vip, 80, IPPROTO_TCP), method: Method::Maglev, backends }
         })
         .collect();
     let mut out = Vec::new();

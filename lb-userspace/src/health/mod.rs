@@ -271,7 +271,9 @@ async fn probe_loop(shared: Arc<Shared>, t: Target, check: HealthCheck) {
 
 async fn probe(addr: SocketAddr, check: &HealthCheck) -> anyhow::Result<()> {
     let mut conn = TcpStream::connect(addr).await.context("connecting")?;
-    let Some(path) = &check.http else { return Ok(()) };
+    let Some(path) = &check.http else {
+        return Ok(());
+    };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: xlb\r\nConnection: close\r\n\r\n");
     conn.write_all(request.as_bytes()).await.context("sending the request")?;
     let status = read_status(&mut conn).await?;

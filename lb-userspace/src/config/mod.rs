@@ -3,6 +3,12 @@
 //! Values are checked while they are deserialized, so serde_yaml can name the line
 //! and column of a bad one; unknown keys are rejected the same way.
 
+pub mod http;
+pub mod units;
+
+use units::{Checked, duration};
+pub use units::{MAX_DURATION, Positive, Prime, Weight, is_prime, parse_duration};
+
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
     fmt,
@@ -146,7 +152,7 @@ pub struct Service {
     /// A backend that becomes healthy ramps its weight up over this period.
     pub slow_start: Duration,
     /// HTTP proxy options (`protocol: http` only).
-    pub http: Option<crate::proxy::HttpOptions>,
+    pub http: Option<http::HttpOptions>,
 }
 
 /// Containers that join the service (see `discovery::DockerWatch`).
@@ -237,8 +243,8 @@ struct RawService {
     health: Option<HealthCheck>,
     #[serde(default, deserialize_with = "duration")]
     slow_start: Duration,
-    #[serde(default, deserialize_with = "crate::proxy::config::deserialize_checked")]
-    http: Option<crate::proxy::HttpOptions>,
+    #[serde(default, deserialize_with = "http::deserialize_checked")]
+    http: Option<http::HttpOptions>,
 }
 
 fn tcp() -> Protocol {
@@ -280,10 +286,7 @@ impl Service {
             if let Some(vip) = self.vip
                 && vip.is_ipv4() != b.address.is_ipv4()
             {
-                return Err(format!(
-                    "service {:?}: backend {} is not of the VIP's family ({vip})",
-                    self.name, b.address
-                ));
+                return Err(format!("service {:?}: backend {} is not of the VIP's family ({vip})", self.name, b.address));
             }
             if !seen.insert((b.address, b.port)) {
                 return Err(format!("service {:?}: backend {} listed twice", self.name, b.address));
@@ -311,11 +314,22 @@ impl Service {
     }
 
     /// The proxy's options for an HTTP service (defaults when none are given).
-    pub fn http_options(&self) -> Option<crate::proxy::HttpOptions> {
+    pub fn http_options(&self) -> Option<http::HttpOptions> {
         (self.protocol == Protocol::Http).then(|| self.http.clone().unwrap_or_default())
     }
 
     /// The port a backend listens on: its own, else the service's.
+    /// Where a service's backends come from: static, docker:NAME, dns:NAME.
+    pub fn sources(&self) -> Vec<String> {
+        let mut sources = Vec::new();
+        if !self.backends.is_empty() {
+            sources.push("static".to_owned());
+        }
+        sources.extend(self.docker.as_ref().map(|d| format!("docker:{}", d.name)));
+        sources.extend(self.dns.as_ref().map(|d| format!("dns:{}", d.name)));
+        sources
+    }
+
     pub fn backend_port(&self, b: &Backend) -> u16 {
         b.port.unwrap_or(self.port)
     }
@@ -353,125 +367,6 @@ pub enum BackendState {
     /// No new flows; existing flows continue.
     Draining,
 }
-
-/// A selection weight, 1 to 1000.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Weight(pub u32);
-
-impl Default for Weight {
-    fn default() -> Self {
-        Self(1)
-    }
-}
-
-impl<'de> Deserialize<'de> for Weight {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_u32(Checked(Weight::new))
-    }
-}
-
-impl Weight {
-    pub fn new(v: u32) -> Result<Self, String> {
-        if (1..=1000).contains(&v) {
-            Ok(Self(v))
-        } else {
-            Err(format!("weight {v} out of range: expected 1 to 1000"))
-        }
-    }
-}
-
-/// A number above zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Positive(pub u32);
-
-impl<'de> Deserialize<'de> for Positive {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_u32(Checked(|v: u32| match v {
-            0 => Err("expected a number above 0".to_owned()),
-            v => Ok(Positive(v)),
-        }))
-    }
-}
-
-/// A prime number: Maglev fills a table only when its size is prime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prime(pub u32);
-
-impl<'de> Deserialize<'de> for Prime {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_u32(Checked(|v: u32| {
-            if (3..=1_000_003).contains(&v) && is_prime(v) {
-                Ok(Prime(v))
-            } else {
-                Err(format!("{v}: expected a prime between 3 and 1000003 (for example 65537)"))
-            }
-        }))
-    }
-}
-
-/// Validates a value inside the visitor, where serde_yaml still knows the value's own
-/// line and column (an error raised after deserializing points at the parent).
-struct Checked<F>(F);
-
-impl<'de, T, F: FnOnce(u32) -> Result<T, String>> de::Visitor<'de> for Checked<F> {
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a whole number")
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        let v = u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
-        (self.0)(v).map_err(E::custom)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        match u64::try_from(v) {
-            Ok(v) => self.visit_u64(v),
-            Err(_) => Err(E::custom(format!("{v}: expected a number of 0 or more"))),
-        }
-    }
-}
-
-pub fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
-}
-
-/// Durations as `500ms`, `30s`, `5m`, `1h`.
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct V;
-    impl de::Visitor<'_> for V {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration such as 30s")
-        }
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
-            parse_duration(s).map_err(E::custom)
-        }
-    }
-    d.deserialize_str(V)
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 30s"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("bad duration {s:?}: expected a unit of ms, s, m or h")),
-    };
-    // Deadlines are `Instant + duration`: bounded here, they can never overflow.
-    if d > MAX_DURATION {
-        return Err(format!("bad duration {s:?}: at most {}h (a year)", MAX_DURATION.as_secs() / 3600));
-    }
-    Ok(d)
-}
-
-/// The longest duration a config may set.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Config {
     /// Reads and validates a YAML file. Errors read `file:line:column: message`.
@@ -574,10 +469,7 @@ impl Seen {
             Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) => {}
             Entry::Occupied(o) => {
                 let (other, protocol) = o.get();
-                return Err(format!(
-                    "service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol",
-                    s.name
-                ));
+                return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol", s.name));
             }
         }
         Ok(())
@@ -619,7 +511,15 @@ impl Spec {
         let (backends, name) = match &self.targets {
             Targets::Addresses(list) => (
                 list.iter()
-                    .map(|&(address, weight)| Backend { address, port: self.target_port, weight, state: BackendState::Active, backup: false, down: false, max_conns: None })
+                    .map(|&(address, weight)| Backend {
+                        address,
+                        port: self.target_port,
+                        weight,
+                        state: BackendState::Active,
+                        backup: false,
+                        down: false,
+                        max_conns: None,
+                    })
                     .collect(),
                 None,
             ),
@@ -782,7 +682,18 @@ mod tests {
 
     #[test]
     fn bad_specs_say_why() {
-        for bad in ["", "80", "x:80:10.0.0.1", "80:10.0.0.1/sctp", "80:10.0.0.1:0", "80:10.0.0.1@0", "[fd00::1:80:::1", "10.0.0.1:80:[fd00::2]", "80:web/app:8080", "80:10.0.0.1,web"] {
+        for bad in [
+            "",
+            "80",
+            "x:80:10.0.0.1",
+            "80:10.0.0.1/sctp",
+            "80:10.0.0.1:0",
+            "80:10.0.0.1@0",
+            "[fd00::1:80:::1",
+            "10.0.0.1:80:[fd00::2]",
+            "80:web/app:8080",
+            "80:10.0.0.1,web",
+        ] {
             let e = bad.parse::<Spec>().unwrap_err();
             assert!(e.contains("bad SPEC"), "{bad}: {e}");
         }
@@ -799,13 +710,31 @@ mod tests {
             ("services:\n  - name: a\n    port: 80\n    method: fastest\n", "xlb.yaml:4:13: services[0].method: unknown variant `fastest`"),
             ("services:\n  - name: a\n    port: 80\n  - name: b\n    port: 0\n", "xlb.yaml:5:11: services[1].port: port 0: expected 1 to 65535"),
             ("services:\n  - name: a\n    port: 80\n  - name: a\n    port: 81\n", "xlb.yaml:4:5: services[1]: service name \"a\" is used twice"),
-            ("services:\n  - name: a\n    port: 80\n  - name: b\n    port: 80\n", "xlb.yaml:4:5: services[1]: service \"b\": service \"a\" (tcp) already has this VIP"),
-            ("services:\n  - name: a\n    port: 80\n    protocol: http\n  - name: b\n    port: 80\n", "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP"),
-            ("services:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n  - name: b\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n", "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (tcp) already has this VIP"),
-            ("dataplane:\n  udp_idle_timeout: 99999999999999999h\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"99999999999999999h\": at most 8760h"),
+            (
+                "services:\n  - name: a\n    port: 80\n  - name: b\n    port: 80\n",
+                "xlb.yaml:4:5: services[1]: service \"b\": service \"a\" (tcp) already has this VIP",
+            ),
+            (
+                "services:\n  - name: a\n    port: 80\n    protocol: http\n  - name: b\n    port: 80\n",
+                "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP",
+            ),
+            (
+                "services:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n  - name: b\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n",
+                "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (tcp) already has this VIP",
+            ),
+            (
+                "dataplane:\n  udp_idle_timeout: 99999999999999999h\n",
+                "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"99999999999999999h\": at most 8760h",
+            ),
             ("dataplane:\n  udp_idle_timeout: 31536000001ms\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"31536000001ms\": at most 8760h"),
-            ("services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n", "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice"),
-            ("services:\n  - name: a\n    port: 80\n    backends:\n      - address: 10.0.0.1\n        weight: 0\n", "xlb.yaml:6:17: services[0].backends[0].weight: weight 0 out of range"),
+            (
+                "services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n",
+                "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice",
+            ),
+            (
+                "services:\n  - name: a\n    port: 80\n    backends:\n      - address: 10.0.0.1\n        weight: 0\n",
+                "xlb.yaml:6:17: services[0].backends[0].weight: weight 0 out of range",
+            ),
         ];
         for (text, want) in cases {
             let got = Config::parse(text, path).unwrap_err().to_string();
@@ -826,7 +755,11 @@ mod tests {
 
     #[test]
     fn backend_backup_down_and_max_conns() {
-        let svc = |proto: &str| format!("services:\n  - name: a\n    port: 80\n    protocol: {proto}\n    backends:\n      - {{ address: 10.0.0.1, backup: true, down: true, max_conns: 5 }}\n      - {{ address: 10.0.0.2 }}\n");
+        let svc = |proto: &str| {
+            format!(
+                "services:\n  - name: a\n    port: 80\n    protocol: {proto}\n    backends:\n      - {{ address: 10.0.0.1, backup: true, down: true, max_conns: 5 }}\n      - {{ address: 10.0.0.2 }}\n"
+            )
+        };
         let c = Config::parse(&svc("http"), Path::new("x")).unwrap();
         let b = &c.services[0].backends;
         assert!(b[0].backup && b[0].down && b[0].max_conns == Some(5));

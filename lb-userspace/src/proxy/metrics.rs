@@ -1,7 +1,7 @@
 //! What the HTTP proxy answered, for `/metrics`: requests by service, backend and status
 //! code, and how long they took, as a histogram per service and backend.
 //!
-//! The labels are those of the kernel's per-backend metrics (`status.rs`): `service`,
+//! The labels are those of the kernel's per-backend metrics (`observe/prometheus.rs`): `service`,
 //! `backend` (the address) and `name` (the container's name, else the address).
 //!
 //! The proxy tells an [`Exchange`] which service and backend a request went to; the
@@ -12,26 +12,23 @@
 //! an empty `service` label when no service was routed to. Requests the framing guard
 //! refuses before they are parsed (`proxy/guard.rs`) are not counted.
 //!
-//! The counters live for the process, in [`HTTP`]; services and backends that leave the
-//! config or discovery are dropped with [`HttpMetrics::retain`], so a host whose
-//! containers come and go for months does not keep their series forever.
+//! The counters belong to the [`Proxy`](super::Proxy), which drops the series of services
+//! and backends that leave the config or discovery ([`HttpMetrics::retain`]), so a host
+//! whose containers come and go for months does not keep them forever.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, LazyLock, Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Instant,
 };
 
 use hyper::StatusCode;
 
-use crate::proxy::{balance::Peer, server::ServiceRt};
+use super::{balance::Peer, server::ServiceRt};
 
 /// Upper bounds of the duration histogram's buckets, in seconds (`+Inf` is implied).
 pub const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// The process's HTTP counters.
-pub static HTTP: LazyLock<HttpMetrics> = LazyLock::new(HttpMetrics::default);
 
 /// Series by service name, then backend (`None` for answers xlb made itself). A
 /// service has a handful of backends: they are looked up in a list.
@@ -52,14 +49,14 @@ pub struct Backend {
 struct Series(Mutex<Counts>);
 
 #[derive(Default, Clone)]
-struct Counts {
+pub struct Counts {
     /// Responses by status code.
-    codes: HashMap<u16, u64>,
+    pub codes: HashMap<u16, u64>,
     /// Requests per bucket (not cumulative): `buckets[i]` took at most `BUCKETS[i]`
     /// and more than the bound before; the last one is over every bound.
-    buckets: [u64; BUCKETS.len() + 1],
-    count: u64,
-    sum_secs: f64,
+    pub buckets: [u64; BUCKETS.len() + 1],
+    pub count: u64,
+    pub sum_secs: f64,
 }
 
 impl HttpMetrics {
@@ -108,7 +105,9 @@ impl HttpMetrics {
             if service.is_empty() {
                 return true;
             }
-            let Some(live) = keep.get(service.as_str()) else { return false };
+            let Some(live) = keep.get(service.as_str()) else {
+                return false;
+            };
             backends.retain(|(b, _)| b.as_ref().is_none_or(|b| live.contains(&(b.addr, b.name.as_str()))));
             true
         });
@@ -121,61 +120,30 @@ impl HttpMetrics {
     }
 
     /// Every series, sorted by service then backend, for rendering.
-    fn counts(&self) -> Vec<(String, Option<Backend>, Counts)> {
+    pub fn counts(&self) -> Vec<(String, Option<Backend>, Counts)> {
         let all = self.services.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = all
             .iter()
-            .flat_map(|(s, backends)| backends.iter().map(move |(b, series)| (s.clone(), b.clone(), series.0.lock().unwrap_or_else(|e| e.into_inner()).clone())))
+            .flat_map(|(s, backends)| {
+                backends.iter().map(move |(b, series)| (s.clone(), b.clone(), series.0.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            })
             .collect();
         out.sort_by(|a, b| (&a.0, a.1.as_ref().map(|b| (b.addr, &b.name))).cmp(&(&b.0, b.1.as_ref().map(|b| (b.addr, &b.name)))));
         out
     }
-
-    /// Adds `xlb_http_requests_total` (counter) and `xlb_http_request_duration_seconds`
-    /// (histogram) to `m`.
-    pub(crate) fn render(&self, m: &mut crate::status::Metrics) {
-        const REQUESTS: &str = "xlb_http_requests_total";
-        const DURATION: &str = "xlb_http_request_duration_seconds";
-        let counts = self.counts();
-        for (service, backend, c) in &counts {
-            let mut codes: Vec<_> = c.codes.iter().collect();
-            codes.sort();
-            for (code, n) in codes {
-                let labels = labels(service, backend, &format!("code=\"{code}\""));
-                m.sample(REQUESTS, "counter", "HTTP responses of the proxy, by service, backend (empty: xlb answered itself) and status code.", REQUESTS, &labels, *n as f64);
-            }
-        }
-        const HELP: &str = "Time from an HTTP request to the end of its response (retries and body included).";
-        for (service, backend, c) in &counts {
-            let mut cumulative = 0;
-            for (i, n) in c.buckets.iter().enumerate() {
-                cumulative += n;
-                let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), f64::to_string);
-                m.sample(DURATION, "histogram", HELP, "xlb_http_request_duration_seconds_bucket", &labels(service, backend, &format!("le=\"{le}\"")), cumulative as f64);
-            }
-            let l = labels(service, backend, "");
-            m.sample(DURATION, "histogram", HELP, "xlb_http_request_duration_seconds_sum", &l, c.sum_secs);
-            m.sample(DURATION, "histogram", HELP, "xlb_http_request_duration_seconds_count", &l, c.count as f64);
-        }
-    }
-}
-
-fn labels(service: &str, backend: &Option<Backend>, more: &str) -> String {
-    let sep = if more.is_empty() { "" } else { "," };
-    let (addr, name) = backend.as_ref().map_or((String::new(), ""), |b| (b.addr.to_string(), b.name.as_str()));
-    format!("service=\"{}\",backend=\"{addr}\",name=\"{}\"{sep}{more}", crate::status::esc(service), crate::status::esc(name))
 }
 
 /// One request through the proxy, from its arrival to the end of its response.
 pub struct Exchange {
+    metrics: Arc<HttpMetrics>,
     started: Instant,
     service: Option<Arc<ServiceRt>>,
     backend: Option<Arc<Peer>>,
 }
 
 impl Exchange {
-    pub fn start() -> Self {
-        Self { started: Instant::now(), service: None, backend: None }
+    pub fn start(metrics: &Arc<HttpMetrics>) -> Self {
+        Self { metrics: metrics.clone(), started: Instant::now(), service: None, backend: None }
     }
 
     /// The request was routed to `svc`.
@@ -206,61 +174,6 @@ impl Drop for Recording {
         let e = &self.exchange;
         let service = e.service.as_ref().map_or("", |s| s.name.as_str());
         let backend = e.backend.as_ref().map(|p| (p.addr, p.name.as_str()));
-        HTTP.record(service, backend, self.status, e.started.elapsed().as_secs_f64());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::status::Metrics;
-
-    fn rendered(h: &HttpMetrics) -> String {
-        let mut m = Metrics::default();
-        h.render(&mut m);
-        m.render()
-    }
-
-    fn b(n: u8) -> Option<(SocketAddr, &'static str)> {
-        let name = ["b0", "b1", "b2"][n as usize];
-        Some((SocketAddr::from(([10, 0, 0, n], 8080)), name))
-    }
-
-    #[test]
-    fn counts_by_code_and_cumulative_buckets() {
-        let h = HttpMetrics::default();
-        h.record("web", b(1), 200, 0.0005);
-        h.record("web", b(1), 200, 0.003);
-        h.record("web", b(1), 404, 20.0);
-        h.record("web", None, 502, 0.2);
-        let text = rendered(&h);
-        let b1 = "service=\"web\",backend=\"10.0.0.1:8080\",name=\"b1\"";
-        assert!(text.contains("# TYPE xlb_http_requests_total counter\n"), "{text}");
-        assert!(text.contains(&format!("xlb_http_requests_total{{{b1},code=\"200\"}} 2\n")), "{text}");
-        assert!(text.contains(&format!("xlb_http_requests_total{{{b1},code=\"404\"}} 1\n")), "{text}");
-        assert!(text.contains("xlb_http_requests_total{service=\"web\",backend=\"\",name=\"\",code=\"502\"} 1\n"), "{text}");
-        assert_eq!(text.matches("# TYPE xlb_http_request_duration_seconds histogram\n").count(), 1, "{text}");
-        for (le, n) in [("0.001", 1), ("0.005", 2), ("10", 2), ("+Inf", 3)] {
-            assert!(text.contains(&format!("xlb_http_request_duration_seconds_bucket{{{b1},le=\"{le}\"}} {n}\n")), "le {le}: {text}");
-        }
-        assert!(text.contains(&format!("xlb_http_request_duration_seconds_count{{{b1}}} 3\n")), "{text}");
-        let sum = text.lines().find_map(|l| l.strip_prefix(&format!("xlb_http_request_duration_seconds_sum{{{b1}}} "))).and_then(|v| v.parse::<f64>().ok());
-        assert!(sum.is_some_and(|s| (s - 20.0035).abs() < 1e-9), "{sum:?}\n{text}");
-    }
-
-    #[test]
-    fn retain_drops_what_left() {
-        let h = HttpMetrics::default();
-        for (s, b) in [("web", b(1)), ("web", b(2)), ("web", None), ("api", b(0)), ("", None)] {
-            h.record(s, b, 200, 0.01);
-        }
-        h.retain([("web", SocketAddr::from(([10, 0, 0, 1], 8080)), "b1")]);
-        let text = rendered(&h);
-        for kept in ["service=\"web\",backend=\"10.0.0.1:8080\"", "service=\"web\",backend=\"\"", "service=\"\",backend=\"\""] {
-            assert!(text.contains(kept), "{kept} dropped:\n{text}");
-        }
-        for gone in ["name=\"b2\"", "service=\"api\""] {
-            assert!(!text.contains(gone), "{gone} kept:\n{text}");
-        }
+        e.metrics.record(service, backend, self.status, e.started.elapsed().as_secs_f64());
     }
 }

@@ -75,9 +75,7 @@ pub const FEATURES: &[Feature] = &[
 pub fn check() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     for feature in FEATURES {
-        let present = feature
-            .probe()
-            .with_context(|| format!("probing the kernel for {} (is xlb running as root?)", feature.what))?;
+        let present = feature.probe().with_context(|| format!("probing the kernel for {} (is xlb running as root?)", feature.what))?;
         if !present {
             missing.push(feature);
         }
@@ -125,18 +123,9 @@ fn mmapable_array() -> io::Result<bool> {
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_TYPE_ARRAY: u32 = 2;
     const BPF_F_MMAPABLE: u32 = 1 << 10;
-    let attr = MapCreate {
-        map_type: BPF_MAP_TYPE_ARRAY,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 1,
-        map_flags: BPF_F_MMAPABLE,
-        rest: [0; 11],
-    };
+    let attr = MapCreate { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size: 4, max_entries: 1, map_flags: BPF_F_MMAPABLE, rest: [0; 11] };
     // SAFETY: bpf(2) with a valid, fully initialised attribute of the size given.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &raw const attr, std::mem::size_of::<MapCreate>() as libc::c_uint)
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &raw const attr, std::mem::size_of::<MapCreate>() as libc::c_uint) };
     if fd >= 0 {
         // SAFETY: the descriptor was just returned to us and is not used elsewhere.
         unsafe { libc::close(fd as libc::c_int) };

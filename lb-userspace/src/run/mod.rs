@@ -1,6 +1,8 @@
 //! `xlb run`: load, attach, fill the maps, then follow discovery, health and signals
 //! until told to stop.
 
+mod fdlimit;
+
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -18,16 +20,17 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    admin,
-    config::{BackendState, Config, HealthCheck, Source},
-    dataplane::{Dataplane, Desired, Limits, Timeouts},
-    desired::{self, Vitals},
-    discovery::{self, DnsWatch, DockerWatch, Registry, Update},
+    config::{Config, HealthCheck, Source},
+    dataplane::{
+        Dataplane, Limits, Timeouts, features, monotonic_ns,
+        pin::{self, Scope},
+    },
+    discovery::{Registry, Sources, Update},
     health::{self, Health},
     netdev,
-    pin::{self, Scope},
-    proxy::{PeerState, Proxy, ServiceView},
-    status::{self, BackendStatus, ServiceStatus, Snapshot},
+    observe::{self, Snapshot, admin},
+    plan::{self, Desired, ServiceView, Vitals},
+    proxy::Proxy,
 };
 
 /// How often idle connection entries are looked for (and live ones counted).
@@ -52,15 +55,11 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let config = source.load()?;
-    let fd_limit = crate::fdlimit::raise()?;
-    crate::fdlimit::check(&config, fd_limit);
-    let iface = config
-        .dataplane
-        .interface
-        .clone()
-        .context("no interface: give --iface or dataplane.interface")?;
+    let fd_limit = fdlimit::raise()?;
+    fdlimit::check(&config, fd_limit);
+    let iface = config.dataplane.interface.clone().context("no interface: give --iface or dataplane.interface")?;
     netdev::ifindex(&iface)?;
-    crate::probe::check()?;
+    features::check()?;
     let scope_name = pin::scope_name(&iface)?;
     let _lock = pin::lock(&scope_name, &iface)?;
     if keep_dataplane {
@@ -75,16 +74,17 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         None => Dataplane::load(limits, kernel_log)?,
     };
     let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
-    tokio::spawn(admin::serve(admin, snapshot_rx));
+    let (failures_tx, mut failures) = mpsc::unbounded_channel();
+    let proxy = Proxy::new(Arc::new(failures_tx));
+    tokio::spawn(admin::serve(admin, snapshot_rx, proxy.metrics().clone()));
     let (updates_tx, mut updates) = mpsc::channel(256);
     let (health_tx, mut health_events) = mpsc::channel(256);
-    let (failures_tx, mut failures) = mpsc::unbounded_channel();
     let mut ctl = Controller {
         limits,
         dp,
         registry: Registry::default(),
         health: Health::new(health_tx),
-        proxy: Proxy::new(Arc::new(failures_tx)),
+        proxy,
         first_seen: HashMap::new(),
         reply_ifaces: BTreeSet::new(),
         forwarding: netdev::Forwarding::default(),
@@ -96,8 +96,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         last_status: None,
         backend_transitions: HashMap::new(),
         discovery_events: HashMap::new(),
-        docker: Discovery::spawn_when_needed(discovery::docker::run, updates_tx.clone()),
-        dns: Discovery::spawn_when_needed(discovery::dns::run, updates_tx),
+        sources: Sources::new(updates_tx),
         iface,
         config,
     };
@@ -107,7 +106,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     if let Some(scope) = &kept {
         ctl.adopt_kept(scope, adopt_started)?;
     }
-    ctl.watch();
+    ctl.sources.watch(&ctl.config);
     let ramping = ctl.replan()?;
     info!(iface = %ctl.iface, services = ctl.config.services.len(), "ready");
 
@@ -229,8 +228,7 @@ struct Controller {
     /// Health changes per service and backend address (their sum is the total).
     backend_transitions: HashMap<(String, SocketAddr), u64>,
     discovery_events: HashMap<String, u64>,
-    docker: Discovery<DockerWatch>,
-    dns: Discovery<DnsWatch>,
+    sources: Sources,
 }
 
 impl Controller {
@@ -289,7 +287,7 @@ impl Controller {
 
     /// Checks what parsing cannot: that the services resolve and fit the data plane.
     fn fits(&self, config: &Config) -> anyhow::Result<()> {
-        let plan = desired::plan(config, &self.iface, &self.registry, Instant::now(), |_, _| Vitals::default())?;
+        let plan = plan::plan(config, &self.iface, &self.registry, Instant::now(), |_, _| Vitals::default())?;
         if plan.services.len() > self.limits.max_services as usize {
             bail!("{} services, the data plane holds {} (dataplane.max_services, fixed at start)", plan.services.len(), self.limits.max_services);
         }
@@ -303,32 +301,8 @@ impl Controller {
         self.config = config;
         let names: Vec<&str> = self.config.services.iter().map(|s| s.name.as_str()).collect();
         self.registry.retain(&names);
-        self.watch();
+        self.sources.watch(&self.config);
         info!(services = self.config.services.len(), "config reloaded");
-    }
-
-    /// Tells the discovery sources what to look for.
-    fn watch(&mut self) {
-        let docker = self
-            .config
-            .services
-            .iter()
-            .filter_map(|s| {
-                let d = s.docker.as_ref()?;
-                Some(DockerWatch { service: s.name.clone(), name: d.name.clone(), project: d.project.clone(), network: d.network.clone(), port: d.port })
-            })
-            .collect();
-        let dns = self
-            .config
-            .services
-            .iter()
-            .filter_map(|s| {
-                let d = s.dns.as_ref()?;
-                Some(DnsWatch { service: s.name.clone(), name: d.name.clone(), port: d.port, interval: d.interval, server: d.server })
-            })
-            .collect();
-        self.docker.set(docker);
-        self.dns.set(dns);
     }
 
     /// Records an update and any others already queued, so a burst of events costs
@@ -356,7 +330,7 @@ impl Controller {
     /// a slow start is still ramping.
     fn replan(&mut self) -> anyhow::Result<bool> {
         let started = Instant::now();
-        let plan = desired::plan(&self.config, &self.iface, &self.registry, started, |service, addr| {
+        let plan = plan::plan(&self.config, &self.iface, &self.registry, started, |service, addr| {
             let target = health::Target { service: service.to_owned(), addr };
             let seen = self.first_seen.get(&(service.to_owned(), addr.ip())).copied();
             Vitals { probe: self.health.healthy(&target), since: self.health.healthy_since(&target).or(seen) }
@@ -378,7 +352,6 @@ impl Controller {
         let live: BTreeSet<(&str, IpAddr)> = backends.iter().map(|(s, a)| (*s, a.ip())).collect();
         self.first_seen.retain(|(s, a), _| live.contains(&(s.as_str(), *a)));
         self.http_plan = plan.http.clone();
-        crate::metrics::HTTP.retain(plan.http.iter().flat_map(|v| v.backends.iter().map(move |b| (v.name.as_str(), b.addr, b.name.as_str()))));
         if let Err(e) = self.proxy.update(plan.http) {
             error!("HTTP proxy: {e:#}");
         }
@@ -411,131 +384,27 @@ impl Controller {
         Ok(())
     }
 
-    /// Builds the status snapshot from the config, the last plan, discovery, health
-    /// and the kernel's counters, and hands it to the admin endpoint.
+    /// Builds the status snapshot and hands it to the admin endpoint.
     fn publish_status(&mut self) -> anyhow::Result<()> {
         let stats = self.dp.counters()?;
-        let mut services = Vec::new();
-        for d in &self.plan {
-            let Some(s) = self.config.services.iter().find(|s| s.name == d.name) else { continue };
-            let counters = stats.services.iter().find(|(k, _)| *k == d.key).map(|(_, c)| *c).unwrap_or_default();
-            let discovered = self.registry.backends(&s.name);
-            let backends = d
-                .backends
-                .iter()
-                .map(|b| {
-                    let c = stats.backends.iter().find(|x| x.service == d.key && x.addr == b.addr && x.port == b.port);
-                    let found = discovered.iter().find(|x| x.addr == b.addr && x.port.unwrap_or(s.port) == b.port);
-                    let probe = self.health.healthy(&health::Target { service: s.name.clone(), addr: SocketAddr::new(b.addr, b.port) });
-                    let state = match (b.state, probe, found) {
-                        (BackendState::Active, _, _) => "healthy",
-                        (_, Some(false), _) => "unhealthy",
-                        (_, _, Some(f)) if f.healthy == Some(false) => "unhealthy",
-                        (_, _, Some(f)) if f.backup && !f.draining => "backup",
-                        _ => "draining",
-                    };
-                    let counters = c.map(|c| c.counters).unwrap_or_default();
-                    BackendStatus {
-                        address: SocketAddr::new(b.addr, b.port).to_string(),
-                        name: found.map_or_else(|| b.addr.to_string(), |f| f.name.clone()),
-                        origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
-                        state: state.to_owned(),
-                        weight: f64::from(b.weight) / f64::from(desired::WEIGHT_SCALE),
-                        active_connections: c.map_or(0, |c| c.active),
-                        packets: counters.packets,
-                        bytes: counters.bytes,
-                        new_flows: counters.new_flows,
-                        new_flows_per_sec: 0.0,
-                        bytes_per_sec: 0.0,
-                        requests: 0,
-                        health_transitions: self.backend_transitions.get(&(s.name.clone(), SocketAddr::new(b.addr, b.port))).copied().unwrap_or(0),
-                    }
-                })
-                .collect();
-            let sources = sources(s);
-            let vip = crate::dataplane::key_addr(&d.key);
-            services.push(ServiceStatus {
-                name: s.name.clone(),
-                vip: vip.to_string(),
-                port: s.port,
-                protocol: s.protocol.to_string(),
-                method: format!("{:?}", s.method).to_lowercase(),
-                sources,
-                packets: counters.packets,
-                bytes: counters.bytes,
-                new_flows: counters.new_flows,
-                requests: 0,
-                backends,
-            });
-        }
-        for v in &self.http_plan {
-            let Some(s) = self.config.services.iter().find(|s| s.name == v.name) else { continue };
-            services.push(self.http_status(s, v));
-        }
-        let mut snapshot = Snapshot {
-            services,
-            drops: stats.drops.iter().map(|(r, n)| status::Drop { reason: (*r).to_owned(), packets: *n }).collect(),
-            health_transitions: self.backend_transitions.values().sum(),
-            discovery_events: self.discovery_events.clone(),
-        };
+        let mut snapshot = observe::build::snapshot(&observe::build::Inputs {
+            config: &self.config,
+            kernel: &self.plan,
+            http: &self.http_plan,
+            registry: &self.registry,
+            health: &self.health,
+            stats: &stats,
+            proxy: &self.proxy,
+            backend_transitions: &self.backend_transitions,
+            discovery_events: &self.discovery_events,
+        });
         let now = Instant::now();
         if let Some((at, prev)) = &self.last_status {
-            status::rates(&mut snapshot, prev, now.duration_since(*at).as_secs_f64());
+            observe::rates(&mut snapshot, prev, now.duration_since(*at).as_secs_f64());
         }
         self.snapshots.send_replace(Arc::new(snapshot.clone()));
         self.last_status = Some((now, snapshot));
         Ok(())
-    }
-
-    /// An HTTP service's status: the proxy's view of its backends, its requests in
-    /// flight, and the requests counted for `/metrics`.
-    fn http_status(&self, s: &crate::config::Service, v: &ServiceView) -> ServiceStatus {
-        let discovered = self.registry.backends(&s.name);
-        let in_flight = self.proxy.counters(&v.name);
-        let requests = crate::metrics::HTTP.requests(&v.name);
-        let backends = v
-            .backends
-            .iter()
-            .map(|b| {
-                let found = discovered.iter().find(|x| x.addr == b.addr.ip() && x.port.unwrap_or(s.port) == b.addr.port());
-                let probe = self.health.healthy(&health::Target { service: s.name.clone(), addr: b.addr });
-                let state = match b.state {
-                    PeerState::Active if b.backup => "backup",
-                    PeerState::Active => "healthy",
-                    PeerState::Draining => "draining",
-                    PeerState::Down if probe == Some(false) || found.is_some_and(|f| f.healthy == Some(false)) => "unhealthy",
-                    PeerState::Down => "down",
-                };
-                BackendStatus {
-                    address: b.addr.to_string(),
-                    name: b.name.clone(),
-                    origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
-                    state: state.to_owned(),
-                    weight: f64::from(b.weight) / f64::from(desired::WEIGHT_SCALE),
-                    active_connections: in_flight.get(&b.name).map_or(0, |c| u64::from(c.0)),
-                    packets: 0,
-                    bytes: 0,
-                    new_flows: 0,
-                    new_flows_per_sec: 0.0,
-                    bytes_per_sec: 0.0,
-                    requests: requests.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, n)| n).sum(),
-                    health_transitions: self.backend_transitions.get(&(s.name.clone(), b.addr)).copied().unwrap_or(0),
-                }
-            })
-            .collect();
-        ServiceStatus {
-            name: s.name.clone(),
-            vip: v.listen.ip().to_string(),
-            port: v.listen.port(),
-            protocol: s.protocol.to_string(),
-            method: status::http_method(&v.options.method),
-            sources: sources(s),
-            packets: 0,
-            bytes: 0,
-            new_flows: 0,
-            requests: requests.iter().map(|(_, n)| n).sum(),
-            backends,
-        }
     }
 
     fn expire(&mut self) {
@@ -547,64 +416,8 @@ impl Controller {
     }
 }
 
-/// A discovery source task, started the first time a service needs it: xlb does not
-/// talk to Docker, or resolve names, unless the config asks it to.
-struct Discovery<W> {
-    start: Option<Box<dyn FnOnce(watch::Receiver<Vec<W>>)>>,
-    watches: Option<watch::Sender<Vec<W>>>,
-}
-
-impl<W: Send + Sync + PartialEq + 'static> Discovery<W> {
-    fn spawn_when_needed<F, Fut>(run: F, tx: mpsc::Sender<Update>) -> Self
-    where
-        F: FnOnce(watch::Receiver<Vec<W>>, mpsc::Sender<Update>) -> Fut + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Self { start: Some(Box::new(move |rx| drop(tokio::spawn(run(rx, tx))))), watches: None }
-    }
-
-    fn set(&mut self, watches: Vec<W>) {
-        match &self.watches {
-            Some(tx) => {
-                tx.send_if_modified(|w| {
-                    let changed = *w != watches;
-                    *w = watches;
-                    changed
-                });
-            }
-            None if watches.is_empty() => {}
-            None => {
-                let (tx, rx) = watch::channel(watches);
-                if let Some(start) = self.start.take() {
-                    start(rx);
-                }
-                self.watches = Some(tx);
-            }
-        }
-    }
-}
-
-/// Where a service's backends come from: static, docker:NAME, dns:NAME.
-fn sources(s: &crate::config::Service) -> Vec<String> {
-    let mut sources = Vec::new();
-    if !s.backends.is_empty() {
-        sources.push("static".to_owned());
-    }
-    sources.extend(s.docker.as_ref().map(|d| format!("docker:{}", d.name)));
-    sources.extend(s.dns.as_ref().map(|d| format!("dns:{}", d.name)));
-    sources
-}
-
 /// What tells that a file changed: its modification time and size.
 fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
     let meta = std::fs::metadata(path?).ok()?;
     Some((meta.modified().ok()?, meta.len()))
-}
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

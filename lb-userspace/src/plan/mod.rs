@@ -1,6 +1,12 @@
 //! What the data plane should hold, from the config, the discovered backends and
 //! their health: one place that decides every backend's state and weight.
 
+mod http;
+mod kernel;
+
+pub use http::{BackendView, PeerState, ServiceView};
+pub use kernel::{Desired, DesiredBackend};
+
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
     net::{IpAddr, SocketAddr},
@@ -9,10 +15,10 @@ use std::{
 
 use anyhow::bail;
 
+use lb_common::ServiceKey;
+
 use crate::{
-    config::{BackendState, Config, Service},
-    proxy::{BackendView, HostPattern, PeerState, ServiceView},
-    dataplane::{Desired, DesiredBackend, service_key},
+    config::{BackendState, Config, Service, http::HostPattern},
     discovery::Registry,
     netdev,
 };
@@ -72,7 +78,7 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
             }),
             None => plan.services.push(Desired {
                 name: s.name.clone(),
-                key: service_key(vip, s.port, s.protocol.number()),
+                key: ServiceKey::new(vip, s.port, s.protocol.number()),
                 method: s.method,
                 backends: backends.iter().map(Planned::to_kernel).collect(),
             }),
@@ -124,7 +130,16 @@ impl Planned {
         } else {
             PeerState::Active
         };
-        BackendView { name: self.name, aliases: self.aliases, hosts: self.hosts, addr: self.addr, weight: self.weight, backup: self.backup, state, max_conns: self.max_conns }
+        BackendView {
+            name: self.name,
+            aliases: self.aliases,
+            hosts: self.hosts,
+            addr: self.addr,
+            weight: self.weight,
+            backup: self.backup,
+            state,
+            max_conns: self.max_conns,
+        }
     }
 }
 
@@ -189,7 +204,9 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
     // With probes configured, a backend serves once its first probe passed: a container
     // just started may not listen yet.
     let probed = s.probes().is_some();
-    let probe_ok = |v: &Vitals| if probed { v.probe == Some(true) } else { v.probe != Some(false) };
+    let probe_ok = |v: &Vitals| {
+        if probed { v.probe == Some(true) } else { v.probe != Some(false) }
+    };
     let healthy = |c: &Candidate, v: &Vitals| c.docker_healthy != Some(false) && probe_ok(v);
     let usable = |c: &Candidate, v: &Vitals| !c.draining && !c.down && healthy(c, v);
     let primary_up = candidates.iter().any(|(c, v)| !c.backup && usable(c, v));
@@ -222,10 +239,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
 
 /// A container's `xlb.host` names as routes; a name that is not a host is left out.
 fn host_patterns(backend: &str, names: &[String]) -> Vec<HostPattern> {
-    names
-        .iter()
-        .filter_map(|n| n.parse().map_err(|e| tracing::debug!(backend, "xlb.host ignored: {e}")).ok())
-        .collect()
+    names.iter().filter_map(|n| n.parse().map_err(|e| tracing::debug!(backend, "xlb.host ignored: {e}")).ok()).collect()
 }
 
 /// Slow start: the weight grows linearly from 1% to 100% over `period` after `since`.
@@ -319,7 +333,11 @@ mod tests {
         r.apply(Update {
             service: "api".into(),
             source: SourceKind::Docker,
-            backends: vec![discovered("10.1.0.1", false, true, None), discovered("10.1.0.2", false, false, Some(false)), discovered("10.1.0.3", false, false, Some(true))],
+            backends: vec![
+                discovered("10.1.0.1", false, true, None),
+                discovered("10.1.0.2", false, false, Some(false)),
+                discovered("10.1.0.3", false, false, Some(true)),
+            ],
         });
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
         let s: Vec<_> = states(&p).into_iter().map(|s| s.1).collect();
@@ -354,7 +372,9 @@ mod tests {
 
     #[test]
     fn container_aliases_reach_the_http_view_and_statics_have_none() {
-        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    docker: { name: api }\n    backends: [{ address: 10.1.0.9 }]\n");
+        let c = config(
+            "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    docker: { name: api }\n    backends: [{ address: 10.1.0.9 }]\n",
+        );
         let mut r = Registry::default();
         let mut d = discovered("10.1.0.1", false, false, None);
         d.name = "api-1".into();
@@ -374,25 +394,32 @@ mod tests {
         let v: Vec<_> = p.http[0].backends.iter().map(|b| (b.state, b.backup, b.max_conns)).collect();
         assert_eq!(v, [(PeerState::Active, false, Some(3)), (PeerState::Down, false, None), (PeerState::Active, true, None)]);
         // The kernel's view of the same: down and an idle backup take no new flows.
-        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - { address: 10.1.0.1, down: true }\n      - { address: 10.1.0.2, backup: true }\n      - { address: 10.1.0.3 }\n");
+        let c = config(
+            "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - { address: 10.1.0.1, down: true }\n      - { address: 10.1.0.2, backup: true }\n      - { address: 10.1.0.3 }\n",
+        );
         let p = plan(&c, "lo", &Registry::default(), Instant::now(), |_, _| Vitals::default()).unwrap();
         assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Draining, BackendState::Draining, BackendState::Active]);
-        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - { address: 10.1.0.1, down: true }\n      - { address: 10.1.0.2, backup: true }\n");
+        let c = config(
+            "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - { address: 10.1.0.1, down: true }\n      - { address: 10.1.0.2, backup: true }\n",
+        );
         let p = plan(&c, "lo", &Registry::default(), Instant::now(), |_, _| Vitals::default()).unwrap();
-        assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Draining, BackendState::Active], "the backup serves while the primary is down");
+        assert_eq!(
+            states(&p).iter().map(|s| s.1).collect::<Vec<_>>(),
+            [BackendState::Draining, BackendState::Active],
+            "the backup serves while the primary is down"
+        );
     }
 
     #[test]
     fn static_entries_win_and_ports_default() {
-        let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    docker: { name: api }\n    backends: [{ address: 10.1.0.1, port: 8080, state: draining }]\n");
+        let c = config(
+            "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    docker: { name: api }\n    backends: [{ address: 10.1.0.1, port: 8080, state: draining }]\n",
+        );
         let mut r = Registry::default();
         let mut d = discovered("10.1.0.1", false, false, None);
         d.port = Some(8080);
         r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d, discovered("10.1.0.2", false, false, None)] });
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
-        assert_eq!(
-            states(&p),
-            [("10.1.0.1:8080".to_string(), BackendState::Draining, 100), ("10.1.0.2:80".to_string(), BackendState::Active, 100)]
-        );
+        assert_eq!(states(&p), [("10.1.0.1:8080".to_string(), BackendState::Draining, 100), ("10.1.0.2:80".to_string(), BackendState::Active, 100)]);
     }
 }

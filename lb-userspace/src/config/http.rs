@@ -8,7 +8,7 @@ use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, de};
 
-use crate::config::{duration, parse_duration};
+use super::units::{duration, parse_duration};
 
 /// Options of an HTTP service. The lead embeds it as `http: Option<HttpOptions>` in
 /// `config::Service`.
@@ -331,12 +331,22 @@ pub enum Method {
     RoundRobin,
     LeastConn,
     IpHash,
-    Hash { key: HashKey, consistent: bool },
+    Hash {
+        key: HashKey,
+        consistent: bool,
+    },
     Random,
     /// Power of two random choices, keeping the better by `by`.
-    RandomTwo { by: TwoBy },
-    LeastTime { measure: TimeMeasure, inflight: bool },
-    PeakEwma { decay: Duration },
+    RandomTwo {
+        by: TwoBy,
+    },
+    LeastTime {
+        measure: TimeMeasure,
+        inflight: bool,
+    },
+    PeakEwma {
+        decay: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,7 +401,9 @@ impl FromStr for Method {
                 let inflight = match rest {
                     [] => false,
                     ["inflight"] => true,
-                    _ => return Err(err("least_time takes header or last_byte, then optionally inflight")),
+                    _ => {
+                        return Err(err("least_time takes header or last_byte, then optionally inflight"));
+                    }
                 };
                 Self::LeastTime { measure: m.parse().map_err(|e: String| err(&e))?, inflight }
             }
@@ -413,7 +425,9 @@ impl FromStr for Method {
                     k => match k.split_once(':') {
                         Some(("header", h)) if valid_token(h) => HashKey::Header(h.to_ascii_lowercase()),
                         Some(("cookie", c)) if valid_token(c) => HashKey::Cookie(c.to_owned()),
-                        _ => return Err(err("KEY is uri, path, client, header:NAME or cookie:NAME")),
+                        _ => {
+                            return Err(err("KEY is uri, path, client, header:NAME or cookie:NAME"));
+                        }
                     },
                 };
                 Self::Hash { key, consistent }
@@ -451,7 +465,9 @@ impl HttpOptions {
         }
         let l = &self.limits;
         if l.max_connections == 0 || l.max_request_line < 16 || l.max_header_bytes < l.max_request_line || l.max_headers == 0 {
-            return Err("limits: max_connections and max_headers must be above 0, max_request_line at least 16 and max_header_bytes at least max_request_line".into());
+            return Err(
+                "limits: max_connections and max_headers must be above 0, max_request_line at least 16 and max_header_bytes at least max_request_line".into()
+            );
         }
         Ok(())
     }
@@ -506,9 +522,48 @@ pub fn deserialize_checked<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Htt
     Ok(Some(o))
 }
 
+/// A balancing method as the config writes it (`least_time header inflight`).
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let measure = |t: &TimeMeasure| match t {
+            TimeMeasure::Header => "header",
+            TimeMeasure::LastByte => "last_byte",
+        };
+        let text: String = match self {
+            Method::RoundRobin => "round_robin".into(),
+            Method::LeastConn => "least_conn".into(),
+            Method::IpHash => "ip_hash".into(),
+            Method::Random => "random".into(),
+            Method::Hash { key, consistent } => {
+                let key = match key {
+                    HashKey::Uri => "uri".into(),
+                    HashKey::Path => "path".into(),
+                    HashKey::Client => "client".into(),
+                    HashKey::Header(h) => format!("header:{h}"),
+                    HashKey::Cookie(c) => format!("cookie:{c}"),
+                };
+                format!("hash {key}{}", if *consistent { " consistent" } else { "" })
+            }
+            Method::RandomTwo { by: TwoBy::LeastConn } => "random two least_conn".into(),
+            Method::RandomTwo { by: TwoBy::LeastTime(t) } => format!("random two least_time={}", measure(t)),
+            Method::LeastTime { measure: t, inflight } => format!("least_time {}{}", measure(t), if *inflight { " inflight" } else { "" }),
+            Method::PeakEwma { decay } => format!("peak_ewma decay={}s", decay.as_secs_f64()),
+        };
+        f.write_str(&text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_methods_read_as_written() {
+        for text in ["round_robin", "hash header:x-user consistent", "random two least_time=last_byte", "least_time header inflight", "peak_ewma decay=5s"] {
+            let m: Method = text.parse().unwrap();
+            assert_eq!(m.to_string(), text);
+        }
+    }
 
     #[test]
     fn methods_parse_like_nginx() {

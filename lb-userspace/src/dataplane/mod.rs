@@ -1,6 +1,10 @@
 //! The kernel side of xlb as user space holds it: the loaded programs, their
 //! attachments, and the maps, written from the desired set of services.
 
+pub mod features;
+pub mod maglev;
+pub mod pin;
+
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
@@ -18,16 +22,17 @@ use aya::{
     },
 };
 use lb_common::{
-    AF_INET, AF_INET6, Addr, Backend as KBackend, BackendState as KState, Conn, ConnKey, Counters,
-    DropReason, RevNat, Service as KService, ServiceKey, Settings, names,
+    Backend as KBackend, BackendState as KState, Conn, ConnKey, Counters, DropReason, RevNat, Service as KService, ServiceKey, Settings, addr_words, names,
+    words_addr,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     config::{self, BackendState},
-    maglev::{self, Entry},
-    pin::Scope,
+    plan::{Desired, DesiredBackend},
 };
+use maglev::Entry;
+use pin::Scope;
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -77,10 +82,7 @@ pub struct Limits {
 impl Limits {
     /// Entries of `TABLES`: a table per service and a spare.
     fn tables_len(&self) -> anyhow::Result<u32> {
-        (self.max_services + 1)
-            .checked_mul(self.table_size)
-            .filter(|n| *n <= 1 << 28)
-            .context("max_services x table_size is too large for one map")
+        (self.max_services + 1).checked_mul(self.table_size).filter(|n| *n <= 1 << 28).context("max_services x table_size is too large for one map")
     }
 
     /// The maps whose size the config sets, with that size.
@@ -99,31 +101,8 @@ impl Limits {
 
 impl From<&config::Dataplane> for Limits {
     fn from(d: &config::Dataplane) -> Self {
-        Self {
-            conntrack_size: d.conntrack_size.0,
-            table_size: d.table_size.0,
-            max_services: d.max_services.0,
-            hash_seed: d.hash_seed,
-        }
+        Self { conntrack_size: d.conntrack_size.0, table_size: d.table_size.0, max_services: d.max_services.0, hash_seed: d.hash_seed }
     }
-}
-
-/// A service as the data plane needs it: addresses resolved, ports chosen.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Desired {
-    /// The config's service name.
-    pub name: String,
-    pub key: ServiceKey,
-    pub method: config::Method,
-    pub backends: Vec<DesiredBackend>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DesiredBackend {
-    pub addr: IpAddr,
-    pub port: u16,
-    pub weight: u32,
-    pub state: BackendState,
 }
 
 /// A backend id is owned by one (service, address, port): its state is per service.
@@ -190,11 +169,7 @@ impl Dataplane {
         Self::open(limits, kernel_log, Some(scope))
     }
 
-    fn open(
-        limits: Limits,
-        kernel_log: aya_log::Level,
-        kept: Option<&Scope>,
-    ) -> anyhow::Result<(Self, aya_log::EbpfLogger<&'static dyn log::Log>)> {
+    fn open(limits: Limits, kernel_log: aya_log::Level, kept: Option<&Scope>) -> anyhow::Result<(Self, aya_log::EbpfLogger<&'static dyn log::Log>)> {
         if limits.max_services == 0 || limits.table_size < 3 {
             bail!("max_services must be above 0 and table_size at least 3");
         }
@@ -216,10 +191,7 @@ impl Dataplane {
                 kept_links.insert((program, iface), link);
             }
         }
-        let mut ebpf = loader
-            .override_global(aya_log::LEVEL, &level, true)
-            .load(OBJECT)
-            .context("loading the kernel programs")?;
+        let mut ebpf = loader.override_global(aya_log::LEVEL, &level, true).load(OBJECT).context("loading the kernel programs")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).context("opening the kernel log")?;
         let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
         xdp.load().with_context(|| format!("verifying {}", names::PROG_XDP))?;
@@ -274,7 +246,7 @@ impl Dataplane {
         let mut free = Vec::new();
         for id in 0..lb_common::MAX_BACKENDS {
             let b = backends.get(&id, 0)?;
-            let addr = key_addr(&ServiceKey { addr: b.addr, port: 0, proto: 0, family: b.family });
+            let addr = words_addr(&b.addr, b.family);
             let port = u16::from_be(b.port);
             match b.state {
                 s if s == KState::Empty as u8 => free.push(id),
@@ -313,8 +285,7 @@ impl Dataplane {
 
     /// Interfaces a kept data plane had the reply program on.
     pub fn kept_reply_ifaces(&self) -> Vec<String> {
-        let mut out: Vec<String> =
-            self.kept_links.keys().filter(|(p, _)| p == names::PROG_REPLY).map(|(_, i)| i.clone()).collect();
+        let mut out: Vec<String> = self.kept_links.keys().filter(|(p, _)| p == names::PROG_REPLY).map(|(_, i)| i.clone()).collect();
         out.sort();
         out
     }
@@ -367,7 +338,9 @@ impl Dataplane {
                     self.attachments.push(Attachment { program: names::PROG_XDP, iface: iface.to_owned(), link: LinkId::Xdp(id) });
                     return self.attach_tc(names::PROG_FWD, iface);
                 }
-                Err(e) => warn!(%iface, error = %e, "the kept XDP attachment is unusable: attaching anew"),
+                Err(e) => {
+                    warn!(%iface, error = %e, "the kept XDP attachment is unusable: attaching anew")
+                }
             }
         }
         let xdp: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
@@ -400,7 +373,9 @@ impl Dataplane {
                     self.attachments.push(Attachment { program: name, iface: iface.to_owned(), link: LinkId::Tc(id) });
                     return Ok(());
                 }
-                Err(e) => warn!(%iface, program = name, error = %e, "the kept TC attachment is unusable: attaching anew"),
+                Err(e) => {
+                    warn!(%iface, program = name, error = %e, "the kept TC attachment is unusable: attaching anew")
+                }
             }
         }
         // Kernels before 6.6 attach through a clsact qdisc; later ones use TCX links.
@@ -547,11 +522,7 @@ impl Dataplane {
         }
 
         let kept: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
-        let removed = old_backends
-            .iter()
-            .filter(|(id, _)| !kept.contains(id))
-            .map(|(id, b)| (*id, (d.key, b.addr, b.port)))
-            .collect();
+        let removed = old_backends.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, b)| (*id, (d.key, b.addr, b.port))).collect();
         self.services.insert(d.key, ServiceSlot { id, table: entry.table, backends, table_ids });
         Ok(removed)
     }
@@ -627,20 +598,11 @@ impl Dataplane {
             .iter()
             .flat_map(|(key, s)| s.backends.iter().map(move |(id, b)| (key, id, b)))
             .map(|(key, id, b)| {
-                Ok(BackendStats {
-                    service: *key,
-                    addr: b.addr,
-                    port: b.port,
-                    counters: sum(be.get(id, 0)?),
-                    active: self.active.get(id).copied().unwrap_or(0),
-                })
+                Ok(BackendStats { service: *key, addr: b.addr, port: b.port, counters: sum(be.get(id, 0)?), active: self.active.get(id).copied().unwrap_or(0) })
             })
             .collect::<anyhow::Result<_>>()?;
         let drops_map: PerCpuArray<_, u64> = map(&mut self.ebpf, names::DROPS)?;
-        let drops = DropReason::ALL
-            .iter()
-            .map(|r| Ok((r.name(), drops_map.get(&(*r as u32), 0)?.iter().sum())))
-            .collect::<anyhow::Result<_>>()?;
+        let drops = DropReason::ALL.iter().map(|r| Ok((r.name(), drops_map.get(&(*r as u32), 0)?.iter().sum()))).collect::<anyhow::Result<_>>()?;
         Ok(Stats { services, backends, drops })
     }
 }
@@ -660,35 +622,12 @@ pub struct BackendStats {
     pub active: u64,
 }
 
-/// An address as the kernel keys it: network-order words, IPv4 in word 0.
-pub fn addr_words(addr: IpAddr) -> (Addr, u8) {
-    match addr {
-        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            ([w(0), w(4), w(8), w(12)], AF_INET6)
-        }
-    }
-}
-
-/// The address a `ServiceKey` (or any kernel-side address) holds.
-pub fn key_addr(key: &ServiceKey) -> IpAddr {
-    let w = key.addr;
-    if key.family == AF_INET {
-        IpAddr::from(w[0].to_ne_bytes())
-    } else {
-        let mut o = [0u8; 16];
-        for (i, word) in w.iter().enumerate() {
-            o[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        IpAddr::from(o)
-    }
-}
-
-pub fn service_key(vip: IpAddr, port: u16, proto: u8) -> ServiceKey {
-    let (addr, family) = addr_words(vip);
-    ServiceKey { addr, port: port.to_be(), proto, family }
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The `TABLES` array mapped into our memory (it is created `BPF_F_MMAPABLE`). The
@@ -708,9 +647,7 @@ impl Tables {
         let bytes = (len as usize * 8).next_multiple_of(page);
         // SAFETY: a shared mapping of a BPF array of at least `bytes` (the kernel rounds
         // mmapable arrays up to whole pages); unmapped in Drop.
-        let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, data.fd().as_fd().as_raw_fd(), 0)
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, data.fd().as_fd().as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("mapping the selection tables");
         }
@@ -769,9 +706,7 @@ fn check_layout(scope: &Scope, sizes: &[(&str, u32)]) -> anyhow::Result<()> {
         let want = (def.map_type(), def.key_size(), (!devmap).then(|| (def.value_size(), def.map_flags())), max);
         let got = (kind, info.key_size(), (!devmap).then(|| (info.value_size(), info.map_flags())), info.max_entries());
         if want != got {
-            problems.push(format!(
-                "{name}: kept (type, key size, (value size, flags), entries) {got:?}, this xlb needs {want:?}"
-            ));
+            problems.push(format!("{name}: kept (type, key size, (value size, flags), entries) {got:?}, this xlb needs {want:?}"));
         }
     }
     if !problems.is_empty() {

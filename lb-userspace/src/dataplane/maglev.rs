@@ -93,11 +93,7 @@ mod tests {
     use super::*;
 
     fn entries(weights: &[u32]) -> Vec<Entry> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Entry { identity: [0x0a01_0000 + i as u32, 0, 0, 0, 8080], weight })
-            .collect()
+        weights.iter().enumerate().map(|(i, &weight)| Entry { identity: [0x0a01_0000 + i as u32, 0, 0, 0, 8080], weight }).collect()
     }
 
     fn shares(table: &[u32], n: usize) -> Vec<f64> {

@@ -1,6 +1,6 @@
 //! The admin HTTP endpoint (127.0.0.1:9100 by default): `GET /api/v1/services`
 //! (JSON) and `GET /metrics` (Prometheus), served from the latest status snapshot
-//! (refreshed every 2 s) plus the HTTP proxy's live counters (`metrics.rs`), and the
+//! (refreshed every 2 s) plus the HTTP proxy's live counters (`proxy/metrics.rs`), and the
 //! client side that `xlb status` uses.
 //!
 //! A few GET routes on loopback do not need a full HTTP stack: requests are read to
@@ -18,7 +18,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::status::Snapshot;
+use super::Snapshot;
+use crate::proxy::metrics::HttpMetrics;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +30,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("admin address {addr} (admin.address)"))
 }
 
-pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>) {
+pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>, http: Arc<HttpMetrics>) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin endpoint listening");
     }
@@ -44,20 +45,21 @@ pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<Snapsho
             }
         };
         let snapshot = snapshots.borrow().clone();
+        let http = http.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, &snapshot).await {
+            if let Err(e) = answer(conn, &snapshot, &http).await {
                 debug!(%peer, "admin request: {e:#}");
             }
         });
     }
 }
 
-async fn answer(mut conn: TcpStream, snapshot: &Snapshot) -> anyhow::Result<()> {
+async fn answer(mut conn: TcpStream, snapshot: &Snapshot, http: &HttpMetrics) -> anyhow::Result<()> {
     let head = timeout(IO_TIMEOUT, read_head(&mut conn)).await.context("request timed out")??;
     let line = head.lines().next().unwrap_or_default();
     let (status, kind, body) = match line.split(' ').collect::<Vec<_>>().as_slice() {
         ["GET", "/api/v1/services", _] => ("200 OK", "application/json", serde_json::to_string_pretty(snapshot)?),
-        ["GET", "/metrics", _] => ("200 OK", "text/plain; version=0.0.4", snapshot.metrics(&crate::metrics::HTTP)),
+        ["GET", "/metrics", _] => ("200 OK", "text/plain; version=0.0.4", snapshot.metrics(http)),
         ["GET", _, _] => ("404 Not Found", "text/plain", "not found\n".into()),
         [_, _, _] => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
         _ => ("400 Bad Request", "text/plain", "bad request\n".into()),

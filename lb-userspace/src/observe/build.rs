@@ -1,0 +1,155 @@
+//! The status snapshot, built from what the controller holds: the config, the last
+//! plan, discovery, health, the kernel's counters and the proxy's.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use super::{BackendStatus, Drop, ServiceStatus, Snapshot};
+use crate::{
+    config::{BackendState, Config, Service},
+    dataplane::Stats,
+    discovery::Registry,
+    health::{self, Health},
+    plan::{Desired, PeerState, ServiceView, WEIGHT_SCALE},
+    proxy::Proxy,
+};
+
+/// What a snapshot is read from.
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    /// The services as last written to the maps.
+    pub kernel: &'a [Desired],
+    /// The HTTP services as last handed to the proxy.
+    pub http: &'a [ServiceView],
+    pub registry: &'a Registry,
+    pub health: &'a Health,
+    pub stats: &'a Stats,
+    pub proxy: &'a Proxy,
+    /// Health changes per service and backend address.
+    pub backend_transitions: &'a HashMap<(String, SocketAddr), u64>,
+    pub discovery_events: &'a HashMap<String, u64>,
+}
+
+/// Builds the status snapshot from the config, the last plan, discovery, health
+/// and the kernel's counters, and hands it to the admin endpoint.
+pub fn snapshot(inp: &Inputs) -> Snapshot {
+    let stats = inp.stats;
+    let mut services = Vec::new();
+    for d in inp.kernel {
+        let Some(s) = inp.config.services.iter().find(|s| s.name == d.name) else {
+            continue;
+        };
+        let counters = stats.services.iter().find(|(k, _)| *k == d.key).map(|(_, c)| *c).unwrap_or_default();
+        let discovered = inp.registry.backends(&s.name);
+        let backends = d
+            .backends
+            .iter()
+            .map(|b| {
+                let c = stats.backends.iter().find(|x| x.service == d.key && x.addr == b.addr && x.port == b.port);
+                let found = discovered.iter().find(|x| x.addr == b.addr && x.port.unwrap_or(s.port) == b.port);
+                let probe = inp.health.healthy(&health::Target { service: s.name.clone(), addr: SocketAddr::new(b.addr, b.port) });
+                let state = match (b.state, probe, found) {
+                    (BackendState::Active, _, _) => "healthy",
+                    (_, Some(false), _) => "unhealthy",
+                    (_, _, Some(f)) if f.healthy == Some(false) => "unhealthy",
+                    (_, _, Some(f)) if f.backup && !f.draining => "backup",
+                    _ => "draining",
+                };
+                let counters = c.map(|c| c.counters).unwrap_or_default();
+                BackendStatus {
+                    address: SocketAddr::new(b.addr, b.port).to_string(),
+                    name: found.map_or_else(|| b.addr.to_string(), |f| f.name.clone()),
+                    origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
+                    state: state.to_owned(),
+                    weight: f64::from(b.weight) / f64::from(WEIGHT_SCALE),
+                    active_connections: c.map_or(0, |c| c.active),
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    new_flows: counters.new_flows,
+                    new_flows_per_sec: 0.0,
+                    bytes_per_sec: 0.0,
+                    requests: 0,
+                    health_transitions: inp.backend_transitions.get(&(s.name.clone(), SocketAddr::new(b.addr, b.port))).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        let sources = s.sources();
+        let vip = d.key.ip();
+        services.push(ServiceStatus {
+            name: s.name.clone(),
+            vip: vip.to_string(),
+            port: s.port,
+            protocol: s.protocol.to_string(),
+            method: format!("{:?}", s.method).to_lowercase(),
+            sources,
+            packets: counters.packets,
+            bytes: counters.bytes,
+            new_flows: counters.new_flows,
+            requests: 0,
+            backends,
+        });
+    }
+    for v in inp.http {
+        let Some(s) = inp.config.services.iter().find(|s| s.name == v.name) else {
+            continue;
+        };
+        services.push(http_status(inp, s, v));
+    }
+    let snapshot = Snapshot {
+        services,
+        drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
+        health_transitions: inp.backend_transitions.values().sum(),
+        discovery_events: inp.discovery_events.clone(),
+    };
+    snapshot
+}
+
+/// An HTTP service's status: the proxy's view of its backends, its requests in
+/// flight, and the requests counted for `/metrics`.
+fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
+    let discovered = inp.registry.backends(&s.name);
+    let in_flight = inp.proxy.counters(&v.name);
+    let requests = inp.proxy.metrics().requests(&v.name);
+    let backends = v
+        .backends
+        .iter()
+        .map(|b| {
+            let found = discovered.iter().find(|x| x.addr == b.addr.ip() && x.port.unwrap_or(s.port) == b.addr.port());
+            let probe = inp.health.healthy(&health::Target { service: s.name.clone(), addr: b.addr });
+            let state = match b.state {
+                PeerState::Active if b.backup => "backup",
+                PeerState::Active => "healthy",
+                PeerState::Draining => "draining",
+                PeerState::Down if probe == Some(false) || found.is_some_and(|f| f.healthy == Some(false)) => "unhealthy",
+                PeerState::Down => "down",
+            };
+            BackendStatus {
+                address: b.addr.to_string(),
+                name: b.name.clone(),
+                origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
+                state: state.to_owned(),
+                weight: f64::from(b.weight) / f64::from(WEIGHT_SCALE),
+                active_connections: in_flight.get(&b.name).map_or(0, |c| u64::from(c.0)),
+                packets: 0,
+                bytes: 0,
+                new_flows: 0,
+                new_flows_per_sec: 0.0,
+                bytes_per_sec: 0.0,
+                requests: requests.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, n)| n).sum(),
+                health_transitions: inp.backend_transitions.get(&(s.name.clone(), b.addr)).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    ServiceStatus {
+        name: s.name.clone(),
+        vip: v.listen.ip().to_string(),
+        port: v.listen.port(),
+        protocol: s.protocol.to_string(),
+        method: v.options.method.to_string(),
+        sources: s.sources(),
+        packets: 0,
+        bytes: 0,
+        new_flows: 0,
+        requests: requests.iter().map(|(_, n)| n).sum(),
+        backends,
+    }
+}

@@ -1,0 +1,56 @@
+//! The `xlb status` table.
+
+use std::fmt::Write as _;
+
+use super::Snapshot;
+
+impl Snapshot {
+    /// The `xlb status` table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for s in &self.services {
+            if s.protocol == "http" {
+                let _ =
+                    writeln!(out, "{} {}:{}/{} method={} sources={} requests={}", s.name, s.vip, s.port, s.protocol, s.method, s.sources.join(","), s.requests);
+                let _ =
+                    writeln!(out, "  {:<28} {:<24} {:<20} {:<10} {:>6} {:>9} {:>10}", "BACKEND", "NAME", "ORIGIN", "STATE", "WEIGHT", "IN FLIGHT", "REQUESTS");
+                for b in &s.backends {
+                    let _ = writeln!(
+                        out,
+                        "  {:<28} {:<24} {:<20} {:<10} {:>6.2} {:>9} {:>10}",
+                        b.address, b.name, b.origin, b.state, b.weight, b.active_connections, b.requests
+                    );
+                }
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{} {}:{}/{} method={} sources={} flows={} packets={} bytes={}",
+                s.name,
+                s.vip,
+                s.port,
+                s.protocol,
+                s.method,
+                s.sources.join(","),
+                s.new_flows,
+                s.packets,
+                s.bytes
+            );
+            let _ = writeln!(
+                out,
+                "  {:<28} {:<24} {:<20} {:<10} {:>6} {:>7} {:>10} {:>12} {:>10}",
+                "BACKEND", "NAME", "ORIGIN", "STATE", "WEIGHT", "ACTIVE", "FLOWS/S", "BYTES/S", "FLOWS"
+            );
+            for b in &s.backends {
+                let _ = writeln!(
+                    out,
+                    "  {:<28} {:<24} {:<20} {:<10} {:>6.2} {:>7} {:>10.1} {:>12.0} {:>10}",
+                    b.address, b.name, b.origin, b.state, b.weight, b.active_connections, b.new_flows_per_sec, b.bytes_per_sec, b.new_flows
+                );
+            }
+        }
+        let drops: Vec<String> = self.drops.iter().map(|d| format!("{}={}", d.reason, d.packets)).collect();
+        let _ = writeln!(out, "drops: {}", drops.join(" "));
+        out
+    }
+}

@@ -1,0 +1,25 @@
+//! What the plan hands the data plane: services with resolved addresses and ports.
+
+use std::net::IpAddr;
+
+use lb_common::ServiceKey;
+
+use crate::config::{BackendState, Method};
+
+/// A service as the data plane needs it: addresses resolved, ports chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The config's service name.
+    pub name: String,
+    pub key: ServiceKey,
+    pub method: Method,
+    pub backends: Vec<DesiredBackend>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DesiredBackend {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+}

@@ -94,13 +94,12 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         };
         services.push(http_status(inp, s, v));
     }
-    let snapshot = Snapshot {
+    Snapshot {
         services,
         drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
         health_transitions: inp.backend_transitions.values().sum(),
         discovery_events: inp.discovery_events.clone(),
-    };
-    snapshot
+    }
 }
 
 /// An HTTP service's status: the proxy's view of its backends, its requests in

@@ -146,9 +146,12 @@ impl Sources {
     }
 }
 
+/// Spawns a source task with the receiving end of its watches.
+type Start<W> = Box<dyn FnOnce(watch::Receiver<Vec<W>>)>;
+
 /// One source task and the watches it was handed.
 struct Source<W> {
-    start: Option<Box<dyn FnOnce(watch::Receiver<Vec<W>>)>>,
+    start: Option<Start<W>>,
     watches: Option<watch::Sender<Vec<W>>>,
 }
 

@@ -26,6 +26,7 @@ use super::{
     balance::Pick,
     ewma::{InFlight, Stats},
     guard::{ConnShared, RequestGuard},
+    headers::{HOP_BY_HOP, connection_tokens, strip_hop_by_hop},
     metrics::{Exchange, Recording},
     route::normalize_host,
     server::{ServiceRt, Site},
@@ -35,18 +36,6 @@ use crate::config::http::{DEFAULT_EWMA_DECAY, HashKey, Method, canonical};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies sent to backends.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-
-/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1), plus
-/// `Proxy-Connection` and `Trailer`.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -462,23 +451,6 @@ fn upstream_headers(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, peer
         }
     }
     out
-}
-
-/// The headers a `Connection` header names: hop-by-hop for this message only.
-fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
-}
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named = connection_tokens(h);
-    for n in HOP_BY_HOP.iter().chain(&named) {
-        h.remove(n);
-    }
 }
 
 /// The backend's response, for the client.

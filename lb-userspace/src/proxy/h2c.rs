@@ -20,11 +20,13 @@ use std::{
 };
 
 use hyper::{
-    HeaderMap, Method, Request, Version,
+    Method, Request, Version,
     body::{Body, Incoming},
     header::{self, HeaderName},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::headers::connection_tokens;
 
 /// The client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -96,10 +98,6 @@ fn is_connection_specific(name: &HeaderName) -> bool {
         HeaderName::from_static("http2-settings"),
     ]
     .contains(name)
-}
-
-fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
-    h.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok()).collect()
 }
 
 /// HPACK "literal header field without indexing, new name" (RFC 7541 6.2.2), no Huffman.

@@ -20,6 +20,7 @@ pub mod ewma;
 pub mod forward;
 pub mod guard;
 pub mod h2c;
+pub mod headers;
 pub mod metrics;
 pub mod route;
 pub mod server;

@@ -6,6 +6,10 @@
 //! of the effective verdict, in the order the changes happened, so the owner knows
 //! when to rebuild its tables. Must be created inside a tokio runtime.
 
+mod window;
+
+pub use window::FailureWindow;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -68,12 +72,8 @@ struct Shared {
 struct State {
     /// The active probes' verdict; `None` until the first probe ends.
     probe: Option<bool>,
-    /// Passive failures inside the current window.
-    fails: Vec<Instant>,
-    /// The window of those failures, as last reported.
-    fail_timeout: Duration,
-    /// Passively marked down until then.
-    down_until: Option<Instant>,
+    /// Passive failures, and whether they marked it down.
+    fails: FailureWindow,
     /// The effective verdict last announced; `None` before the first.
     announced: Option<bool>,
     /// When it last recovered.
@@ -82,10 +82,7 @@ struct State {
 
 impl State {
     fn healthy(&self, now: Instant) -> Option<bool> {
-        match self.down_until {
-            Some(t) if t > now => Some(false),
-            _ => self.probe,
-        }
+        if self.fails.is_down(now) { Some(false) } else { self.probe }
     }
 }
 
@@ -186,28 +183,12 @@ impl Health {
             // not down (nor awaiting the recovery event), no recent failure, no
             // recent recovery (slow start).
             states.retain(|t, s| {
-                self.probes.contains_key(t)
-                    || s.announced == Some(false)
-                    || s.down_until.is_some_and(|u| u > now)
-                    || s.fails.iter().any(|&f| now - f < s.fail_timeout)
-                    || s.since.is_some_and(|r| now - r < FORGET_AFTER)
+                self.probes.contains_key(t) || s.announced == Some(false) || s.fails.is_live(now) || s.since.is_some_and(|r| now - r < FORGET_AFTER)
             });
             states.entry(t.clone()).or_default();
         }
         let mut marked = false;
-        self.shared.update(t, |s| {
-            if s.down_until.is_some_and(|u| u > now) {
-                return;
-            }
-            s.fail_timeout = fail_timeout;
-            s.fails.retain(|&f| now - f < fail_timeout);
-            s.fails.push(now);
-            if s.fails.len() >= max_fails as usize {
-                s.fails.clear();
-                s.down_until = Some(now + fail_timeout);
-                marked = true;
-            }
-        });
+        self.shared.update(t, |s| marked = s.fails.fail(max_fails, fail_timeout, now));
         if marked {
             warn!(service = %t.service, addr = %t.addr, "{max_fails} failures within {fail_timeout:?}: out for {fail_timeout:?}");
             let (shared, t) = (self.shared.clone(), t.clone());

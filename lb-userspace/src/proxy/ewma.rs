@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::health::FailureWindow;
+
 /// Weight of a new sample in the `least_time` moving averages:
 /// `avg ← avg + α·(sample − avg)`, α = 1/4 (the first sample is taken as is).
 pub const LEAST_TIME_ALPHA: f64 = 0.25;
@@ -73,7 +75,7 @@ pub struct Stats {
     /// `least_time ... inflight`.
     inflight_sum: AtomicU64,
     times: Mutex<Times>,
-    fails: Mutex<Fails>,
+    fails: Mutex<FailureWindow>,
     /// Requests sent to it, all time (for tests and status).
     pub requests: AtomicU64,
 }
@@ -83,12 +85,6 @@ struct Times {
     header: MovingAvg,
     last_byte: MovingAvg,
     peak: PeakEwma,
-}
-
-#[derive(Debug, Default)]
-struct Fails {
-    recent: Vec<Instant>,
-    down_until: Option<Instant>,
 }
 
 fn epoch() -> Instant {
@@ -152,26 +148,12 @@ impl Stats {
     /// Records a failure; `max_fails` of them within `window` take the backend out for
     /// `window` (nginx's max_fails/fail_timeout). Says whether this one did.
     pub fn fail(&self, max_fails: u32, window: Duration, now: Instant) -> bool {
-        if max_fails == 0 {
-            return false;
-        }
-        let mut f = lock(&self.fails);
-        if f.down_until.is_some_and(|u| u > now) {
-            return false;
-        }
-        f.recent.retain(|&t| now.saturating_duration_since(t) < window);
-        f.recent.push(now);
-        if f.recent.len() >= max_fails as usize {
-            f.recent.clear();
-            f.down_until = Some(now + window);
-            return true;
-        }
-        false
+        lock(&self.fails).fail(max_fails, window, now)
     }
 
     /// Out after failures, for now.
     pub fn is_failed(&self, now: Instant) -> bool {
-        lock(&self.fails).down_until.is_some_and(|u| u > now)
+        lock(&self.fails).is_down(now)
     }
 }
 

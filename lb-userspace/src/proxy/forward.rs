@@ -22,20 +22,16 @@ use tokio::time::Sleep;
 use tracing::debug;
 
 use super::{
-    Failure, FailureKind,
-    balance::Pick,
+    balance::{Peer, Pick},
     ewma::{InFlight, Stats},
+    failure::{Failure, FailureKind},
     guard::{ConnShared, RequestGuard},
     headers::{HOP_BY_HOP, connection_tokens, strip_hop_by_hop},
-    metrics::{Exchange, Recording},
+    metrics::HttpMetrics,
     route::normalize_host,
-    server::{ServiceRt, Site},
+    site::{BoxError, ServiceRt, Site},
 };
 use crate::config::http::{DEFAULT_EWMA_DECAY, HashKey, Method, canonical};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Bodies sent to backends.
-pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -373,7 +369,7 @@ fn source_chain_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn report(svc: &ServiceRt, peer: &super::balance::Peer, kind: FailureKind) {
+fn report(svc: &ServiceRt, peer: &Peer, kind: FailureKind) {
     let o = &svc.options;
     if peer.stats.fail(o.max_fails, o.fail_timeout, Instant::now()) {
         tracing::warn!(service = %svc.name, backend = %peer.name, "{} failures within {:?}: out for {:?}", o.max_fails, o.fail_timeout, o.fail_timeout);
@@ -573,5 +569,50 @@ impl Body for UpstreamResponse {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// One request through the proxy, from its arrival to the end of its response.
+pub struct Exchange {
+    metrics: Arc<HttpMetrics>,
+    started: Instant,
+    service: Option<Arc<ServiceRt>>,
+    backend: Option<Arc<Peer>>,
+}
+
+impl Exchange {
+    pub fn start(metrics: &Arc<HttpMetrics>) -> Self {
+        Self { metrics: metrics.clone(), started: Instant::now(), service: None, backend: None }
+    }
+
+    /// The request was routed to `svc`.
+    pub fn routed(&mut self, svc: &Arc<ServiceRt>) {
+        self.service = Some(svc.clone());
+    }
+
+    /// `peer`'s response goes to the client.
+    pub fn answered_by(&mut self, peer: &Arc<Peer>) {
+        self.backend = Some(peer.clone());
+    }
+
+    /// The exchange, recorded with `status` when the returned value is dropped: the
+    /// response body holds it, so the duration covers the body's transfer too.
+    pub fn finish(self, status: StatusCode) -> Recording {
+        Recording { status: status.as_u16(), exchange: self }
+    }
+}
+
+/// An [`Exchange`] with its status, recorded on drop.
+pub struct Recording {
+    status: u16,
+    exchange: Exchange,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let e = &self.exchange;
+        let service = e.service.as_ref().map_or("", |s| s.name.as_str());
+        let backend = e.backend.as_ref().map(|p| (p.addr, p.name.as_str()));
+        e.metrics.record(service, backend, self.status, e.started.elapsed().as_secs_f64());
     }
 }

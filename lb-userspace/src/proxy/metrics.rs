@@ -4,8 +4,8 @@
 //! The labels are those of the kernel's per-backend metrics (`observe/prometheus.rs`): `service`,
 //! `backend` (the address) and `name` (the container's name, else the address).
 //!
-//! The proxy tells an [`Exchange`] which service and backend a request went to; the
-//! exchange is recorded when the response body is finished (sent whole, or dropped
+//! The proxy tells an `Exchange` (`forward.rs`) which service and backend a request went
+//! to; the exchange is recorded when the response body is finished (sent whole, or dropped
 //! because the client went away), so the duration is the client's whole wait: routing,
 //! retries, the backend's answer and the body's transfer. Answers xlb made itself (no
 //! route, every try failed, a bad request) carry empty `backend` and `name` labels, and
@@ -20,12 +20,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, RwLock},
-    time::Instant,
 };
-
-use hyper::StatusCode;
-
-use super::{balance::Peer, server::ServiceRt};
 
 /// Upper bounds of the duration histogram's buckets, in seconds (`+Inf` is implied).
 pub const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -34,8 +29,11 @@ pub const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 /// service has a handful of backends: they are looked up in a list.
 #[derive(Default)]
 pub struct HttpMetrics {
-    services: RwLock<HashMap<String, Vec<(Option<Backend>, Arc<Series>)>>>,
+    services: RwLock<HashMap<String, BackendSeries>>,
 }
+
+/// One service's series, by backend.
+type BackendSeries = Vec<(Option<Backend>, Arc<Series>)>;
 
 /// A backend as the labels name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,50 +128,5 @@ impl HttpMetrics {
             .collect();
         out.sort_by(|a, b| (&a.0, a.1.as_ref().map(|b| (b.addr, &b.name))).cmp(&(&b.0, b.1.as_ref().map(|b| (b.addr, &b.name)))));
         out
-    }
-}
-
-/// One request through the proxy, from its arrival to the end of its response.
-pub struct Exchange {
-    metrics: Arc<HttpMetrics>,
-    started: Instant,
-    service: Option<Arc<ServiceRt>>,
-    backend: Option<Arc<Peer>>,
-}
-
-impl Exchange {
-    pub fn start(metrics: &Arc<HttpMetrics>) -> Self {
-        Self { metrics: metrics.clone(), started: Instant::now(), service: None, backend: None }
-    }
-
-    /// The request was routed to `svc`.
-    pub fn routed(&mut self, svc: &Arc<ServiceRt>) {
-        self.service = Some(svc.clone());
-    }
-
-    /// `peer`'s response goes to the client.
-    pub fn answered_by(&mut self, peer: &Arc<Peer>) {
-        self.backend = Some(peer.clone());
-    }
-
-    /// The exchange, recorded with `status` when the returned value is dropped: the
-    /// response body holds it, so the duration covers the body's transfer too.
-    pub fn finish(self, status: StatusCode) -> Recording {
-        Recording { status: status.as_u16(), exchange: self }
-    }
-}
-
-/// An [`Exchange`] with its status, recorded on drop.
-pub struct Recording {
-    status: u16,
-    exchange: Exchange,
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        let e = &self.exchange;
-        let service = e.service.as_ref().map_or("", |s| s.name.as_str());
-        let backend = e.backend.as_ref().map(|p| (p.addr, p.name.as_str()));
-        e.metrics.record(service, backend, self.status, e.started.elapsed().as_secs_f64());
     }
 }

@@ -26,15 +26,15 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    BackendCounters, FailureSink,
     balance::{Balancer, Peer, cookie_value},
     ewma::Stats,
-    forward::ProxyBody,
-    forward::{self, UpstreamBody},
+    failure::FailureSink,
+    forward::{self, ProxyBody},
     guard::{ClientTimeouts, ConnShared, GuardedIo, HeadLimits},
     h2c,
     metrics::HttpMetrics,
     route::{BackendHosts, Router},
+    site::{ClientLimits, ServiceRt, Site, UpstreamClient},
 };
 use crate::{
     config::http::{HttpOptions, Method},
@@ -52,35 +52,8 @@ const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-/// One service, as requests use it.
-pub struct ServiceRt {
-    pub name: String,
-    pub options: HttpOptions,
-    pub balancer: Balancer,
-    /// Which backends serve which host (`BackendView::hosts`).
-    pub backend_hosts: BackendHosts,
-    pub client: UpstreamClient,
-    pub sink: Arc<dyn FailureSink>,
-}
-
-/// What the requests of one listener read: swapped whole on update.
-pub struct Site {
-    pub router: Router,
-    pub services: Vec<Arc<ServiceRt>>,
-    pub client: ClientLimits,
-    pub metrics: Arc<HttpMetrics>,
-}
-
-/// Client-side limits of a listener (the smallest of its services').
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ClientLimits {
-    pub head: HeadLimits,
-    pub timeouts: ClientTimeouts,
-    pub max_connections: u32,
-    pub max_headers: usize,
-}
+/// Requests in flight and requests sent, per backend name, of one service.
+pub type BackendCounters = HashMap<String, (u32, u64)>;
 
 type Slot = Arc<RwLock<Arc<Site>>>;
 

@@ -1,7 +1,6 @@
 //! `cargo xtask build`, and where the workspace's cargo and outputs are.
 use std::{
     env,
-    ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -20,28 +19,19 @@ pub fn build(release: bool) -> Result<PathBuf> {
         cargo.arg("--release");
     }
     cmd::run(&mut cargo)?;
-    Ok(target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("xlb"))
+    Ok(target_dir().join(if release { "release" } else { "debug" }).join("xlb"))
 }
 
 /// cargo, run in the workspace root with `-Z` flags allowed on the stable toolchain
 /// (aya-build compiles the kernel crate with `-Z build-std=core`).
 pub fn cargo() -> Command {
-    let mut cmd = Command::new(cargo_program());
+    let mut cmd = Command::new(cmd::cargo_program());
     cmd.current_dir(root()).env("RUSTC_BOOTSTRAP", "1");
     cmd
 }
 
-/// The cargo that runs this task, so that nested builds use the same toolchain.
-pub fn cargo_program() -> OsString {
-    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
-}
-
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root")
 }
 
 /// The workspace's target directory, as absolute path: `XLB_BIN` must point at the binary

@@ -2,13 +2,18 @@
 //! all) shows exactly what was done and can be replayed by hand.
 use std::{
     env,
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+/// The cargo that runs this task, so that nested builds use the same toolchain.
+pub fn cargo_program() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -23,10 +28,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` and returns its stdout; on failure the error carries the last line of stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let line = echo(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| start_error(&line))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| start_error(&line))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
@@ -39,11 +41,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 /// not an error.
 pub fn probe(cmd: &mut Command) -> bool {
     echo(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|status| status.success())
 }
 
 /// Starts `cmd` without waiting for it.
@@ -63,10 +61,7 @@ pub fn exec(cmd: &mut Command) -> anyhow::Error {
 pub fn which(program: &str) -> Option<PathBuf> {
     env::split_paths(&env::var_os("PATH")?)
         .map(|dir| dir.join(program))
-        .find(|path| {
-            path.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Whether this process runs as root: attaching XDP programs, network namespaces, apt and
@@ -82,12 +77,8 @@ fn start_error(line: &str) -> String {
 
 /// Prints `cmd` as a shell line, with the environment variables it sets.
 fn echo(cmd: &Command) -> String {
-    let envs = cmd.get_envs().filter_map(|(key, value)| {
-        value.map(|value| format!("{}={}", key.to_string_lossy(), quote(value)))
-    });
-    let words = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(quote);
+    let envs = cmd.get_envs().filter_map(|(key, value)| value.map(|value| format!("{}={}", key.to_string_lossy(), quote(value))));
+    let words = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(quote);
     let line = envs.chain(words).collect::<Vec<_>>().join(" ");
     eprintln!("$ {line}");
     line
@@ -96,9 +87,5 @@ fn echo(cmd: &Command) -> String {
 fn quote(word: &OsStr) -> String {
     let word = word.to_string_lossy();
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c);
-    if !word.is_empty() && word.chars().all(plain) {
-        word.into_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
+    if !word.is_empty() && word.chars().all(plain) { word.into_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }

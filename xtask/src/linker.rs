@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 
-use crate::{build, cmd, toolchain};
+use crate::{cmd, toolchain};
 
 /// Whether a bpf-linker is on PATH and starts (it fails to when its libLLVM went away).
 pub fn works() -> bool {
@@ -25,7 +25,7 @@ pub fn install() -> Result<()> {
     let prefix = prefix_dir()?;
     make_prefix(&prefix, &libllvm)?;
     cmd::run(
-        Command::new(build::cargo_program())
+        Command::new(cmd::cargo_program())
             .args([
                 "install",
                 "bpf-linker",
@@ -49,9 +49,7 @@ pub fn install() -> Result<()> {
 fn prefix_dir() -> Result<PathBuf> {
     let cargo_home = match env::var_os("CARGO_HOME") {
         Some(dir) => PathBuf::from(dir),
-        None => env::home_dir()
-            .ok_or_else(|| anyhow!("neither CARGO_HOME nor HOME is set"))?
-            .join(".cargo"),
+        None => env::home_dir().ok_or_else(|| anyhow!("neither CARGO_HOME nor HOME is set"))?.join(".cargo"),
     };
     Ok(cargo_home.join("xlb-llvm"))
 }
@@ -61,23 +59,13 @@ fn find_libllvm(dir: &Path, major: u32, minor: u32) -> Result<PathBuf> {
     let wanted = format!("libLLVM.so.{major}.{minor}-rust-");
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("reading {}", dir.display()))?
-            .path();
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(&wanted))
-        {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&wanted)) {
             found.push(path);
         }
     }
     found.sort();
-    found.pop().ok_or_else(|| {
-        anyhow!(
-            "no {wanted}* in {}: bpf-linker needs a rustup toolchain's libLLVM",
-            dir.display()
-        )
-    })
+    found.pop().ok_or_else(|| anyhow!("no {wanted}* in {}: bpf-linker needs a rustup toolchain's libLLVM", dir.display()))
 }
 
 /// Lays out `prefix` like an LLVM install for bpf-linker's build script (`LLVM_PREFIX`):
@@ -91,11 +79,8 @@ fn make_prefix(prefix: &Path, libllvm: &Path) -> Result<()> {
     }
     let config = bin.join("llvm-config");
     fs::write(&config, "#!/bin/sh\n").with_context(|| format!("writing {}", config.display()))?;
-    fs::set_permissions(&config, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("making {} executable", config.display()))?;
-    let name = libllvm
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no file name", libllvm.display()))?;
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o755)).with_context(|| format!("making {} executable", config.display()))?;
+    let name = libllvm.file_name().ok_or_else(|| anyhow!("{} has no file name", libllvm.display()))?;
     for link in [lib.join("libLLVM.so"), lib.join(name)] {
         match fs::remove_file(&link) {
             Err(err) if err.kind() != ErrorKind::NotFound => {
@@ -133,12 +118,8 @@ mod tests {
     #[test]
     fn finds_the_versioned_libllvm() {
         let dir = Scratch::new("find-libllvm");
-        for name in [
-            "libLLVM-22-rust-1.95.0-stable.so",
-            "libLLVM.so.21.1-rust-1.90.0-stable",
-            "libLLVM.so.22.1-rust-1.95.0-stable",
-            "librustc_driver-0123.so",
-        ] {
+        for name in ["libLLVM-22-rust-1.95.0-stable.so", "libLLVM.so.21.1-rust-1.90.0-stable", "libLLVM.so.22.1-rust-1.95.0-stable", "librustc_driver-0123.so"]
+        {
             fs::write(dir.0.join(name), "").unwrap();
         }
         let found = find_libllvm(&dir.0, 22, 1).unwrap();
@@ -158,10 +139,7 @@ mod tests {
         let config = fs::metadata(prefix.join("bin/llvm-config")).unwrap();
         assert_ne!(config.permissions().mode() & 0o111, 0);
         for name in ["libLLVM.so", "libLLVM.so.22.1-rust-1.95.0-stable"] {
-            assert_eq!(
-                fs::read_link(prefix.join("lib").join(name)).unwrap(),
-                libllvm
-            );
+            assert_eq!(fs::read_link(prefix.join("lib").join(name)).unwrap(), libllvm);
         }
     }
 }

@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod cmd;
 mod docker;
+mod layers;
 mod linker;
 mod run;
 mod setup;
@@ -54,6 +55,8 @@ enum Task {
     Bench(bench::Options),
     /// Run the data plane tests on other kernels (Debian packages) under QEMU.
     Vm(vm::Options),
+    /// Check the imports between source files: no cycle, lb-userspace's rooms one way.
+    Layers,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::test(&args),
         Task::Bench(options) => bench::bench(&options),
         Task::Vm(options) => vm::vm(&options),
+        Task::Layers => layers::layers(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@ use std::ffi::OsString;
 
 use anyhow::{Result, bail};
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, layers, setup};
 
 /// One `cargo test` run.
 struct Suite {
@@ -16,13 +16,7 @@ const SUITES: &[Suite] = &[
     Suite {
         name: "crate tests",
         // lb-ebpf only builds for the BPF target.
-        cargo_args: &[
-            "--workspace",
-            "--exclude",
-            "lb-ebpf",
-            "--exclude",
-            "xlb-tests",
-        ],
+        cargo_args: &["--workspace", "--exclude", "lb-ebpf", "--exclude", "xlb-tests"],
         harness_args: &[],
     },
     Suite {
@@ -37,17 +31,12 @@ const SUITES: &[Suite] = &[
 /// `args` go to the test binaries (filters, `--nocapture`, ...).
 pub fn test(args: &[OsString]) -> Result<()> {
     setup::check_test()?;
+    layers::check(layers::GATED)?;
     let bin = build::build(false)?;
     let mut failed = Vec::new();
     for suite in SUITES {
         let mut cargo = build::cargo();
-        cargo
-            .args(["test", "--no-fail-fast"])
-            .args(suite.cargo_args)
-            .env("XLB_BIN", &bin)
-            .arg("--")
-            .args(suite.harness_args)
-            .args(args);
+        cargo.args(["test", "--no-fail-fast"]).args(suite.cargo_args).env("XLB_BIN", &bin).arg("--").args(suite.harness_args).args(args);
         // A failing suite does not stop the next: CI should report every failure at once.
         if let Err(err) = cmd::run(&mut cargo) {
             eprintln!("{}: {err:#}", suite.name);

@@ -21,7 +21,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{Discovered, DnsWatch, SourceKind, Update};
+use super::update::{Discovered, DnsWatch, SourceKind, Update};
 
 /// Keeps one task per watch running until `watches` closes (or this future is
 /// dropped). A watch that goes away without a replacement for its service leaves an

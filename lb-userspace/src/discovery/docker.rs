@@ -28,7 +28,7 @@ use bollard::{
 use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use tokio::sync::{mpsc, watch};
 
-use super::{Discovered, DockerWatch, SourceKind, Update};
+use super::update::{Discovered, DockerWatch, SourceKind, Update};
 
 /// The xlb service a container joins.
 pub const LABEL_SERVICE: &str = "xlb.service";

@@ -84,10 +84,10 @@ pub fn rates(now: &mut Snapshot, prev: &Snapshot, elapsed_secs: f64) {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub mod tests {
     use super::*;
 
-    pub(in crate::observe) fn snapshot(flows: u64) -> Snapshot {
+    pub(crate) fn snapshot(flows: u64) -> Snapshot {
         Snapshot {
             services: vec![ServiceStatus {
                 name: "web \"a\"".into(),

@@ -12,7 +12,7 @@
 //!   program, and one clock read and bottom-half toggle around it, not the syscall); the
 //!   "not a service" case shows that floor. Counters check that each case took the path it
 //!   names.
-//! - **Maglev table build** (`xlb::maglev::maglev`) for 10, 100 and 1,000 backends.
+//! - **Maglev table build** (`xlb::dataplane::maglev::maglev`) for 10, 100 and 1,000 backends.
 //! - **Map sync** (`Dataplane::sync`) of 1,000 services and 10,000 backends, then of a
 //!   one-backend change.
 use std::{

@@ -474,7 +474,7 @@ impl Results {
             )
             .unwrap();
         }
-        s.push_str("\nMaglev table build (`xlb::maglev::maglev`), one thread:\n\n");
+        s.push_str("\nMaglev table build (`xlb::dataplane::maglev::maglev`), one thread:\n\n");
         s.push_str("| backends | table slots | median ms (min–max) | runs |\n|--:|--:|--:|--:|\n");
         for c in m["maglev"].as_array().into_iter().flatten() {
             let f = |k: &str| c[k].as_f64().unwrap_or(f64::NAN) / 1000.0;

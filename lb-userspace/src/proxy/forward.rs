@@ -22,13 +22,15 @@ use tokio::time::Sleep;
 use tracing::debug;
 
 use super::{
-    balance::{Peer, Pick},
-    ewma::{InFlight, Stats},
     failure::{Failure, FailureKind},
     guard::{ConnShared, RequestGuard},
     headers::{HOP_BY_HOP, connection_tokens, strip_hop_by_hop},
     metrics::HttpMetrics,
-    route::normalize_host,
+    select::{
+        balance::{Peer, Pick},
+        ewma::{InFlight, Stats},
+        route::normalize_host,
+    },
     site::{BoxError, ServiceRt, Site},
 };
 use crate::config::http::{DEFAULT_EWMA_DECAY, HashKey, Method, canonical};

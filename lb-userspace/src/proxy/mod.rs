@@ -15,15 +15,13 @@
 //! the proxy sees go to a [`FailureSink`], which the owner connects to
 //! `health::Health::report_failure`. See docs/proxy.md.
 
-pub mod balance;
-pub mod ewma;
 pub mod failure;
 pub mod forward;
 pub mod guard;
 pub mod h2c;
 pub mod headers;
 pub mod metrics;
-pub mod route;
+pub mod select;
 pub mod server;
 pub mod site;
 

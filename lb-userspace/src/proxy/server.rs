@@ -26,14 +26,17 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    balance::{Balancer, Peer, cookie_value},
-    ewma::Stats,
     failure::FailureSink,
     forward::{self, ProxyBody},
     guard::{ClientTimeouts, ConnShared, GuardedIo, HeadLimits},
     h2c,
     metrics::HttpMetrics,
-    route::{BackendHosts, Router},
+    select::{
+        balance::{Balancer, Peer},
+        ewma::Stats,
+        hash::cookie_value,
+        route::{BackendHosts, Router},
+    },
     site::{ClientLimits, ServiceRt, Site, UpstreamClient},
 };
 use crate::{

@@ -7,11 +7,13 @@ use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
 use super::{
-    balance::Balancer,
     failure::FailureSink,
     guard::{ClientTimeouts, HeadLimits},
     metrics::HttpMetrics,
-    route::{BackendHosts, Router},
+    select::{
+        balance::Balancer,
+        route::{BackendHosts, Router},
+    },
 };
 use crate::config::http::HttpOptions;
 

@@ -18,8 +18,7 @@
 //! | `least_time M [inflight]` | least `t_i·(a_i + 1) / w_i`, `t_i` the moving average (α = 1/4) of the time to the response head (`header`) or to its last byte (`last_byte`), 0 before a first sample (so new backends get tried). With `inflight`, `t_i ← max(t_i, mean age of i's requests in flight)`, so a backend that stopped answering looks slow before any of its requests ends. Ties by smooth weighted round robin. |
 //! | `peak_ewma [decay=τ]` | power of two choices (Finagle, Linkerd): two distinct backends drawn weighted at random, the lower `cost_i = e_i·(a_i + 1) / w_i`, `e_i` the peak-EWMA of the time to the response head (see `ewma::PeakEwma`, τ 10 s by default, 30 ms before a sample). |
 //!
-//! `H` is FNV-1a 64 followed by the splitmix64 finalizer: stable across processes,
-//! versions and hosts, so several proxies agree.
+//! `H` and the ring are in `hash.rs`.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -27,9 +26,12 @@ use std::{
     time::Instant,
 };
 
-use super::ewma::Stats;
+use super::{
+    ewma::Stats,
+    hash::{Ring, hash64, ip_hash, ip_hash_key},
+};
 use crate::{
-    config::http::{Method, TimeMeasure, TwoBy, canonical},
+    config::http::{Method, TimeMeasure, TwoBy},
     plan::PeerState,
 };
 
@@ -67,20 +69,19 @@ pub struct Balancer {
     pub peers: Vec<Arc<Peer>>,
     /// Current weights of smooth round robin.
     rr: Mutex<Vec<i64>>,
-    /// Ketama ring over the primaries: (point, peer index), sorted.
-    ring: Vec<(u32, usize)>,
+    /// Ketama ring over the primaries.
+    ring: Ring,
 }
 
-/// Points per unit of weight on the ketama ring (as nginx and libketama).
-pub const KETAMA_POINTS: u32 = 160;
-const MAX_POINTS: u32 = 16_000;
 const REHASH_TRIES: u32 = 20;
 
 impl Balancer {
     pub fn new(method: Method, peers: Vec<Arc<Peer>>) -> Self {
         let ring = match method {
-            Method::Hash { consistent: true, .. } => ketama(&peers),
-            _ => Vec::new(),
+            Method::Hash { consistent: true, .. } => {
+                Ring::new(peers.iter().enumerate().filter(|(_, p)| !p.backup).map(|(i, p)| (i, p.name.as_str(), p.weight)))
+            }
+            _ => Ring::default(),
         };
         Self { rr: Mutex::new(vec![0; peers.len()]), method, peers, ring }
     }
@@ -138,7 +139,7 @@ impl Balancer {
             }
             Method::Hash { consistent, .. } => match p.key.filter(|k| !k.is_empty()) {
                 None => self.smooth_rr(cands),
-                Some(key) if *consistent => self.ring_lookup(key, p).unwrap_or_else(|| self.smooth_rr(cands)),
+                Some(key) if *consistent => self.ring.lookup(key, |i| self.usable(i, p, false)).unwrap_or_else(|| self.smooth_rr(cands)),
                 Some(key) => self
                     .rehash(p, |tries, prev| if tries == 0 { hash64(key) } else { hash64(&[&prev.to_le_bytes()[..], &tries.to_le_bytes()].concat()) })
                     .unwrap_or_else(|| self.smooth_rr(cands)),
@@ -241,76 +242,13 @@ impl Balancer {
         }
         None
     }
-
-    fn ring_lookup(&self, key: &[u8], p: &Pick) -> Option<usize> {
-        if self.ring.is_empty() {
-            return None;
-        }
-        let point = (hash64(key) >> 32) as u32;
-        let start = self.ring.partition_point(|&(x, _)| x < point);
-        (0..self.ring.len()).map(|k| self.ring[(start + k) % self.ring.len()].1).find(|&i| self.usable(i, p, false))
-    }
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
-fn ketama(peers: &[Arc<Peer>]) -> Vec<(u32, usize)> {
-    let g = peers.iter().filter(|p| !p.backup).fold(0, |g, p| gcd(g, p.weight.max(1))).max(1);
-    let mut ring = Vec::new();
-    for (i, p) in peers.iter().enumerate().filter(|(_, p)| !p.backup) {
-        let points = (KETAMA_POINTS * (p.weight.max(1) / g)).min(MAX_POINTS);
-        for j in 0..points {
-            ring.push(((hash64(format!("{}-{j}", p.name).as_bytes()) >> 32) as u32, i));
-        }
-    }
-    ring.sort_unstable();
-    ring
-}
-
-/// The bytes `ip_hash` hashes: the first three octets of IPv4, all of IPv6.
-pub fn ip_hash_key(ip: IpAddr) -> Vec<u8> {
-    match canonical(ip) {
-        IpAddr::V4(v4) => v4.octets()[..3].to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
-
-/// nginx's ip_hash step: `h ← (h·113 + b) mod 6271` over the key, from 89 at first and
-/// from the previous value on a rehash.
-fn ip_hash(key: &[u8], tries: u32, prev: u64) -> u64 {
-    let mut h = if tries == 0 { 89 } else { prev };
-    for &b in key {
-        h = (h * 113 + u64::from(b)) % 6271;
-    }
-    h
-}
-
-/// FNV-1a 64 with the splitmix64 finalizer.
-pub fn hash64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let mut z = h;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The sticky cookie value for a backend: opaque (no internal name leaks), stable for
-/// a (service, backend name) pair.
-pub fn cookie_value(service: &str, name: &str) -> String {
-    format!("{:016x}", hash64(format!("{service}\0{name}").as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use std::{collections::HashMap, time::Duration};
 
-    use super::*;
+    use super::{super::hash::cookie_value, *};
     use crate::config::http::HashKey;
 
     fn peer(name: &str, weight: u32, backup: bool) -> Arc<Peer> {

@@ -20,16 +20,17 @@ use std::{
 };
 
 use hyper::{
-    Method, Request, Version,
+    Method, Request, Response, StatusCode, Version,
     body::{Body, Incoming},
-    header::{self, HeaderName},
+    header::{self, HeaderName, HeaderValue},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::headers::connection_tokens;
-
-/// The client connection preface.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use super::guard::{framer::PREFACE, shared::ConnShared};
+use crate::proxy::{
+    hop_by_hop::{connection_has, connection_tokens},
+    request::{body::empty, log::ProxyBody},
+};
 const FRAME_HEADER: usize = 9;
 const SETTINGS: u8 = 0x4;
 const HEADERS: u8 = 0x1;
@@ -42,16 +43,24 @@ const MAX_FRAME: usize = 16_384;
 /// `Connection: Upgrade, HTTP2-Settings`, an `HTTP2-Settings` header, no body.
 pub fn wanted(req: &Request<Incoming>) -> bool {
     let h = req.headers();
-    let connection_has = |token: &str| {
-        h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
-    };
     req.version() == Version::HTTP_11
         && *req.method() != Method::CONNECT
         && h.get(header::UPGRADE).is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"))
-        && connection_has("upgrade")
-        && connection_has("http2-settings")
+        && connection_has(h, "upgrade")
+        && connection_has(h, "http2-settings")
         && h.get_all("http2-settings").iter().count() == 1
         && req.body().is_end_stream()
+}
+
+/// The answer that switches a connection to HTTP/2; the request is answered on
+/// stream 1 of the new protocol (and counted there).
+pub fn switching(conn: &ConnShared) -> Response<ProxyBody> {
+    conn.upgrade_outcome(true);
+    let mut r = Response::new(ProxyBody::unrecorded(empty()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+    r
 }
 
 /// Stream 1's HEADERS frame for the request that asked to switch; `None` when it does

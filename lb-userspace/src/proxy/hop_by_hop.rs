@@ -23,6 +23,11 @@ pub fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
     h.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok()).collect()
 }
 
+/// Whether `Connection` lists `token` (case-insensitively).
+pub fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+}
+
 /// Removes every hop-by-hop header, those `Connection` names included.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named = connection_tokens(h);

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -67,11 +67,13 @@ impl PeakEwma {
 
 /// One backend's counters. Shared by all requests to it and kept across config
 /// updates (by service and backend name), so a reload does not forget them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Requests in flight: sent and not finished (response body not yet ended).
     active: AtomicU32,
-    /// Sum of the start times (ns since `epoch()`) of the requests in flight, for
+    /// What `inflight_sum` counts from: start times fit a `u64` of nanoseconds.
+    epoch: Instant,
+    /// Sum of the start times (ns since `epoch`) of the requests in flight, for
     /// `least_time ... inflight`.
     inflight_sum: AtomicU64,
     times: Mutex<Times>,
@@ -87,9 +89,17 @@ struct Times {
     peak: PeakEwma,
 }
 
-fn epoch() -> Instant {
-    static E: OnceLock<Instant> = OnceLock::new();
-    *E.get_or_init(Instant::now)
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            active: AtomicU32::default(),
+            epoch: Instant::now(),
+            inflight_sum: AtomicU64::default(),
+            times: Mutex::default(),
+            fails: Mutex::default(),
+            requests: AtomicU64::default(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,7 +114,7 @@ impl Stats {
     /// Counts a request in flight until the returned guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
         let started = Instant::now();
-        let ns = started.saturating_duration_since(epoch()).as_nanos() as u64;
+        let ns = started.saturating_duration_since(self.epoch).as_nanos() as u64;
         self.active.fetch_add(1, Ordering::Relaxed);
         self.inflight_sum.fetch_add(ns, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +128,7 @@ impl Stats {
             return 0.0;
         }
         let mean_start = self.inflight_sum.load(Ordering::Relaxed) / u64::from(n);
-        let now_ns = now.saturating_duration_since(epoch()).as_nanos() as u64;
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         now_ns.saturating_sub(mean_start) as f64 / 1e9
     }
 

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::{Request, Response, body::Incoming, service::Service};
+use hyper::{Request, Response, body::Incoming, service::Service, upgrade::OnUpgrade};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -87,29 +87,31 @@ impl Service<Request<Incoming>> for Handler {
                 && let Some(frame) = h2c::stream_one(&req)
             {
                 let upgrade = hyper::upgrade::on(&mut req);
-                let head_limit = site.client.head.max_head as u32;
-                let h2 = this.clone();
-                tokio::spawn(async move {
-                    let io = match upgrade.await {
-                        Ok(io) => h2c::WithStreamOne::new(TokioIo::new(io), frame),
-                        Err(e) => return debug!(peer = %h2.conn.peer, "h2c upgrade: {e}"),
-                    };
-                    let peer = h2.conn.peer;
-                    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(H2_MAX_STREAMS)
-                        .max_header_list_size(head_limit)
-                        .keep_alive_interval(Some(H2_KEEPALIVE))
-                        .timer(TokioTimer::new())
-                        .serve_connection(TokioIo::new(io), h2)
-                        .await;
-                    if let Err(e) = served {
-                        debug!(%peer, "http connection (h2c): {e}");
-                    }
-                });
+                tokio::spawn(serve_h2c(upgrade, frame, site.client.head.max_head as u32, this.clone()));
                 return Ok(h2c::switching(&this.conn));
             }
             Ok(request::handle(req, site, this.conn).await)
         })
+    }
+}
+
+/// The connection after `101` to `Upgrade: h2c`: HTTP/2, with the upgrading request
+/// as stream 1 (`frame`).
+async fn serve_h2c(upgrade: OnUpgrade, frame: Vec<u8>, head_limit: u32, handler: Handler) {
+    let peer = handler.conn.peer;
+    let io = match upgrade.await {
+        Ok(io) => h2c::WithStreamOne::new(TokioIo::new(io), frame),
+        Err(e) => return debug!(%peer, "h2c upgrade: {e}"),
+    };
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(head_limit)
+        .keep_alive_interval(Some(H2_KEEPALIVE))
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), handler)
+        .await;
+    if let Err(e) = served {
+        debug!(%peer, "http connection (h2c): {e}");
     }
 }
 

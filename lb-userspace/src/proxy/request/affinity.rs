@@ -1,5 +1,6 @@
 //! The affinity phase: what in a request may choose its backend before the balancing
-//! method does (a pin header or cookie, a sticky cookie), and the `hash` key.
+//! method does (a pin header or cookie, a sticky cookie), and what the method hashes
+//! (the `hash` key, the client for `ip_hash`).
 
 use std::net::IpAddr;
 
@@ -14,6 +15,8 @@ pub struct Affinity {
     pub sticky: Option<String>,
     /// The key of `hash KEY`; `None`: round robin.
     pub hash_key: Option<Vec<u8>>,
+    /// The client after trusted proxies, for `ip_hash`.
+    pub client: IpAddr,
 }
 
 impl Affinity {
@@ -37,7 +40,7 @@ impl Affinity {
             },
             _ => None,
         };
-        Self { pinned, sticky, hash_key }
+        Self { pinned, sticky, hash_key, client }
     }
 }
 

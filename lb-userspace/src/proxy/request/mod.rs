@@ -73,7 +73,7 @@ async fn proxy(
     let affinity = Affinity::of(&head, o, client.ip);
     let headers = headers::upstream(&head.headers, target.raw_host.as_deref(), upgrade, &client, body.is_buffered());
     let deadline = o.timeouts.total.map(|t| started + t);
-    let tries = Tries { target: &target, head: &head, headers, body, affinity, client: client.ip, upgrade, deadline };
+    let tries = Tries { target: &target, head: &head, headers, body, affinity, upgrade, deadline };
     let answer = tries.run().await?;
     exchange.answered_by(&answer.peer);
     respond::respond(answer, &target.service, client_upgrade, deadline)

@@ -2,7 +2,7 @@
 //! sent, and on failure another backend not tried yet, within `retries` and `total`.
 //! Each failure goes to passive health.
 
-use std::{error::Error as _, net::IpAddr, sync::Arc, time::Instant};
+use std::{error::Error as _, sync::Arc, time::Instant};
 
 use hyper::{HeaderMap, Method as HttpMethod, Request, Response, Uri, Version, body::Incoming, http::request::Parts};
 use tracing::{debug, warn};
@@ -27,10 +27,8 @@ pub struct Tries<'a> {
     /// The headers every try sends (`headers::upstream`).
     pub headers: HeaderMap,
     pub body: ReqBody,
-    /// What may name the first backend (pin, sticky cookie), and the hash key.
+    /// What may name the first backend (pin, sticky cookie), and what the method hashes.
     pub affinity: Affinity,
-    /// The client after trusted proxies, for `ip_hash`.
-    pub client: IpAddr,
     /// The request upgrades (WebSocket): never retried, its status never a failure.
     pub upgrade: bool,
     /// The end of `timeouts.total`.
@@ -96,7 +94,7 @@ impl Tries<'_> {
     /// The first try honours a pin, then a sticky cookie; retries balance. `true`:
     /// chosen by the sticky cookie.
     fn choose(&self, attempt: usize, tried: &[usize], now: Instant) -> Option<(usize, bool)> {
-        let pick = Pick { client: self.client, key: self.affinity.hash_key.as_deref(), exclude: tried, now };
+        let pick = Pick { client: self.affinity.client, key: self.affinity.hash_key.as_deref(), exclude: tried, now };
         let bal = &self.target.service.balancer;
         let mut chosen = None;
         if attempt == 0 {

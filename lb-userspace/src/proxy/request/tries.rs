@@ -20,19 +20,19 @@ use crate::{
     },
 };
 
-/// One request's tries.
+/// One request's tries; built by the phases before them (`request/mod.rs`).
 pub struct Tries<'a> {
-    pub target: &'a Target,
-    pub head: &'a Parts,
+    pub(super) target: &'a Target,
+    pub(super) head: &'a Parts,
     /// The headers every try sends (`headers::upstream`).
-    pub headers: HeaderMap,
-    pub body: ReqBody,
+    pub(super) headers: HeaderMap,
+    pub(super) body: ReqBody,
     /// What may name the first backend (pin, sticky cookie), and what the method hashes.
-    pub affinity: Affinity,
+    pub(super) affinity: Affinity,
     /// The request upgrades (WebSocket): never retried, its status never a failure.
-    pub upgrade: bool,
+    pub(super) upgrade: bool,
     /// The end of `timeouts.total`.
-    pub deadline: Option<Instant>,
+    pub(super) deadline: Option<Instant>,
 }
 
 /// The backend response that goes to the client.

@@ -47,7 +47,7 @@ pub type Addr = [u32; 4];
 pub enum Method {
     /// Hash of the 5-tuple into a Maglev table: consistent across nodes and re-hashes.
     Maglev = 0,
-    /// A per-CPU counter walking a smooth weighted round-robin sequence.
+    /// A host-wide counter walking a smooth weighted round-robin sequence.
     RoundRobin = 1,
     /// A random slot of the weighted sequence.
     Random = 2,

@@ -28,7 +28,8 @@ pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Pac
 
 /// The backend of a forward packet: the pinned one while it is active; while it drains or
 /// after its removal, for every TCP segment but a SYN (the flow ends where it began);
-/// otherwise a fresh choice. Only a SYN (or any UDP datagram) opens a flow: a TCP segment
+/// otherwise a fresh choice (a UDP flow on a draining backend is kept but not refreshed).
+/// Only a SYN (or any UDP datagram) opens a flow: a TCP segment
 /// of a flow with no entry, or whose backend's id is free again, is `None`, for the stack
 /// to answer (with a reset when the VIP is local), and counted as `NoFlow`. A FIN or RST
 /// marks both of the flow's entries closed.
@@ -46,7 +47,11 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
             let (active, draining) = (b.state == BackendState::Active as u8, b.state == BackendState::Draining as u8);
             let removed = b.state == BackendState::Removed as u8;
             if !syn && (active || draining || (removed && tcp)) {
-                entry.last_seen = now;
+                // A UDP flow has no end to wait for: on a draining backend it is not
+                // refreshed, so it expires after its idle timeout and moves elsewhere.
+                if active || tcp {
+                    entry.last_seen = now;
+                }
                 if p.closes() && entry.flags & Conn::F_CLOSED == 0 {
                     entry.flags |= Conn::F_CLOSED;
                     mark_closed(&key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend));

@@ -317,3 +317,38 @@ fn second_xlb_on_the_interface_fails_fast(offload: Offload) {
     }
     stop(xlb);
 }
+
+/// round_robin is one sequence for the whole host, as nginx's users know it: 12 sequential
+/// connections, made alternately from CPU 0 and CPU 1 (XDP runs on the sender's CPU on a
+/// veth), alternate between two equal backends; with weights 1:2 every three consecutive
+/// connections hold exactly one b1 (the smooth sequence b2 b1 b2). A position per CPU fails
+/// both: b1 b1 b2 b2 ... and b2 b2 b1 b1 b2 b2.
+#[test]
+fn round_robin_is_one_sequence_for_the_host() {
+    let _g = xlb_tests::serial();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs 2 CPUs to open flows from two of them, the machine has {cpus}");
+    let topo = setup(Offload::On, 2);
+    let backends = |weights: [u32; 2]| ["b1", "b2"].iter().zip(weights).map(|(n, w)| BackendCfg::new(topo.ip(n, false), TESTD_PORT).weight(w)).collect();
+    let services = [(80, [1, 1]), (81, [1, 2])].map(|(port, w)| ServiceCfg { method: Some("round_robin"), ..ServiceCfg::tcp(&format!("rr{port}"), VIP4.into(), port, backends(w)) });
+    let cfg = TempFile::new(".yaml", &config::render(&services));
+    let xlb = topo.start_xlb(Some(cfg.path()), &[]);
+    let answers = |port: u16| -> Vec<String> {
+        (0..12)
+            .map(|i| {
+                let url = format!("http://{VIP4}:{port}/");
+                let cpu = (i % 2).to_string();
+                let out = topo.client.try_run("taskset", &["-c", &cpu, "curl", "-sS", "--fail", "--max-time", "2", &url]);
+                out.map(|b| b.trim().to_owned()).unwrap_or_else(|e| panic!("connection {i} to port {port}: {e}\n{}", tail(&xlb)))
+            })
+            .collect()
+    };
+    let equal = answers(80);
+    eprintln!("round_robin 1:1 from alternating CPUs: {equal:?}");
+    assert!(equal.windows(2).all(|w| w[0] != w[1]), "1:1 did not alternate: {equal:?}\n{}", tail(&xlb));
+    let weighted = answers(81);
+    eprintln!("round_robin 1:2 from alternating CPUs: {weighted:?}");
+    assert_eq!(weighted.iter().filter(|b| *b == "b1").count(), 4, "1:2 over 12: {weighted:?}");
+    assert!(weighted.windows(3).all(|w| w.iter().filter(|b| *b == "b1").count() == 1), "1:2 is not smooth: {weighted:?}\n{}", tail(&xlb));
+    stop(xlb);
+}

@@ -495,8 +495,8 @@ impl Dataplane {
             None => {
                 let id = self.free_service_ids.pop().context("out of service ids")?;
                 self.zero(names::SERVICE_STATS, id)?;
-                let mut rr: PerCpuArray<_, u32> = map(&mut self.ebpf, names::RR)?;
-                rr.set(id, PerCpuValues::try_from(vec![0u32; nr_cpus()?])?, 0)?;
+                let mut rr: Array<_, u64> = map(&mut self.ebpf, names::RR)?;
+                rr.set(id, 0, 0)?;
                 (id, None, Vec::new(), Vec::new())
             }
         };

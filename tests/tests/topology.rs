@@ -352,3 +352,53 @@ fn round_robin_is_one_sequence_for_the_host() {
     assert!(weighted.windows(3).all(|w| w.iter().filter(|b| *b == "b1").count() == 1), "1:2 is not smooth: {weighted:?}\n{}", tail(&xlb));
     stop(xlb);
 }
+
+/// A UDP flow has no end to wait for: once its backend drains, it stays there only until it
+/// has been idle for `udp_idle_timeout` by the drain's clock (its packets no longer refresh
+/// it), then moves. One client socket (one 5-tuple) asks every 200 ms; after its backend is
+/// set draining it must be answered by the other one within idle timeout (2 s) + the expiry
+/// pass (5 s) + slack, and every query is answered.
+#[test]
+fn udp_flow_leaves_a_draining_backend_after_its_idle_timeout() {
+    let _g = xlb_tests::serial();
+    let topo = setup(Offload::On, 2);
+    let yaml = |draining: Option<&str>| {
+        let bs = ["b1", "b2"].iter().map(|b| BackendCfg::new(topo.ip(b, false), TESTD_PORT).draining(Some(*b) == draining)).collect();
+        config::render(&[ServiceCfg::udp("dns", VIP4.into(), 5353, bs)]) + "dataplane:\n  udp_idle_timeout: 2s\n"
+    };
+    let cfg = TempFile::new(".yaml", &yaml(None));
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &[]);
+    let vip = Topology::vip4(5353);
+    let moved = topo.client.enter(|| {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp bind");
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let ask = || -> String {
+            let mut buf = [0u8; 512];
+            for _ in 0..3 {
+                sock.send_to(b"xlb-tests\n", vip).expect("udp send");
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    assert_eq!(from, vip, "answer not from the VIP");
+                    return String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                }
+            }
+            panic!("no answer from {vip} after 3 tries");
+        };
+        let on = ask();
+        assert!(ask() == on && ask() == on, "one socket's queries left {on} while it was active");
+        cfg.write(&yaml(Some(&on)));
+        let drained = Instant::now();
+        let _ = xlb.reload();
+        while drained.elapsed() < Duration::from_secs(12) {
+            let now = ask();
+            if now != on {
+                return Some((on, now, drained.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    });
+    let Some((from, to, after)) = moved else { panic!("the UDP flow stayed on its draining backend for 12 s\n{}", tail(&xlb)) };
+    eprintln!("UDP flow moved from draining {from} to {to} {after:.1?} after the drain");
+    assert!(after >= Duration::from_secs(2), "moved {after:?} after the drain, before its idle timeout");
+    stop(xlb);
+}

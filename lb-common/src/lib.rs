@@ -12,6 +12,7 @@ pub mod names {
     pub const REV_NAT: &str = "REV_NAT";
     pub const TABLES: &str = "TABLES";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CONN_CREATED: &str = "CONN_CREATED";
     pub const SETTINGS: &str = "SETTINGS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const RR: &str = "RR";

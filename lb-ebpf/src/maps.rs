@@ -30,6 +30,10 @@ pub static TABLES: Array<u32> =
 #[map]
 pub static CONNTRACK: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
 
+/// Connection entries the kernel added, per CPU (one slot).
+#[map]
+pub static CONN_CREATED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 

@@ -402,3 +402,32 @@ fn udp_flow_leaves_a_draining_backend_after_its_idle_timeout() {
     assert!(after >= Duration::from_secs(2), "moved {after:?} after the drain, before its idle timeout");
     stop(xlb);
 }
+
+/// A connection table smaller than the flows counts what it pushes out. 300 new connections
+/// write 600 entries into a table of 256; nothing expires (closed flows are kept 10 min here),
+/// so every entry made is either still there or evicted: evicted + entries = 600 (a few more
+/// if a stray SYN to the VIP came in), and at least 600 - 256 were evicted.
+#[test]
+fn conntrack_evictions_are_counted() {
+    let _g = xlb_tests::serial();
+    let topo = setup(Offload::On, 2);
+    let bs = ["b1", "b2"].iter().map(|b| BackendCfg::new(topo.ip(b, false), TESTD_PORT)).collect();
+    let yaml = config::render(&[ServiceCfg::tcp("web", VIP4.into(), 80, bs)]) + "dataplane:\n  conntrack_size: 256\n  tcp_closed_timeout: 10m\n";
+    let cfg = TempFile::new(".yaml", &yaml);
+    let xlb = topo.start_xlb(Some(cfg.path()), &[]);
+    let s = topo.spread(Topology::vip4(80), 300);
+    assert!(s.errors.is_empty() && s.total_ok() == 300, "{s}\n{}", tail(&xlb));
+    let sample = |text: &str, name: &str| -> Option<u64> { text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()) };
+    // The expiry pass (every 5 s) counts; the snapshot (every 2 s) shows it.
+    let found = util::wait_for(Duration::from_secs(15), Duration::from_millis(500), || {
+        let m = xlb.admin_get("/metrics").ok()?;
+        let evicted = sample(&m, "xlb_conntrack_evictions_total").filter(|n| *n > 0)?;
+        Some((evicted, sample(&m, "xlb_conntrack_entries")?))
+    });
+    let Some((evicted, entries)) = found else { panic!("no evictions in /metrics after 300 flows into 256 entries\n{}", tail(&xlb)) };
+    eprintln!("conntrack of 256 after 300 flows: {entries} entries, {evicted} evicted");
+    assert!(entries <= 256, "{entries} entries in a table of 256");
+    assert!((600..=610).contains(&(evicted + entries)), "evicted {evicted} + entries {entries} should be the 600 entries made");
+    assert!(evicted >= 600 - 256, "evicted {evicted}, at least 344 had to go");
+    stop(xlb);
+}

@@ -9,7 +9,7 @@ pub mod pin;
 mod sync;
 mod tables;
 
-pub use conntrack::{BackendStats, Stats, monotonic_ns};
+pub use conntrack::{BackendStats, Conns, Stats, monotonic_ns};
 use tables::Tables;
 
 use std::{
@@ -36,12 +36,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 /// The maps a kept data plane keeps: all the programs read, write or count into. The
 /// kernel log's ring buffer and the programs' constants are made anew by each run.
-const KEPT_MAPS: [&str; 11] = [
+const KEPT_MAPS: [&str; 12] = [
     names::SERVICES,
     names::BACKENDS,
     names::REV_NAT,
     names::TABLES,
     names::CONNTRACK,
+    names::CONN_CREATED,
     names::SETTINGS,
     names::TX_PORTS,
     names::RR,
@@ -151,6 +152,7 @@ pub struct Dataplane {
     tables: Tables,
     /// Live flows per backend id, from the last `expire` pass.
     active: HashMap<u32, u64>,
+    conns: Conns,
 }
 
 impl Dataplane {
@@ -213,6 +215,7 @@ impl Dataplane {
             free_tables: (0..=limits.max_services).rev().collect(),
             tables,
             active: HashMap::new(),
+            conns: Conns::default(),
         };
         if kept.is_some() {
             dp.take_over_ids().context("reading the kept data plane's maps")?;
@@ -270,14 +273,16 @@ impl Dataplane {
         let used_tables: BTreeSet<u32> = self.services.values().map(|s| s.table).collect();
         self.free_service_ids.retain(|id| !used_ids.contains(id));
         self.free_tables.retain(|t| !used_tables.contains(t));
+        // What the kept plane's entries count so far is not this run's to call evictions.
+        let ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
+        self.conns.live = ct.keys().filter(Result::is_ok).count() as u64;
+        self.conns.removed = self.created()?.saturating_sub(self.conns.live);
         Ok(())
     }
 
-    /// What the maps hold right now: services, backend ids in use, connection entries.
-    pub fn adopted(&mut self) -> anyhow::Result<Adopted> {
-        let ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
-        let connections = ct.keys().filter(Result::is_ok).count();
-        Ok(Adopted { services: self.services.len(), backends: self.backend_ids.len() + self.unclaimed.len(), connections })
+    /// What the kept data plane held when it was adopted: services, backend ids, connection entries.
+    pub fn adopted(&self) -> anyhow::Result<Adopted> {
+        Ok(Adopted { services: self.services.len(), backends: self.backend_ids.len() + self.unclaimed.len(), connections: self.conns.live as usize })
     }
 }
 

@@ -123,6 +123,10 @@ pub struct Backend {
     pub family: u8,
     /// `BackendState` as u8.
     pub state: u8,
+    /// The id of the service whose table names it. A table slot freed by one service is
+    /// soon rewritten for another; a packet that read the old slot number just before
+    /// finds another service's backend there, and is dropped instead of misdelivered.
+    pub service: u32,
 }
 
 /// `REV_NAT[service id]`: what a reply's source is rewritten to.

@@ -38,7 +38,7 @@ pub fn pick(svc: &Service, p: &Packet, s: &Settings) -> Result<(u32, Backend), D
     // Tables sit `table_size` apart whatever part of them is in use.
     let id = *TABLES.get(svc.table * s.table_size + index).ok_or(DropReason::BadTableEntry)?;
     let backend = *BACKENDS.get(id).ok_or(DropReason::BadTableEntry)?;
-    if backend.state != BackendState::Active as u8 {
+    if backend.state != BackendState::Active as u8 || backend.service != svc.id {
         return Err(DropReason::BadTableEntry);
     }
     Ok((id, backend))

@@ -38,8 +38,8 @@ pub struct Conns {
 
 impl Dataplane {
     /// Deletes flows idle longer than their timeout (both entries of a flow together, by
-    /// the later of their two refreshes), frees the ids of removed backends no entry names
-    /// any more, and counts what the LRU evicted. Returns how many entries expired.
+    /// the later of their two refreshes), frees the ids of removed backends and services
+    /// no entry names any more, and counts what the LRU evicted. Returns how many entries expired.
     pub fn expire(&mut self, now_ns: u64, t: &Timeouts) -> anyhow::Result<usize> {
         // Read before the walk: an entry added during it makes `live` larger, so the
         // eviction count can lag, never run ahead.
@@ -58,9 +58,9 @@ impl Dataplane {
             f.forward |= k.kind == ConnKind::Service as u8;
         }
         let mut idle = Vec::new();
-        let mut referenced = BTreeSet::new();
+        let (mut referenced, mut rev_nats) = (BTreeSet::new(), BTreeSet::new());
         self.active.clear();
-        for ((_, _, proto, _, backend, _), f) in flows {
+        for ((_, _, proto, _, backend, rev_nat), f) in flows {
             let limit = match proto {
                 lb_common::IPPROTO_TCP if f.closed => t.tcp_closed.min(t.tcp),
                 lb_common::IPPROTO_TCP => t.tcp,
@@ -70,6 +70,7 @@ impl Dataplane {
                 idle.extend(f.keys);
             } else {
                 referenced.insert(backend);
+                rev_nats.insert(rev_nat);
                 if f.forward {
                     *self.active.entry(backend).or_default() += 1;
                 }
@@ -86,6 +87,11 @@ impl Dataplane {
             backends.set(id, KBackend::default(), 0)?;
             self.retired.remove(&id);
             self.free_backend_ids.push(id);
+        }
+        let free: Vec<u32> = self.retired_services.iter().filter(|id| !rev_nats.contains(id)).copied().collect();
+        for id in free {
+            self.retired_services.remove(&id);
+            self.free_service_ids.push(id);
         }
         Ok(removed as usize)
     }

@@ -146,6 +146,8 @@ pub struct Dataplane {
     backend_ids: HashMap<BackendIdent, u32>,
     /// Ids of removed backends, freed once no connection entry names them.
     retired: BTreeSet<u32>,
+    /// Ids of removed services, freed once no connection entry names them for rev-NAT.
+    retired_services: BTreeSet<u32>,
     free_backend_ids: Vec<u32>,
     free_service_ids: Vec<u32>,
     free_tables: Vec<u32>,
@@ -210,6 +212,7 @@ impl Dataplane {
             services: HashMap::new(),
             backend_ids: HashMap::new(),
             retired: BTreeSet::new(),
+            retired_services: BTreeSet::new(),
             free_backend_ids: (0..lb_common::MAX_BACKENDS).rev().collect(),
             free_service_ids: (0..limits.max_services).rev().collect(),
             free_tables: (0..=limits.max_services).rev().collect(),
@@ -273,10 +276,19 @@ impl Dataplane {
         let used_tables: BTreeSet<u32> = self.services.values().map(|s| s.table).collect();
         self.free_service_ids.retain(|id| !used_ids.contains(id));
         self.free_tables.retain(|t| !used_tables.contains(t));
-        // What the kept plane's entries count so far is not this run's to call evictions.
+        // What the kept plane's entries count so far is not this run's to call evictions;
+        // the ids its flows name for rev-NAT wait, as after a removal, if no service has them.
         let ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
-        self.conns.live = ct.keys().filter(Result::is_ok).count() as u64;
-        self.conns.removed = self.created()?.saturating_sub(self.conns.live);
+        let mut live = 0;
+        for (_, conn) in ct.iter().filter_map(Result::ok) {
+            live += 1;
+            if !used_ids.contains(&conn.rev_nat) {
+                self.retired_services.insert(conn.rev_nat);
+            }
+        }
+        self.free_service_ids.retain(|id| !self.retired_services.contains(id));
+        self.conns.live = live;
+        self.conns.removed = self.created()?.saturating_sub(live);
         Ok(())
     }
 

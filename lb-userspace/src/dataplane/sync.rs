@@ -35,7 +35,8 @@ impl Dataplane {
             let mut services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
             services.remove(&key).context("removing a service")?;
             self.free_tables.push(slot.table);
-            self.free_service_ids.push(slot.id);
+            // Its flows' replies still name the id (rev-NAT): freed once none is left.
+            self.retired_services.insert(slot.id);
             removed.extend(slot.backends.iter().map(|(id, b)| (*id, (key, b.addr, b.port))));
         }
         let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
@@ -58,6 +59,16 @@ impl Dataplane {
 
     /// Updates one service; returns the backends it no longer has.
     fn sync_service(&mut self, d: &Desired) -> anyhow::Result<Vec<(u32, BackendIdent)>> {
+        let (service, old_table, old_ids, old_backends) = match self.services.get(&d.key) {
+            Some(s) => (s.id, Some(s.table), s.table_ids.clone(), s.backends.clone()),
+            None => {
+                let id = self.free_service_ids.pop().context("out of service ids")?;
+                self.zero(names::SERVICE_STATS, id)?;
+                let mut rr: Array<_, u64> = map(&mut self.ebpf, names::RR)?;
+                rr.set(id, 0, 0)?;
+                (id, None, Vec::new(), Vec::new())
+            }
+        };
         let mut backends = Vec::with_capacity(d.backends.len());
         // Draining marks wait until the service points at a table that no longer names them.
         let mut drain_later = Vec::new();
@@ -80,7 +91,7 @@ impl Dataplane {
                 BackendState::Draining => KState::Draining,
             };
             let (addr, family) = addr_words(b.addr);
-            let entry = KBackend { addr, port: b.port.to_be(), family, state: state as u8 };
+            let entry = KBackend { addr, port: b.port.to_be(), family, state: state as u8, service };
             if b.state == BackendState::Draining {
                 drain_later.push((id, entry));
             } else {
@@ -106,18 +117,8 @@ impl Dataplane {
         };
         let table_ids: Vec<u32> = picks.iter().map(|&i| active[i as usize].0).collect();
 
-        let (id, old_table, old_ids, old_backends) = match self.services.get(&d.key) {
-            Some(s) => (s.id, Some(s.table), s.table_ids.clone(), s.backends.clone()),
-            None => {
-                let id = self.free_service_ids.pop().context("out of service ids")?;
-                self.zero(names::SERVICE_STATS, id)?;
-                let mut rr: Array<_, u64> = map(&mut self.ebpf, names::RR)?;
-                rr.set(id, 0, 0)?;
-                (id, None, Vec::new(), Vec::new())
-            }
-        };
         let method = lb_common::Method::from(d.method) as u8;
-        let mut entry = KService { id, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, _pad: [0; 3] };
+        let mut entry = KService { id: service, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, _pad: [0; 3] };
         if old_table.is_none() || table_ids != old_ids {
             let slot = self.free_tables.pop().context("no spare selection table")?;
             self.tables.write(slot as usize * size as usize, &table_ids);
@@ -127,7 +128,7 @@ impl Dataplane {
             }
         }
         let mut rev: Array<_, RevNat> = map(&mut self.ebpf, names::REV_NAT)?;
-        rev.set(id, RevNat { addr: d.key.addr, port: d.key.port, family: d.key.family, _pad: 0 }, 0)?;
+        rev.set(service, RevNat { addr: d.key.addr, port: d.key.port, family: d.key.family, _pad: 0 }, 0)?;
         let mut services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
         services.insert(d.key, entry, 0).context("writing a service")?;
         if !drain_later.is_empty() {
@@ -139,7 +140,7 @@ impl Dataplane {
 
         let kept: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
         let removed = old_backends.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, b)| (*id, (d.key, b.addr, b.port))).collect();
-        self.services.insert(d.key, ServiceSlot { id, table: entry.table, backends, table_ids });
+        self.services.insert(d.key, ServiceSlot { id: service, table: entry.table, backends, table_ids });
         Ok(removed)
     }
 

@@ -13,6 +13,9 @@
 //! programs on the same hook (TCX or cls_bpf) still see them.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write in core::sync; the intrinsic emits BPF_XADD.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod conntrack;
 mod csum;

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use super::{BackendStatus, Drop, ServiceStatus, Snapshot};
+use super::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot};
 use crate::{
     config::{BackendState, Config, Service},
     dataplane::Stats,
@@ -97,6 +97,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
     Snapshot {
         services,
         drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
+        conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted },
         health_transitions: inp.backend_transitions.values().sum(),
         discovery_events: inp.discovery_events.clone(),
     }

@@ -8,4 +8,4 @@ mod prometheus;
 mod snapshot;
 mod table;
 
-pub use snapshot::{BackendStatus, Drop, ServiceStatus, Snapshot, rates};
+pub use snapshot::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, rates};

@@ -77,22 +77,8 @@ pub fn bench(opts: &Options) -> Result<()> {
     let clock = Instant::now();
     let started = SystemTime::now();
 
-    eprintln!("bench: measuring how busy the host is before starting (1 s)");
-    let host = Host::probe();
-    if host.busy_percent > 10.0 {
-        eprintln!(
-            "bench: warning: the host is {:.0}% busy before the benchmark starts: figures will be noisy",
-            host.busy_percent
-        );
-    }
-
-    let micro = kernel_bench.map(|bin| {
-        eprintln!("bench: kernel micro-benchmarks");
-        bin.and_then(|bin| micro(&bin, plan.quick)).unwrap_or_else(|err| {
-            eprintln!("bench: kernel micro-benchmarks failed: {err:#}");
-            serde_json::json!({ "error": format!("{err:#}") })
-        })
-    });
+    let host = quiet_host();
+    let micro = kernel_bench.map(|bin| micro_figures(bin, plan.quick));
 
     let dir = std::env::temp_dir().join(format!("xlb-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
@@ -111,23 +97,13 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     let (runs, memory) = rounds(&ctx, &scripts, &plan, &kinds, &mut unavailable, clock);
 
-    let scale = if opts.no_scale {
-        None
-    } else {
-        Some(run_scale(&ctx, &scripts, &plan, clock).unwrap_or_else(|err| {
+    let scale = (!opts.no_scale).then(|| {
+        run_scale(&ctx, &scripts, &plan, clock).unwrap_or_else(|err| {
             eprintln!("bench: scale test failed: {err:#}");
             Scale::failed(format!("{err:#}"))
-        }))
-    };
-
-    let docker_events = (!opts.no_micro).then(|| {
-        let reps = if plan.quick { 3 } else { 10 };
-        eprintln!("bench: Docker event to map update, {reps} containers started and stopped");
-        docker_event::measure(&ctx, reps).unwrap_or_else(|err| {
-            eprintln!("bench: Docker event measurement failed: {err:#}");
-            docker_event::DockerEvents::failed(format!("{err:#}"))
         })
     });
+    let docker_events = (!opts.no_micro).then(|| docker_events(&ctx, plan.quick));
 
     let results = Results::new(Input {
         started,
@@ -240,6 +216,38 @@ fn build_kernel_bench(xlb: &Path) -> Result<PathBuf> {
     cargo.args(["build", "--release", "--package", "xtask", "--features", "kernel-bench", "--bin", "xlb-kernel-bench"]);
     cmd::run(&mut cargo)?;
     Ok(xlb.with_file_name("xlb-kernel-bench"))
+}
+
+/// Samples the host for a second (how busy it is before the start); warns when it is busy.
+fn quiet_host() -> Host {
+    eprintln!("bench: measuring how busy the host is before starting (1 s)");
+    let host = Host::probe();
+    if host.busy_percent > 10.0 {
+        eprintln!(
+            "bench: warning: the host is {:.0}% busy before the benchmark starts: figures will be noisy",
+            host.busy_percent
+        );
+    }
+    host
+}
+
+/// The kernel micro-benchmarks' figures, or the error (of the build or the run) in their place.
+fn micro_figures(bin: Result<PathBuf>, quick: bool) -> serde_json::Value {
+    eprintln!("bench: kernel micro-benchmarks");
+    bin.and_then(|bin| micro(&bin, quick)).unwrap_or_else(|err| {
+        eprintln!("bench: kernel micro-benchmarks failed: {err:#}");
+        serde_json::json!({ "error": format!("{err:#}") })
+    })
+}
+
+/// Docker event to map update, over a few containers; the error in their place.
+fn docker_events(ctx: &Ctx, quick: bool) -> docker_event::DockerEvents {
+    let reps = if quick { 3 } else { 10 };
+    eprintln!("bench: Docker event to map update, {reps} containers started and stopped");
+    docker_event::measure(ctx, reps).unwrap_or_else(|err| {
+        eprintln!("bench: Docker event measurement failed: {err:#}");
+        docker_event::DockerEvents::failed(format!("{err:#}"))
+    })
 }
 
 fn micro(bin: &Path, quick: bool) -> Result<serde_json::Value> {

@@ -11,7 +11,7 @@ use super::{
     chart,
     contender::Kind,
     docker_event::{DockerEvents, Reaction},
-    results::Results,
+    results::{Results, Scale},
     scale::Memory,
     stats::{Spread, fmt_ms, thousands},
     wrk::Mode,
@@ -52,6 +52,39 @@ impl Results {
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
+        self.markdown_header(&mut s);
+        s.push_str("## Throughput and latency\n\n");
+        s.push_str(&self.markdown_table());
+        s.push('\n');
+        s.push_str(
+            "\"close\": a new connection per request (`Connection: close`). Balancer CPU: utime + stime of the balancer's processes; \
+             for xlb the run time of its BPF programs (kernel BPF statistics) plus the xlb process. Host CPU: everything busy on all cores \
+             (/proc/stat), which on a saturated two-core host is close to 2,000 ms per second divided by the rate.\n\n",
+        );
+        for r in self.table.iter().filter(|r| r.id == Kind::XlbL4.id() && r.note.is_none()) {
+            if let (Some(mode), Some(bpf), Some(process)) = (r.mode, r.bpf_ms_per_1k, r.process_ms_per_1k) {
+                writeln!(
+                    s,
+                    "xlb L4's balancer CPU, {}: BPF programs {} + xlb process {} ms/1k req.",
+                    mode.short(),
+                    fmt_ms(bpf.median),
+                    fmt_ms(process.median)
+                )
+                .unwrap();
+            }
+        }
+        self.markdown_goals(&mut s);
+        s.push('\n');
+        self.markdown_micro(&mut s);
+        self.markdown_docker(&mut s);
+        self.markdown_scale(&mut s);
+        s.push_str(METHOD);
+        let _ = writeln!(s, "\nVersions: {}.", self.versions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
+        s
+    }
+
+    /// Title, command, host and load.
+    fn markdown_header(&self, s: &mut String) {
         let p = &self.plan;
         let v = |k: &str| self.versions.get(k).cloned().unwrap_or_default();
         writeln!(s, "# xlb benchmark, {}\n", self.started_utc).unwrap();
@@ -90,26 +123,10 @@ impl Results {
             v("nginx"),
         )
         .unwrap();
-        s.push_str("## Throughput and latency\n\n");
-        s.push_str(&self.markdown_table());
-        s.push('\n');
-        s.push_str(
-            "\"close\": a new connection per request (`Connection: close`). Balancer CPU: utime + stime of the balancer's processes; \
-             for xlb the run time of its BPF programs (kernel BPF statistics) plus the xlb process. Host CPU: everything busy on all cores \
-             (/proc/stat), which on a saturated two-core host is close to 2,000 ms per second divided by the rate.\n\n",
-        );
-        for r in self.table.iter().filter(|r| r.id == Kind::XlbL4.id() && r.note.is_none()) {
-            if let (Some(mode), Some(bpf), Some(process)) = (r.mode, r.bpf_ms_per_1k, r.process_ms_per_1k) {
-                writeln!(
-                    s,
-                    "xlb L4's balancer CPU, {}: BPF programs {} + xlb process {} ms/1k req.",
-                    mode.short(),
-                    fmt_ms(bpf.median),
-                    fmt_ms(process.median)
-                )
-                .unwrap();
-            }
-        }
+    }
+
+    /// The goals, how xlb L4 compares to an empty XDP program, and where to read more.
+    fn markdown_goals(&self, s: &mut String) {
         s.push_str("\n**Goals** (reported, not asserted):\n\n");
         for g in &self.goals {
             writeln!(s, "- {}, {}: {}", g.goal, g.mode.short(), g.verdict).unwrap();
@@ -134,13 +151,6 @@ impl Results {
         if self.goals.iter().any(|g| g.met == Some(false)) {
             s.push_str("- Where a goal is missed, what profiling showed: [profile.md](profile.md) (perf and heaptrack, by hand).\n");
         }
-        s.push('\n');
-        self.markdown_micro(&mut s);
-        self.markdown_docker(&mut s);
-        self.markdown_scale(&mut s);
-        s.push_str(METHOD);
-        let _ = writeln!(s, "\nVersions: {}.", self.versions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
-        s
     }
 
     fn markdown_micro(&self, s: &mut String) {
@@ -271,6 +281,11 @@ impl Results {
             )
             .unwrap();
         }
+        self.markdown_memory(s, sc);
+    }
+
+    /// xlb's memory in each state, and the memory goal.
+    fn markdown_memory(&self, s: &mut String, sc: &Scale) {
         s.push_str(
             "| xlb | RSS MiB | anonymous | files | shared | of which mapped BPF maps | RSS without mapped BPF maps | BPF maps MiB (memlock) | maps | BPF programs KiB |\n\
              |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",

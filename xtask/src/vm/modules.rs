@@ -128,33 +128,21 @@ fn depends(elf: &[u8]) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
+/// The little-endian number of `len` bytes at `at`.
+fn le_at(elf: &[u8], at: usize, len: usize) -> Result<usize> {
+    let bytes = elf.get(at..at + len).ok_or_else(|| anyhow!("truncated"))?;
+    Ok(bytes.iter().rev().fold(0, |n, &b| n << 8 | usize::from(b)))
+}
+
 /// The contents of the section called `wanted`.
 fn section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>> {
     ensure!(
         elf.len() >= 64 && elf.starts_with(b"\x7fELF") && elf[4] == 2 && elf[5] == 1,
         "not a 64-bit little-endian ELF file"
     );
-    let u16_at = |o: usize| -> Result<usize> {
-        Ok(u16::from_le_bytes(
-            elf.get(o..o + 2)
-                .ok_or_else(|| anyhow!("truncated"))?
-                .try_into()?,
-        ) as usize)
-    };
-    let u32_at = |o: usize| -> Result<usize> {
-        Ok(u32::from_le_bytes(
-            elf.get(o..o + 4)
-                .ok_or_else(|| anyhow!("truncated"))?
-                .try_into()?,
-        ) as usize)
-    };
-    let u64_at = |o: usize| -> Result<usize> {
-        Ok(u64::from_le_bytes(
-            elf.get(o..o + 8)
-                .ok_or_else(|| anyhow!("truncated"))?
-                .try_into()?,
-        ) as usize)
-    };
+    let u16_at = |o: usize| le_at(elf, o, 2);
+    let u32_at = |o: usize| le_at(elf, o, 4);
+    let u64_at = |o: usize| le_at(elf, o, 8);
     let (shoff, shentsize, shnum, shstrndx) =
         (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
     // (name offset, file offset, size) of section `i`.
@@ -191,5 +179,14 @@ mod tests {
             "sch_ingress"
         );
         assert_eq!(module_name("nf-conntrack"), "nf_conntrack");
+    }
+
+    #[test]
+    fn little_endian_numbers() {
+        let bytes = [0x34, 0x12, 0x78, 0x56, 0, 0, 0, 0x80];
+        assert_eq!(le_at(&bytes, 0, 2).unwrap(), 0x1234);
+        assert_eq!(le_at(&bytes, 0, 4).unwrap(), 0x5678_1234);
+        assert_eq!(le_at(&bytes, 0, 8).unwrap(), 0x8000_0000_5678_1234);
+        assert!(le_at(&bytes, 4, 8).is_err());
     }
 }

@@ -41,9 +41,11 @@ pub const GATED: &[&str] = &["lb-userspace/src", "lb-common/src", "xtask/src"];
 
 /// `cargo xtask layers`: imports and sizes of every crate; reports both before failing.
 pub fn layers() -> Result<()> {
-    let imports = check(CRATES);
-    let sizes = sizes::check(sizes::ALL);
-    imports.and(sizes)
+    let failed: Vec<String> = [check(CRATES), sizes::check(sizes::ALL)].into_iter().filter_map(Result::err).map(|e| format!("{e:#}")).collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
 }
 
 pub fn check(crates: &[&str]) -> Result<()> {

@@ -13,6 +13,7 @@ pub fn container_name(c: &ContainerInspectResponse) -> String {
     }
 }
 
+/// The 12-digit short id Docker shows, for logs and nameless containers.
 pub fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
 }

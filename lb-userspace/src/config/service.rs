@@ -151,9 +151,10 @@ fn three() -> Positive {
     Positive(3)
 }
 
+/// A service as written; `Service::try_from` runs its own checks on it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawService {
+pub struct RawService {
     name: String,
     #[serde(default)]
     vip: Option<IpAddr>,

@@ -392,8 +392,6 @@ fn scale_rows(scale: &Scale, table: &[Row]) -> Vec<ScaleRow> {
     rows
 }
 
-/// Writes `<stamp>.{md,json,png}` and `latest.{md,json,png}` into `dir`; each file is written
-
 /// (`20261121T053700Z`, `2026-11-21 05:37 UTC`).
 fn timestamps(t: SystemTime) -> (String, String) {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -1030,7 +1030,7 @@ fn check_accepts_the_example() {
 fn config_keys() -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-userspace/src");
     let mut keys = Vec::new();
-    for file in ["config/mod.rs", "config/http.rs"] {
+    for file in ["config/mod.rs", "config/service.rs", "config/http/mod.rs"] {
         let text = fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut lines = text.lines();
         while let Some(l) = lines.next() {

@@ -4,11 +4,18 @@
 //! behaviour. Values are checked while deserializing (unknown keys, bad durations,
 //! bad methods and networks are rejected with serde's position).
 
-use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+mod method;
+mod patterns;
+
+use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Deserializer, de};
 
-use super::units::{duration, parse_duration};
+pub use self::{
+    method::{DEFAULT_EWMA_DECAY, HashKey, Method, TimeMeasure, TwoBy},
+    patterns::{Cidr, HostPattern, PathPrefix, canonical, is_tchar, valid_token},
+};
+use super::units::duration;
 
 /// Options of an HTTP service. The lead embeds it as `http: Option<HttpOptions>` in
 /// `config::Service`.
@@ -205,247 +212,6 @@ impl Default for Limits {
     }
 }
 
-/// A host pattern, lowercased: `app.dev` or `*.app.dev`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostPattern {
-    Exact(String),
-    /// The suffix with its leading dot: `*.app.dev` is `.app.dev`.
-    Wildcard(String),
-}
-
-impl FromStr for HostPattern {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let lower = s.trim_end_matches('.').to_ascii_lowercase();
-        let (wild, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
-        };
-        let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            // An IP literal is a host too (`10.0.0.1`, `[fd00::1]`).
-            let bare = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
-            if wild || bare.parse::<IpAddr>().is_err() {
-                return Err(format!("bad host {s:?}: expected a name such as app.dev or *.app.dev"));
-            }
-            return Ok(Self::Exact(bare.to_owned()));
-        }
-        Ok(if wild { Self::Wildcard(format!(".{name}")) } else { Self::Exact(name.to_owned()) })
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Exact(h) => f.write_str(h),
-            Self::Wildcard(s) => write!(f, "*{s}"),
-        }
-    }
-}
-
-/// A path prefix: starts with `/`, no trailing `/` except for `/` itself.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PathPrefix(pub String);
-
-impl FromStr for PathPrefix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if !s.starts_with('/') || s.bytes().any(|b| !(0x21..0x7f).contains(&b) || b == b'?' || b == b'#') {
-            return Err(format!("bad path prefix {s:?}: expected e.g. /api"));
-        }
-        let t = s.trim_end_matches('/');
-        Ok(Self(if t.is_empty() { "/".into() } else { t.to_owned() }))
-    }
-}
-
-/// A network, `10.0.0.0/8` or `fd00::/8`; a bare address is a host route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// `::ffff:a.b.c.d` is `a.b.c.d` (a dual-stack socket reports IPv4 clients so).
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad network {s:?}: expected e.g. 10.0.0.0/8 or fd00::/8");
-        let (a, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
-            None => (s, None),
-        };
-        let addr = canonical(a.parse::<IpAddr>().map_err(|_| bad())?);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = len.unwrap_or(max);
-        if len > max {
-            return Err(bad());
-        }
-        Ok(Self { addr, len })
-    }
-}
-
-/// Where `hash` takes its key from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// Path and query (`$request_uri`).
-    Uri,
-    /// The path alone.
-    Path,
-    /// The client address (after trusted proxies), whole.
-    Client,
-    Header(String),
-    Cookie(String),
-}
-
-/// The balancing method and its parameters; written as in nginx, e.g.
-/// `round_robin`, `least_conn`, `ip_hash`, `hash header:x-user consistent`, `random`,
-/// `random two least_time=last_byte`, `least_time header inflight`, `peak_ewma`,
-/// `peak_ewma decay=5s`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Method {
-    #[default]
-    RoundRobin,
-    LeastConn,
-    IpHash,
-    Hash {
-        key: HashKey,
-        consistent: bool,
-    },
-    Random,
-    /// Power of two random choices, keeping the better by `by`.
-    RandomTwo {
-        by: TwoBy,
-    },
-    LeastTime {
-        measure: TimeMeasure,
-        inflight: bool,
-    },
-    PeakEwma {
-        decay: Duration,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TwoBy {
-    LeastConn,
-    LeastTime(TimeMeasure),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeMeasure {
-    /// Time to the response head.
-    Header,
-    /// Time to the end of the response body.
-    LastByte,
-}
-
-impl FromStr for TimeMeasure {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "header" => Ok(Self::Header),
-            "last_byte" => Ok(Self::LastByte),
-            _ => Err(format!("{s:?}: expected header or last_byte")),
-        }
-    }
-}
-
-pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
-
-impl FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let words: Vec<&str> = s.split_whitespace().collect();
-        let err = |why: &str| {
-            format!(
-                "bad method {s:?}: {why} (expected round_robin, least_conn, ip_hash, hash KEY [consistent], random, \
-                 random two [least_conn|least_time=header|least_time=last_byte], least_time header|last_byte [inflight], \
-                 peak_ewma [decay=10s])"
-            )
-        };
-        Ok(match words.as_slice() {
-            ["round_robin"] => Self::RoundRobin,
-            ["least_conn"] => Self::LeastConn,
-            ["ip_hash"] => Self::IpHash,
-            ["random"] => Self::Random,
-            ["random", "two"] | ["random", "two", "least_conn"] => Self::RandomTwo { by: TwoBy::LeastConn },
-            ["random", "two", by] => match by.strip_prefix("least_time=") {
-                Some(m) => Self::RandomTwo { by: TwoBy::LeastTime(m.parse().map_err(|e: String| err(&e))?) },
-                None => return Err(err("unknown random two criterion")),
-            },
-            ["least_time", m, rest @ ..] => {
-                let inflight = match rest {
-                    [] => false,
-                    ["inflight"] => true,
-                    _ => {
-                        return Err(err("least_time takes header or last_byte, then optionally inflight"));
-                    }
-                };
-                Self::LeastTime { measure: m.parse().map_err(|e: String| err(&e))?, inflight }
-            }
-            ["peak_ewma"] => Self::PeakEwma { decay: DEFAULT_EWMA_DECAY },
-            ["peak_ewma", d] => match d.strip_prefix("decay=").map(parse_duration) {
-                Some(Ok(decay)) if !decay.is_zero() => Self::PeakEwma { decay },
-                _ => return Err(err("peak_ewma takes decay=DURATION")),
-            },
-            ["hash", key, rest @ ..] => {
-                let consistent = match rest {
-                    [] => false,
-                    ["consistent"] => true,
-                    _ => return Err(err("hash takes a KEY, then optionally consistent")),
-                };
-                let key = match *key {
-                    "uri" | "$request_uri" => HashKey::Uri,
-                    "path" | "$uri" => HashKey::Path,
-                    "client" | "$remote_addr" => HashKey::Client,
-                    k => match k.split_once(':') {
-                        Some(("header", h)) if valid_token(h) => HashKey::Header(h.to_ascii_lowercase()),
-                        Some(("cookie", c)) if valid_token(c) => HashKey::Cookie(c.to_owned()),
-                        _ => {
-                            return Err(err("KEY is uri, path, client, header:NAME or cookie:NAME"));
-                        }
-                    },
-                };
-                Self::Hash { key, consistent }
-            }
-            _ => return Err(err("unknown method")),
-        })
-    }
-}
-
-/// An RFC 9110 token (header and cookie names).
-pub fn valid_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_tchar)
-}
-
-pub fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 impl HttpOptions {
     fn validate(&self) -> Result<(), String> {
         for (what, name) in [("pin_header", &self.pin_header), ("pin_cookie", &self.pin_cookie)] {
@@ -522,78 +288,9 @@ pub fn deserialize_checked<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Htt
     Ok(Some(o))
 }
 
-/// A balancing method as the config writes it (`least_time header inflight`).
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let measure = |t: &TimeMeasure| match t {
-            TimeMeasure::Header => "header",
-            TimeMeasure::LastByte => "last_byte",
-        };
-        let text: String = match self {
-            Method::RoundRobin => "round_robin".into(),
-            Method::LeastConn => "least_conn".into(),
-            Method::IpHash => "ip_hash".into(),
-            Method::Random => "random".into(),
-            Method::Hash { key, consistent } => {
-                let key = match key {
-                    HashKey::Uri => "uri".into(),
-                    HashKey::Path => "path".into(),
-                    HashKey::Client => "client".into(),
-                    HashKey::Header(h) => format!("header:{h}"),
-                    HashKey::Cookie(c) => format!("cookie:{c}"),
-                };
-                format!("hash {key}{}", if *consistent { " consistent" } else { "" })
-            }
-            Method::RandomTwo { by: TwoBy::LeastConn } => "random two least_conn".into(),
-            Method::RandomTwo { by: TwoBy::LeastTime(t) } => format!("random two least_time={}", measure(t)),
-            Method::LeastTime { measure: t, inflight } => format!("least_time {}{}", measure(t), if *inflight { " inflight" } else { "" }),
-            Method::PeakEwma { decay } => format!("peak_ewma decay={}s", decay.as_secs_f64()),
-        };
-        f.write_str(&text)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http_methods_read_as_written() {
-        for text in ["round_robin", "hash header:x-user consistent", "random two least_time=last_byte", "least_time header inflight", "peak_ewma decay=5s"] {
-            let m: Method = text.parse().unwrap();
-            assert_eq!(m.to_string(), text);
-        }
-    }
-
-    #[test]
-    fn methods_parse_like_nginx() {
-        let m = |s: &str| s.parse::<Method>().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(m("round_robin"), Method::RoundRobin);
-        assert_eq!(m("hash header:X-User consistent"), Method::Hash { key: HashKey::Header("x-user".into()), consistent: true });
-        assert_eq!(m("hash $request_uri"), Method::Hash { key: HashKey::Uri, consistent: false });
-        assert_eq!(m("random two"), Method::RandomTwo { by: TwoBy::LeastConn });
-        assert_eq!(m("random two least_time=last_byte"), Method::RandomTwo { by: TwoBy::LeastTime(TimeMeasure::LastByte) });
-        assert_eq!(m("least_time header inflight"), Method::LeastTime { measure: TimeMeasure::Header, inflight: true });
-        assert_eq!(m("peak_ewma decay=5s"), Method::PeakEwma { decay: Duration::from_secs(5) });
-        for bad in ["fastest", "hash", "hash header: x", "least_time", "least_time body", "random three", "peak_ewma decay=0s", "hash uri sometimes"] {
-            assert!(bad.parse::<Method>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn hosts_paths_networks() {
-        assert_eq!("*.App.Dev.".parse::<HostPattern>().unwrap(), HostPattern::Wildcard(".app.dev".into()));
-        assert_eq!("10.0.0.1".parse::<HostPattern>().unwrap(), HostPattern::Exact("10.0.0.1".into()));
-        assert!("a b".parse::<HostPattern>().is_err() && "*.".parse::<HostPattern>().is_err());
-        assert_eq!("/api/".parse::<PathPrefix>().unwrap().0, "/api");
-        assert!("api".parse::<PathPrefix>().is_err());
-        let n: Cidr = "10.1.0.0/16".parse().unwrap();
-        assert!(n.contains("10.1.2.3".parse().unwrap()) && !n.contains("10.2.0.1".parse().unwrap()));
-        assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
-        let n: Cidr = "fd00::/8".parse().unwrap();
-        assert!(n.contains("fd12::1".parse().unwrap()) && !n.contains("fe80::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_with_full_jitter() {

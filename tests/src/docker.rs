@@ -155,7 +155,7 @@ pub fn is_static_elf(path: &Path) -> Result<bool, String> {
 }
 
 /// A statically linked xlb-testd: `$XLB_TESTD_STATIC` if set, else built (once per process)
-/// with `cargo build --release --target x86_64-unknown-linux-gnu` and
+/// with `cargo build --release --no-default-features --target x86_64-unknown-linux-gnu` and
 /// `-C target-feature=+crt-static` into `target/testd-static`.
 pub fn static_testd() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -168,7 +168,7 @@ pub fn static_testd() -> PathBuf {
                 let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
                 let mut c = Command::new(cargo);
                 c.current_dir(&root)
-                    .args(["build", "--quiet", "-p", "xlb-tests", "--bin", "xlb-testd", "--release"])
+                    .args(["build", "--quiet", "-p", "xlb-tests", "--bin", "xlb-testd", "--release", "--no-default-features"])
                     .args(["--target", "x86_64-unknown-linux-gnu"])
                     .env("CARGO_TARGET_DIR", &target_dir)
                     .env("RUSTFLAGS", "-C target-feature=+crt-static")

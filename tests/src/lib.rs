@@ -22,6 +22,7 @@ pub mod http;
 pub mod load;
 pub mod netns;
 pub mod outside;
+#[cfg(feature = "status")]
 pub mod status;
 pub mod topology;
 pub mod util;

@@ -47,6 +47,7 @@ use xlb_tests::{
     http,
     load::{Load, LoadOpts, Record, Report},
     outside::Outside,
+    status::{ServiceLookup as _, Status},
     util::{TempFile, unique_id, wait_for},
     xlb::{Xlb, XlbArgs},
 };
@@ -595,7 +596,7 @@ fn docker_healthcheck_fail_then_recover() {
     let unhealthy = wait_for(Duration::from_secs(5), Duration::from_millis(50), || (docker_health(victim) == "unhealthy").then_some(()));
     // xlb's status (refreshed every 2 s) while Docker says unhealthy and its TCP probe passes.
     let status_state = || {
-        let s = xlb_tests::status::Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()?;
+        let s = Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()?;
         Some(s.service(service)?.backend(&direct.to_string())?.state.clone())
     };
     let shown = wait_for(Duration::from_secs(5), Duration::from_millis(250), || status_state().filter(|s| s == "unhealthy"));
@@ -737,7 +738,7 @@ fn docker_kill_one_backend() {
 
 /// The backend addresses xlb's status lists for `service`, sorted (`None`: no status yet).
 fn status_addresses(xlb: &Xlb, service: &str) -> Option<Vec<String>> {
-    let s = xlb_tests::status::Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()?;
+    let s = Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()?;
     Some(s.service(service)?.addresses())
 }
 

@@ -52,7 +52,7 @@ use xlb_tests::{
     outside::Outside,
     http,
     load::{Load, LoadOpts, Report},
-    status::{self, Status, parse_metrics, samples},
+    status::{self, ServiceLookup as _, Status, parse_metrics, samples},
     topology::{LB_CLIENT_IF, LB_CLIENT_V4, TESTD_PORT, VIP4},
     util::{self, TempDir, TempFile, cmd, wait_for},
     xlb::{XlbArgs, xlb_bin},
@@ -260,14 +260,13 @@ fn status_and_metrics_count_real_traffic() {
     // Per-second rates come from two snapshots 2 s apart: the first one with the traffic shows
     // some, never more than the N flows over 1 s (bytes too), and once the traffic is over
     // two snapshots later they are back to 0.
-    let rate_sum = |raw: &str, key: &str| -> f64 {
-        let j = status::Json::parse(raw).unwrap_or_else(|e| panic!("{e}"));
-        let svc = j.get("services").and_then(status::Json::as_array).and_then(|a| a.iter().find(|s| s.get("name").and_then(status::Json::as_str) == Some(SERVICE)).cloned());
-        svc.and_then(|s| s.get("backends").and_then(status::Json::as_array).map(|bs| bs.iter().filter_map(|b| b.get(key).and_then(status::Json::as_f64)).sum())).unwrap_or(0.0)
+    let rates = |s: &Status| -> (f64, f64) {
+        let backends = s.service(SERVICE).map_or(&[][..], |w| &w.backends[..]);
+        (backends.iter().map(|b| b.new_flows_per_sec).sum(), backends.iter().map(|b| b.bytes_per_sec).sum())
     };
-    let (flow_rate, byte_rate) = (rate_sum(&after.raw, "new_flows_per_sec"), rate_sum(&after.raw, "bytes_per_sec"));
+    let (flow_rate, byte_rate) = rates(&after);
     assert!(flow_rate > 0.0 && flow_rate <= N as f64 * 1.05 && byte_rate > 0.0, "rates with the {N} flows: {flow_rate} flows/s, {byte_rate} bytes/s:\n{}", after.raw);
-    let quiet = poll_status(&topo, Duration::from_secs(7), |s| rate_sum(&s.raw, "new_flows_per_sec") == 0.0 && rate_sum(&s.raw, "bytes_per_sec") == 0.0);
+    let quiet = poll_status(&topo, Duration::from_secs(7), |s| rates(s) == (0.0, 0.0));
     assert!(quiet.is_ok(), "rates never went back to 0 without traffic: {quiet:?}");
     figure("status", &format!("rates over the snapshot with the traffic: {flow_rate:.1} new flows/s, {byte_rate:.0} bytes/s; 0 once it was over"));
     let w = web(&after);
@@ -418,25 +417,17 @@ fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
 
     // `xlb status --json` lists the HTTP service with the same counts (from its next snapshot).
     let all = (N_OK + N_MISSING) as u64;
-    let requests = |v: &status::Json| v.get("requests").and_then(status::Json::as_u64);
-    let service_requests = |raw: &str| -> Option<u64> {
-        let json = status::Json::parse(raw).ok()?;
-        let svc = json.get("services")?.as_array()?.iter().find(|s| s.get("name").and_then(status::Json::as_str) == Some(SERVICE))?.clone();
-        requests(&svc)
-    };
-    let st = poll_status(&topo, SNAPSHOT_WAIT, |s| service_requests(&s.raw).is_some_and(|n| n >= all)).unwrap_or_else(|e| panic!("{e}\n{}", tail(&xlb)));
+    let st = poll_status(&topo, SNAPSHOT_WAIT, |s| s.service(SERVICE).is_some_and(|w| w.requests >= all)).unwrap_or_else(|e| panic!("{e}\n{}", tail(&xlb)));
     let w = web(&st);
     assert_eq!((w.protocol.as_str(), w.method.as_str(), w.port, w.vip.as_str()), ("http", "round_robin", 80, "10.200.1.1"), "{}", st.raw);
     assert_eq!(w.addresses(), addrs_of(&topo, &names), "{}", st.raw);
-    let json = status::Json::parse(&st.raw).unwrap();
-    let svc = json.get("services").and_then(status::Json::as_array).and_then(|a| a.iter().find(|s| s.get("name").and_then(status::Json::as_str) == Some(SERVICE))).unwrap();
-    assert_eq!(requests(svc), Some(all), "service requests in xlb status --json:\n{}", st.raw);
-    for b in svc.get("backends").and_then(status::Json::as_array).unwrap() {
-        let a = b.get("address").and_then(status::Json::as_str).unwrap();
+    assert_eq!(w.requests, all, "service requests in xlb status --json:\n{}", st.raw);
+    for b in &w.backends {
+        let a = b.address.as_str();
         let n = names.iter().find(|n| addr_of(&topo, n) == a).unwrap();
         let want = value("xlb_http_request_duration_seconds_count", &[("service", SERVICE), ("backend", a)]) as u64;
-        assert_eq!(requests(b), Some(want), "{n}: requests in xlb status --json vs /metrics:\n{}", st.raw);
-        assert_eq!(b.get("state").and_then(status::Json::as_str), Some("healthy"), "{}", st.raw);
+        assert_eq!(b.requests, want, "{n}: requests in xlb status --json vs /metrics:\n{}", st.raw);
+        assert_eq!(b.state, "healthy", "{}", st.raw);
     }
     let table = status::xlb_status_raw(&topo.lb, &[]).unwrap_or_else(|e| panic!("xlb status: {e}"));
     assert!(table.contains(&format!("requests={all}")) && names.iter().all(|n| table.contains(&addr_of(&topo, n))), "`xlb status`:\n{table}");
@@ -492,12 +483,8 @@ fn logs_are_json_on_request_with_kernel_records_at_the_level_asked() {
     let lines = stderr(&xlb);
     let mut bad = Vec::new();
     for l in &lines {
-        let j = status::Json::parse(l);
-        let ok = j.as_ref().is_ok_and(|j| {
-            j.get("level").and_then(status::Json::as_str).is_some()
-                && j.get("target").and_then(status::Json::as_str).is_some()
-                && j.get("fields").and_then(|f| f.get("message")).and_then(status::Json::as_str).is_some()
-        });
+        let ok = serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|j| j["level"].is_string() && j["target"].is_string() && j["fields"]["message"].is_string());
         if !ok {
             bad.push(l.clone());
         }
@@ -584,14 +571,15 @@ fn drops_are_counted_by_reason() {
     let vip = Topology::vip4(80);
     let refused = topo.client.enter(|| std::net::TcpStream::connect_timeout(&vip, Duration::from_millis(1500)));
     assert!(refused.is_err(), "a connection through a VIP with no active backend succeeded\n{}", tail(&xlb));
-    let st = poll_status(&topo, SNAPSHOT_WAIT, |s| s.drops.get("no_backend").is_some_and(|&n| n >= 1)).unwrap_or_else(|e| panic!("{e}\n{}", tail(&xlb)));
-    let shown = st.drops["no_backend"];
+    let st = poll_status(&topo, SNAPSHOT_WAIT, |s| s.drops("no_backend") >= 1).unwrap_or_else(|e| panic!("{e}\n{}", tail(&xlb)));
+    let shown = st.drops("no_backend");
     let text = status::metrics_text(&topo.lb, ADMIN).unwrap_or_else(|e| panic!("{e}"));
     let m = parse_metrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let metric = samples(&m, "xlb_drops_total", &[("reason", "no_backend")]).first().map(|s| s.value);
     figure("drops", &format!("one refused connection (SYN and its retransmissions): no_backend {shown} in xlb status, {metric:?} in /metrics"));
     assert!(metric.is_some_and(|v| v >= shown as f64), "xlb_drops_total{{reason=\"no_backend\"}} {metric:?}, xlb status says {shown}:\n{text}");
-    assert!(st.drops.iter().all(|(r, &n)| r == "no_backend" || n == 0), "other drops: {:?}", st.drops);
+    let drops = &st.snapshot.drops;
+    assert!(drops.iter().all(|d| d.reason == "no_backend" || d.packets == 0), "other drops: {drops:?}");
     stop(xlb);
 }
 

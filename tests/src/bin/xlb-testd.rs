@@ -40,7 +40,7 @@
 //!
 //! Built std-only (plus libc for the signal handler) so that it links statically:
 //! `RUSTFLAGS='-C target-feature=+crt-static' cargo build -p xlb-tests --bin xlb-testd
-//! --release --target x86_64-unknown-linux-gnu`.
+//! --release --no-default-features --target x86_64-unknown-linux-gnu`.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},

@@ -43,7 +43,8 @@ use std::{
 
 use xlb_tests::{
     Offload,
-    docker::{self, Compose, Container, Timed},
+    compose::{self, Compose},
+    docker::{self, Container, Timed},
     http,
     load::{Load, LoadOpts, Record, Report},
     outside::Outside,
@@ -298,7 +299,7 @@ fn testd_lame_duck_as_pid1_in_a_scratch_container() {
 #[test]
 fn compose_scale_up_and_down() {
     let _g = setup();
-    docker::require_compose();
+    compose::require_compose();
     let compose = Compose::testd("api", &[]);
     compose.up(&[("api", 1)]);
     let first = compose.containers("api");

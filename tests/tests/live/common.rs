@@ -15,6 +15,7 @@ use xlb_tests::{
     http,
     load::{Load, LoadOpts, Report},
     outside::Outside,
+    status::Status,
     util::{TempFile, delta_ms, unique_id, wait_for},
     xlb::{Xlb, XlbArgs},
 };
@@ -156,8 +157,13 @@ pub fn service_label() -> String {
 }
 
 /// The SPEC `VIP:80:NAME:8080`: the containers of NAME (label, compose service, name, alias).
-pub fn docker_spec(out: &Outside, name: &str) -> String {
+fn docker_spec(out: &Outside, name: &str) -> String {
     format!("{}:{PORT}:{name}:{TESTD_PORT}", out.host_ip)
+}
+
+/// xlb's status from its admin endpoint (`None`: no answer yet).
+pub fn admin_status(xlb: &Xlb) -> Option<Status> {
+    Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()
 }
 
 /// The time of the first line of `lines` at or after `at` containing `what`.

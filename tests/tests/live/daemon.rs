@@ -10,20 +10,19 @@ use xlb_tests::{
     Offload,
     docker::{self, Container},
     outside::Outside,
-    status::{ServiceLookup as _, Status},
+    status::ServiceLookup as _,
     util::{TempFile, delta_ms, wait_for},
     xlb::Xlb,
 };
 
 use crate::common::{
-    LAME_DUCK, PORT, SUBNET, TESTD_PORT, assert_zero_failures, figure, first_log_after, labelled_backends, ms, service_label, setup, start_xlb, steady_load,
-    testd_name, wait_vip_serves,
+    LAME_DUCK, PORT, SUBNET, TESTD_PORT, admin_status, assert_zero_failures, figure, first_log_after, labelled_backends, ms, service_label, setup, start_xlb,
+    steady_load, testd_name, wait_vip_serves,
 };
 
 /// The backend addresses xlb's status lists for `service`, sorted (`None`: no status yet).
 fn status_addresses(xlb: &Xlb, service: &str) -> Option<Vec<String>> {
-    let s = Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()?;
-    Some(s.service(service)?.addresses())
+    Some(admin_status(xlb)?.service(service)?.addresses())
 }
 
 /// Restarting the Docker daemon while xlb runs: traffic keeps flowing, and the backend set

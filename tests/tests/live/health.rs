@@ -11,12 +11,13 @@ use xlb_tests::{
     Offload,
     docker::{self, Container},
     outside::Outside,
-    status::{ServiceLookup as _, Status},
+    status::ServiceLookup as _,
     util::{delta_ms, wait_for},
 };
 
 use crate::common::{
-    SUBNET, TESTD_PORT, assert_zero_failures, context, figure, first_log_after, follow, labelled_trio, ms, set_health, setup, steady_load, xlb_reaction,
+    SUBNET, TESTD_PORT, admin_status, assert_zero_failures, context, figure, first_log_after, follow, labelled_trio, ms, set_health, setup, steady_load,
+    xlb_reaction,
 };
 
 #[test]
@@ -102,7 +103,7 @@ fn docker_healthcheck_fail_then_recover() {
     let unhealthy = wait_for(Duration::from_secs(5), Duration::from_millis(50), || (docker_health(victim) == "unhealthy").then_some(()));
     // xlb's status (refreshed every 2 s) while Docker says unhealthy and its TCP probe passes.
     let status_state = || {
-        let s = Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()?;
+        let s = admin_status(&xlb)?;
         Some(s.service(service)?.backend(&direct.to_string())?.state.clone())
     };
     let shown = wait_for(Duration::from_secs(5), Duration::from_millis(250), || status_state().filter(|s| s == "unhealthy"));

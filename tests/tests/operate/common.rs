@@ -177,7 +177,7 @@ pub struct Broken {
 
 /// The 1-based line and column of the first `needle` in `text`, plus `offset` columns.
 #[track_caller]
-pub fn pos(text: &str, needle: &str, offset: usize) -> (usize, usize) {
+fn pos(text: &str, needle: &str, offset: usize) -> (usize, usize) {
     let at = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"));
     let line = text[..at].matches('\n').count() + 1;
     let col = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1 + offset;

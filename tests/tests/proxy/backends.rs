@@ -152,7 +152,7 @@ impl RawBackend {
     }
 }
 
-pub fn raw_conn(c: TcpStream, name: &str, b: Behaviour, heads: &Mutex<Vec<String>>) -> io::Result<()> {
+fn raw_conn(c: TcpStream, name: &str, b: Behaviour, heads: &Mutex<Vec<String>>) -> io::Result<()> {
     c.set_read_timeout(Some(TIMEOUT))?;
     c.set_nonblocking(false)?;
     let mut w = c.try_clone()?;

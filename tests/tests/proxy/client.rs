@@ -34,7 +34,7 @@ impl Resp {
     }
 }
 
-pub fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
+fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -96,7 +96,7 @@ impl Client {
         Self::from_stream(s.into())
     }
 
-    pub fn from_stream(s: TcpStream) -> Client {
+    fn from_stream(s: TcpStream) -> Client {
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();
         Client { w: s.try_clone().unwrap(), r: BufReader::new(s) }

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 
-pub fn sha1(data: &[u8]) -> [u8; 20] {
+fn sha1(data: &[u8]) -> [u8; 20] {
     let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
     let mut msg = data.to_vec();
     msg.push(0x80);
@@ -40,7 +40,7 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
     out
 }
 
-pub fn base64(data: &[u8]) -> String {
+fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for c in data.chunks(3) {

@@ -5,8 +5,8 @@ use std::{
     process::exit,
 };
 
-pub const DEFAULT_LAME_DUCK_MS: u64 = 1000;
-pub const MAX_LAME_DUCK_MS: u64 = 600_000;
+const DEFAULT_LAME_DUCK_MS: u64 = 1000;
+const MAX_LAME_DUCK_MS: u64 = 600_000;
 
 pub struct Args {
     pub name: String,
@@ -25,7 +25,7 @@ pub fn usage() -> ! {
     exit(2)
 }
 
-pub fn parse_ms(s: &str) -> u64 {
+fn parse_ms(s: &str) -> u64 {
     match s.parse::<u64>() {
         Ok(ms) if ms <= MAX_LAME_DUCK_MS => ms,
         _ => {

@@ -9,7 +9,7 @@ use std::{
 };
 
 /// Time limit of each step of `check` (Docker's own timeout kills it anyway).
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `xlb-testd check [--port PORT]`: exits 0 if this host's xlb-testd answers `GET /health`
 /// with 200, else 1.

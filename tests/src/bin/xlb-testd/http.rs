@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-pub const MAX_STREAM_SECS: u64 = 3600;
-pub const MAX_DELAY_MS: u64 = 600_000;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+const MAX_BODY_BYTES: u64 = 1024 * 1024;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+const MAX_STREAM_SECS: u64 = 3600;
+const MAX_DELAY_MS: u64 = 600_000;
 
 pub struct State {
     pub name: String,
@@ -22,7 +22,7 @@ pub struct State {
     pub quiet: bool,
 }
 
-pub struct Request {
+struct Request {
     pub method: String,
     pub target: String,
     pub keep_alive: bool,
@@ -30,7 +30,7 @@ pub struct Request {
 
 /// Reads one request (head and body). `Ok(None)`: the client closed the connection between
 /// requests.
-pub fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
     let mut head_bytes = 0usize;
     let mut line = String::new();
     // Tolerate empty lines before a request line (RFC 9112 2.2).
@@ -93,7 +93,7 @@ pub fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>>
     Ok(Some(Request { method, target, keep_alive }))
 }
 
-pub fn respond(w: &mut TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
+fn respond(w: &mut TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -112,7 +112,7 @@ pub fn respond(w: &mut TcpStream, status: u16, body: &str, keep_alive: bool) -> 
     w.flush()
 }
 
-pub fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| match kv.split_once('=') {
         Some((k, v)) if k == key => Some(v),
         _ => None,
@@ -184,7 +184,7 @@ pub fn serve_conn(stream: TcpStream, state: &State) -> io::Result<()> {
 }
 
 /// A close-delimited response: a line every 100 ms, then `NAME done`, then close.
-pub fn stream_lines(w: &mut TcpStream, name: &str, secs: u64) -> io::Result<()> {
+fn stream_lines(w: &mut TcpStream, name: &str, secs: u64) -> io::Result<()> {
     w.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: no-cache\r\n\
           Connection: close\r\n\r\n",

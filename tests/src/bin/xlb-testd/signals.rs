@@ -13,9 +13,9 @@ use std::{
 /// Set once SIGTERM started the lame-duck period.
 pub static LAME_DUCK: AtomicBool = AtomicBool::new(false);
 /// The write end of the self-pipe the signal handler reports SIGTERM on (-1: none yet).
-pub static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 /// A SIGTERM was already received (a second one exits at once).
-pub static TERMINATING: AtomicBool = AtomicBool::new(false);
+static TERMINATING: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe calls here: atomics, write(2), _exit(2).

@@ -21,27 +21,22 @@ pub trait Frame {
     fn end(&self) -> usize;
 }
 
-impl Frame for aya_ebpf::programs::XdpContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
+/// XDP and TC contexts both have `data()` and `data_end()`.
+macro_rules! frame {
+    ($($ctx:ty),+) => {$(
+        impl Frame for $ctx {
+            #[inline(always)]
+            fn start(&self) -> usize {
+                self.data()
+            }
+            #[inline(always)]
+            fn end(&self) -> usize {
+                self.data_end()
+            }
+        }
+    )+};
 }
-
-impl Frame for aya_ebpf::programs::TcContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
-}
+frame!(aya_ebpf::programs::XdpContext, aya_ebpf::programs::TcContext);
 
 /// A pointer to a `T` at `off` bytes into the frame, if the frame is long enough.
 #[inline(always)]

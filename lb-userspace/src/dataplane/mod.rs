@@ -27,7 +27,7 @@ use lb_common::{Backend as KBackend, BackendState as KState, Conn, ConnKey, Serv
 
 use crate::{
     config::{self, BackendState},
-    plan::DesiredBackend,
+    plan::{Desired, DesiredBackend},
 };
 use pin::Scope;
 
@@ -111,6 +111,8 @@ struct ServiceSlot {
     table: u32,
     backends: Vec<(u32, DesiredBackend)>,
     table_ids: Vec<u32>,
+    /// What the last sync wrote for it; `None` for a service taken over from a kept plane.
+    synced: Option<Desired>,
 }
 
 /// One attachment of one of our programs, so that it can be pinned on the way out.
@@ -243,7 +245,7 @@ impl Dataplane {
             for id in &table_ids {
                 owner.insert(*id, key);
             }
-            self.services.insert(key, ServiceSlot { id: s.id, table: s.table, backends: Vec::new(), table_ids });
+            self.services.insert(key, ServiceSlot { id: s.id, table: s.table, backends: Vec::new(), table_ids, synced: None });
         }
         let backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
         let mut free = Vec::new();

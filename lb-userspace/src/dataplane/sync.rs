@@ -59,6 +59,10 @@ impl Dataplane {
 
     /// Updates one service; returns the backends it no longer has.
     fn sync_service(&mut self, d: &Desired) -> anyhow::Result<Vec<(u32, BackendIdent)>> {
+        // What the maps hold for it already: a sync costs what changed, not what exists.
+        if self.services.get(&d.key).is_some_and(|s| s.synced.as_ref() == Some(d)) {
+            return Ok(Vec::new());
+        }
         let (service, old_table, old_ids, old_backends) = match self.services.get(&d.key) {
             Some(s) => (s.id, Some(s.table), s.table_ids.clone(), s.backends.clone()),
             None => {
@@ -140,7 +144,7 @@ impl Dataplane {
 
         let kept: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
         let removed = old_backends.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, b)| (*id, (d.key, b.addr, b.port))).collect();
-        self.services.insert(d.key, ServiceSlot { id: service, table: entry.table, backends, table_ids });
+        self.services.insert(d.key, ServiceSlot { id: service, table: entry.table, backends, table_ids, synced: Some(d.clone()) });
         Ok(removed)
     }
 

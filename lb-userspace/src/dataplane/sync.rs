@@ -16,8 +16,8 @@ use crate::{
     plan::{Desired, DesiredBackend},
 };
 
-/// A backend id and the entry to write under it.
-type KEntry = (u32, KBackend);
+/// A service's backends with their ids, and the draining ones' entries still to write.
+type Written = (Vec<(u32, DesiredBackend)>, Vec<(u32, KBackend)>);
 
 impl Dataplane {
     /// Makes the maps match `desired`. Order matters for packets in flight: new
@@ -124,7 +124,7 @@ impl Dataplane {
     /// Gives each of the service's backends its id (kept, claimed from a kept plane, or
     /// new) and writes the active ones; returns them all, and the draining ones' entries,
     /// which wait until the service points at a table that no longer names them.
-    fn write_backends(&mut self, d: &Desired, service: u32) -> anyhow::Result<(Vec<(u32, DesiredBackend)>, Vec<KEntry>)> {
+    fn write_backends(&mut self, d: &Desired, service: u32) -> anyhow::Result<Written> {
         let mut backends = Vec::with_capacity(d.backends.len());
         let mut drain_later = Vec::new();
         for b in &d.backends {

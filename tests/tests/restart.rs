@@ -136,7 +136,7 @@ fn restart_keeps_a_draining_backends_connection() {
 fn down_leaves_no_program_pin_or_link() {
     let _g = xlb_tests::serial();
     let topo = setup();
-    let (cfg, _down, mut xlb) = start_kept(&topo);
+    let (_cfg, _down, mut xlb) = start_kept(&topo);
     let vip = Topology::vip4(80);
     expect_spread(&topo, &["b1", "b2"], &xlb);
     xlb.stop_keeping_dataplane().unwrap_or_else(|e| panic!("{e}"));

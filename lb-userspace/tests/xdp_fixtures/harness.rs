@@ -200,17 +200,22 @@ impl Fixture {
         stats.backends.iter().find(|b| b.addr == host.ip).map(|b| b.counters).unwrap_or_else(|| panic!("no counters of {}", host.ip))
     }
 
-    /// The connection table, opened by id from the XDP program's maps: `Dataplane` keeps
-    /// its handle to itself, and by name alone another loaded xlb's table could answer.
+    /// The connection table, opened by id from the XDP program's maps (see [`Self::map`]).
     pub fn conntrack(&mut self) -> BpfHashMap<MapData, ConnKey, Conn> {
+        BpfHashMap::try_from(self.map(names::CONNTRACK)).expect("CONNTRACK as a hash map")
+    }
+
+    /// One of the XDP program's maps, opened by id: `Dataplane` keeps its handles to
+    /// itself, and by name alone another loaded xlb's map could answer.
+    pub fn map(&mut self, name: &str) -> Map {
         let prog = self.dp.xdp().expect("the XDP program").info().expect("program info");
         for id in prog.map_ids().expect("map ids").expect("this kernel lists a program's maps") {
             let data = MapData::from_id(id).expect("opening a map by id");
-            if data.info().expect("map info").name_as_str() == Some(names::CONNTRACK) {
-                return Map::from_map_data(data).and_then(BpfHashMap::try_from).expect("CONNTRACK as a hash map");
+            if data.info().expect("map info").name_as_str() == Some(name) {
+                return Map::from_map_data(data).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }
-        panic!("the XDP program uses no map named {}", names::CONNTRACK);
+        panic!("the XDP program uses no map named {name}");
     }
 
     /// The backend id a flow's service entry names.

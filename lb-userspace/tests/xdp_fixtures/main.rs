@@ -14,8 +14,8 @@
 //! - `services`: the services the cases configure and the backend a new flow must get;
 //! - `runner`: `Case`, `Want` and `Fixture::check`, which runs a case and checks it all.
 //!
-//! The cases, one file per feature: `forward`, `checksum`, `parsing` (with the garbage
-//! frames), `tcp_flows`, `ttl`, `removal`, `expiry`, `maglev`, `round_robin`, `random`.
+//! The cases, one file per feature: `forward`, `icmp`, `checksum`, `parsing` (with the garbage
+//! frames), `tcp_flows`, `ttl`, `removal`, `expiry`, `consistency`, `maglev`, `round_robin`, `random`.
 //!
 //! To add a feature's cases: a file here with `mod` below; a table of frames goes in its
 //! `pub fn cases() -> Vec<Case>` run by a `#[test] fn frames() { run_table(&cases()) }`
@@ -32,8 +32,10 @@ mod runner;
 mod services;
 
 mod checksum;
+mod consistency;
 mod expiry;
 mod forward;
+mod icmp;
 mod maglev;
 mod parsing;
 mod random;

@@ -1,7 +1,6 @@
 //! What xlb asks of the host's interfaces and routes.
 
 use std::{
-    collections::BTreeSet,
     ffi::CStr,
     net::{IpAddr, SocketAddr, UdpSocket},
 };
@@ -68,11 +67,6 @@ pub fn route_interface(dst: IpAddr) -> anyhow::Result<String> {
         .find(|(_, a)| *a == src)
         .map(|(name, _)| name)
         .with_context(|| format!("no interface holds {src}, the source address for backend {dst}"))
-}
-
-/// The interfaces replies from `backends` arrive on.
-pub fn reply_interfaces(backends: impl IntoIterator<Item = IpAddr>) -> anyhow::Result<BTreeSet<String>> {
-    backends.into_iter().map(route_interface).collect()
 }
 
 pub fn ifindex(iface: &str) -> anyhow::Result<u32> {

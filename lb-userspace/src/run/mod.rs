@@ -54,6 +54,8 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    // Stamped before reading: a change made while xlb starts is then seen by the watcher.
+    let mut file_stamp = stamp(source.file.as_deref());
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -121,7 +123,6 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut ramp = tokio::time::interval(RAMP_EVERY);
     let mut status = tokio::time::interval(STATUS_EVERY);
     let mut watch_file = tokio::time::interval(WATCH_FILE_EVERY);
-    let mut file_stamp = stamp(source.file.as_deref());
     let mut ramping = ramping;
     loop {
         let changed = tokio::select! {

@@ -239,7 +239,7 @@ fn admin_token_and_what_a_reload_cannot_change() {
     // A reload sets a token: it applies at once.
     let from = log_len(&xlb);
     cfg.write(&with_admin("  address: 0.0.0.0:9100\n  token: s3cret-token\n"));
-    assert!(wait_log(&xlb, from, Duration::from_secs(5), &["config reloaded"]).is_some(), "the reload setting a token; log:\n{}", xlb.log());
+    assert!(wait_log(&xlb, from, Duration::from_secs(5), &["admin.token changed"]).is_some(), "the reload setting a token; log:\n{}", xlb.log());
     assert_eq!(admin_status(&topo, admin, ""), Ok(401), "no Authorization header");
     assert_eq!(admin_status(&topo, admin, "Authorization: Bearer s3cret-toke\r\n"), Ok(401), "a wrong token");
     assert_eq!(admin_status(&topo, admin, "Authorization: Bearer s3cret-token\r\n"), Ok(200), "the token");

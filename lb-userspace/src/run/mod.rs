@@ -357,11 +357,11 @@ impl Controller {
         self.sources.watch(&self.config);
         let token = self.config.admin.token.clone();
         if *self.admin_token.borrow() != token {
-            info!(set = token.is_some(), "admin.token changed");
             admin::warn_if_exposed(self.admin_address, token.as_deref());
+            let set = token.is_some();
             self.admin_token.send_replace(token);
+            info!(set, "admin.token changed");
         }
-        info!(services = self.config.services.len(), "config reloaded");
     }
 
     /// Records an update and any others already queued, so a burst of events costs
@@ -386,10 +386,11 @@ impl Controller {
     }
 
     /// Recomputes what the maps should hold and writes the difference. Returns whether
-    /// a slow start is still ramping. `strict` (a reload): an HTTP listener that cannot
-    /// be bound fails the replan before the maps are touched, so that the caller can put
-    /// the previous config back; otherwise it is logged and the rest applied.
-    fn replan(&mut self, strict: bool) -> anyhow::Result<bool> {
+    /// a slow start is still ramping. `reload`: the config is a reloaded one, so an HTTP
+    /// listener that cannot be bound fails the replan before the maps are touched (the
+    /// caller puts the previous config back), and `config reloaded` is logged once only
+    /// the maps are left to write; otherwise a listener error is logged and the rest applied.
+    fn replan(&mut self, reload: bool) -> anyhow::Result<bool> {
         let started = Instant::now();
         let plan = plan::plan(&self.config, &self.iface, &self.registry, started, |service, addr| {
             let target = health::Target { service: service.to_owned(), addr };
@@ -397,7 +398,7 @@ impl Controller {
             Vitals { probe: self.health.healthy(&target), since: self.health.healthy_since(&target).or(seen) }
         })?;
         match self.proxy.update(plan.http.clone()) {
-            Err(e) if strict => return Err(e.context("HTTP proxy")),
+            Err(e) if reload => return Err(e.context("HTTP proxy")),
             Err(e) => error!("HTTP proxy: {e:#}"),
             Ok(()) => {}
         }
@@ -419,6 +420,9 @@ impl Controller {
         forget_gone(&backends, &mut self.first_seen, &mut self.backend_transitions);
         let unroutable = self.attach_reply(&plan.services);
         self.report_unroutable(unroutable);
+        if reload {
+            info!(services = self.config.services.len(), "config reloaded");
+        }
         if let Some(until) = self.settle {
             if started < until && !self.settled(&plan.services) {
                 debug!("adopted data plane: waiting for discovery and first probes before syncing");

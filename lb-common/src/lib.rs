@@ -12,6 +12,7 @@ pub mod names {
     pub const REV_NAT: &str = "REV_NAT";
     pub const TABLES: &str = "TABLES";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CONN_CREATED: &str = "CONN_CREATED";
     pub const SETTINGS: &str = "SETTINGS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const RR: &str = "RR";
@@ -47,7 +48,7 @@ pub type Addr = [u32; 4];
 pub enum Method {
     /// Hash of the 5-tuple into a Maglev table: consistent across nodes and re-hashes.
     Maglev = 0,
-    /// A per-CPU counter walking a smooth weighted round-robin sequence.
+    /// A host-wide counter walking a smooth weighted round-robin sequence.
     RoundRobin = 1,
     /// A random slot of the weighted sequence.
     Random = 2,
@@ -122,6 +123,10 @@ pub struct Backend {
     pub family: u8,
     /// `BackendState` as u8.
     pub state: u8,
+    /// The id of the service whose table names it. A table slot freed by one service is
+    /// soon rewritten for another; a packet that read the old slot number just before
+    /// finds another service's backend there, and is dropped instead of misdelivered.
+    pub service: u32,
 }
 
 /// `REV_NAT[service id]`: what a reply's source is rewritten to.

@@ -1,16 +1,25 @@
 //! The connection table. A flow has two entries, both keyed from the client's side:
 //! the service entry (client -> VIP) pins forward packets to a backend, the backend
 //! entry (client -> backend) lets replies find their rev-NAT index. The kernel only
-//! creates and refreshes entries; user space expires idle ones.
+//! creates and refreshes entries; user space expires idle ones, a flow's two together.
+//! Every entry the kernel adds is counted (`CONN_CREATED`), so user space can tell how
+//! many the LRU evicted: created - expired - live.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
 use lb_common::{Addr, Backend, BackendState, Conn, ConnKey, ConnKind, DropReason, IPPROTO_TCP, Service, Settings};
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, count_drop},
+    maps::{BACKENDS, CONN_CREATED, CONNTRACK, count_drop},
     parse::Packet,
     select,
 };
+
+/// How long a flow goes without a packet before its next forward packet checks that the
+/// reply entry is still there (it may have been evicted alone): once a second at most.
+const REPAIR_AFTER_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Packet, kind: ConnKind) -> ConnKey {
@@ -28,7 +37,8 @@ pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Pac
 
 /// The backend of a forward packet: the pinned one while it is active; while it drains or
 /// after its removal, for every TCP segment but a SYN (the flow ends where it began);
-/// otherwise a fresh choice. Only a SYN (or any UDP datagram) opens a flow: a TCP segment
+/// otherwise a fresh choice (a UDP flow on a draining backend is kept but not refreshed).
+/// Only a SYN (or any UDP datagram) opens a flow: a TCP segment
 /// of a flow with no entry, or whose backend's id is free again, is `None`, for the stack
 /// to answer (with a reset when the VIP is local), and counted as `NoFlow`. A FIN or RST
 /// marks both of the flow's entries closed.
@@ -40,16 +50,26 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
     let syn = p.is_syn();
     let tcp = p.proto == IPPROTO_TCP;
     let mut pinned = None;
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&skey) {
+    let had_entry = CONNTRACK.get_ptr_mut(&skey);
+    if let Some(entry) = had_entry {
         let entry = unsafe { &mut *entry };
         if let Some(b) = BACKENDS.get(entry.backend) {
             let (active, draining) = (b.state == BackendState::Active as u8, b.state == BackendState::Draining as u8);
             let removed = b.state == BackendState::Removed as u8;
             if !syn && (active || draining || (removed && tcp)) {
-                entry.last_seen = now;
+                // A UDP flow has no end to wait for: on a draining backend it is not
+                // refreshed, so it expires after its idle timeout and moves elsewhere.
+                let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
+                if now.wrapping_sub(entry.last_seen) > REPAIR_AFTER_NS && CONNTRACK.get_ptr(&bkey).is_none() {
+                    // Replies would leave un-rewritten: write the reply entry back.
+                    let _ = insert_new(&bkey, &Conn { last_seen: now, ..*entry });
+                }
+                if active || tcp {
+                    entry.last_seen = now;
+                }
                 if p.closes() && entry.flags & Conn::F_CLOSED == 0 {
                     entry.flags |= Conn::F_CLOSED;
-                    mark_closed(&key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend));
+                    mark_closed(&bkey);
                 }
                 return Ok(Some((entry.backend, *b, false)));
             }
@@ -74,23 +94,38 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
     };
     let conn = Conn { backend: id, rev_nat: svc.id, last_seen: now, flags: 0, _pad: 0 };
     let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
-    if CONNTRACK.insert(&skey, &conn, BPF_ANY as u64).is_err()
-        || CONNTRACK.insert(&bkey, &conn, BPF_ANY as u64).is_err()
-    {
+    let written = if had_entry.is_some() { CONNTRACK.insert(&skey, &conn, BPF_ANY as u64) } else { insert_new(&skey, &conn) };
+    if written.is_err() || insert_new(&bkey, &conn).is_err() {
         return Err(DropReason::ConntrackFull);
     }
     Ok(Some((id, b, new)))
 }
 
-/// The flow entry a reply (backend -> client) belongs to, refreshed; a FIN or RST marks it
-/// closed (the caller marks the service entry, whose key needs the VIP).
+/// Writes an entry, counting it in `CONN_CREATED` when the key was not there before.
+#[inline(always)]
+fn insert_new(k: &ConnKey, conn: &Conn) -> Result<(), i32> {
+    if CONNTRACK.insert(k, conn, BPF_NOEXIST as u64).is_ok() {
+        if let Some(c) = CONN_CREATED.get_ptr_mut(0) {
+            unsafe { *c += 1 };
+        }
+        return Ok(());
+    }
+    CONNTRACK.insert(k, conn, BPF_ANY as u64)
+}
+
+/// The flow entry a reply (backend -> client) belongs to, refreshed (but for a UDP flow
+/// whose backend is no longer active: it is to go idle, see `forward`); a FIN or RST marks
+/// it closed (the caller marks the service entry, whose key needs the VIP).
 #[inline(always)]
 pub fn reply(p: &Packet) -> Option<Conn> {
     let bkey = key(&p.dst, p.dport, &p.src, p.sport, p, ConnKind::Backend);
     let entry = CONNTRACK.get_ptr_mut(&bkey)?;
     unsafe {
         let before = *entry;
-        (*entry).last_seen = bpf_ktime_get_ns();
+        let leaving = p.proto != IPPROTO_TCP && BACKENDS.get(before.backend).is_none_or(|b| b.state != BackendState::Active as u8);
+        if !leaving {
+            (*entry).last_seen = bpf_ktime_get_ns();
+        }
         if p.closes() {
             (*entry).flags |= Conn::F_CLOSED;
         }

@@ -13,10 +13,14 @@
 //! programs on the same hook (TCX or cls_bpf) still see them.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write in core::sync; the intrinsic emits BPF_XADD.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod conntrack;
 mod csum;
 mod fib;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -44,7 +48,7 @@ use crate::{
 
 #[xdp]
 pub fn xlb_xdp(ctx: XdpContext) -> u32 {
-    let Some(p) = parse(&ctx) else { return xdp_action::XDP_PASS };
+    let Some(p) = parse(&ctx) else { return error_to_backend(&ctx) };
     let key = ServiceKey { addr: p.dst, port: p.dport, proto: p.proto, family: p.family };
     // SAFETY: user space updates map values whole; we copy before use.
     let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else { return xdp_action::XDP_PASS };
@@ -83,10 +87,29 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     if !maybe_partial && nat::apply_l4(&ctx, &p, &diff).is_none() {
         return xdp_action::XDP_PASS;
     }
+    send(&ctx, &p, &backend.addr, p.sport, backend.port, maybe_partial.then_some(&diff))
+}
+
+/// An ICMP error about one of our flows' replies, on to the flow's backend (see `icmp`);
+/// anything else is the stack's.
+#[inline(always)]
+fn error_to_backend(ctx: &XdpContext) -> u32 {
+    let Some((e, addr)) = icmp::to_backend(ctx) else { return xdp_action::XDP_PASS };
+    if nat::decrement_ttl(ctx, &e.outer).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    send(ctx, &e.outer, &addr, 0, 0, None)
+}
+
+/// Sends a rewritten packet towards `dst`: back out (`XDP_TX`), to an XDP-capable port, or
+/// up to `xlb_fwd` with where to go and, for a checksum that may be partial, what is
+/// still to fold into it (`pending`).
+#[inline(always)]
+fn send(ctx: &XdpContext, p: &Packet, dst: &lb_common::Addr, sport: u16, dport: u16, pending: Option<&nat::L4Diff>) -> u32 {
     let ingress = ctx.ingress_ifindex() as u32;
-    let route = fib::route(ctx.as_ptr(), &ctx, &p, &p.src, &backend.addr, p.sport, backend.port, ingress);
+    let route = fib::route(ctx.as_ptr(), ctx, p, &p.src, dst, sport, dport, ingress);
     let ifindex = match route {
-        Route::Resolved { ifindex } if !maybe_partial => {
+        Route::Resolved { ifindex } if pending.is_none() => {
             if ifindex == ingress {
                 return xdp_action::XDP_TX;
             }
@@ -104,12 +127,12 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
         Route::Stack => 0,
     };
     let mut meta = FwdMeta { magic: FwdMeta::MAGIC, ifindex, ..Default::default() };
-    if maybe_partial {
+    if let Some(diff) = pending {
         meta.flags |= FwdMeta::F_FIX_L4;
         meta.l4_addr_diff = diff.addr;
         meta.l4_port_diff = diff.port;
     }
-    pass_to_tc(&ctx, &meta)
+    pass_to_tc(ctx, &meta)
 }
 
 /// Leaves `meta` in front of the frame for `xlb_fwd` and passes the frame up.
@@ -168,7 +191,7 @@ pub fn xlb_fwd(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn xlb_reply(ctx: TcContext) -> i32 {
-    let Some(p) = parse_tc(&ctx) else { return TC_ACT_UNSPEC };
+    let Some(p) = parse_tc(&ctx) else { return error_to_client(&ctx) };
     // The stack forwards it unchanged and answers with ICMP time exceeded, as a router would.
     if p.ttl <= 1 {
         return TC_ACT_UNSPEC;
@@ -191,8 +214,30 @@ pub fn xlb_reply(ctx: TcContext) -> i32 {
         count_drop(DropReason::ChecksumFailed);
         return TC_ACT_SHOT;
     }
+    redirect(&ctx, &p, &vip.addr, vip.port, p.dport)
+}
+
+/// An ICMP error about a packet xlb forwarded to a backend, on to the flow's client (see
+/// `icmp`); anything else is the stack's.
+#[inline(always)]
+fn error_to_client(ctx: &TcContext) -> i32 {
+    // Headers up to the quoted ports: Ethernet + VLAN + IPv4 with options, twice, + ICMP.
+    let want = core::cmp::min(ctx.len(), 154);
+    if ctx.pull_data(want).is_err() {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(e) = icmp::to_client(ctx) else { return TC_ACT_UNSPEC };
+    if nat::decrement_ttl(ctx, &e.outer).is_none() {
+        return TC_ACT_UNSPEC;
+    }
+    redirect(ctx, &e.outer, &e.outer.src, 0, 0)
+}
+
+/// Sends a rewritten reply (source `src`, already in the frame) to its client.
+#[inline(always)]
+fn redirect(ctx: &TcContext, p: &Packet, src: &lb_common::Addr, sport: u16, dport: u16) -> i32 {
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    match fib::route(ctx.skb.skb.cast(), &ctx, &p, &vip.addr, &p.dst, vip.port, p.dport, ingress) {
+    match fib::route(ctx.skb.skb.cast(), ctx, p, src, &p.dst, sport, dport, ingress) {
         Route::Resolved { ifindex } => unsafe { bpf_redirect(ifindex, 0) as i32 },
         Route::NoNeigh { ifindex } => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 },
         Route::Unreachable | Route::Stack => TC_ACT_UNSPEC,

@@ -30,6 +30,10 @@ pub static TABLES: Array<u32> =
 #[map]
 pub static CONNTRACK: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
 
+/// Connection entries the kernel added, per CPU (one slot).
+#[map]
+pub static CONN_CREATED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
@@ -38,9 +42,10 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
-/// Round-robin position per service, per CPU.
+/// Round-robin position per service, one for the whole host: a per-CPU position would
+/// let each CPU walk the sequence on its own, so sequential clients would not alternate.
 #[map]
-pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static RR: Array<u64> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);

@@ -31,6 +31,18 @@ pub struct L4Diff {
 /// shrank under us, which the verifier makes us consider.
 #[inline(always)]
 pub fn rewrite(f: &impl Frame, p: &Packet, side: Side, addr: &Addr, port: u16) -> Option<L4Diff> {
+    let addr_diff = rewrite_addr(f, p, side, addr)?;
+    let port_off = p.l4_off + if side == Side::Src { 0 } else { 2 };
+    let field: *mut u16 = ptr_at(f, port_off)?;
+    let old = unsafe { read_unaligned(field) };
+    unsafe { write_unaligned(field, port) };
+    Some(L4Diff { addr: addr_diff, port: csum::diff16(old, port) })
+}
+
+/// Rewrites one side's address (and the IPv4 header checksum); returns what the change
+/// adds to a checksum over the address (an L4 pseudo-header).
+#[inline(always)]
+pub fn rewrite_addr(f: &impl Frame, p: &Packet, side: Side, addr: &Addr) -> Option<u32> {
     let mut addr_diff = 0u32;
     if p.family == AF_INET {
         let off = p.l3_off + if side == Side::Src { 12 } else { 16 };
@@ -51,11 +63,7 @@ pub fn rewrite(f: &impl Frame, p: &Packet, side: Side, addr: &Addr, port: u16) -
             i += 1;
         }
     }
-    let port_off = p.l4_off + if side == Side::Src { 0 } else { 2 };
-    let field: *mut u16 = ptr_at(f, port_off)?;
-    let old = unsafe { read_unaligned(field) };
-    unsafe { write_unaligned(field, port) };
-    Some(L4Diff { addr: addr_diff, port: csum::diff16(old, port) })
+    Some(addr_diff)
 }
 
 /// Takes one off the TTL (IPv4, with its header checksum) or the hop limit (IPv6), as a

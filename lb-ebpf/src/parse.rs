@@ -21,27 +21,22 @@ pub trait Frame {
     fn end(&self) -> usize;
 }
 
-impl Frame for aya_ebpf::programs::XdpContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
+/// XDP and TC contexts both have `data()` and `data_end()`.
+macro_rules! frame {
+    ($($ctx:ty),+) => {$(
+        impl Frame for $ctx {
+            #[inline(always)]
+            fn start(&self) -> usize {
+                self.data()
+            }
+            #[inline(always)]
+            fn end(&self) -> usize {
+                self.data_end()
+            }
+        }
+    )+};
 }
-
-impl Frame for aya_ebpf::programs::TcContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
-}
+frame!(aya_ebpf::programs::XdpContext, aya_ebpf::programs::TcContext);
 
 /// A pointer to a `T` at `off` bytes into the frame, if the frame is long enough.
 #[inline(always)]
@@ -109,59 +104,7 @@ impl Packet {
 
 #[inline(always)]
 pub fn parse(f: &impl Frame) -> Option<Packet> {
-    let eth: *const EthHdr = ptr_at(f, 0)?;
-    let mut l3_off = EthHdr::LEN;
-    let mut ether_type = unsafe { (*eth).ether_type };
-    if ether_type == EtherType::Ieee8021q as u16 {
-        let vlan: *const VlanHdr = ptr_at(f, l3_off)?;
-        ether_type = unsafe { (*vlan).ether_type };
-        l3_off += VlanHdr::LEN;
-    }
-    let mut p = Packet {
-        l3_off,
-        l4_off: 0,
-        family: 0,
-        proto: 0,
-        src: [0; 4],
-        dst: [0; 4],
-        sport: 0,
-        dport: 0,
-        l4_len: 0,
-        tcp_flags: 0,
-        ttl: 0,
-    };
-    if ether_type == EtherType::Ipv4 as u16 {
-        let ip: *const Ipv4Hdr = ptr_at(f, l3_off)?;
-        let ip = unsafe { &*ip };
-        let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-        // Any fragment (offset set or more-fragments set) goes to the stack whole.
-        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
-            return None;
-        }
-        let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-        if tot_len < ihl {
-            return None;
-        }
-        p.family = AF_INET;
-        p.proto = ip.proto;
-        p.ttl = ip.ttl;
-        p.src[0] = u32::from_ne_bytes(ip.src_addr);
-        p.dst[0] = u32::from_ne_bytes(ip.dst_addr);
-        p.l4_off = l3_off + (ihl & 0x3c);
-        p.l4_len = (tot_len - ihl) as u16;
-    } else if ether_type == EtherType::Ipv6 as u16 {
-        let ip: *const Ipv6Hdr = ptr_at(f, l3_off)?;
-        let ip = unsafe { &*ip };
-        p.family = AF_INET6;
-        p.proto = ip.next_hdr;
-        p.ttl = ip.hop_limit;
-        p.src = unsafe { mem::transmute::<[u8; 16], Addr>(ip.src_addr) };
-        p.dst = unsafe { mem::transmute::<[u8; 16], Addr>(ip.dst_addr) };
-        p.l4_off = l3_off + Ipv6Hdr::LEN;
-        p.l4_len = u16::from_be_bytes(ip.payload_len);
-    } else {
-        return None;
-    }
+    let mut p = ip(f)?;
     match p.proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(f, p.l4_off)?;
@@ -176,6 +119,77 @@ pub fn parse(f: &impl Frame) -> Option<Packet> {
             p.dport = unsafe { u16::from_ne_bytes((*udp).dst) };
         }
         _ => return None,
+    }
+    Some(p)
+}
+
+/// Ethernet (one 802.1Q tag at most) and the IP header after it, any L4 protocol; ports
+/// and flags are left 0.
+#[inline(always)]
+pub fn ip(f: &impl Frame) -> Option<Packet> {
+    let eth: *const EthHdr = ptr_at(f, 0)?;
+    let mut l3_off = EthHdr::LEN;
+    let mut ether_type = unsafe { (*eth).ether_type };
+    if ether_type == EtherType::Ieee8021q as u16 {
+        let vlan: *const VlanHdr = ptr_at(f, l3_off)?;
+        ether_type = unsafe { (*vlan).ether_type };
+        l3_off += VlanHdr::LEN;
+    }
+    if ether_type == EtherType::Ipv4 as u16 {
+        ip_at(f, l3_off, AF_INET)
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        ip_at(f, l3_off, AF_INET6)
+    } else {
+        None
+    }
+}
+
+/// The IP header of `family` at `l3_off`: also the packet an ICMP error quotes.
+#[inline(always)]
+pub fn ip_at(f: &impl Frame, l3_off: usize, family: u8) -> Option<Packet> {
+    let mut p = Packet {
+        l3_off,
+        l4_off: 0,
+        family,
+        proto: 0,
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: 0,
+        l4_len: 0,
+        tcp_flags: 0,
+        ttl: 0,
+    };
+    if family == AF_INET {
+        let ip: *const Ipv4Hdr = ptr_at(f, l3_off)?;
+        let ip = unsafe { &*ip };
+        let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+        // Any fragment (offset set or more-fragments set) goes to the stack whole.
+        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+            return None;
+        }
+        let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+        if tot_len < ihl {
+            return None;
+        }
+        p.proto = ip.proto;
+        p.ttl = ip.ttl;
+        p.src[0] = u32::from_ne_bytes(ip.src_addr);
+        p.dst[0] = u32::from_ne_bytes(ip.dst_addr);
+        p.l4_off = l3_off + (ihl & 0x3c);
+        p.l4_len = (tot_len - ihl) as u16;
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(f, l3_off)?;
+        let ip = unsafe { &*ip };
+        if ip.vcf[0] >> 4 != 6 {
+            return None;
+        }
+        p.proto = ip.next_hdr;
+        p.ttl = ip.hop_limit;
+        p.src = unsafe { mem::transmute::<[u8; 16], Addr>(ip.src_addr) };
+        p.dst = unsafe { mem::transmute::<[u8; 16], Addr>(ip.dst_addr) };
+        p.l4_off = l3_off + Ipv6Hdr::LEN;
+        p.l4_len = u16::from_be_bytes(ip.payload_len);
     }
     Some(p)
 }

@@ -1,5 +1,7 @@
 //! Backend choice for a new flow.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{Backend, BackendState, DropReason, Method, Service, Settings, flow_hash, source_hash};
 
@@ -23,18 +25,20 @@ pub fn pick(svc: &Service, p: &Packet, s: &Settings) -> Result<(u32, Backend), D
         Some(Method::Random) => (unsafe { bpf_get_prandom_u32() }) % len,
         Some(Method::RoundRobin) => {
             let pos = RR.get_ptr_mut(svc.id).ok_or(DropReason::BadTableEntry)?;
-            // Per-CPU, so no other writer races this update.
+            // Read, then an atomic add whose result is unused: that is BPF_XADD, which every
+            // kernel has (a fetch-and-add needs 5.12). No step is lost; two CPUs opening
+            // flows in the same instant may read one position, and the next is skipped.
             unsafe {
-                let i = *pos % len;
-                *pos = i + 1;
-                i
+                let i = core::ptr::read_volatile(pos);
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(pos, 1);
+                (i % len as u64) as u32
             }
         }
     };
     // Tables sit `table_size` apart whatever part of them is in use.
     let id = *TABLES.get(svc.table * s.table_size + index).ok_or(DropReason::BadTableEntry)?;
     let backend = *BACKENDS.get(id).ok_or(DropReason::BadTableEntry)?;
-    if backend.state != BackendState::Active as u8 {
+    if backend.state != BackendState::Active as u8 || backend.service != svc.id {
         return Err(DropReason::BadTableEntry);
     }
     Ok((id, backend))

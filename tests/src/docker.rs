@@ -1,8 +1,8 @@
-//! Docker helpers: the `FROM scratch` image of xlb-testd, labelled containers and compose
-//! projects with RAII cleanup, timed `docker stop|restart|kill`, Docker's timestamps.
+//! Docker helpers: the `FROM scratch` image of xlb-testd, labelled containers with RAII
+//! cleanup, timed `docker stop|restart|kill`, Docker's timestamps. Compose projects are in
+//! [`crate::compose`].
 
 use std::{
-    collections::BTreeSet,
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crate::util::{TempDir, cmd, have, run, try_run, unique_id, wait_for};
+use crate::util::{TempDir, cmd, run, try_run, unique_id, wait_for};
 
 pub const IMAGE: &str = "xlb-testd:test";
 /// Every container the tests start carries this label ...
@@ -19,7 +19,8 @@ pub const LABEL: &str = "xlb-tests";
 /// ... and this one, with the pid of the test process (for [`crate::cleanup_stale`]).
 pub const OWNER_LABEL: &str = "xlb-tests.owner";
 
-fn docker() -> Command {
+/// The docker CLI, with the classic builder.
+pub(crate) fn docker() -> Command {
     let mut c = Command::new("docker");
     // No buildx plugin here, and the engine (20.10) builds fine with the classic builder.
     c.env("DOCKER_BUILDKIT", "0");
@@ -155,7 +156,7 @@ pub fn is_static_elf(path: &Path) -> Result<bool, String> {
 }
 
 /// A statically linked xlb-testd: `$XLB_TESTD_STATIC` if set, else built (once per process)
-/// with `cargo build --release --target x86_64-unknown-linux-gnu` and
+/// with `cargo build --release --no-default-features --target x86_64-unknown-linux-gnu` and
 /// `-C target-feature=+crt-static` into `target/testd-static`.
 pub fn static_testd() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -168,7 +169,7 @@ pub fn static_testd() -> PathBuf {
                 let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
                 let mut c = Command::new(cargo);
                 c.current_dir(&root)
-                    .args(["build", "--quiet", "-p", "xlb-tests", "--bin", "xlb-testd", "--release"])
+                    .args(["build", "--quiet", "-p", "xlb-tests", "--bin", "xlb-testd", "--release", "--no-default-features"])
                     .args(["--target", "x86_64-unknown-linux-gnu"])
                     .env("CARGO_TARGET_DIR", &target_dir)
                     .env("RUSTFLAGS", "-C target-feature=+crt-static")
@@ -360,140 +361,6 @@ fn cleanup_stale(list: &[&str], remove: &[&str]) {
         let (Some(id), owner) = (it.next(), it.next()) else { continue };
         if !owner.and_then(|o| o.parse().ok()).is_some_and(crate::util::pid_alive) {
             let _ = try_run(docker().args(remove).arg(id));
-        }
-    }
-}
-
-/// Panics with a clear message unless `docker-compose` (v1) is installed.
-pub fn require_compose() {
-    assert!(have("docker-compose"), "`docker-compose` is not installed (this test needs it)");
-    if let Err(e) = try_run(&mut cmd("docker-compose", ["version", "--short"])) {
-        panic!("docker-compose does not run: {e}");
-    }
-}
-
-/// A docker-compose project `xt<id>p` in a temporary directory; `docker-compose down` (and,
-/// should that fail, `docker rm -f` of its containers and `docker network rm` of its network)
-/// on drop, also when the test panics. Its containers and network carry [`LABEL`] and
-/// [`OWNER_LABEL`], so leftovers of a killed test process are removed by the next run.
-pub struct Compose {
-    pub project: String,
-    file: PathBuf,
-    // Dropped after `drop` ran `down` (fields drop after the Drop impl).
-    _dir: TempDir,
-}
-
-impl Compose {
-    /// A project with one service `service` of [`build_image`] running
-    /// `xlb-testd --name @hostname --port 8080 --quiet` (each replica answers with its host
-    /// name, i.e. its short container id), not published, with `env` in its environment.
-    pub fn testd(service: &str, env: &[(&str, &str)]) -> Compose {
-        let image = build_image();
-        let owner = std::process::id();
-        let mut env_yaml = String::new();
-        for (k, v) in env {
-            env_yaml.push_str(&format!("      {k}: \"{v}\"\n"));
-        }
-        let environment = if env.is_empty() { String::new() } else { format!("    environment:\n{env_yaml}") };
-        let yaml = format!(
-            "version: \"2.4\"\n\
-             services:\n\
-             \x20 {service}:\n\
-             \x20   image: {image}\n\
-             \x20   command: [\"--name\", \"@hostname\", \"--port\", \"8080\", \"--quiet\"]\n\
-             {environment}\
-             \x20   stop_grace_period: 10s\n\
-             \x20   labels:\n\
-             \x20     {LABEL}: \"\"\n\
-             \x20     {OWNER_LABEL}: \"{owner}\"\n\
-             networks:\n\
-             \x20 default:\n\
-             \x20   labels:\n\
-             \x20     {LABEL}: \"\"\n\
-             \x20     {OWNER_LABEL}: \"{owner}\"\n"
-        );
-        Compose::new(&yaml)
-    }
-
-    /// A project from a compose file's text.
-    pub fn new(yaml: &str) -> Compose {
-        require_compose();
-        let dir = TempDir::new();
-        let file = dir.path().join("docker-compose.yml");
-        fs::write(&file, yaml).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
-        Compose { project: format!("xt{}p", unique_id()), file, _dir: dir }
-    }
-
-    /// The compose file's path.
-    pub fn file(&self) -> &Path {
-        &self.file
-    }
-
-    /// `docker-compose -p PROJECT -f FILE ARGS...`
-    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let mut c = Command::new("docker-compose");
-        c.arg("--no-ansi").args(["-p", &self.project, "-f"]).arg(&self.file).args(args);
-        c.env("DOCKER_BUILDKIT", "0").env("COMPOSE_HTTP_TIMEOUT", "120");
-        try_run(&mut c)
-    }
-
-    /// `up -d --no-recreate --scale SERVICE=N ...`, timed (returns once the containers run,
-    /// and the surplus ones are stopped and removed).
-    #[track_caller]
-    pub fn up(&self, scale: &[(&str, usize)]) -> Timed {
-        let mut args = vec!["up".to_string(), "-d".into(), "--no-recreate".into()];
-        for (svc, n) in scale {
-            args.push("--scale".into());
-            args.push(format!("{svc}={n}"));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        timed(&format!("docker-compose {}", args.join(" ")), || self.cli(&args))
-    }
-
-    /// Ids of the running containers of `service`, sorted.
-    pub fn containers(&self, service: &str) -> Vec<String> {
-        let out = run(docker().args([
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]));
-        let set: BTreeSet<String> = out.split_whitespace().map(str::to_string).collect();
-        set.into_iter().collect()
-    }
-
-    /// The project's default network (`PROJECT_default`).
-    pub fn network(&self) -> String {
-        format!("{}_default", self.project)
-    }
-
-    /// The host's bridge interface of the default network (`br-<id prefix>`).
-    pub fn bridge(&self) -> String {
-        let id = run(docker().args(["network", "inspect", "--format", "{{.Id}}", &self.network()]));
-        format!("br-{}", &id.trim()[..12])
-    }
-}
-
-impl Drop for Compose {
-    fn drop(&mut self) {
-        if let Err(e) = self.cli(&["down", "-t", "1", "--remove-orphans"]) {
-            eprintln!("xlb-tests: cleanup: {e}");
-        }
-        // Whatever `down` left (it may have failed half way).
-        let filter = format!("label=com.docker.compose.project={}", self.project);
-        if let Ok(out) = try_run(docker().args(["ps", "-aq", "--filter", &filter])) {
-            for id in out.split_whitespace() {
-                let _ = try_run(docker().args(["rm", "-f", id]));
-            }
-        }
-        let net = self.network();
-        if try_run(docker().args(["network", "inspect", &net])).is_ok()
-            && let Err(e) = try_run(docker().args(["network", "rm", &net]))
-        {
-            eprintln!("xlb-tests: cleanup: {e}");
         }
     }
 }

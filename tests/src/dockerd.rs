@@ -25,7 +25,6 @@ use std::{
 
 use crate::{
     docker::docker_cli,
-    status::Json,
     util::{pid_alive, wait_for},
 };
 
@@ -140,7 +139,7 @@ fn config_file(argv: &[OsString]) -> PathBuf {
 /// `text` (a JSON object, or `None`: no file) with `"live-restore": on` added at the top.
 fn with_live_restore(text: Option<&str>, on: bool) -> Result<String, String> {
     let text = text.unwrap_or("{}");
-    let json = Json::parse(text).map_err(|e| format!("daemon.json: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("daemon.json: {e}"))?;
     if json.get("live-restore").is_some() {
         return Err("daemon.json already sets live-restore (to false): not editing it".into());
     }
@@ -350,7 +349,7 @@ mod tests {
         assert_eq!(with_live_restore(Some(" { } "), false).unwrap(), "{\"live-restore\": false } ");
         let t = with_live_restore(Some("{\"mtu\": 1400}\n"), true).unwrap();
         assert_eq!(t, "{\"live-restore\": true,\"mtu\": 1400}\n");
-        assert_eq!(Json::parse(&t).unwrap().get("mtu").and_then(Json::as_u64), Some(1400));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&t).unwrap()["mtu"].as_u64(), Some(1400));
         assert!(with_live_restore(Some("{\"live-restore\": false}"), true).is_err());
         assert!(with_live_restore(Some("[1]"), true).is_err());
     }

@@ -406,43 +406,7 @@ pub fn curl(ns: Option<&NetNs>, url: &str) -> Result<String, String> {
 /// waits for the server to close first, so the client's end does not linger in TIME_WAIT and
 /// the port can be used again at once.
 pub fn get_name_from(local_port: u16, addr: SocketAddr) -> Result<String, String> {
-    use std::os::fd::FromRawFd;
-    let err = |what: &str| format!("{addr} from port {local_port}: {what}: {}", io::Error::last_os_error());
-    let any: SocketAddr = match addr {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, local_port).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, local_port).into(),
-    };
-    // SAFETY: socket calls on a descriptor owned here (closed on error, else by the TcpStream).
-    let s = unsafe {
-        let (family, local, llen) = crate::load::sockaddr(any);
-        let (_, remote, rlen) = crate::load::sockaddr(addr);
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(err("socket"));
-        }
-        let one: libc::c_int = 1;
-        let tv = libc::timeval { tv_sec: REQUEST_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
-        let len = |n: usize| n as libc::socklen_t;
-        let ok = libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), len(size_of::<libc::c_int>())) == 0
-            // SO_SNDTIMEO bounds a blocking connect.
-            && libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), len(size_of::<libc::timeval>())) == 0;
-        if !ok {
-            let e = err("setsockopt");
-            libc::close(fd);
-            return Err(e);
-        }
-        if libc::bind(fd, (&raw const local).cast(), llen) != 0 {
-            let e = err("bind");
-            libc::close(fd);
-            return Err(e);
-        }
-        if libc::connect(fd, (&raw const remote).cast(), rlen) != 0 {
-            let e = err("connect");
-            libc::close(fd);
-            return Err(e);
-        }
-        TcpStream::from_raw_fd(fd)
-    };
+    let s = crate::socket::connect_from(local_port, addr, REQUEST_TIMEOUT)?;
     let io_err = |e: io::Error| format!("{addr} from port {local_port}: {e}");
     s.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(io_err)?;
     let mut w = s.try_clone().map_err(io_err)?;

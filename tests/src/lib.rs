@@ -5,15 +5,18 @@
 //! - [`topology`]: client / LB / N backends topology running `xlb-testd`;
 //! - [`xlb`]: the `xlb run` process guard (ready, SIGHUP reload, clean SIGTERM stop);
 //! - [`http`]: HTTP/UDP clients (used from a namespace through [`NetNs::enter`]) and curl;
-//! - [`docker`]: the `FROM scratch` xlb-testd image, labelled containers and compose projects;
+//! - [`docker`]: the `FROM scratch` xlb-testd image and labelled containers; [`compose`]:
+//!   docker-compose projects;
 //! - [`outside`]: a client outside the Docker host (a namespace linked to the root one);
 //! - [`load`]: steady HTTP load through a VIP, every request recorded;
+//! - [`socket`]: TCP connects that tell their source port, or use a chosen one;
 //! - [`config`]: SPECs and YAML configs;
 //! - [`dns`]: a DNS server answering one name with records the test switches.
 //!
 //! The tests need root, iproute2, ethtool, curl, the `xlb` binary at `$XLB_BIN` (and Docker for
 //! tests/docker.rs); see [`preflight`].
 
+pub mod compose;
 pub mod config;
 pub mod dns;
 pub mod docker;
@@ -22,6 +25,8 @@ pub mod http;
 pub mod load;
 pub mod netns;
 pub mod outside;
+pub mod socket;
+#[cfg(feature = "status")]
 pub mod status;
 pub mod topology;
 pub mod util;

@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     io::{BufReader, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{http::read_response, netns::NetNs};
+use crate::{http::read_response, netns::NetNs, socket::connect};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOpts {
@@ -247,92 +247,6 @@ fn worker(w: usize, addr: SocketAddr, opts: LoadOpts, t0: Instant, shared: &Shar
         thread::sleep(opts.pause);
     };
     (records, ended)
-}
-
-/// A TCP connection to `addr` within `timeout`, like `TcpStream::connect_timeout`, but the
-/// source port the kernel chose is known even when the connection fails (a non-blocking
-/// connect, then getsockname, then poll): failures can be matched with earlier requests
-/// that used the same 4-tuple.
-pub fn connect(addr: SocketAddr, timeout: Duration) -> (Option<u16>, std::io::Result<TcpStream>) {
-    use std::{io, mem, os::fd::FromRawFd};
-    let last = io::Error::last_os_error;
-    // SAFETY: plain socket calls on a descriptor this function owns (closed on every error
-    // path, or handed to the TcpStream); the sockaddr structs outlive the calls using them.
-    unsafe {
-        let (family, storage, len) = sockaddr(addr);
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
-        if fd < 0 {
-            return (None, Err(last()));
-        }
-        let close = |e: io::Error| {
-            libc::close(fd);
-            e
-        };
-        let rc = libc::connect(fd, (&raw const storage).cast(), len);
-        if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-            return (None, Err(close(last())));
-        }
-        let mut local: libc::sockaddr_storage = mem::zeroed();
-        let mut llen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let port = (libc::getsockname(fd, (&raw mut local).cast(), &mut llen) == 0).then(|| {
-            let sin = &*(&raw const local).cast::<libc::sockaddr_in>();
-            // sin_port is at the same offset in sockaddr_in6.
-            u16::from_be(sin.sin_port)
-        });
-        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let n = loop {
-            let n = libc::poll(&mut pfd, 1, ms);
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break n;
-        };
-        if n < 0 {
-            return (port, Err(close(last())));
-        }
-        if n == 0 {
-            return (port, Err(close(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))));
-        }
-        let mut err: libc::c_int = 0;
-        let mut elen = mem::size_of::<libc::c_int>() as libc::socklen_t;
-        if libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut elen) != 0 {
-            return (port, Err(close(last())));
-        }
-        if err != 0 {
-            return (port, Err(close(io::Error::from_raw_os_error(err))));
-        }
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) != 0 {
-            return (port, Err(close(last())));
-        }
-        (port, Ok(TcpStream::from_raw_fd(fd)))
-    }
-}
-
-/// `addr` as a `sockaddr_storage` for libc calls: (family, storage, length).
-pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage; the casts stay inside it.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        match addr {
-            SocketAddr::V4(a) => {
-                let sin = &mut *(&raw mut storage).cast::<libc::sockaddr_in>();
-                sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_port = a.port().to_be();
-                sin.sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
-                (libc::AF_INET, storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = &mut *(&raw mut storage).cast::<libc::sockaddr_in6>();
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = a.port().to_be();
-                sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
-                sin6.sin6_scope_id = a.scope_id();
-                (libc::AF_INET6, storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
-            }
-        }
-    }
 }
 
 /// One `GET /` on a new connection.

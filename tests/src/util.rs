@@ -103,6 +103,14 @@ pub fn wait_for<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Op
     }
 }
 
+/// Signed milliseconds from `a` to `b`.
+pub fn delta_ms(a: Instant, b: Instant) -> f64 {
+    match b.checked_duration_since(a) {
+        Some(d) => d.as_secs_f64() * 1e3,
+        None => -(a - b).as_secs_f64() * 1e3,
+    }
+}
+
 pub fn send_signal(pid: u32, sig: libc::c_int) -> bool {
     // SAFETY: plain kill(2).
     unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }

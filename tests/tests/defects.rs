@@ -35,7 +35,7 @@ use xlb_tests::{
     Topology, Xlb,
     config::{self, BackendCfg, ServiceCfg},
     http,
-    status,
+    status::{self, ServiceLookup as _},
     topology::{LB_CLIENT_IF, LB_CLIENT_V4, TESTD_PORT, VIP4},
     util::{self, TempFile, wait_for},
     xlb::{XlbArgs, xlb_bin},

@@ -317,3 +317,117 @@ fn second_xlb_on_the_interface_fails_fast(offload: Offload) {
     }
     stop(xlb);
 }
+
+/// round_robin is one sequence for the whole host, as nginx's users know it: 12 sequential
+/// connections, made alternately from CPU 0 and CPU 1 (XDP runs on the sender's CPU on a
+/// veth), alternate between two equal backends; with weights 1:2 every three consecutive
+/// connections hold exactly one b1 (the smooth sequence b2 b1 b2). A position per CPU fails
+/// both: b1 b1 b2 b2 ... and b2 b2 b1 b1 b2 b2.
+#[test]
+fn round_robin_is_one_sequence_for_the_host() {
+    let _g = xlb_tests::serial();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs 2 CPUs to open flows from two of them, the machine has {cpus}");
+    let topo = setup(Offload::On, 2);
+    let backends = |weights: [u32; 2]| ["b1", "b2"].iter().zip(weights).map(|(n, w)| BackendCfg::new(topo.ip(n, false), TESTD_PORT).weight(w)).collect();
+    let services = [(80, [1, 1]), (81, [1, 2])].map(|(port, w)| ServiceCfg { method: Some("round_robin"), ..ServiceCfg::tcp(&format!("rr{port}"), VIP4.into(), port, backends(w)) });
+    let cfg = TempFile::new(".yaml", &config::render(&services));
+    let xlb = topo.start_xlb(Some(cfg.path()), &[]);
+    let answers = |port: u16| -> Vec<String> {
+        (0..12)
+            .map(|i| {
+                let url = format!("http://{VIP4}:{port}/");
+                let cpu = (i % 2).to_string();
+                let out = topo.client.try_run("taskset", &["-c", &cpu, "curl", "-sS", "--fail", "--max-time", "2", &url]);
+                out.map(|b| b.trim().to_owned()).unwrap_or_else(|e| panic!("connection {i} to port {port}: {e}\n{}", tail(&xlb)))
+            })
+            .collect()
+    };
+    let equal = answers(80);
+    eprintln!("round_robin 1:1 from alternating CPUs: {equal:?}");
+    assert!(equal.windows(2).all(|w| w[0] != w[1]), "1:1 did not alternate: {equal:?}\n{}", tail(&xlb));
+    let weighted = answers(81);
+    eprintln!("round_robin 1:2 from alternating CPUs: {weighted:?}");
+    assert_eq!(weighted.iter().filter(|b| *b == "b1").count(), 4, "1:2 over 12: {weighted:?}");
+    assert!(weighted.windows(3).all(|w| w.iter().filter(|b| *b == "b1").count() == 1), "1:2 is not smooth: {weighted:?}\n{}", tail(&xlb));
+    stop(xlb);
+}
+
+/// A UDP flow has no end to wait for: once its backend drains, it stays there only until it
+/// has been idle for `udp_idle_timeout` by the drain's clock (its packets no longer refresh
+/// it), then moves. One client socket (one 5-tuple) asks every 200 ms; after its backend is
+/// set draining it must be answered by the other one within idle timeout (2 s) + the expiry
+/// pass (5 s) + slack, and every query is answered.
+#[test]
+fn udp_flow_leaves_a_draining_backend_after_its_idle_timeout() {
+    let _g = xlb_tests::serial();
+    let topo = setup(Offload::On, 2);
+    let yaml = |draining: Option<&str>| {
+        let bs = ["b1", "b2"].iter().map(|b| BackendCfg::new(topo.ip(b, false), TESTD_PORT).draining(Some(*b) == draining)).collect();
+        config::render(&[ServiceCfg::udp("dns", VIP4.into(), 5353, bs)]) + "dataplane:\n  udp_idle_timeout: 2s\n"
+    };
+    let cfg = TempFile::new(".yaml", &yaml(None));
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &[]);
+    let vip = Topology::vip4(5353);
+    let moved = topo.client.enter(|| {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp bind");
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let ask = || -> String {
+            let mut buf = [0u8; 512];
+            for _ in 0..3 {
+                sock.send_to(b"xlb-tests\n", vip).expect("udp send");
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    assert_eq!(from, vip, "answer not from the VIP");
+                    return String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                }
+            }
+            panic!("no answer from {vip} after 3 tries");
+        };
+        let on = ask();
+        assert!(ask() == on && ask() == on, "one socket's queries left {on} while it was active");
+        cfg.write(&yaml(Some(&on)));
+        let drained = Instant::now();
+        let _ = xlb.reload();
+        while drained.elapsed() < Duration::from_secs(12) {
+            let now = ask();
+            if now != on {
+                return Some((on, now, drained.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    });
+    let Some((from, to, after)) = moved else { panic!("the UDP flow stayed on its draining backend for 12 s\n{}", tail(&xlb)) };
+    eprintln!("UDP flow moved from draining {from} to {to} {after:.1?} after the drain");
+    assert!(after >= Duration::from_secs(2), "moved {after:?} after the drain, before its idle timeout");
+    stop(xlb);
+}
+
+/// A connection table smaller than the flows counts what it pushes out. 300 new connections
+/// write 600 entries into a table of 256; nothing expires (closed flows are kept 10 min here),
+/// so every entry made is either still there or evicted: evicted + entries = 600 (a few more
+/// if a stray SYN to the VIP came in), and at least 600 - 256 were evicted.
+#[test]
+fn conntrack_evictions_are_counted() {
+    let _g = xlb_tests::serial();
+    let topo = setup(Offload::On, 2);
+    let bs = ["b1", "b2"].iter().map(|b| BackendCfg::new(topo.ip(b, false), TESTD_PORT)).collect();
+    let yaml = config::render(&[ServiceCfg::tcp("web", VIP4.into(), 80, bs)]) + "dataplane:\n  conntrack_size: 256\n  tcp_closed_timeout: 10m\n";
+    let cfg = TempFile::new(".yaml", &yaml);
+    let xlb = topo.start_xlb(Some(cfg.path()), &[]);
+    let s = topo.spread(Topology::vip4(80), 300);
+    assert!(s.errors.is_empty() && s.total_ok() == 300, "{s}\n{}", tail(&xlb));
+    let sample = |text: &str, name: &str| -> Option<u64> { text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()) };
+    // The expiry pass (every 5 s) counts; the snapshot (every 2 s) shows it.
+    let found = util::wait_for(Duration::from_secs(15), Duration::from_millis(500), || {
+        let m = xlb.admin_get("/metrics").ok()?;
+        let evicted = sample(&m, "xlb_conntrack_evictions_total").filter(|n| *n > 0)?;
+        Some((evicted, sample(&m, "xlb_conntrack_entries")?))
+    });
+    let Some((evicted, entries)) = found else { panic!("no evictions in /metrics after 300 flows into 256 entries\n{}", tail(&xlb)) };
+    eprintln!("conntrack of 256 after 300 flows: {entries} entries, {evicted} evicted");
+    assert!(entries <= 256, "{entries} entries in a table of 256");
+    assert!((600..=610).contains(&(evicted + entries)), "evicted {evicted} + entries {entries} should be the 600 entries made");
+    assert!(evicted >= 600 - 256, "evicted {evicted}, at least 344 had to go");
+    stop(xlb);
+}

@@ -16,9 +16,14 @@
 mod chart;
 mod contender;
 mod docker_event;
+mod host;
 mod measure;
+mod plan;
 mod report;
+mod results;
+mod sample;
 mod scale;
+mod stats;
 mod sys;
 mod topo;
 mod wrk;
@@ -33,73 +38,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
 
+pub use self::plan::Options;
 use self::{
-    contender::{Ctx, Kind, Running},
-    measure::HostCpu,
+    contender::{Ctx, Kind},
+    host::Host,
+    plan::Plan,
+    results::{Input, Measured, Results, Scale, ScaleRun, ScaleState},
+    sample::{Run, measure},
+    scale::Memory,
     topo::{BACKEND_PORT, Topo},
-    wrk::{Load, Mode},
+    wrk::Mode,
 };
 use crate::{apt, build, cmd};
-
-#[derive(clap::Args)]
-pub struct Options {
-    /// A short run (about 3 minutes instead of about 13): 2 s per measurement, a warm-up
-    /// only after each start (not before the second mode), the scale test in one round,
-    /// fewer kernel test runs and Docker containers.
-    #[arg(long)]
-    quick: bool,
-    /// Rounds; the contenders take turns in each [default: 3].
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// Seconds per measurement [default: 10, 2 with --quick].
-    #[arg(long)]
-    seconds: Option<u64>,
-    /// Only these contenders, comma-separated; the two direct runs (the references) always
-    /// run. Ids: direct, direct-xdp, xlb-l4, xlb-http, nginx-http, nginx-stream,
-    /// haproxy-http, haproxy-tcp.
-    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
-    only: Vec<String>,
-    /// Skip the micro-benchmarks (kernel programs, Maglev, map sync, Docker event to map
-    /// update).
-    #[arg(long)]
-    no_micro: bool,
-    /// Skip the 1,000-service scale test.
-    #[arg(long)]
-    no_scale: bool,
-    /// Do not time xlb's BPF programs (timing costs two clock reads per program run; xlb's
-    /// balancer CPU then shows its process alone).
-    #[arg(long)]
-    no_bpf_stats: bool,
-}
-
-/// What the options come to.
-#[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub quick: bool,
-    pub rounds: usize,
-    pub warmup_seconds: u64,
-    pub load: Load,
-    pub scale_rounds: usize,
-    pub backends: usize,
-}
-
-impl Plan {
-    fn new(o: &Options) -> Plan {
-        let seconds = o.seconds.unwrap_or(if o.quick { 2 } else { 10 }).max(1);
-        Plan {
-            quick: o.quick,
-            rounds: o.rounds.unwrap_or(3).max(1),
-            warmup_seconds: if o.quick { 1 } else { 2 },
-            // Three threads so that the direct run has one per backend; 48 connections keep
-            // every contender busy without queueing in wrk.
-            load: Load { threads: 3, connections: 48, seconds },
-            scale_rounds: if o.quick { 1 } else { 3 },
-            backends: 3,
-        }
-    }
-}
 
 /// Debian packages the benchmark runs (the kernel tools come with `cargo xtask setup`).
 const PACKAGES: &[&str] = &["wrk", "nginx", "libnginx-mod-stream", "haproxy", "curl", "iproute2", "fonts-dejavu-core"];
@@ -126,22 +77,8 @@ pub fn bench(opts: &Options) -> Result<()> {
     let clock = Instant::now();
     let started = SystemTime::now();
 
-    eprintln!("bench: measuring how busy the host is before starting (1 s)");
-    let host = report::Host::probe();
-    if host.busy_percent > 10.0 {
-        eprintln!(
-            "bench: warning: the host is {:.0}% busy before the benchmark starts: figures will be noisy",
-            host.busy_percent
-        );
-    }
-
-    let micro = kernel_bench.map(|bin| {
-        eprintln!("bench: kernel micro-benchmarks");
-        bin.and_then(|bin| micro(&bin, plan.quick)).unwrap_or_else(|err| {
-            eprintln!("bench: kernel micro-benchmarks failed: {err:#}");
-            serde_json::json!({ "error": format!("{err:#}") })
-        })
-    });
+    let host = quiet_host();
+    let micro = kernel_bench.map(|bin| micro_figures(bin, plan.quick));
 
     let dir = std::env::temp_dir().join(format!("xlb-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
@@ -158,70 +95,20 @@ pub fn bench(opts: &Options) -> Result<()> {
     let kinds: Vec<Kind> =
         Kind::ALL.into_iter().filter(|k| k.is_direct() || only.is_empty() || only.contains(k)).collect();
 
-    let mut runs: Vec<report::Measured> = Vec::new();
-    let mut memory = None;
-    let total = plan.rounds * kinds.len() * Mode::ALL.len();
-    let mut done = 0;
-    for round in 0..plan.rounds {
-        let mut order = kinds.clone();
-        order.rotate_left(round % kinds.len());
-        for kind in order {
-            if unavailable.contains_key(&kind) {
-                done += Mode::ALL.len();
-                continue;
-            }
-            let running = match contender::start(kind, &ctx) {
-                Ok(r) => r,
-                Err(err) => {
-                    eprintln!("bench: {} could not be started: {err:#}", kind.label());
-                    let why = if kind == Kind::XlbHttp { "not available" } else { "failed to start" };
-                    unavailable.insert(kind, format!("{why}: {}", first_line(&format!("{err:#}"))));
-                    done += Mode::ALL.len();
-                    continue;
-                }
-            };
-            for mode in Mode::ALL {
-                done += 1;
-                let result = measure(&ctx, &running, &scripts.for_kind(kind), &url(&ctx.topo, kind), mode, &plan, round);
-                match result {
-                    Ok(run) => {
-                        progress(clock, done, total, &format!("round {}/{} {}", round + 1, plan.rounds, kind.label()), mode, &run);
-                        runs.push(report::Measured { kind, mode, run });
-                    }
-                    Err(err) => eprintln!("bench: {} {}: {err:#}", kind.label(), mode.short()),
-                }
-            }
-            if kind == Kind::XlbL4 && memory.is_none() {
-                memory = running.xlb_pid.map(scale::Memory::of);
-            }
-            if let Err(err) = running.stop() {
-                eprintln!("bench: stopping {}: {err:#}", kind.label());
-            }
-        }
-    }
+    let (runs, memory) = rounds(&ctx, &scripts, &plan, &kinds, &mut unavailable, clock);
 
-    let scale = if opts.no_scale {
-        None
-    } else {
-        Some(run_scale(&ctx, &scripts, &plan, clock).unwrap_or_else(|err| {
+    let scale = (!opts.no_scale).then(|| {
+        run_scale(&ctx, &scripts, &plan, clock).unwrap_or_else(|err| {
             eprintln!("bench: scale test failed: {err:#}");
-            report::Scale::failed(format!("{err:#}"))
-        }))
-    };
-
-    let docker_events = (!opts.no_micro).then(|| {
-        let reps = if plan.quick { 3 } else { 10 };
-        eprintln!("bench: Docker event to map update, {reps} containers started and stopped");
-        docker_event::measure(&ctx, reps).unwrap_or_else(|err| {
-            eprintln!("bench: Docker event measurement failed: {err:#}");
-            docker_event::DockerEvents::failed(format!("{err:#}"))
+            Scale::failed(format!("{err:#}"))
         })
     });
+    let docker_events = (!opts.no_micro).then(|| docker_events(&ctx, plan.quick));
 
-    let results = report::Results::new(report::Input {
+    let results = Results::new(Input {
         started,
         seconds: clock.elapsed().as_secs_f64(),
-        command: command_line(opts),
+        command: opts.command_line(),
         host,
         plan: plan.clone(),
         versions: versions(&ctx.xlb),
@@ -242,6 +129,60 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     eprintln!("bench: done in {:.0} s", clock.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Each round starts each contender in turn (the order rotates) and measures it in every
+/// mode; a contender that fails to start is marked unavailable. Also gives xlb L4's memory.
+fn rounds(
+    ctx: &Ctx,
+    scripts: &Scripts,
+    plan: &Plan,
+    kinds: &[Kind],
+    unavailable: &mut HashMap<Kind, String>,
+    clock: Instant,
+) -> (Vec<Measured>, Option<Memory>) {
+    let mut runs: Vec<Measured> = Vec::new();
+    let mut memory = None;
+    let total = plan.rounds * kinds.len() * Mode::ALL.len();
+    let mut done = 0;
+    for round in 0..plan.rounds {
+        let mut order = kinds.to_vec();
+        order.rotate_left(round % kinds.len());
+        for kind in order {
+            if unavailable.contains_key(&kind) {
+                done += Mode::ALL.len();
+                continue;
+            }
+            let running = match contender::start(kind, ctx) {
+                Ok(r) => r,
+                Err(err) => {
+                    eprintln!("bench: {} could not be started: {err:#}", kind.label());
+                    let why = if kind == Kind::XlbHttp { "not available" } else { "failed to start" };
+                    unavailable.insert(kind, format!("{why}: {}", first_line(&format!("{err:#}"))));
+                    done += Mode::ALL.len();
+                    continue;
+                }
+            };
+            for mode in Mode::ALL {
+                done += 1;
+                let result = measure(ctx, &running, &scripts.for_kind(kind), &url(&ctx.topo, kind), mode, plan, round);
+                match result {
+                    Ok(run) => {
+                        progress(clock, done, total, &format!("round {}/{} {}", round + 1, plan.rounds, kind.label()), mode, &run);
+                        runs.push(Measured { kind, mode, run });
+                    }
+                    Err(err) => eprintln!("bench: {} {}: {err:#}", kind.label(), mode.short()),
+                }
+            }
+            if kind == Kind::XlbL4 && memory.is_none() {
+                memory = running.xlb_pid.map(Memory::of);
+            }
+            if let Err(err) = running.stop() {
+                eprintln!("bench: stopping {}: {err:#}", kind.label());
+            }
+        }
+    }
+    (runs, memory)
 }
 
 fn ids() -> String {
@@ -277,6 +218,38 @@ fn build_kernel_bench(xlb: &Path) -> Result<PathBuf> {
     Ok(xlb.with_file_name("xlb-kernel-bench"))
 }
 
+/// Samples the host for a second (how busy it is before the start); warns when it is busy.
+fn quiet_host() -> Host {
+    eprintln!("bench: measuring how busy the host is before starting (1 s)");
+    let host = Host::probe();
+    if host.busy_percent > 10.0 {
+        eprintln!(
+            "bench: warning: the host is {:.0}% busy before the benchmark starts: figures will be noisy",
+            host.busy_percent
+        );
+    }
+    host
+}
+
+/// The kernel micro-benchmarks' figures, or the error (of the build or the run) in their place.
+fn micro_figures(bin: Result<PathBuf>, quick: bool) -> serde_json::Value {
+    eprintln!("bench: kernel micro-benchmarks");
+    bin.and_then(|bin| micro(&bin, quick)).unwrap_or_else(|err| {
+        eprintln!("bench: kernel micro-benchmarks failed: {err:#}");
+        serde_json::json!({ "error": format!("{err:#}") })
+    })
+}
+
+/// Docker event to map update, over a few containers; the error in their place.
+fn docker_events(ctx: &Ctx, quick: bool) -> docker_event::DockerEvents {
+    let reps = if quick { 3 } else { 10 };
+    eprintln!("bench: Docker event to map update, {reps} containers started and stopped");
+    docker_event::measure(ctx, reps).unwrap_or_else(|err| {
+        eprintln!("bench: Docker event measurement failed: {err:#}");
+        docker_event::DockerEvents::failed(format!("{err:#}"))
+    })
+}
+
 fn micro(bin: &Path, quick: bool) -> Result<serde_json::Value> {
     let mut c = Command::new(bin);
     if quick {
@@ -291,32 +264,6 @@ fn micro(bin: &Path, quick: bool) -> Result<serde_json::Value> {
 
 fn results_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").join("bench/results")
-}
-
-fn command_line(o: &Options) -> String {
-    let mut c = String::from("cargo xtask bench");
-    if o.quick {
-        c.push_str(" --quick");
-    }
-    if let Some(r) = o.rounds {
-        c.push_str(&format!(" --rounds {r}"));
-    }
-    if let Some(s) = o.seconds {
-        c.push_str(&format!(" --seconds {s}"));
-    }
-    if !o.only.is_empty() {
-        c.push_str(&format!(" --only {}", o.only.join(",")));
-    }
-    if o.no_micro {
-        c.push_str(" --no-micro");
-    }
-    if o.no_scale {
-        c.push_str(" --no-scale");
-    }
-    if o.no_bpf_stats {
-        c.push_str(" --no-bpf-stats");
-    }
-    c
 }
 
 /// The first line each tool prints about its version.
@@ -375,95 +322,6 @@ fn url(topo: &Topo, kind: Kind) -> String {
     }
 }
 
-/// One measurement and the CPU it cost.
-#[derive(Debug, Clone, Serialize)]
-pub struct Run {
-    pub round: usize,
-    pub rps: f64,
-    #[serde(flatten)]
-    pub wrk: wrk::Outcome,
-    /// Host CPU (ms) during the run, by kind: all cores, all processes.
-    pub host_cpu_ms: CpuSplit,
-    /// utime + stime (ms) of the processes in the LB namespace.
-    pub balancer_process_ms: f64,
-    /// Run time (ns) and runs of xlb's BPF programs, when xlb is the balancer.
-    pub bpf_run_ns: Option<u64>,
-    pub bpf_runs: Option<u64>,
-    /// CPU (ms) used meanwhile by processes that are not the benchmark's: noise.
-    pub others_ms: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CpuSplit {
-    pub busy: f64,
-    pub user: f64,
-    pub system: f64,
-    pub softirq: f64,
-    pub irq: f64,
-}
-
-impl Run {
-    fn per_1k(&self, ms: f64) -> f64 {
-        ms * 1000.0 / self.wrk.requests.max(1) as f64
-    }
-
-    /// Share of all cores that others' processes used during the run.
-    pub fn others_percent(&self) -> f64 {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        100.0 * self.others_ms / (self.wrk.seconds * 1000.0 * cores)
-    }
-
-    /// Host CPU (ms, all cores) per 1,000 requests.
-    pub fn host_ms_per_1k(&self) -> f64 {
-        self.per_1k(self.host_cpu_ms.busy)
-    }
-
-    /// The balancer's CPU (ms) per 1,000 requests: its processes, plus its BPF programs.
-    pub fn balancer_ms_per_1k(&self) -> f64 {
-        self.per_1k(self.balancer_process_ms + self.bpf_run_ns.unwrap_or(0) as f64 / 1e6)
-    }
-}
-
-/// A warm-up run (results dropped), then the measured run with CPU samples around it.
-fn measure(ctx: &Ctx, running: &Running, script: &Path, url: &str, mode: Mode, plan: &Plan, round: usize) -> Result<Run> {
-    let topo = &ctx.topo;
-    // --quick warms a contender up once after its start; the full run before every mode.
-    if plan.warmup_seconds > 0 && (!plan.quick || mode == Mode::ALL[0]) {
-        wrk::run(topo, script, url, Load { seconds: plan.warmup_seconds, ..plan.load }, mode).context("warm-up")?;
-    }
-    let ours = topo.namespaces();
-    let others0 = measure::foreign_ticks(&ours);
-    let host0 = HostCpu::read()?;
-    let lb0 = measure::ns_ticks(&topo.lb);
-    // Without BPF statistics the kernel keeps no run times: none rather than zero.
-    let timed = running.xlb_pid.filter(|_| ctx.bpf_stats);
-    let bpf0 = timed.map(measure::bpf_run_time);
-    let out = wrk::run(topo, script, url, plan.load, mode)?;
-    let bpf1 = timed.map(measure::bpf_run_time);
-    let lb1 = measure::ns_ticks(&topo.lb);
-    let host = HostCpu::read()?.since(&host0);
-    let others_ms = measure::foreign_ms(&others0, &measure::foreign_ticks(&ours));
-    if out.requests == 0 {
-        bail!("no request completed:\n{}", sys::tail(&running.log()));
-    }
-    let bpf = bpf0.zip(bpf1).map(|(a, b)| (b.0 - a.0, b.1 - a.1));
-    Ok(Run {
-        round,
-        rps: out.rps(),
-        host_cpu_ms: CpuSplit {
-            busy: host.busy_ms(),
-            user: measure::ticks_ms(host.user),
-            system: measure::ticks_ms(host.system),
-            softirq: measure::ticks_ms(host.softirq),
-            irq: measure::ticks_ms(host.irq),
-        },
-        balancer_process_ms: measure::ns_ms(&lb0, &lb1),
-        bpf_run_ns: bpf.map(|b| b.0),
-        bpf_runs: bpf.map(|b| b.1),
-        others_ms,
-        wrk: out,
-    })
-}
 
 fn progress(clock: Instant, done: usize, total: usize, what: &str, mode: Mode, run: &Run) {
     let t = clock.elapsed().as_secs();
@@ -483,17 +341,17 @@ fn progress(clock: Instant, done: usize, total: usize, what: &str, mode: Mode, r
 
 /// xlb with 1,000 services and 10,000 backends: memory, then throughput before and after
 /// the connection table is filled.
-fn run_scale(ctx: &Ctx, scripts: &Scripts, plan: &Plan, clock: Instant) -> Result<report::Scale> {
+fn run_scale(ctx: &Ctx, scripts: &Scripts, plan: &Plan, clock: Instant) -> Result<Scale> {
     let config = scale::config(ctx)?;
-    let mut out = report::Scale::new();
+    let mut out = Scale::new();
     let total = plan.scale_rounds * 2 * Mode::ALL.len();
     let mut done = 0;
     for round in 0..plan.scale_rounds {
         let (running, ready) = scale::start(ctx, &config)?;
         let pid = running.xlb_pid.context("xlb pid")?;
         out.ready_seconds.push(ready);
-        for state in [report::ScaleState::Loaded, report::ScaleState::TableFull] {
-            if state == report::ScaleState::TableFull {
+        for state in [ScaleState::Loaded, ScaleState::TableFull] {
+            if state == ScaleState::TableFull {
                 // After the loaded runs: xlb's steady state (status snapshots, health and
                 // expiry passes have run), not the moment it became ready.
                 out.memory_loaded.get_or_insert_with(|| scale::Memory::of(pid));
@@ -510,7 +368,7 @@ fn run_scale(ctx: &Ctx, scripts: &Scripts, plan: &Plan, clock: Instant) -> Resul
                 done += 1;
                 let run = measure(ctx, &running, &scripts.vip, &ctx.topo.vip_url(), mode, plan, round)?;
                 progress(clock, done, total, &format!("scale {}/{} xlb, {}", round + 1, plan.scale_rounds, state.label()), mode, &run);
-                out.runs.push(report::ScaleRun { state, mode, run });
+                out.runs.push(ScaleRun { state, mode, run });
             }
         }
         out.memory_full.get_or_insert_with(|| scale::Memory::of(pid));

@@ -1,13 +1,18 @@
 //! `cargo xtask layers`: the import graph of the workspace's crates, one node per source file.
 //! Fails on a cycle between files and on an import of lb-userspace going against its rooms.
 //! A plain text scan: comments, strings and `#[cfg(test)] mod x { .. }` blocks are blanked first.
+//! The task also reports long files and functions (`sizes.rs`).
 use std::{
     collections::HashMap,
-    fs,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    sizes,
+    source::{self, ident},
+};
 
 const CRATES: &[&str] = &["lb-userspace/src", "lb-common/src", "xtask/src", "tests/src"];
 /// lb-userspace's top-level modules and the rooms each may import; `run` and the roots import anything.
@@ -30,13 +35,17 @@ struct File {
     module: Vec<String>,
 }
 
-/// The crates `cargo xtask test` holds to these rules. xtask's `bench` and `vm` folders and
-/// the tests crate still have a parent and child importing each other (issue 11).
-pub const GATED: &[&str] = &["lb-userspace/src", "lb-common/src"];
+/// The crates `cargo xtask test` holds to these rules. The tests crate still has files
+/// importing each other (issue 11).
+pub const GATED: &[&str] = &["lb-userspace/src", "lb-common/src", "xtask/src"];
 
-/// `cargo xtask layers`: every crate.
+/// `cargo xtask layers`: imports and sizes of every crate; reports both before failing.
 pub fn layers() -> Result<()> {
-    check(CRATES)
+    let failed: Vec<String> = [check(CRATES), sizes::check(sizes::ALL)].into_iter().filter_map(Result::err).map(|e| format!("{e:#}")).collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
 }
 
 pub fn check(crates: &[&str]) -> Result<()> {
@@ -44,7 +53,11 @@ pub fn check(crates: &[&str]) -> Result<()> {
     let (mut files, mut problems, mut imports) = (Vec::new(), Vec::new(), 0);
     for dir in crates {
         let start = files.len();
-        collect(&workspace.join(dir), &mut files)?;
+        for (path, text) in source::rs_files(&workspace.join(dir))? {
+            let text = source::clean(&text);
+            let mods = declared_mods(&text);
+            files.push(File { path, text, mods, root: usize::MAX, module: Vec::new() });
+        }
         let crate_files = &mut files[start..];
         crate_files.iter_mut().for_each(|f| f.path = f.path.strip_prefix(workspace).unwrap_or(&f.path).to_path_buf());
         tree(crate_files);
@@ -93,21 +106,6 @@ pub fn check(crates: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn collect(dir: &Path, files: &mut Vec<File>) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            collect(&path, files)?;
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            let text = clean(&fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
-            let mods = declared_mods(&text);
-            files.push(File { path, text, mods, root: usize::MAX, module: Vec::new() });
-        }
-    }
-    Ok(())
-}
-
 /// Gives each file its crate root and module path, walking `mod x;` from lib.rs, main.rs, then
 /// from any file nobody declares (bin targets); children of a.rs live in a/, of mod.rs beside it.
 fn tree(files: &mut [File]) {
@@ -132,107 +130,6 @@ fn tree(files: &mut [File]) {
             }
         }
     }
-}
-
-/// Blanks comments, string and char literals, and `#[cfg(test)] mod x { .. }`, keeping newlines.
-fn clean(src: &[u8]) -> Vec<u8> {
-    let mut out = src.to_vec();
-    let blank = |out: &mut Vec<u8>, a: usize, b: usize| {
-        out[a..b.min(src.len())].iter_mut().for_each(|c| {
-            if *c != b'\n' {
-                *c = b' '
-            }
-        })
-    };
-    let mut i = 0;
-    while i < src.len() {
-        let rest = &src[i..];
-        let end = if rest.starts_with(b"//") {
-            rest.iter().position(|&c| c == b'\n').map_or(src.len(), |n| i + n)
-        } else if rest.starts_with(b"/*") {
-            let (mut depth, mut j) = (0, i);
-            while j < src.len() {
-                if src[j..].starts_with(b"/*") {
-                    depth += 1;
-                    j += 2
-                } else if src[j..].starts_with(b"*/") {
-                    depth -= 1;
-                    j += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    j += 1
-                }
-            }
-            j
-        } else if let Some(h) = rest.strip_prefix(b"br").or(rest.strip_prefix(b"r")).filter(|_| i == 0 || !ident(src[i - 1])) {
-            let hashes = h.iter().take_while(|&&c| c == b'#').count();
-            if h.get(hashes) != Some(&b'"') {
-                i += 1;
-                continue;
-            }
-            let close = [&b"\""[..], &vec![b'#'; hashes]].concat();
-            let body = i + rest.len() - h.len() + hashes + 1;
-            src[body..].windows(close.len()).position(|w| w == close).map_or(src.len(), |n| body + n + close.len())
-        } else if rest[0] == b'"' {
-            let mut j = i + 1;
-            while j < src.len() && src[j] != b'"' {
-                j += if src[j] == b'\\' { 2 } else { 1 }
-            }
-            j + 1
-        } else if rest[0] == b'\'' && (rest.get(1) == Some(&b'\\') || rest.get(2) == Some(&b'\'')) {
-            let mut j = i + if rest[1] == b'\\' { 3 } else { 2 };
-            while j < src.len() && src[j] != b'\'' {
-                j += 1
-            }
-            j + 1
-        } else {
-            i += 1;
-            continue;
-        };
-        blank(&mut out, i, end);
-        i = end.max(i + 1);
-    }
-    skip_tests(&mut out);
-    out
-}
-
-/// Blanks `#[cfg(test)] mod x { .. }` once comments and strings are gone.
-fn skip_tests(out: &mut [u8]) {
-    let mut i = 0;
-    while let Some(n) = out[i..].windows(12).position(|w| w == b"#[cfg(test)]") {
-        let at = i + n;
-        let head = String::from_utf8_lossy(&out[at + 12..]).chars().take_while(|&c| c != '{' && c != ';').collect::<String>();
-        let words: Vec<&str> = head.split_whitespace().collect();
-        let open = at + 12 + head.len();
-        i = at + 12;
-        if !matches!(words[..], ["mod", _] | ["pub", "mod", _]) || out.get(open) != Some(&b'{') {
-            continue;
-        }
-        let (mut depth, mut j) = (0, open);
-        while j < out.len() {
-            depth += match out[j] {
-                b'{' => 1,
-                b'}' => -1,
-                _ => 0,
-            };
-            j += 1;
-            if depth == 0 {
-                break;
-            }
-        }
-        out[at..j].iter_mut().for_each(|c| {
-            if *c != b'\n' {
-                *c = b' '
-            }
-        });
-        i = j;
-    }
-}
-
-fn ident(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
 }
 
 fn declared_mods(text: &[u8]) -> Vec<String> {
@@ -411,7 +308,7 @@ mod tests {
     fn scans_uses_and_code_but_not_comments_strings_or_tests() {
         let src =
             b"mod kid;\nuse crate::{a, b::C}; // crate::no\nfn f() { super::x::y(); \"crate::no\"; kid::g(); }\n#[cfg(test)]\nmod tests { use crate::no; }\n";
-        let text = clean(src);
+        let text = source::clean(src);
         let got: Vec<_> = paths(&text, &declared_mods(&text)).into_iter().map(|(_, p)| p.join("::")).collect();
         assert_eq!(got, ["crate::a", "crate::b::C", "super::x::y", "kid::g"]);
     }

@@ -12,6 +12,8 @@ mod layers;
 mod linker;
 mod run;
 mod setup;
+mod sizes;
+mod source;
 mod test;
 mod toolchain;
 mod vm;
@@ -55,7 +57,8 @@ enum Task {
     Bench(bench::Options),
     /// Run the data plane tests on other kernels (Debian packages) under QEMU.
     Vm(vm::Options),
-    /// Check the imports between source files: no cycle, lb-userspace's rooms one way.
+    /// Check the imports between source files (no cycle, lb-userspace's rooms one way) and
+    /// their sizes (files over 500 lines, functions over 80, without a `// long:` note).
     Layers,
 }
 

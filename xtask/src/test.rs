@@ -3,7 +3,7 @@ use std::ffi::OsString;
 
 use anyhow::{Result, bail};
 
-use crate::{build, cmd, layers, setup};
+use crate::{build, cmd, layers, setup, sizes};
 
 /// One `cargo test` run.
 struct Suite {
@@ -32,6 +32,7 @@ const SUITES: &[Suite] = &[
 pub fn test(args: &[OsString]) -> Result<()> {
     setup::check_test()?;
     layers::check(layers::GATED)?;
+    sizes::check(sizes::GATED)?;
     let bin = build::build(false)?;
     let mut failed = Vec::new();
     for suite in SUITES {

@@ -14,75 +14,26 @@
 //! Kernels are Debian packages fetched with apt through a private configuration (sources,
 //! lists and downloads under `target/vm-cache/apt/SUITE`: the host's apt state is not
 //! touched) and unpacked under `target/vm-cache/kernels`, so later runs need no network.
+mod binaries;
+mod cpio;
 mod initramfs;
 mod kernel;
+mod modules;
 mod qemu;
+mod suite;
 
 use std::{
     env, fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use clap::ValueEnum;
+use anyhow::{Result, bail};
 
-use crate::{apt, build, cmd};
+use crate::{apt, cmd};
 
-pub use qemu::Accel;
-
-/// The test binaries run in the guest.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
-pub enum Suite {
-    /// `xdp_fixtures`: packet fixtures through BPF_PROG_TEST_RUN.
-    Fixtures,
-    /// `topology`: xlb and xlb-testd in a namespace topology (HTTP, UDP, IPv6, reloads).
-    Topology,
-}
-
-impl Suite {
-    const ALL: [Suite; 2] = [Suite::Fixtures, Suite::Topology];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Suite::Fixtures => "fixtures",
-            Suite::Topology => "topology",
-        }
-    }
-
-    /// Arguments the test binary always gets: the topology tests share the guest's root
-    /// namespace and take a lock anyway; each fixture test has a namespace of its own, so they
-    /// run in parallel, as `cargo xtask test` runs them.
-    fn harness_args(self) -> &'static str {
-        match self {
-            Suite::Fixtures => "",
-            Suite::Topology => "--test-threads=1",
-        }
-    }
-
-    /// The oldest kernel (major, minor) the suite itself can run on, when that is newer than
-    /// what xlb needs, and why.
-    fn needs(self) -> Option<((u32, u32), &'static str)> {
-        match self {
-            // Older kernels refuse an xdp_md context in the test run (EINVAL), and the
-            // fixtures set ingress_ifindex so that bpf_fib_lookup sees fx0.
-            Suite::Fixtures => Some((
-                (5, 14),
-                "BPF_PROG_TEST_RUN with an xdp_md context needs 5.14",
-            )),
-            Suite::Topology => None,
-        }
-    }
-
-    /// Cargo package and integration test target.
-    fn target(self) -> (&'static str, &'static str) {
-        match self {
-            Suite::Fixtures => ("lb-userspace", "xdp_fixtures"),
-            Suite::Topology => ("xlb-tests", "topology"),
-        }
-    }
-}
+use self::{binaries::build_binaries, kernel::Kernel};
+pub use self::{qemu::Accel, suite::Suite};
 
 /// Kernels booted when no `--kernel` is given.
 const DEFAULT_KERNELS: &[&str] = &["host", "6.1"];
@@ -132,38 +83,8 @@ pub fn vm(opts: &Options) -> Result<()> {
             .collect()
     };
     let cache = cache_dir();
-    let explicit = !opts.kernels.is_empty();
-    let specs: Vec<String> = if explicit {
-        opts.kernels.clone()
-    } else {
-        DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
-    };
-
     // Kernels first: a wrong name should fail before minutes of building.
-    let mut kernels: Vec<kernel::Kernel> = Vec::new();
-    let mut skipped = Vec::new();
-    for spec in &specs {
-        match kernel::resolve(spec, &cache.join("kernels"), &cache.join("apt"))? {
-            kernel::Resolved::Found(k) => {
-                if let Some(same) = kernels.iter().find(|o| o.release == k.release) {
-                    eprintln!(
-                        "vm: {spec} is {} like {}: booted once",
-                        k.release, same.spec
-                    );
-                } else {
-                    kernels.push(k);
-                }
-            }
-            kernel::Resolved::Unavailable(why) if !explicit => {
-                eprintln!("vm: skipping {spec}: {why}");
-                skipped.push(format!("{spec}: {why}"));
-            }
-            kernel::Resolved::Unavailable(why) => bail!("kernel {spec}: {why}"),
-        }
-    }
-    if kernels.is_empty() {
-        bail!("no kernel to boot");
-    }
+    let (kernels, skipped) = kernels(opts, &cache)?;
 
     let bins = build_binaries(&suites, &cache.join("bin"))?;
     let cpus = opts.cpus.unwrap_or_else(|| {
@@ -174,19 +95,9 @@ pub fn vm(opts: &Options) -> Result<()> {
     for k in &kernels {
         let initrd = cache.join(format!("initramfs-{}.cpio", k.release));
         let t = Instant::now();
-        let (run, skip): (Vec<Suite>, Vec<Suite>) = suites.iter().partition(|s| {
-            s.needs()
-                .is_none_or(|(min, _)| k.version().is_none_or(|v| v >= min))
-        });
-        let skip: Vec<String> = skip
-            .iter()
-            .map(|s| format!("{}: skipped ({})", s.name(), s.needs().map_or("", |n| n.1)))
-            .collect();
-        for s in &skip {
-            eprintln!("vm: {}: {s}", k.spec);
-        }
+        let (run, skip) = suites_for(k, &suites);
         if run.is_empty() {
-            results.push((k, accel, None, run, skip));
+            results.push(Booted { kernel: k, accel, outcome: None, run, skip });
             continue;
         }
         let modules = initramfs::write(&initrd, k, &bins, &run, &opts.args, opts.retries)?;
@@ -224,9 +135,75 @@ pub fn vm(opts: &Options) -> Result<()> {
             // KVM worked (or was never tried): keep what worked.
             accel = boot.accel;
         }
-        results.push((k, boot.accel, Some(outcome), run, skip));
+        results.push(Booted { kernel: k, accel: boot.accel, outcome: Some(outcome), run, skip });
     }
+    report(started, &suites, &results, &skipped)
+}
 
+/// One kernel's turn: the accelerator it ran with, what the console said (`None`: not
+/// booted, every suite skipped), the suites run and those skipped, with why.
+struct Booted<'a> {
+    kernel: &'a Kernel,
+    accel: Accel,
+    outcome: Option<qemu::Outcome>,
+    run: Vec<Suite>,
+    skip: Vec<String>,
+}
+
+/// The kernels `--kernel` names (or the defaults), each booted once, and the defaults that
+/// are not available here, with why (a named kernel that is not is an error).
+fn kernels(opts: &Options, cache: &Path) -> Result<(Vec<Kernel>, Vec<String>)> {
+    let explicit = !opts.kernels.is_empty();
+    let specs: Vec<String> = if explicit {
+        opts.kernels.clone()
+    } else {
+        DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
+    };
+    let mut kernels: Vec<Kernel> = Vec::new();
+    let mut skipped = Vec::new();
+    for spec in &specs {
+        match kernel::resolve(spec, &cache.join("kernels"), &cache.join("apt"))? {
+            kernel::Resolved::Found(k) => {
+                if let Some(same) = kernels.iter().find(|o| o.release == k.release) {
+                    eprintln!(
+                        "vm: {spec} is {} like {}: booted once",
+                        k.release, same.spec
+                    );
+                } else {
+                    kernels.push(k);
+                }
+            }
+            kernel::Resolved::Unavailable(why) if !explicit => {
+                eprintln!("vm: skipping {spec}: {why}");
+                skipped.push(format!("{spec}: {why}"));
+            }
+            kernel::Resolved::Unavailable(why) => bail!("kernel {spec}: {why}"),
+        }
+    }
+    if kernels.is_empty() {
+        bail!("no kernel to boot");
+    }
+    Ok((kernels, skipped))
+}
+
+/// The suites `kernel` can run, and a line for each it cannot.
+fn suites_for(kernel: &Kernel, suites: &[Suite]) -> (Vec<Suite>, Vec<String>) {
+    let (run, skip): (Vec<Suite>, Vec<Suite>) = suites.iter().partition(|s| {
+        s.needs()
+            .is_none_or(|(min, _)| kernel.version().is_none_or(|v| v >= min))
+    });
+    let skip: Vec<String> = skip
+        .iter()
+        .map(|s| format!("{}: skipped ({})", s.name(), s.needs().map_or("", |n| n.1)))
+        .collect();
+    for s in &skip {
+        eprintln!("vm: {}: {s}", kernel.spec);
+    }
+    (run, skip)
+}
+
+/// Prints the table of results; fails if any kernel did not boot or any suite failed.
+fn report(started: Instant, suites: &[Suite], results: &[Booted], skipped: &[String]) -> Result<()> {
     eprintln!(
         "\nvm: results ({:.0}s in all, suites: {})",
         started.elapsed().as_secs_f64(),
@@ -237,7 +214,7 @@ pub fn vm(opts: &Options) -> Result<()> {
             .join(", ")
     );
     let mut failed = Vec::new();
-    for (k, accel, outcome, run, skip) in &results {
+    for Booted { kernel: k, accel, outcome, run, skip } in results {
         let summary = outcome
             .as_ref()
             .map_or("not booted".to_string(), |o| o.summary());
@@ -258,7 +235,7 @@ pub fn vm(opts: &Options) -> Result<()> {
             failed.push(k.spec.clone());
         }
     }
-    for s in &skipped {
+    for s in skipped {
         eprintln!("  skipped {s}");
     }
     if !failed.is_empty() {
@@ -298,83 +275,4 @@ fn ensure_host_tools() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// What goes into each guest: `(path in the guest, file on the host)`.
-pub struct Binaries {
-    pub tests: Vec<(Suite, PathBuf)>,
-    pub xlb: PathBuf,
-    pub testd: PathBuf,
-}
-
-/// Builds xlb, xlb-testd and the suites' test binaries; returns copies without debug
-/// information (a tenth of the size: the initramfs stays small enough to load quickly).
-fn build_binaries(suites: &[Suite], dir: &Path) -> Result<Binaries> {
-    let xlb = build::build(false)?;
-    let testd = cargo_executable(
-        &["build", "--package", "xlb-tests", "--bin", "xlb-testd"],
-        "xlb-testd",
-    )?;
-    let mut tests = Vec::new();
-    for &suite in suites {
-        let (package, test) = suite.target();
-        let exe = cargo_executable(
-            &["test", "--no-run", "--package", package, "--test", test],
-            test,
-        )?;
-        tests.push((suite, exe));
-    }
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let strip = |from: &Path, name: &str| -> Result<PathBuf> {
-        let to = dir.join(name);
-        if cmd::which("objcopy").is_some() {
-            cmd::run(
-                Command::new("objcopy")
-                    .arg("--strip-debug")
-                    .arg(from)
-                    .arg(&to),
-            )?;
-        } else {
-            fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
-        }
-        Ok(to)
-    };
-    Ok(Binaries {
-        xlb: strip(&xlb, "xlb")?,
-        testd: strip(&testd, "xlb-testd")?,
-        tests: tests
-            .iter()
-            .map(|(suite, exe)| Ok((*suite, strip(exe, suite.name())?)))
-            .collect::<Result<_>>()?,
-    })
-}
-
-/// Runs `cargo ARGS --message-format=json` and returns the executable it built for the
-/// target named `target`.
-fn cargo_executable(args: &[&str], target: &str) -> Result<PathBuf> {
-    let mut cargo = build::cargo();
-    cargo
-        .args(args)
-        .arg("--message-format=json-render-diagnostics")
-        // Progress and errors stay visible; stdout carries the JSON.
-        .stderr(Stdio::inherit());
-    let out = cmd::output(&mut cargo)?;
-    let mut found = None;
-    for line in out.lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == target
-            && let Some(exe) = msg["executable"].as_str()
-        {
-            found = Some(PathBuf::from(exe));
-        }
-    }
-    found.ok_or_else(|| {
-        anyhow!(
-            "cargo {} built no executable named {target}",
-            args.join(" ")
-        )
-    })
 }

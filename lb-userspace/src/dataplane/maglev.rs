@@ -19,8 +19,9 @@ pub fn maglev(entries: &[Entry], size: u32, seed: u32) -> Vec<u32> {
         return Vec::new();
     }
     let m = size as u64;
-    // Each backend walks its own permutation of the slots: offset + j * skip (mod m).
-    let perms: Vec<(u64, u64)> = entries
+    // Each backend walks its own permutation of the slots: offset + j * skip (mod m),
+    // kept as a running position (an add and a compare per step, no division).
+    let mut walks: Vec<(u64, u64)> = entries
         .iter()
         .map(|e| {
             let offset = lb_common::hash_words(&e.identity, seed ^ 0x6d61_676c) as u64 % m;
@@ -29,7 +30,6 @@ pub fn maglev(entries: &[Entry], size: u32, seed: u32) -> Vec<u32> {
         })
         .collect();
     let max_weight = entries.iter().map(|e| e.weight).max().unwrap_or(1).max(1) as u64;
-    let mut next = vec![0u64; entries.len()];
     let mut credit = vec![0u64; entries.len()];
     let mut table = vec![u32::MAX; size as usize];
     let mut filled = 0u64;
@@ -40,10 +40,13 @@ pub fn maglev(entries: &[Entry], size: u32, seed: u32) -> Vec<u32> {
             credit[i] += e.weight as u64;
             while credit[i] >= max_weight && filled < m {
                 credit[i] -= max_weight;
-                let (offset, skip) = perms[i];
+                let (pos, skip) = &mut walks[i];
                 loop {
-                    let slot = ((offset + next[i] * skip) % m) as usize;
-                    next[i] += 1;
+                    let slot = *pos as usize;
+                    *pos += *skip;
+                    if *pos >= m {
+                        *pos -= m;
+                    }
                     if table[slot] == u32::MAX {
                         table[slot] = i as u32;
                         filled += 1;
@@ -135,6 +138,18 @@ mod tests {
         let e = entries(&[1, 1, 1]);
         assert_eq!(maglev(&e, 4099, 7), maglev(&e, 4099, 7));
         assert_ne!(maglev(&e, 4099, 7), maglev(&e, 4099, 8));
+    }
+
+    /// Nodes of different versions must build the same table: these slots were computed by
+    /// the first implementation ((offset + j * skip) % m with a division per step).
+    const PINNED: [u32; 12] = [0, 2, 0, 2, 0, 2, 2, 1, 1, 2, 2, 2];
+    const PINNED_SUM: u64 = 19_625_550;
+
+    #[test]
+    fn maglev_table_is_stable_across_versions() {
+        let t = maglev(&entries(&[1, 2, 3]), 4099, 7);
+        let sum: u64 = t.iter().enumerate().map(|(i, &b)| (i as u64 + 1) * (b as u64 + 1)).sum();
+        assert_eq!((&t[..12], sum), (&PINNED[..], PINNED_SUM));
     }
 
     #[test]

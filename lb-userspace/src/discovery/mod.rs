@@ -1,4 +1,4 @@
-//! Where backends come from besides the config file: Docker (`docker.rs`) and DNS
+//! Where backends come from besides the config file: Docker (`docker/`) and DNS
 //! (`dns.rs`). Each source runs as a task and reports, per xlb service, the complete
 //! current set it sees; `Registry` keeps the latest set of each source.
 

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{BackendStatus, Drop, ServiceStatus, Snapshot, Transitions};
+use super::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, Transitions};
 use crate::{
     config::{BackendState, Config, Service},
     dataplane::Stats,
@@ -103,6 +103,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
     Snapshot {
         services,
         drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
+        conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted },
         health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
     }

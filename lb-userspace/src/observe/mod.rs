@@ -9,5 +9,5 @@ mod snapshot;
 mod table;
 pub mod transitions;
 
-pub use snapshot::{BackendStatus, Drop, ServiceStatus, Snapshot, rates};
+pub use snapshot::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, rates};
 pub use transitions::Transitions;

@@ -9,10 +9,21 @@ pub struct Snapshot {
     pub services: Vec<ServiceStatus>,
     /// Kernel drops by reason, summed over CPUs.
     pub drops: Vec<Drop>,
+    /// The kernel's connection table, as the last expiry pass found it.
+    #[serde(default)]
+    pub conntrack: Conntrack,
     /// Health transitions seen since start.
     pub health_transitions: u64,
     /// Discovery updates received since start, by source.
     pub discovery_events: HashMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Conntrack {
+    pub entries: u64,
+    /// Entries the table pushed out to make room (LRU) since start: a flow that loses its
+    /// entry this way may be reset or, for UDP, move.
+    pub evicted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -51,6 +51,7 @@ impl Snapshot {
         }
         let drops: Vec<String> = self.drops.iter().map(|d| format!("{}={}", d.reason, d.packets)).collect();
         let _ = writeln!(out, "drops: {}", drops.join(" "));
+        let _ = writeln!(out, "conntrack: {} entries, {} evicted", self.conntrack.entries, self.conntrack.evicted);
         out
     }
 }

@@ -4,13 +4,13 @@
 //! The labels are those of the kernel's per-backend metrics (`observe/prometheus.rs`): `service`,
 //! `backend` (the address) and `name` (the container's name, else the address).
 //!
-//! The proxy tells an `Exchange` (`forward.rs`) which service and backend a request went
+//! The proxy tells an `Exchange` (`request/log.rs`) which service and backend a request went
 //! to; the exchange is recorded when the response body is finished (sent whole, or dropped
 //! because the client went away), so the duration is the client's whole wait: routing,
 //! retries, the backend's answer and the body's transfer. Answers xlb made itself (no
 //! route, every try failed, a bad request) carry empty `backend` and `name` labels, and
 //! an empty `service` label when no service was routed to. Requests the framing guard
-//! refuses before they are parsed (`proxy/guard.rs`) are not counted.
+//! refuses before they are parsed (`listen/guard/`) are not counted.
 //!
 //! The counters belong to the [`Proxy`](super::Proxy), which drops the series of services
 //! and backends that leave the config or discovery ([`HttpMetrics::retain`]), so a host

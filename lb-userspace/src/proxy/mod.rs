@@ -15,17 +15,14 @@
 //! the proxy sees go to a [`FailureSink`], which the owner connects to
 //! `health::Health::report_failure`. See docs/proxy.md.
 
-pub mod balance;
-pub mod ewma;
+pub mod control;
 pub mod failure;
-pub mod forward;
-pub mod guard;
-pub mod h2c;
-pub mod headers;
+pub mod hop_by_hop;
+pub mod listen;
 pub mod metrics;
-pub mod route;
-pub mod server;
+pub mod request;
+pub mod select;
 pub mod site;
 
+pub use control::{BackendCounters, Proxy};
 pub use failure::{CollectFailures, Failure, FailureKind, FailureSink, IgnoreFailures};
-pub use server::{BackendCounters, Proxy};

@@ -1,17 +1,19 @@
 //! What requests read of a listener and its services: swapped whole on every update.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 
 use super::{
-    balance::Balancer,
     failure::FailureSink,
-    guard::{ClientTimeouts, HeadLimits},
+    listen::guard::{io::ClientTimeouts, rules::HeadLimits},
     metrics::HttpMetrics,
-    route::{BackendHosts, Router},
+    select::{
+        balance::Balancer,
+        route::{BackendHosts, Router},
+    },
 };
 use crate::config::http::HttpOptions;
 
@@ -40,6 +42,13 @@ pub struct Site {
     pub metrics: Arc<HttpMetrics>,
 }
 
+/// A listener's current [`Site`]: an update swaps it, a request reads the one it found.
+pub type Slot = Arc<RwLock<Arc<Site>>>;
+
+pub fn load(slot: &Slot) -> Arc<Site> {
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Client-side limits of a listener (the smallest of its services').
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClientLimits {
@@ -47,4 +56,39 @@ pub struct ClientLimits {
     pub timeouts: ClientTimeouts,
     pub max_connections: u32,
     pub max_headers: usize,
+}
+
+impl ClientLimits {
+    /// The smallest of the services' limits: applied per connection, before routing.
+    pub fn of<'a>(options: impl Iterator<Item = &'a HttpOptions>) -> Self {
+        let mut out: Option<ClientLimits> = None;
+        for o in options {
+            let l = &o.limits;
+            let t = &o.timeouts;
+            let this = ClientLimits {
+                head: HeadLimits { max_request_line: l.max_request_line as usize, max_head: l.max_header_bytes as usize, max_headers: l.max_headers as usize },
+                timeouts: ClientTimeouts { header: t.client_header, keepalive: t.keepalive, body_idle: t.idle },
+                max_connections: l.max_connections,
+                max_headers: l.max_headers as usize,
+            };
+            out = Some(match out {
+                None => this,
+                Some(o) => ClientLimits {
+                    head: HeadLimits {
+                        max_request_line: o.head.max_request_line.min(this.head.max_request_line),
+                        max_head: o.head.max_head.min(this.head.max_head),
+                        max_headers: o.head.max_headers.min(this.head.max_headers),
+                    },
+                    timeouts: ClientTimeouts {
+                        header: o.timeouts.header.min(this.timeouts.header),
+                        keepalive: o.timeouts.keepalive.min(this.timeouts.keepalive),
+                        body_idle: o.timeouts.body_idle.min(this.timeouts.body_idle),
+                    },
+                    max_connections: o.max_connections.min(this.max_connections),
+                    max_headers: o.max_headers.min(this.max_headers),
+                },
+            });
+        }
+        out.unwrap_or_else(|| Self::of(std::iter::once(&HttpOptions::default())))
+    }
 }

@@ -47,6 +47,8 @@ const SETTLE_MAX: Duration = Duration::from_secs(10);
 
 /// `keep_dataplane`: on SIGINT/SIGTERM, pin the data plane under `bpffs` and leave it
 /// running. A data plane kept there before is adopted either way.
+// long: the start order (signals, lock, load, attach, adopt), the one select over every
+// source of change and the exit path share a dozen locals; split, they would be passed around.
 pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: bool, bpffs: &Path) -> anyhow::Result<()> {
     // Before anything is attached: a signal that came before its handler would end the
     // process with the programs still attached (SIGINT, SIGTERM) or kill it outright

@@ -11,7 +11,8 @@ use plotters::{
 
 use super::{
     contender::Kind,
-    report::{Results, Row, Spread},
+    results::{Results, Row},
+    stats::Spread,
     wrk::Mode,
 };
 

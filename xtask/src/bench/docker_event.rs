@@ -22,7 +22,7 @@ use xlb_tests::docker::{self as testdocker, Container};
 
 use super::{
     contender::{self, Ctx},
-    report::Spread,
+    stats::Spread,
     sys,
     topo::VIP,
 };

@@ -4,21 +4,16 @@
 //!
 //! Uncompressed because TCG would take longer to decompress it than QEMU takes to load it.
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs::{self, File},
-    io::{self, BufWriter, Write as _},
-    path::{Path, PathBuf},
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::Path,
     process::Command,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow};
 
-use super::{Binaries, Suite, kernel::Kernel};
+use super::{binaries::Binaries, cpio::Cpio, kernel::Kernel, modules::modules, suite::Suite};
 use crate::cmd;
-
-/// Modules the tests need when the kernel has them as modules (Debian's do): veth pairs,
-/// and the clsact qdisc and BPF classifier for kernels without TCX (before 6.6).
-const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf"];
 
 /// Host programs copied into the guest, at the same path; busybox provides the rest.
 const TOOLS: &[&str] = &["ip", "ethtool", "curl"];
@@ -74,22 +69,7 @@ pub fn write(
         0o644,
     );
 
-    // Busybox: /bin/busybox and a link per applet, except where a real tool goes.
-    let busybox = cmd::which("busybox").ok_or_else(|| anyhow!("busybox is not on PATH"))?;
-    cpio.elf("/bin/busybox", &busybox)?;
-    let applets = cmd::output(Command::new(&busybox).arg("--list"))?;
-    for applet in applets
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && !TOOLS.contains(a))
-    {
-        cpio.symlink(&format!("/bin/{applet}"), "busybox");
-    }
-    for tool in TOOLS {
-        let path = cmd::which(tool)
-            .ok_or_else(|| anyhow!("{tool} is not on PATH: run `cargo xtask setup`"))?;
-        cpio.elf(&path.to_string_lossy(), &path)?;
-    }
+    tools(&mut cpio)?;
 
     cpio.elf(GUEST_XLB, &bins.xlb)?;
     cpio.elf(GUEST_TESTD, &bins.testd)?;
@@ -119,6 +99,27 @@ pub fn write(
     w.flush()
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(names)
+}
+
+/// Busybox as `/bin/busybox` with a link per applet, except where a real tool of the host
+/// ([`TOOLS`], with its shared libraries) goes.
+fn tools(cpio: &mut Cpio) -> Result<()> {
+    let busybox = cmd::which("busybox").ok_or_else(|| anyhow!("busybox is not on PATH"))?;
+    cpio.elf("/bin/busybox", &busybox)?;
+    let applets = cmd::output(Command::new(&busybox).arg("--list"))?;
+    for applet in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !TOOLS.contains(a))
+    {
+        cpio.symlink(&format!("/bin/{applet}"), "busybox");
+    }
+    for tool in TOOLS {
+        let path = cmd::which(tool)
+            .ok_or_else(|| anyhow!("{tool} is not on PATH: run `cargo xtask setup`"))?;
+        cpio.elf(&path.to_string_lossy(), &path)?;
+    }
+    Ok(())
 }
 
 fn guest_test(suite: Suite) -> String {
@@ -193,382 +194,9 @@ fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-// ---------------------------------------------------------------------------------
-// Kernel modules
-
-struct Module {
-    name: String,
-    /// Uncompressed: busybox's insmod hands the bytes to init_module as they are.
-    data: Vec<u8>,
-}
-
-/// [`MODULES`] that `kernel` has as modules, with what they depend on, dependencies first.
-/// Built-in ones are skipped; one that is neither is reported and left out (the test that
-/// needs it fails and says what is missing).
-fn modules(kernel: &Kernel) -> Result<Vec<Module>> {
-    let builtin = fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
-    let builtin: BTreeSet<String> = builtin.lines().map(module_name).collect();
-    let mut files = BTreeMap::new();
-    if kernel.modules.is_dir() {
-        index(&kernel.modules.join("kernel"), &mut files)?;
-    }
-    let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
-    for m in MODULES {
-        add_module(&module_name(m), &files, &builtin, &mut seen, &mut out)?;
-    }
-    Ok(out)
-}
-
-fn add_module(
-    name: &str,
-    files: &BTreeMap<String, PathBuf>,
-    builtin: &BTreeSet<String>,
-    seen: &mut BTreeSet<String>,
-    out: &mut Vec<Module>,
-) -> Result<()> {
-    if !seen.insert(name.to_string()) || builtin.contains(name) {
-        return Ok(());
-    }
-    let Some(path) = files.get(name) else {
-        eprintln!("vm: warning: module {name} is neither built in nor in the module tree");
-        return Ok(());
-    };
-    let data = read_module(path)?;
-    for dep in depends(&data).with_context(|| format!("reading {}", path.display()))? {
-        add_module(&module_name(&dep), files, builtin, seen, out)?;
-    }
-    out.push(Module {
-        name: name.to_string(),
-        data,
-    });
-    Ok(())
-}
-
-/// `kernel/drivers/net/veth.ko.xz` → `veth`; `-` and `_` are the same in module names.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
-}
-
-/// Every module file under `dir`, by name.
-fn index(dir: &Path, files: &mut BTreeMap<String, PathBuf>) -> Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry
-            .with_context(|| format!("reading {}", dir.display()))?
-            .path();
-        if path.is_dir() {
-            index(&path, files)?;
-        } else if path.to_string_lossy().contains(".ko") {
-            files.insert(module_name(&path.to_string_lossy()), path);
-        }
-    }
-    Ok(())
-}
-
-/// A module file's bytes, decompressed (`.ko.xz`, `.ko.zst`, `.ko.gz`).
-fn read_module(path: &Path) -> Result<Vec<u8>> {
-    let name = path.to_string_lossy();
-    let tool = if name.ends_with(".xz") {
-        "xz"
-    } else if name.ends_with(".zst") {
-        "zstd"
-    } else if name.ends_with(".gz") {
-        "gzip"
-    } else {
-        return fs::read(path).with_context(|| format!("reading {}", path.display()));
-    };
-    let out = Command::new(tool)
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .with_context(|| format!("running {tool} -dc (is it installed?)"))?;
-    if !out.status.success() {
-        bail!(
-            "{tool} -dc {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
-}
-
-/// The `depends=` list of a module's `.modinfo` section (ELF64, little endian).
-fn depends(elf: &[u8]) -> Result<Vec<String>> {
-    let modinfo = section(elf, ".modinfo")?.ok_or_else(|| anyhow!("no .modinfo section"))?;
-    Ok(modinfo
-        .split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(b"depends="))
-        .map(|deps| {
-            String::from_utf8_lossy(deps)
-                .split(',')
-                .filter(|d| !d.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-/// The contents of the section called `wanted`.
-fn section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>> {
-    ensure!(
-        elf.len() >= 64 && elf.starts_with(b"\x7fELF") && elf[4] == 2 && elf[5] == 1,
-        "not a 64-bit little-endian ELF file"
-    );
-    let u16_at = |o: usize| -> Result<usize> {
-        Ok(u16::from_le_bytes(
-            elf.get(o..o + 2)
-                .ok_or_else(|| anyhow!("truncated"))?
-                .try_into()?,
-        ) as usize)
-    };
-    let u32_at = |o: usize| -> Result<usize> {
-        Ok(u32::from_le_bytes(
-            elf.get(o..o + 4)
-                .ok_or_else(|| anyhow!("truncated"))?
-                .try_into()?,
-        ) as usize)
-    };
-    let u64_at = |o: usize| -> Result<usize> {
-        Ok(u64::from_le_bytes(
-            elf.get(o..o + 8)
-                .ok_or_else(|| anyhow!("truncated"))?
-                .try_into()?,
-        ) as usize)
-    };
-    let (shoff, shentsize, shnum, shstrndx) =
-        (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
-    // (name offset, file offset, size) of section `i`.
-    let header = |i: usize| -> Result<(usize, usize, usize)> {
-        let h = shoff + i * shentsize;
-        Ok((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
-    };
-    let body = |off: usize, size: usize| {
-        elf.get(off..off + size)
-            .ok_or_else(|| anyhow!("section out of bounds"))
-    };
-    let (_, stroff, strsize) = header(shstrndx)?;
-    let strtab = body(stroff, strsize)?;
-    for i in 0..shnum {
-        let (name, off, size) = header(i)?;
-        let name = strtab.get(name..).unwrap_or_default();
-        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-        if name == wanted.as_bytes() {
-            return Ok(Some(body(off, size)?));
-        }
-    }
-    Ok(None)
-}
-
-// ---------------------------------------------------------------------------------
-// cpio
-
-enum Node {
-    Dir,
-    File { from: PathBuf, mode: u32 },
-    Bytes { data: Vec<u8>, mode: u32 },
-    Symlink(String),
-}
-
-/// An archive being put together: paths (absolute, as in the guest) to what they are.
-/// Parents are added as directories; the first entry for a path wins.
-#[derive(Default)]
-struct Cpio {
-    nodes: BTreeMap<String, Node>,
-}
-
-impl Cpio {
-    fn add(&mut self, path: &str, node: Node) {
-        let path = path.trim_start_matches('/').to_string();
-        let mut parent = Path::new(&path).parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            self.nodes
-                .entry(p.to_string_lossy().into_owned())
-                .or_insert(Node::Dir);
-            parent = p.parent();
-        }
-        self.nodes.entry(path).or_insert(node);
-    }
-
-    fn dir(&mut self, path: &str) {
-        self.add(path, Node::Dir);
-    }
-
-    fn symlink(&mut self, path: &str, target: &str) {
-        self.add(path, Node::Symlink(target.to_string()));
-    }
-
-    fn bytes(&mut self, path: &str, data: Vec<u8>, mode: u32) {
-        self.add(path, Node::Bytes { data, mode });
-    }
-
-    /// An executable at `path`, and the shared libraries `ldd` says it loads, at their own
-    /// paths (`ldd` follows the host's library path; the guest finds them at the same place).
-    fn elf(&mut self, path: &str, from: &Path) -> Result<()> {
-        self.add(
-            path,
-            Node::File {
-                from: from.to_path_buf(),
-                mode: 0o755,
-            },
-        );
-        for lib in shared_libraries(from)? {
-            let guest = lib.to_string_lossy().into_owned();
-            self.add(
-                &guest,
-                Node::File {
-                    from: lib,
-                    mode: 0o755,
-                },
-            );
-        }
-        Ok(())
-    }
-
-    fn write(&self, w: &mut impl io::Write) -> Result<()> {
-        for (ino, (path, node)) in self.nodes.iter().enumerate() {
-            let ino = ino as u32 + 1;
-            match node {
-                Node::Dir => header(w, ino, 0o040755, 2, 0, path)?,
-                Node::Symlink(target) => {
-                    header(w, ino, 0o120777, 1, target.len(), path)?;
-                    w.write_all(target.as_bytes())?;
-                    pad(w, target.len())?;
-                }
-                Node::Bytes { data, mode } => {
-                    header(w, ino, 0o100000 | mode, 1, data.len(), path)?;
-                    w.write_all(data)?;
-                    pad(w, data.len())?;
-                }
-                Node::File { from, mode } => {
-                    let mut f =
-                        File::open(from).with_context(|| format!("opening {}", from.display()))?;
-                    let len = f.metadata()?.len() as usize;
-                    header(w, ino, 0o100000 | mode, 1, len, path)?;
-                    let copied = io::copy(&mut f, w)? as usize;
-                    ensure!(
-                        copied == len,
-                        "{} changed while being copied",
-                        from.display()
-                    );
-                    pad(w, len)?;
-                }
-            }
-        }
-        header(w, 0, 0, 1, 0, "TRAILER!!!")?;
-        Ok(())
-    }
-}
-
-/// A `newc` header and the NUL-terminated name, padded to 4 bytes.
-fn header(
-    w: &mut impl io::Write,
-    ino: u32,
-    mode: u32,
-    nlink: u32,
-    size: usize,
-    name: &str,
-) -> Result<()> {
-    let size = u32::try_from(size).map_err(|_| anyhow!("{name}: over 4 GiB"))?;
-    let namesize = name.len() + 1;
-    // magic, ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor, rdevmajor,
-    // rdevminor, namesize, check
-    let fields = [
-        ino,
-        mode,
-        0,
-        0,
-        nlink,
-        0,
-        size,
-        0,
-        0,
-        0,
-        0,
-        namesize as u32,
-        0,
-    ];
-    let mut h = String::from("070701");
-    for f in fields {
-        h += &format!("{f:08x}");
-    }
-    w.write_all(h.as_bytes())?;
-    w.write_all(name.as_bytes())?;
-    w.write_all(&[0])?;
-    pad(w, h.len() + namesize)
-}
-
-fn pad(w: &mut impl io::Write, len: usize) -> Result<()> {
-    w.write_all(&[0; 3][..(4 - len % 4) % 4])?;
-    Ok(())
-}
-
-/// The shared libraries (and the dynamic loader) `ldd` lists for `exe`; none for a static one.
-fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(exe)
-        .output()
-        .context("running ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        // "not a dynamic executable": nothing to copy.
-        return Ok(Vec::new());
-    }
-    let mut libs = Vec::new();
-    for line in text.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = match line.split_once("=>") {
-            Some((name, rest)) => {
-                let path = rest.trim().split(' ').next().unwrap_or("");
-                if path.is_empty() || path == "not" {
-                    bail!("{}: ldd cannot find {}", exe.display(), name.trim());
-                }
-                path
-            }
-            None => line.trim().split(' ').next().unwrap_or(""),
-        };
-        if path.starts_with('/') {
-            libs.push(PathBuf::from(path));
-        }
-    }
-    Ok(libs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn module_names() {
-        assert_eq!(module_name("kernel/drivers/net/veth.ko.xz"), "veth");
-        assert_eq!(
-            module_name("kernel/net/sched/sch_ingress.ko"),
-            "sch_ingress"
-        );
-        assert_eq!(module_name("nf-conntrack"), "nf_conntrack");
-    }
-
-    #[test]
-    fn cpio_has_parents_and_alignment() {
-        let mut c = Cpio::default();
-        c.bytes("/a/b/c", b"xyz".to_vec(), 0o644);
-        c.symlink("/bin/sh", "busybox");
-        let mut out = Vec::new();
-        c.write(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out);
-        for name in [
-            "a\0",
-            "a/b\0",
-            "a/b/c\0",
-            "bin\0",
-            "bin/sh\0",
-            "TRAILER!!!\0",
-        ] {
-            assert!(text.contains(name), "{name:?} missing");
-        }
-        assert_eq!(out.len() % 4, 0);
-        assert!(out.starts_with(b"070701"));
-    }
 
     #[test]
     fn init_runs_each_suite_between_markers() {

@@ -15,9 +15,9 @@ use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 
 use super::{
-    Suite,
     initramfs::{BOOTED, DONE, RETRY, SUITE_END, SUITE_START},
     kernel::Kernel,
+    suite::Suite,
 };
 use crate::cmd;
 
@@ -184,6 +184,72 @@ impl Outcome {
 
 /// Boots the guest and follows its console until it powers off, QEMU exits or the time is up.
 pub fn run(boot: &Boot<'_>) -> Result<Outcome> {
+    let mut qemu = command(boot);
+    eprintln!(
+        "vm: booting {} ({}) with {}",
+        boot.label,
+        boot.kernel.release,
+        boot.accel.name()
+    );
+    let started = Instant::now();
+    let mut child = cmd::spawn(&mut qemu)?;
+    let (tx, rx) = mpsc::channel();
+    pump(child.stdout.take().expect("piped"), tx.clone());
+    pump(child.stderr.take().expect("piped"), tx);
+
+    let boot_deadline = (boot.accel == Accel::Kvm).then(|| started + KVM_BOOT_TIMEOUT);
+    let deadline = started + boot.timeout;
+    let mut console = Console::new(started);
+    let killed = loop {
+        let now = Instant::now();
+        let limit = match boot_deadline {
+            Some(b) if console.outcome.boot.is_none() => b.min(deadline),
+            _ => deadline,
+        };
+        if now >= limit {
+            break Some(if console.outcome.boot.is_none() && boot_deadline.is_some() {
+                "no output from /init (KVM does not boot here?)"
+            } else {
+                "time limit (--timeout)"
+            });
+        }
+        let line = match rx.recv_timeout(limit - now) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            // Both pipes closed: QEMU is gone.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+        };
+        println!("[{}] {line}", boot.label);
+        console.read(line);
+    };
+    let Console { mut outcome, mut current, done, last_lines, .. } = console;
+    if let Some(why) = killed {
+        // Our own child: ends QEMU and with it the guest.
+        let _ = child.kill();
+        outcome.end = End::Killed {
+            after: started.elapsed(),
+            why,
+        };
+    }
+    let status = child.wait().context("waiting for QEMU")?;
+    outcome.total = started.elapsed();
+    if let Some((mut r, t)) = current.take() {
+        r.took = t.elapsed();
+        outcome.suites.push(r);
+    }
+    if killed.is_none() {
+        outcome.end = if done && status.success() {
+            End::Done
+        } else {
+            End::Exited(format!("{status}; last lines: {}", last_lines.join(" / ")))
+        };
+    }
+    Ok(outcome)
+}
+
+/// QEMU's command line for `boot`: serial console on stdio, no devices but the kernel and
+/// the initramfs.
+fn command(boot: &Boot<'_>) -> Command {
     let mut qemu = Command::new(QEMU);
     qemu.args([
         "-nodefaults",
@@ -217,57 +283,47 @@ pub fn run(boot: &Boot<'_>) -> Result<Outcome> {
     qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    eprintln!(
-        "vm: booting {} ({}) with {}",
-        boot.label,
-        boot.kernel.release,
-        boot.accel.name()
-    );
-    let started = Instant::now();
-    let mut child = cmd::spawn(&mut qemu)?;
-    let (tx, rx) = mpsc::channel();
-    pump(child.stdout.take().expect("piped"), tx.clone());
-    pump(child.stderr.take().expect("piped"), tx);
+    qemu
+}
 
-    let boot_deadline = (boot.accel == Accel::Kvm).then(|| started + KVM_BOOT_TIMEOUT);
-    let deadline = started + boot.timeout;
-    let mut outcome = Outcome {
-        boot: None,
-        total: Duration::ZERO,
-        end: End::Done,
-        suites: Vec::new(),
-    };
-    let mut current: Option<(SuiteResult, Instant)> = None;
-    let mut done = false;
-    let mut last_lines: Vec<String> = Vec::new();
-    let killed = loop {
-        let now = Instant::now();
-        let limit = match boot_deadline {
-            Some(b) if outcome.boot.is_none() => b.min(deadline),
-            _ => deadline,
-        };
-        if now >= limit {
-            break Some(if outcome.boot.is_none() && boot_deadline.is_some() {
-                "no output from /init (KVM does not boot here?)"
-            } else {
-                "time limit (--timeout)"
-            });
+/// What the guest's console has said so far.
+struct Console {
+    started: Instant,
+    outcome: Outcome,
+    /// The suite running now, and when it started.
+    current: Option<(SuiteResult, Instant)>,
+    /// `/init` printed its last marker.
+    done: bool,
+    /// The last five lines, for the report when QEMU exits early.
+    last_lines: Vec<String>,
+}
+
+impl Console {
+    fn new(started: Instant) -> Console {
+        Console {
+            started,
+            outcome: Outcome {
+                boot: None,
+                total: Duration::ZERO,
+                end: End::Done,
+                suites: Vec::new(),
+            },
+            current: None,
+            done: false,
+            last_lines: Vec::new(),
         }
-        let line = match rx.recv_timeout(limit - now) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            // Both pipes closed: QEMU is gone.
-            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
-        };
-        println!("[{}] {line}", boot.label);
-        last_lines.push(line.clone());
-        if last_lines.len() > 5 {
-            last_lines.remove(0);
+    }
+
+    /// Takes in one line: a marker of `/init`, or a line of a test binary's output.
+    fn read(&mut self, line: String) {
+        self.last_lines.push(line.clone());
+        if self.last_lines.len() > 5 {
+            self.last_lines.remove(0);
         }
-        if line.starts_with(BOOTED) && outcome.boot.is_none() {
-            outcome.boot = Some(started.elapsed());
+        if line.starts_with(BOOTED) && self.outcome.boot.is_none() {
+            self.outcome.boot = Some(self.started.elapsed());
         } else if let Some(name) = line.strip_prefix(SUITE_START) {
-            current = Some((
+            self.current = Some((
                 SuiteResult {
                     suite: name.trim().to_string(),
                     rc: None,
@@ -279,21 +335,21 @@ pub fn run(boot: &Boot<'_>) -> Result<Outcome> {
                 Instant::now(),
             ));
         } else if let Some(rest) = line.strip_prefix(SUITE_END) {
-            if let Some((mut r, t)) = current.take() {
+            if let Some((mut r, t)) = self.current.take() {
                 r.took = t.elapsed();
                 r.rc = rest.split("rc=").nth(1).and_then(|v| v.trim().parse().ok());
-                outcome.suites.push(r);
+                self.outcome.suites.push(r);
             }
         } else if let Some(rest) = line.strip_prefix(RETRY) {
-            if let Some((r, _)) = current.as_mut() {
+            if let Some((r, _)) = self.current.as_mut() {
                 // "SUITE TEST TEST ..."
                 r.retried
                     .extend(rest.split_whitespace().skip(1).map(str::to_string));
                 r.failed_tests.clear();
             }
         } else if line.starts_with(DONE) {
-            done = true;
-        } else if let Some((r, _)) = current.as_mut() {
+            self.done = true;
+        } else if let Some((r, _)) = self.current.as_mut() {
             // The first run's counts: a retry runs only the failed tests.
             if let Some(counts) = line
                 .strip_prefix("test result: ")
@@ -316,29 +372,7 @@ pub fn run(boot: &Boot<'_>) -> Result<Outcome> {
                 r.failed_tests.push(name.to_string());
             }
         }
-    };
-    if let Some(why) = killed {
-        // Our own child: ends QEMU and with it the guest.
-        let _ = child.kill();
-        outcome.end = End::Killed {
-            after: started.elapsed(),
-            why,
-        };
     }
-    let status = child.wait().context("waiting for QEMU")?;
-    outcome.total = started.elapsed();
-    if let Some((mut r, t)) = current.take() {
-        r.took = t.elapsed();
-        outcome.suites.push(r);
-    }
-    if killed.is_none() {
-        outcome.end = if done && status.success() {
-            End::Done
-        } else {
-            End::Exited(format!("{status}; last lines: {}", last_lines.join(" / ")))
-        };
-    }
-    Ok(outcome)
 }
 
 /// Sends `from`'s lines (carriage returns dropped, invalid UTF-8 replaced) to `tx`.

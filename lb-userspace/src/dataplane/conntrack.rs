@@ -1,0 +1,155 @@
+//! The connection table seen from user space: expiry of idle entries, and the counters
+//! read with it.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
+use lb_common::{Addr, Backend as KBackend, Conn, ConnKey, ConnKind, Counters, DropReason, ServiceKey, names};
+
+use super::{Dataplane, Timeouts, map};
+
+/// What a flow's two entries share: the kernel writes both from one `Conn`.
+type FlowId = (Addr, u16, u8, u8, u32, u32);
+
+/// A flow's entries as one expiry pass found them.
+#[derive(Default)]
+struct Flow {
+    keys: Vec<ConnKey>,
+    last_seen: u64,
+    closed: bool,
+    /// Whether the forward (service) entry is among them: that one counts the flow.
+    forward: bool,
+}
+
+/// The connection table's accounting across expiry passes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conns {
+    /// Entries after the last pass.
+    pub live: u64,
+    /// Entries expired by user space (and, for an adopted data plane, all that were gone
+    /// before it was adopted).
+    pub removed: u64,
+    /// Entries the LRU pushed out to make room: created - removed - live, never falling.
+    pub evicted: u64,
+}
+
+impl Dataplane {
+    /// Deletes flows idle longer than their timeout (both entries of a flow together, by
+    /// the later of their two refreshes), frees the ids of removed backends and services
+    /// no entry names any more, and counts what the LRU evicted. Returns how many entries expired.
+    pub fn expire(&mut self, now_ns: u64, t: &Timeouts) -> anyhow::Result<usize> {
+        // Read before the walk: an entry added during it makes `live` larger, so the
+        // eviction count can lag, never run ahead.
+        let created = self.created()?;
+        // aya's HashMap also opens LRU hash maps.
+        let mut ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
+        let mut flows: HashMap<FlowId, Flow> = HashMap::new();
+        let mut live = 0;
+        for item in ct.iter() {
+            let Ok((k, v)) = item else { continue };
+            live += 1;
+            let f = flows.entry((k.client, k.client_port, k.proto, k.family, v.backend, v.rev_nat)).or_default();
+            f.keys.push(k);
+            f.last_seen = f.last_seen.max(v.last_seen);
+            f.closed |= v.flags & Conn::F_CLOSED != 0;
+            f.forward |= k.kind == ConnKind::Service as u8;
+        }
+        let mut idle = Vec::new();
+        let (mut referenced, mut rev_nats) = (BTreeSet::new(), BTreeSet::new());
+        self.active.clear();
+        for ((_, _, proto, _, backend, rev_nat), f) in flows {
+            let limit = match proto {
+                lb_common::IPPROTO_TCP if f.closed => t.tcp_closed.min(t.tcp),
+                lb_common::IPPROTO_TCP => t.tcp,
+                _ => t.udp,
+            };
+            if now_ns.saturating_sub(f.last_seen) > limit {
+                idle.extend(f.keys);
+            } else {
+                referenced.insert(backend);
+                rev_nats.insert(rev_nat);
+                if f.forward {
+                    *self.active.entry(backend).or_default() += 1;
+                }
+            }
+        }
+        // An entry already gone was evicted: it is counted as such, not as expired.
+        let removed = idle.iter().filter(|k| ct.remove(k).is_ok()).count() as u64;
+        self.conns.removed += removed;
+        self.conns.live = live - removed;
+        self.conns.evicted = self.conns.evicted.max(created.saturating_sub(self.conns.removed + self.conns.live));
+        let freeable: Vec<u32> = self.retired.iter().filter(|id| !referenced.contains(id)).copied().collect();
+        let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+        for id in freeable {
+            backends.set(id, KBackend::default(), 0)?;
+            self.retired.remove(&id);
+            self.free_backend_ids.push(id);
+        }
+        let free: Vec<u32> = self.retired_services.iter().filter(|id| !rev_nats.contains(id)).copied().collect();
+        for id in free {
+            self.retired_services.remove(&id);
+            self.free_service_ids.push(id);
+        }
+        Ok(removed as usize)
+    }
+
+    /// Connection entries the kernel has added since the maps were created.
+    pub(super) fn created(&mut self) -> anyhow::Result<u64> {
+        let created: PerCpuArray<_, u64> = map(&mut self.ebpf, names::CONN_CREATED)?;
+        Ok(created.get(&0, 0)?.iter().sum())
+    }
+
+    /// Per-CPU counters summed, per service, per backend and per drop reason, with each
+    /// backend's live connections as the last `expire` pass counted them (walking the
+    /// connection table costs a syscall an entry, so it is done once for both).
+    pub fn counters(&mut self) -> anyhow::Result<Stats> {
+        let sum = |v: aya::maps::PerCpuValues<Counters>| {
+            v.iter().fold(Counters::default(), |a, c| Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+            })
+        };
+        let svc: PerCpuArray<_, Counters> = map(&mut self.ebpf, names::SERVICE_STATS)?;
+        let services = self.services.iter().map(|(k, s)| Ok((*k, sum(svc.get(&s.id, 0)?)))).collect::<anyhow::Result<_>>()?;
+        let be: PerCpuArray<_, Counters> = map(&mut self.ebpf, names::BACKEND_STATS)?;
+        let backends = self
+            .services
+            .iter()
+            .flat_map(|(key, s)| s.backends.iter().map(move |(id, b)| (key, id, b)))
+            .map(|(key, id, b)| {
+                Ok(BackendStats { service: *key, addr: b.addr, port: b.port, counters: sum(be.get(id, 0)?), active: self.active.get(id).copied().unwrap_or(0) })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let drops_map: PerCpuArray<_, u64> = map(&mut self.ebpf, names::DROPS)?;
+        let drops = DropReason::ALL.iter().map(|r| Ok((r.name(), drops_map.get(&(*r as u32), 0)?.iter().sum()))).collect::<anyhow::Result<_>>()?;
+        Ok(Stats { services, backends, drops, conns: self.conns })
+    }
+}
+
+pub struct Stats {
+    pub services: Vec<(ServiceKey, Counters)>,
+    pub backends: Vec<BackendStats>,
+    pub drops: Vec<(&'static str, u64)>,
+    pub conns: Conns,
+}
+
+pub struct BackendStats {
+    pub service: ServiceKey,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub counters: Counters,
+    /// Flows pinned to it in the connection table.
+    pub active: u64,
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,164 @@
+//! Writing the desired services into the maps, in an order that packets in flight can
+//! live with.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuValues};
+use lb_common::{Backend as KBackend, BackendState as KState, Counters, RevNat, Service as KService, ServiceKey, addr_words, names};
+
+use super::{BackendIdent, Dataplane, ServiceSlot, maglev, maglev::Entry, map, nr_cpus};
+use crate::{
+    config::{self, BackendState},
+    plan::Desired,
+};
+
+impl Dataplane {
+    /// Makes the maps match `desired`. Order matters for packets in flight: new
+    /// backends are written before any table names them, a table is complete before
+    /// its service points at it, and removed backends are marked last.
+    pub fn sync(&mut self, desired: &[Desired]) -> anyhow::Result<()> {
+        let wanted: HashMap<ServiceKey, &Desired> = desired.iter().map(|d| (d.key, d)).collect();
+        if wanted.len() > self.limits.max_services as usize {
+            bail!("{} services configured, the data plane was sized for {} (dataplane.max_services)", wanted.len(), self.limits.max_services);
+        }
+        let mut removed = Vec::new();
+        for d in desired {
+            removed.extend(self.sync_service(d)?);
+        }
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for key in gone {
+            let slot = self.services.remove(&key).expect("listed above");
+            let mut services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
+            services.remove(&key).context("removing a service")?;
+            self.free_tables.push(slot.table);
+            // Its flows' replies still name the id (rev-NAT): freed once none is left.
+            self.retired_services.insert(slot.id);
+            removed.extend(slot.backends.iter().map(|(id, b)| (*id, (key, b.addr, b.port))));
+        }
+        let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+        for (id, ident) in removed {
+            let mut b = backends.get(&id, 0)?;
+            b.state = KState::Removed as u8;
+            backends.set(id, b, 0)?;
+            self.backend_ids.remove(&ident);
+            self.retired.insert(id);
+        }
+        // A kept data plane's backends that no service claimed are gone.
+        for (id, _) in self.unclaimed.drain() {
+            let mut b = backends.get(&id, 0)?;
+            b.state = KState::Removed as u8;
+            backends.set(id, b, 0)?;
+            self.retired.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Updates one service; returns the backends it no longer has.
+    fn sync_service(&mut self, d: &Desired) -> anyhow::Result<Vec<(u32, BackendIdent)>> {
+        // What the maps hold for it already: a sync costs what changed, not what exists.
+        if self.services.get(&d.key).is_some_and(|s| s.synced.as_ref() == Some(d)) {
+            return Ok(Vec::new());
+        }
+        let (service, old_table, old_ids, old_backends) = match self.services.get(&d.key) {
+            Some(s) => (s.id, Some(s.table), s.table_ids.clone(), s.backends.clone()),
+            None => {
+                let id = self.free_service_ids.pop().context("out of service ids")?;
+                self.zero(names::SERVICE_STATS, id)?;
+                let mut rr: Array<_, u64> = map(&mut self.ebpf, names::RR)?;
+                rr.set(id, 0, 0)?;
+                (id, None, Vec::new(), Vec::new())
+            }
+        };
+        let mut backends = Vec::with_capacity(d.backends.len());
+        // Draining marks wait until the service points at a table that no longer names them.
+        let mut drain_later = Vec::new();
+        for b in &d.backends {
+            let ident = (d.key, b.addr, b.port);
+            let id = match self.backend_ids.get(&ident).copied().or_else(|| self.claim(b.addr, b.port)) {
+                Some(id) => {
+                    self.backend_ids.insert(ident, id);
+                    id
+                }
+                None => {
+                    let id = self.free_backend_ids.pop().context("out of backend ids")?;
+                    self.backend_ids.insert(ident, id);
+                    self.zero(names::BACKEND_STATS, id)?;
+                    id
+                }
+            };
+            let state = match b.state {
+                BackendState::Active => KState::Active,
+                BackendState::Draining => KState::Draining,
+            };
+            let (addr, family) = addr_words(b.addr);
+            let entry = KBackend { addr, port: b.port.to_be(), family, state: state as u8, service };
+            if b.state == BackendState::Draining {
+                drain_later.push((id, entry));
+            } else {
+                let mut map: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+                map.set(id, entry, 0)?;
+            }
+            backends.push((id, *b));
+        }
+
+        let active: Vec<(u32, Entry)> = backends
+            .iter()
+            .filter(|(_, b)| b.state == BackendState::Active)
+            .map(|(id, b)| {
+                let (a, _) = addr_words(b.addr);
+                (*id, Entry { identity: [a[0], a[1], a[2], a[3], b.port as u32], weight: b.weight })
+            })
+            .collect();
+        let entries: Vec<Entry> = active.iter().map(|(_, e)| *e).collect();
+        let size = self.limits.table_size;
+        let picks = match d.method {
+            config::Method::Maglev | config::Method::SourceHash => maglev::maglev(&entries, size, self.limits.hash_seed),
+            config::Method::RoundRobin | config::Method::Random => maglev::round_robin(&entries, size),
+        };
+        let table_ids: Vec<u32> = picks.iter().map(|&i| active[i as usize].0).collect();
+
+        let method = lb_common::Method::from(d.method) as u8;
+        let mut entry = KService { id: service, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, _pad: [0; 3] };
+        if old_table.is_none() || table_ids != old_ids {
+            let slot = self.free_tables.pop().context("no spare selection table")?;
+            self.tables.write(slot as usize * size as usize, &table_ids);
+            entry.table = slot;
+            if let Some(old) = old_table {
+                self.free_tables.push(old);
+            }
+        }
+        let mut rev: Array<_, RevNat> = map(&mut self.ebpf, names::REV_NAT)?;
+        rev.set(service, RevNat { addr: d.key.addr, port: d.key.port, family: d.key.family, _pad: 0 }, 0)?;
+        let mut services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
+        services.insert(d.key, entry, 0).context("writing a service")?;
+        if !drain_later.is_empty() {
+            let mut map: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+            for (id, e) in drain_later {
+                map.set(id, e, 0)?;
+            }
+        }
+
+        let kept: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
+        let removed = old_backends.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, b)| (*id, (d.key, b.addr, b.port))).collect();
+        self.services.insert(d.key, ServiceSlot { id: service, table: entry.table, backends, table_ids, synced: Some(d.clone()) });
+        Ok(removed)
+    }
+
+    /// Takes the id a kept data plane gave this backend, if it is still unclaimed.
+    fn claim(&mut self, addr: IpAddr, port: u16) -> Option<u32> {
+        let id = self.unclaimed.iter().find(|(_, a)| **a == (addr, port)).map(|(id, _)| *id)?;
+        self.unclaimed.remove(&id);
+        Some(id)
+    }
+
+    /// Clears a reused id's per-CPU counters: a new backend or service starts at zero.
+    fn zero(&mut self, name: &str, id: u32) -> anyhow::Result<()> {
+        let mut stats: PerCpuArray<_, Counters> = map(&mut self.ebpf, name)?;
+        stats.set(id, PerCpuValues::try_from(vec![Counters::default(); nr_cpus()?])?, 0)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! The `Proxy` its owner creates and updates: the listeners, and the services and
+//! per-backend counters requests read.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use tracing::{info, warn};
+
+use super::{
+    failure::FailureSink,
+    listen::accept::Listener,
+    metrics::HttpMetrics,
+    select::{
+        balance::{Balancer, Peer},
+        ewma::Stats,
+        hash::cookie_value,
+        route::{BackendHosts, Router},
+    },
+    site::{ClientLimits, ServiceRt, Site, UpstreamClient},
+};
+use crate::{config::http::Method, plan::ServiceView};
+
+/// How long idle pooled connections to a backend are kept.
+const POOL_IDLE: Duration = Duration::from_secs(15);
+const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
+
+/// Requests in flight and requests sent, per backend name, of one service.
+pub type BackendCounters = HashMap<String, (u32, u64)>;
+
+/// The HTTP proxy. Create it inside a tokio runtime.
+pub struct Proxy {
+    sink: Arc<dyn FailureSink>,
+    metrics: Arc<HttpMetrics>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    listeners: HashMap<SocketAddr, Listener>,
+    /// Counters by (service, backend name), kept across updates.
+    stats: HashMap<(String, String), Arc<Stats>>,
+    /// Upstream clients (and their pools) by service, with the connect timeout they
+    /// were built for.
+    clients: HashMap<String, (Duration, UpstreamClient)>,
+    services: HashMap<String, Arc<ServiceRt>>,
+}
+
+impl Proxy {
+    pub fn new(sink: Arc<dyn FailureSink>) -> Self {
+        Self { sink, metrics: Arc::default(), state: Mutex::default() }
+    }
+
+    /// The requests answered, for `/metrics` and the status.
+    pub fn metrics(&self) -> &Arc<HttpMetrics> {
+        &self.metrics
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the proxy serve exactly `services`: binds listeners for new addresses,
+    /// closes those no service uses any more (connections in progress finish), and
+    /// swaps routes and backends for new requests. A listener that cannot be bound is
+    /// reported in the error; everything else is still applied.
+    pub fn update(&self, services: Vec<ServiceView>) -> anyhow::Result<()> {
+        let mut st = self.lock();
+        self.metrics.retain(services.iter().flat_map(|v| v.backends.iter().map(move |b| (v.name.as_str(), b.addr, b.name.as_str()))));
+        let mut by_listen: HashMap<SocketAddr, Vec<ServiceView>> = HashMap::new();
+        for s in services {
+            by_listen.entry(s.listen).or_default().push(s);
+        }
+        let mut stats = HashMap::new();
+        let mut clients = HashMap::new();
+        let mut runtimes = HashMap::new();
+        let mut errors = Vec::new();
+        let mut sites = HashMap::new();
+        for (listen, mut views) in by_listen {
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            let rts: Vec<Arc<ServiceRt>> = views.iter().map(|v| self.runtime(&mut st, v, &mut stats, &mut clients)).collect();
+            let (router, conflicts) = Router::new(&rts.iter().map(|rt| &rt.options).collect::<Vec<_>>());
+            for c in conflicts {
+                warn!(%listen, "http routes: {c}");
+            }
+            for rt in &rts {
+                runtimes.insert(rt.name.clone(), rt.clone());
+            }
+            let client = ClientLimits::of(views.iter().map(|v| &v.options));
+            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone() }));
+        }
+        st.stats = stats;
+        st.clients = clients;
+        st.services = runtimes;
+        st.listeners.retain(|addr, l| {
+            let keep = sites.contains_key(addr);
+            if !keep {
+                info!(listen = %addr, local = %l.local, "http listener closed");
+            }
+            keep
+        });
+        for (listen, site) in sites {
+            if let Some(l) = st.listeners.get_mut(&listen) {
+                l.replace(site);
+                continue;
+            }
+            match Listener::open(listen, site) {
+                Ok(l) => {
+                    info!(%listen, local = %l.local, "http listener open");
+                    st.listeners.insert(listen, l);
+                }
+                Err(e) => errors.push(format!("{listen}: {e:#}")),
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { anyhow::bail!("http listeners not bound: {}", errors.join("; ")) }
+    }
+
+    fn runtime(
+        &self,
+        st: &mut State,
+        v: &ServiceView,
+        stats: &mut HashMap<(String, String), Arc<Stats>>,
+        clients: &mut HashMap<String, (Duration, UpstreamClient)>,
+    ) -> Arc<ServiceRt> {
+        let peers = v
+            .backends
+            .iter()
+            .map(|b| {
+                let key = (v.name.clone(), b.name.clone());
+                let s = st.stats.get(&key).cloned().unwrap_or_default();
+                stats.insert(key, s.clone());
+                let mut aliases: Vec<String> = std::iter::once(&b.name).chain(&b.aliases).map(|a| a.to_ascii_lowercase()).collect();
+                aliases.dedup();
+                Arc::new(Peer {
+                    name: b.name.clone(),
+                    aliases,
+                    addr: b.addr,
+                    weight: b.weight.max(1),
+                    backup: b.backup,
+                    state: b.state,
+                    max_conns: b.max_conns.unwrap_or(v.options.max_conns),
+                    stats: s,
+                    cookie: cookie_value(&v.name, &b.name),
+                })
+            })
+            .collect();
+        // The backends' own host names route to the service too.
+        let mut options = v.options.clone();
+        for h in v.backends.iter().flat_map(|b| &b.hosts) {
+            if !options.hosts.contains(h) {
+                options.hosts.push(h.clone());
+            }
+        }
+        let connect = v.options.timeouts.connect;
+        let client = match st.clients.get(&v.name) {
+            Some((c, client)) if *c == connect => client.clone(),
+            _ => upstream_client(connect),
+        };
+        clients.insert(v.name.clone(), (connect, client.clone()));
+        Arc::new(ServiceRt {
+            name: v.name.clone(),
+            balancer: Balancer::new(v.options.method.clone(), peers),
+            backend_hosts: BackendHosts::new(v.backends.iter().map(|b| b.hosts.as_slice())),
+            options,
+            client,
+            sink: self.sink.clone(),
+        })
+    }
+
+    /// The address a listener is bound to (differs from `listen` for port 0).
+    pub fn local_addr(&self, listen: SocketAddr) -> Option<SocketAddr> {
+        self.lock().listeners.get(&listen).map(|l| l.local)
+    }
+
+    /// Requests in flight and sent so far, per backend of a service.
+    pub fn counters(&self, service: &str) -> BackendCounters {
+        let st = self.lock();
+        st.stats
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|((_, b), s)| (b.clone(), (s.active(), s.requests.load(std::sync::atomic::Ordering::Relaxed))))
+            .collect()
+    }
+
+    /// The balancing method a service runs (for status output).
+    pub fn method(&self, service: &str) -> Option<Method> {
+        self.lock().services.get(service).map(|s| s.balancer.method().clone())
+    }
+
+    /// Addresses listened on.
+    pub fn listening(&self) -> HashSet<SocketAddr> {
+        self.lock().listeners.values().map(|l| l.local).collect()
+    }
+}
+
+fn upstream_client(connect: Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect));
+    http.set_nodelay(true);
+    http.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_BACKEND)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(http)
+}

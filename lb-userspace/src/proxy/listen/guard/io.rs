@@ -1,0 +1,235 @@
+//! The client socket as hyper sees it: reads pass the framer, and the client timeouts
+//! (head, body, keep-alive, a client not reading) are enforced here.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    time::Sleep,
+};
+
+use super::{
+    framer::{Framer, Phase},
+    rules::{HeadLimits, Reject},
+    shared::ConnShared,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    pub header: Duration,
+    pub keepalive: Duration,
+    pub body_idle: Duration,
+}
+
+/// A client socket as hyper sees it: reads pass the [`Framer`], writes go straight out.
+/// The socket is shared (`Arc`) so the owner can still answer a violation after hyper
+/// let go of it.
+pub struct GuardedIo {
+    stream: Arc<TcpStream>,
+    framer: Framer,
+    ready: Vec<u8>,
+    pos: usize,
+    raw: Box<[u8]>,
+    eof: bool,
+    conn: Arc<ConnShared>,
+    timeouts: ClientTimeouts,
+    accepted: Instant,
+    head_started: Option<Instant>,
+    last_read: Instant,
+    timer: Pin<Box<Sleep>>,
+    deadline: Option<Instant>,
+    /// Since when writes have been blocked (the client reads nothing).
+    write_blocked: Option<Instant>,
+    write_timer: Pin<Box<Sleep>>,
+    write_deadline: Option<Instant>,
+}
+
+impl GuardedIo {
+    pub fn new(stream: Arc<TcpStream>, limits: HeadLimits, timeouts: ClientTimeouts, conn: Arc<ConnShared>) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            framer: Framer::new(limits),
+            ready: Vec::new(),
+            pos: 0,
+            raw: vec![0; 16 * 1024].into_boxed_slice(),
+            eof: false,
+            conn,
+            timeouts,
+            accepted: now,
+            head_started: None,
+            last_read: now,
+            timer: Box::pin(tokio::time::sleep_until(now.into())),
+            deadline: None,
+            write_blocked: None,
+            write_timer: Box::pin(tokio::time::sleep_until(now.into())),
+            write_deadline: None,
+        }
+    }
+
+    fn reject(&mut self, r: Reject) {
+        self.conn.reject(r);
+        self.eof = true;
+    }
+
+    fn after_read(&mut self, now: Instant) {
+        self.last_read = now;
+        match self.framer.phase() {
+            Phase::Head => {
+                self.head_started.get_or_insert(now);
+            }
+            _ => self.head_started = None,
+        }
+    }
+
+    /// When the current wait ends, and whether that is a violation (408) or a quiet
+    /// close.
+    fn due(&self, now: Instant) -> Option<(Instant, bool)> {
+        match self.framer.phase() {
+            Phase::Idle if self.framer.messages == 0 => Some((self.accepted + self.timeouts.header, false)),
+            Phase::Idle if self.conn.in_flight() > 0 => Some((now + self.timeouts.keepalive, false)),
+            Phase::Idle => Some((self.conn.idle_since() + self.timeouts.keepalive, false)),
+            Phase::Head => Some((self.head_started.unwrap_or(now) + self.timeouts.header, true)),
+            Phase::Body => Some((self.last_read + self.timeouts.body_idle, true)),
+            Phase::Other => None,
+        }
+    }
+
+    /// Applies the handler's upgrade answer, if one came.
+    fn check_upgrade(&mut self) {
+        if !self.framer.awaiting_upgrade() {
+            return;
+        }
+        let Some(switched) = self.conn.take_upgrade() else {
+            return;
+        };
+        if let Err(r) = self.framer.upgrade_outcome(switched, &mut self.ready) {
+            self.reject(r);
+        }
+    }
+}
+
+impl AsyncRead for GuardedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            this.check_upgrade();
+            if this.pos < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.pos);
+                buf.put_slice(&this.ready[this.pos..this.pos + n]);
+                this.pos += n;
+                if this.pos == this.ready.len() {
+                    this.ready.clear();
+                    this.pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match this.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => match this.stream.try_read(&mut this.raw) {
+                    Ok(0) => this.eof = true,
+                    Ok(n) => {
+                        let now = Instant::now();
+                        if let Err(r) = this.framer.feed(&this.raw[..n], &mut this.ready) {
+                            this.reject(r);
+                        }
+                        this.after_read(now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    this.conn.set_read_waker(cx.waker());
+                    // The handler may have answered an upgrade since the check above.
+                    if this.framer.awaiting_upgrade() && this.conn.upgrade_answered() {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let Some((at, violation)) = this.due(now) else {
+                        return Poll::Pending;
+                    };
+                    if this.deadline != Some(at) {
+                        this.deadline = Some(at);
+                        this.timer.as_mut().reset(at.into());
+                    }
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.deadline = None;
+                    if violation {
+                        this.reject(Reject::Timeout);
+                    } else if this.framer.phase() == Phase::Idle && this.conn.in_flight() == 0 {
+                        this.eof = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl GuardedIo {
+    /// Writes with `write`, failing once the client has accepted nothing for
+    /// `body_idle` (nginx's `send_timeout`): a client that stops reading must not hold
+    /// a backend connection forever.
+    fn poll_write_with(&mut self, cx: &mut Context<'_>, write: impl Fn(&TcpStream) -> io::Result<usize>) -> Poll<io::Result<usize>> {
+        loop {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => match write(&self.stream) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => {
+                        self.write_blocked = None;
+                        return Poll::Ready(r);
+                    }
+                },
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let at = *self.write_blocked.get_or_insert_with(Instant::now) + self.timeouts.body_idle;
+                    if self.write_deadline != Some(at) {
+                        self.write_deadline = Some(at);
+                        self.write_timer.as_mut().reset(at.into());
+                    }
+                    if self.write_timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |s| s.try_write(buf))
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |s| s.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The owner answers a violation before closing; it shuts the socket down then.
+        if self.conn.violation().is_none() {
+            let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+        }
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,79 @@
+//! The body phase: a request body read whole (so it can be retried, and a malformed
+//! one never reaches a backend) or streamed; and the small bodies the proxy makes.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
+use hyper::{
+    HeaderMap,
+    body::{Body, Incoming},
+    header,
+};
+use tracing::debug;
+
+use crate::{
+    config::http::Limits,
+    proxy::{
+        listen::guard::shared::ConnShared,
+        site::{BoxError, UpstreamBody},
+    },
+};
+
+pub fn full(b: impl Into<Bytes>) -> BoxBody<Bytes, BoxError> {
+    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+}
+
+pub fn empty() -> BoxBody<Bytes, BoxError> {
+    Empty::new().map_err(|e: Infallible| match e {}).boxed()
+}
+
+/// 413 when `Content-Length` already says the body is over `max_body`.
+pub fn check_length(h: &HeaderMap, max_body: u64) -> Result<(), u16> {
+    match h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        Some(len) if len > max_body => Err(413),
+        _ => Ok(()),
+    }
+}
+
+pub enum ReqBody {
+    Buffered(Bytes),
+    /// Streamed: sent to the first backend tried, so never retried.
+    Stream(Option<Incoming>),
+}
+
+impl ReqBody {
+    /// Reads the body whole within `max_body` (413 over it), unless `buffer_requests`
+    /// is off or the request upgrades. A body the guard refused answers its status.
+    pub async fn read(incoming: Incoming, upgrade: bool, limits: &Limits, conn: &ConnShared) -> Result<Self, u16> {
+        if upgrade || incoming.is_end_stream() {
+            return Ok(Self::Buffered(Bytes::new()));
+        }
+        if !limits.buffer_requests {
+            return Ok(Self::Stream(Some(incoming)));
+        }
+        match Limited::new(incoming, limits.max_body as usize).collect().await {
+            Ok(c) => Ok(Self::Buffered(c.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(413),
+            Err(e) => {
+                debug!(peer = %conn.peer, "request body: {e}");
+                conn.set_answered();
+                Err(conn.violation().map(|v| v.status()).unwrap_or(400))
+            }
+        }
+    }
+
+    /// The whole body is here: a try can be repeated, and `Expect` means nothing.
+    pub fn is_buffered(&self) -> bool {
+        matches!(self, Self::Buffered(_))
+    }
+
+    /// The body for one try; `None` once a streamed body was sent.
+    pub fn for_try(&mut self) -> Option<UpstreamBody> {
+        match self {
+            Self::Buffered(b) if b.is_empty() => Some(empty()),
+            Self::Buffered(b) => Some(full(b.clone())),
+            Self::Stream(s) => s.take().map(|i| i.map_err(BoxError::from).boxed()),
+        }
+    }
+}

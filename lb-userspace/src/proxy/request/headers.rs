@@ -1,0 +1,74 @@
+//! The request head a backend gets: hop-by-hop headers removed, `Host` kept (from
+//! `:authority` for HTTP/2), X-Forwarded-* set or extended by the peer's trust.
+
+use hyper::{
+    HeaderMap,
+    header::{self, HeaderName, HeaderValue},
+};
+
+use super::client::{Client, X_FORWARDED_FOR};
+use crate::proxy::hop_by_hop::{HOP_BY_HOP, connection_tokens};
+
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// The request headers a backend gets. `buffered`: the whole body is here, so the
+/// backend has nothing to agree to (`Expect` dropped).
+pub fn upstream(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, client: &Client, buffered: bool) -> HeaderMap {
+    let named = connection_tokens(src);
+    let forwarding = [&X_FORWARDED_FOR, &X_REAL_IP, &X_FORWARDED_HOST, &X_FORWARDED_PROTO, &FORWARDED];
+    let mut out = HeaderMap::with_capacity(src.len() + 6);
+    for (name, value) in src {
+        if HOP_BY_HOP.contains(name) || named.contains(name) {
+            continue;
+        }
+        if !client.peer_trusted && forwarding.contains(&name) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    // HTTP/2 (and absolute-form) carry the host in the URI.
+    if let Some(h) = raw_host
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        out.insert(header::HOST, v);
+    }
+    forwarded(&mut out, raw_host, client);
+    if upgrade {
+        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = src.get(header::UPGRADE) {
+            out.insert(header::UPGRADE, u.clone());
+        }
+    }
+    if buffered {
+        out.remove(header::EXPECT);
+    }
+    out
+}
+
+/// `X-Forwarded-For` (extended when the peer is trusted), `X-Real-IP`, and
+/// `X-Forwarded-Host`/`-Proto` unless a trusted peer set them.
+fn forwarded(out: &mut HeaderMap, raw_host: Option<&str>, client: &Client) {
+    let peer = client.peer;
+    let xff = match out.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if client.peer_trusted => format!("{}, {peer}", prev.trim()),
+        _ => peer.to_string(),
+    };
+    out.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        out.insert(X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.ip.to_string()) {
+        out.insert(X_REAL_IP, v);
+    }
+    if !out.contains_key(&X_FORWARDED_HOST)
+        && let Some(h) = raw_host.and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        out.insert(X_FORWARDED_HOST, h);
+    }
+    if !out.contains_key(&X_FORWARDED_PROTO) {
+        out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}

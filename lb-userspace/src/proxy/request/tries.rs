@@ -1,0 +1,194 @@
+//! The try loop: a backend chosen (pin, sticky cookie, else the method), the request
+//! sent, and on failure another backend not tried yet, within `retries` and `total`.
+//! Each failure goes to passive health.
+
+use std::{error::Error as _, sync::Arc, time::Instant};
+
+use hyper::{HeaderMap, Method as HttpMethod, Request, Response, Uri, Version, body::Incoming, http::request::Parts};
+use tracing::{debug, warn};
+
+use super::{affinity::Affinity, body::ReqBody, target::Target};
+use crate::{
+    config::http::{DEFAULT_EWMA_DECAY, Method},
+    proxy::{
+        failure::{Failure, FailureKind},
+        select::{
+            balance::{Peer, Pick},
+            ewma::InFlight,
+        },
+        site::{ServiceRt, UpstreamBody},
+    },
+};
+
+/// One request's tries; built by the phases before them (`request/mod.rs`).
+pub struct Tries<'a> {
+    pub(super) target: &'a Target,
+    pub(super) head: &'a Parts,
+    /// The headers every try sends (`headers::upstream`).
+    pub(super) headers: HeaderMap,
+    pub(super) body: ReqBody,
+    /// What may name the first backend (pin, sticky cookie), and what the method hashes.
+    pub(super) affinity: Affinity,
+    /// The request upgrades (WebSocket): never retried, its status never a failure.
+    pub(super) upgrade: bool,
+    /// The end of `timeouts.total`.
+    pub(super) deadline: Option<Instant>,
+}
+
+/// The backend response that goes to the client.
+pub struct Answer {
+    pub resp: Response<Incoming>,
+    pub peer: Arc<Peer>,
+    /// The request stays in flight on `peer` until the response body ends.
+    pub inflight: InFlight,
+    /// The backend was chosen by the sticky cookie (no new cookie is set).
+    pub by_cookie: bool,
+}
+
+/// What one try came to.
+enum Tried {
+    Answer(Response<Incoming>),
+    /// Try another backend; the status to answer if none is left.
+    Again(Option<u16>),
+    /// No more tries; the status to answer.
+    Stop(u16),
+}
+
+impl Tries<'_> {
+    /// Tries backends until one answers; else the status for the client: 502 when a
+    /// backend failed, 504 on timeouts, 503 when none was usable.
+    pub async fn run(mut self) -> Result<Answer, u16> {
+        let o = &self.target.service.options;
+        let max_tries = 1 + o.retries.attempts as usize;
+        // Excluded: the backends tried, and from the start those not serving this host.
+        let mut tried = self.target.service.backend_hosts.excluded(self.target.host.as_deref());
+        let mut last_error = None;
+        for attempt in 0..max_tries {
+            if attempt > 0 {
+                let wait = o.retries.backoff(attempt as u32);
+                if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                    return Err(504);
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let now = Instant::now();
+            let Some((idx, by_cookie)) = self.choose(attempt, &tried, now) else {
+                break;
+            };
+            tried.push(idx);
+            let peer = self.target.service.balancer.peers[idx].clone();
+            let inflight = peer.stats.start();
+            let Some(body) = self.body.for_try() else {
+                break;
+            };
+            let more = attempt + 1 < max_tries;
+            match self.send(&peer, body, now, more, tried.len()).await? {
+                Tried::Answer(resp) => return Ok(Answer { resp, peer, inflight, by_cookie }),
+                Tried::Again(status) => last_error = status.or(last_error),
+                Tried::Stop(status) => return Err(status),
+            }
+        }
+        Err(last_error.unwrap_or(503))
+    }
+
+    /// The first try honours a pin, then a sticky cookie; retries balance. `true`:
+    /// chosen by the sticky cookie.
+    fn choose(&self, attempt: usize, tried: &[usize], now: Instant) -> Option<(usize, bool)> {
+        let pick = Pick { client: self.affinity.client, key: self.affinity.hash_key.as_deref(), exclude: tried, now };
+        let bal = &self.target.service.balancer;
+        let mut chosen = None;
+        if attempt == 0 {
+            chosen = self.affinity.pinned.as_deref().and_then(|n| bal.by_name(n, &pick)).map(|i| (i, false));
+            if chosen.is_none() {
+                chosen = self.affinity.sticky.as_deref().and_then(|v| bal.by_cookie(v, &pick)).map(|i| (i, true));
+            }
+        }
+        chosen.or_else(|| bal.choose(&pick).map(|i| (i, false)))
+    }
+
+    /// One try on `peer`. `more`: a try is left; `tried`: backends excluded so far.
+    async fn send(&self, peer: &Arc<Peer>, body: UpstreamBody, now: Instant, more: bool, tried: usize) -> Result<Tried, u16> {
+        let svc = &self.target.service;
+        let o = &svc.options;
+        let path_and_query = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target: Uri = format!("http://{}{}", peer.addr, path_and_query).parse().map_err(|_| 400u16)?;
+        let mut up = Request::new(body);
+        *up.method_mut() = self.head.method.clone();
+        *up.uri_mut() = target;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = self.headers.clone();
+
+        let wait = self.deadline.map_or(o.timeouts.header, |d| o.timeouts.header.min(d.saturating_duration_since(now)));
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(wait, svc.client.request(up)).await;
+        let retriable = more && self.body.is_buffered() && !self.upgrade;
+        let idempotent = idempotent(&self.head.method);
+        Ok(match outcome {
+            Ok(Ok(resp)) => {
+                let decay = match o.method {
+                    Method::PeakEwma { decay } => decay,
+                    _ => DEFAULT_EWMA_DECAY,
+                };
+                peer.stats.record_header(sent.elapsed(), Instant::now(), decay);
+                let status = resp.status().as_u16();
+                if o.retries.statuses.contains(&status) && !self.upgrade {
+                    report(svc, peer, FailureKind::Status(status));
+                    if retriable && idempotent && tried < svc.balancer.peers.len() {
+                        debug!(service = %svc.name, backend = %peer.name, status, "retrying on another backend");
+                        return Ok(Tried::Again(None));
+                    }
+                }
+                Tried::Answer(resp)
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                debug!(service = %svc.name, backend = %peer.name, "upstream: {e} ({:?})", e.source());
+                report(svc, peer, if connect { FailureKind::Connect } else { FailureKind::Error });
+                let status = if timed_out(&e) { 504 } else { 502 };
+                // A connect failure sent nothing: any method may go elsewhere.
+                if retriable && (connect || idempotent) { Tried::Again(Some(status)) } else { Tried::Stop(status) }
+            }
+            Err(_) => {
+                debug!(service = %svc.name, backend = %peer.name, "no response head within {wait:?}");
+                report(svc, peer, FailureKind::Timeout);
+                let past_deadline = self.deadline.is_some_and(|d| Instant::now() >= d);
+                if retriable && idempotent && !past_deadline { Tried::Again(Some(504)) } else { Tried::Stop(504) }
+            }
+        })
+    }
+}
+
+fn idempotent(m: &HttpMethod) -> bool {
+    matches!(*m, HttpMethod::GET | HttpMethod::HEAD | HttpMethod::OPTIONS | HttpMethod::TRACE | HttpMethod::PUT | HttpMethod::DELETE)
+}
+
+/// An I/O timeout somewhere in the error's sources (a connect timeout): 504, not 502.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A failure of `peer`: counted by the proxy's own passive health, and reported to
+/// the owner's.
+fn report(svc: &ServiceRt, peer: &Peer, kind: FailureKind) {
+    let o = &svc.options;
+    if peer.stats.fail(o.max_fails, o.fail_timeout, Instant::now()) {
+        warn!(service = %svc.name, backend = %peer.name, "{} failures within {:?}: out for {:?}", o.max_fails, o.fail_timeout, o.fail_timeout);
+    }
+    svc.sink.failure(Failure {
+        service: svc.name.clone(),
+        backend: peer.name.clone(),
+        addr: peer.addr,
+        kind,
+        max_fails: o.max_fails,
+        fail_timeout: o.fail_timeout,
+    });
+}

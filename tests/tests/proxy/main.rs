@@ -1,0 +1,23 @@
+//! xlb's HTTP proxy (lb-userspace/src/proxy) end to end on loopback: the proxy runs
+//! in-process, the backends are xlb-testd processes (plus small raw backends written
+//! here where a test needs to see request heads, WebSocket, or fixed answers), and the
+//! clients are raw TCP, so every byte on the wire is the test's own. No root needed,
+//! except `binary`, which runs the xlb binary in namespaces.
+//!
+//! Figures (distributions, timings) are printed with `-- --nocapture`.
+//!
+//! The harness: `backends`, `client`, `lb` (the proxy under test), `websocket`. The tests,
+//! a file per feature: `balancing`, `routing`, `failures`, `headers`, `bad_input`,
+//! `binary`. A new feature's tests go in a file of their own, declared below.
+
+mod backends;
+mod client;
+mod lb;
+mod websocket;
+
+mod bad_input;
+mod balancing;
+mod binary;
+mod failures;
+mod headers;
+mod routing;

@@ -35,11 +35,7 @@ use xlb_tests::{
 fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
     let _g = xlb_tests::serial();
     let topo = setup();
-    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
-    let keep = keep_args();
-    // Dropped last: cleans up after a failure, once xlb has stopped.
-    let _down = Down(&topo);
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &keep);
+    let (cfg, _down, mut xlb) = start_kept(&topo);
     let vip = Topology::vip4(80);
     expect_spread(&topo, &["b1", "b2"], &xlb);
 
@@ -103,9 +99,7 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
 fn restart_keeps_a_draining_backends_connection() {
     let _g = xlb_tests::serial();
     let topo = setup();
-    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
-    let _down = Down(&topo);
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &keep_args());
+    let (cfg, _down, mut xlb) = start_kept(&topo);
     let vip = Topology::vip4(80);
     let secs = 15;
     let stream = topo.stream(vip, secs);
@@ -142,9 +136,7 @@ fn restart_keeps_a_draining_backends_connection() {
 fn down_leaves_no_program_pin_or_link() {
     let _g = xlb_tests::serial();
     let topo = setup();
-    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
-    let _down = Down(&topo);
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &keep_args());
+    let (_cfg, _down, mut xlb) = start_kept(&topo);
     let vip = Topology::vip4(80);
     expect_spread(&topo, &["b1", "b2"], &xlb);
     xlb.stop_keeping_dataplane().unwrap_or_else(|e| panic!("{e}"));
@@ -185,6 +177,15 @@ fn ensure_bpffs() {
     if out.trim() != "bpf_fs" {
         util::run(&mut util::cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
     }
+}
+
+/// xlb over b1 and b2 with `--keep-dataplane`, its config file, and the guard that runs
+/// `xlb down` after a failure. Bound in that order, xlb is dropped (stopped) first.
+fn start_kept(topo: &Topology) -> (TempFile, Down<'_>, Xlb) {
+    let cfg = TempFile::new(".yaml", &yaml(topo, &["b1", "b2"]));
+    let down = Down(topo);
+    let xlb = topo.start_xlb(Some(cfg.path()), &keep_args());
+    (cfg, down, xlb)
 }
 
 /// `xlb run` arguments (passed with the SPECs) that keep the data plane in [`BPFFS`].

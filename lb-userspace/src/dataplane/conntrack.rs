@@ -1,15 +1,12 @@
 //! The connection table seen from user space: expiry of idle entries, and the counters
 //! read with it.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::IpAddr,
-};
+use std::collections::{BTreeSet, HashMap};
 
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
-use lb_common::{Addr, Backend as KBackend, Conn, ConnKey, ConnKind, Counters, DropReason, ServiceKey, names};
+use lb_common::{Addr, Backend as KBackend, Conn, ConnKey, ConnKind, Counters, DropReason, names};
 
-use super::{Dataplane, Timeouts, map};
+use super::{BackendStats, Dataplane, Stats, Timeouts, map};
 
 /// What a flow's two entries share: the kernel writes both from one `Conn`.
 type FlowId = (Addr, u16, u8, u8, u32, u32);
@@ -22,18 +19,6 @@ struct Flow {
     closed: bool,
     /// Whether the forward (service) entry is among them: that one counts the flow.
     forward: bool,
-}
-
-/// The connection table's accounting across expiry passes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Conns {
-    /// Entries after the last pass.
-    pub live: u64,
-    /// Entries expired by user space (and, for an adopted data plane, all that were gone
-    /// before it was adopted).
-    pub removed: u64,
-    /// Entries the LRU pushed out to make room: created - removed - live, never falling.
-    pub evicted: u64,
 }
 
 impl Dataplane {
@@ -130,26 +115,3 @@ impl Dataplane {
     }
 }
 
-pub struct Stats {
-    pub services: Vec<(ServiceKey, Counters)>,
-    pub backends: Vec<BackendStats>,
-    pub drops: Vec<(&'static str, u64)>,
-    pub conns: Conns,
-}
-
-pub struct BackendStats {
-    pub service: ServiceKey,
-    pub addr: IpAddr,
-    pub port: u16,
-    pub counters: Counters,
-    /// Flows pinned to it in the connection table.
-    pub active: u64,
-}
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}

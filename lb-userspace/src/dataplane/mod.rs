@@ -9,7 +9,6 @@ pub mod pin;
 mod sync;
 mod tables;
 
-pub use conntrack::{BackendStats, Conns, Stats, monotonic_ns};
 use tables::Tables;
 
 use std::{
@@ -23,7 +22,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapInfo, MapType},
     programs::{SchedClassifier, Xdp, links::PinnedLink, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
-use lb_common::{Backend as KBackend, BackendState as KState, Conn, ConnKey, Service as KService, ServiceKey, Settings, names, words_addr};
+use lb_common::{Backend as KBackend, BackendState as KState, Conn, ConnKey, Counters, Service as KService, ServiceKey, Settings, names, words_addr};
 
 use crate::{
     config::{self, BackendState},
@@ -363,4 +362,40 @@ where
 fn is_busy(e: &aya::programs::ProgramError) -> bool {
     let text = format!("{e:?}");
     text.contains("EBUSY") || text.contains("Device or resource busy") || text.contains("AlreadyAttached")
+}
+
+/// The connection table's accounting across expiry passes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conns {
+    /// Entries after the last pass.
+    pub live: u64,
+    /// Entries expired by user space (and, for an adopted data plane, all that were gone
+    /// before it was adopted).
+    pub removed: u64,
+    /// Entries the LRU pushed out to make room: created - removed - live, never falling.
+    pub evicted: u64,
+}
+
+pub struct Stats {
+    pub services: Vec<(ServiceKey, Counters)>,
+    pub backends: Vec<BackendStats>,
+    pub drops: Vec<(&'static str, u64)>,
+    pub conns: Conns,
+}
+
+pub struct BackendStats {
+    pub service: ServiceKey,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub counters: Counters,
+    /// Flows pinned to it in the connection table.
+    pub active: u64,
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -13,8 +13,11 @@ use lb_common::{Backend as KBackend, BackendState as KState, Counters, RevNat, S
 use super::{BackendIdent, Dataplane, ServiceSlot, maglev, maglev::Entry, map, nr_cpus};
 use crate::{
     config::{self, BackendState},
-    plan::Desired,
+    plan::{Desired, DesiredBackend},
 };
+
+/// A service's backends with their ids, and the draining ones' entries still to write.
+type Written = (Vec<(u32, DesiredBackend)>, Vec<(u32, KBackend)>);
 
 impl Dataplane {
     /// Makes the maps match `desired`. Order matters for packets in flight: new
@@ -73,37 +76,7 @@ impl Dataplane {
                 (id, None, Vec::new(), Vec::new())
             }
         };
-        let mut backends = Vec::with_capacity(d.backends.len());
-        // Draining marks wait until the service points at a table that no longer names them.
-        let mut drain_later = Vec::new();
-        for b in &d.backends {
-            let ident = (d.key, b.addr, b.port);
-            let id = match self.backend_ids.get(&ident).copied().or_else(|| self.claim(b.addr, b.port)) {
-                Some(id) => {
-                    self.backend_ids.insert(ident, id);
-                    id
-                }
-                None => {
-                    let id = self.free_backend_ids.pop().context("out of backend ids")?;
-                    self.backend_ids.insert(ident, id);
-                    self.zero(names::BACKEND_STATS, id)?;
-                    id
-                }
-            };
-            let state = match b.state {
-                BackendState::Active => KState::Active,
-                BackendState::Draining => KState::Draining,
-            };
-            let (addr, family) = addr_words(b.addr);
-            let entry = KBackend { addr, port: b.port.to_be(), family, state: state as u8, service };
-            if b.state == BackendState::Draining {
-                drain_later.push((id, entry));
-            } else {
-                let mut map: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
-                map.set(id, entry, 0)?;
-            }
-            backends.push((id, *b));
-        }
+        let (backends, drain_later) = self.write_backends(d, service)?;
 
         let active: Vec<(u32, Entry)> = backends
             .iter()
@@ -146,6 +119,40 @@ impl Dataplane {
         let removed = old_backends.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, b)| (*id, (d.key, b.addr, b.port))).collect();
         self.services.insert(d.key, ServiceSlot { id: service, table: entry.table, backends, table_ids, synced: Some(d.clone()) });
         Ok(removed)
+    }
+
+    /// Gives each of the service's backends its id (kept, claimed from a kept plane, or
+    /// new) and writes the active ones; returns them all, and the draining ones' entries,
+    /// which wait until the service points at a table that no longer names them.
+    fn write_backends(&mut self, d: &Desired, service: u32) -> anyhow::Result<Written> {
+        let mut backends = Vec::with_capacity(d.backends.len());
+        let mut drain_later = Vec::new();
+        for b in &d.backends {
+            let ident = (d.key, b.addr, b.port);
+            let id = match self.backend_ids.get(&ident).copied().or_else(|| self.claim(b.addr, b.port)) {
+                Some(id) => id,
+                None => {
+                    let id = self.free_backend_ids.pop().context("out of backend ids")?;
+                    self.zero(names::BACKEND_STATS, id)?;
+                    id
+                }
+            };
+            self.backend_ids.insert(ident, id);
+            let state = match b.state {
+                BackendState::Active => KState::Active,
+                BackendState::Draining => KState::Draining,
+            };
+            let (addr, family) = addr_words(b.addr);
+            let entry = KBackend { addr, port: b.port.to_be(), family, state: state as u8, service };
+            if b.state == BackendState::Draining {
+                drain_later.push((id, entry));
+            } else {
+                let mut map: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+                map.set(id, entry, 0)?;
+            }
+            backends.push((id, *b));
+        }
+        Ok((backends, drain_later))
     }
 
     /// Takes the id a kept data plane gave this backend, if it is still unclaimed.

@@ -56,7 +56,9 @@ fn letters(seq: &[&Host]) -> String {
 /// shares over 300 flows are the weights' exactly, or within one flow.
 #[test]
 fn round_robin_cycles_in_weight_proportion() {
-    let cases: [(&str, &[(&Host, u32)], u16, &[usize]); 3] = [
+    // Name, backends with weights, flows, and each backend's share of them.
+    type Weighted<'a> = (&'a str, &'a [(&'a Host, u32)], u16, &'a [usize]);
+    let cases: [Weighted; 3] = [
         ("1:1:1", &[(&B4A, 1), (&B4B, 1), (&B4C, 1)], 300, &[100, 100, 100]),
         ("1:2", &[(&B4A, 1), (&B4B, 2)], 300, &[100, 200]),
         ("1:2:3", &[(&B4A, 1), (&B4B, 2), (&B4C, 3)], 600, &[100, 200, 300]),

@@ -15,9 +15,9 @@ use crate::common::{NEW_REPLICA_SERVES_WITHIN, PORT, SUBNET, TESTD_PORT, assert_
 
 /// a. A compose service (`api`, not published) scaled 1 → 5 → 1 under load: each new replica
 /// serves within [`NEW_REPLICA_SERVES_WITHIN`] of its container start, and no request fails.
-/// (Long: one scenario over one load and one xlb, told in order; its checks read the load's
-/// report and the times taken at the steps before them.)
 #[test]
+// long: one scenario over one load and one xlb, told in order; its checks read the load's
+// report and the times taken at the steps before them.
 fn compose_scale_up_and_down() {
     let _g = setup();
     compose::require_compose();

@@ -33,9 +33,9 @@ fn status_addresses(xlb: &Xlb, service: &str) -> Option<Vec<String>> {
 /// `live-restart-b` (`g1`, `g2`, no traffic) whose `g1` is killed (SIGKILL from the host)
 /// while the daemon is away: no event can tell xlb, only its resynchronisation. After the
 /// restart `n1` is started and `r1` stopped: xlb follows the new daemon's events.
-/// (Long: one scenario over one load and one xlb, told in order; its checks read the load's
-/// report and the times taken at the steps before them.)
 #[test]
+// long: one scenario over one load and one xlb, told in order; its checks read the load's
+// report and the times taken at the steps before them.
 fn docker_daemon_restart() {
     let _g = setup();
     let (svc_a, svc_b) = (service_label(), service_label());

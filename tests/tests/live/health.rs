@@ -82,9 +82,9 @@ fn health_fail_then_recover() {
 /// xlb's `Docker discovery update` and `maps synced` log lines (the same clock): no request
 /// started after the map sync that followed `health_status: unhealthy` reaches the victim,
 /// and it serves again after `health_status: healthy`.
-/// (Long: one scenario over one load and one xlb, told in order; its checks read the load's
-/// report and the times taken at the steps before them.)
 #[test]
+// long: one scenario over one load and one xlb, told in order; its checks read the load's
+// report and the times taken at the steps before them.
 fn docker_healthcheck_fail_then_recover() {
     let _g = setup();
     let (svc, cs, names) = labelled_trio("d", docker::build_health_image());

@@ -23,9 +23,9 @@ use crate::common::{ADMIN, SERVICE, SNAPSHOT_WAIT, addr_of, addrs_of, context, f
 /// Exactly N new connections through the VIP of a 3-backend service: `xlb status --json`
 /// shows N flows for the service and, per backend, the number of connections the client saw
 /// that backend answer; `/metrics` has the same numbers; `xlb status` lists every backend.
-/// (Long: one scenario over one load and one xlb, told in order; its checks read the load's
-/// report and the times taken at the steps before them.)
 #[test]
+// long: one scenario over one load and one xlb, told in order; its checks read the load's
+// report and the times taken at the steps before them.
 fn status_and_metrics_count_real_traffic() {
     const N: usize = 60;
     let (_g, topo) = setup(3);
@@ -165,9 +165,9 @@ fn status_and_metrics_count_real_traffic() {
 /// the service (protocol http, its method) with the same request counts. Then b2 stops: its
 /// failed request marks it down, and `/metrics` shows one health transition for it (and in
 /// all) and `xlb_backend_up` 0.
-/// (Long: one scenario over one load and one xlb, told in order; its checks read the load's
-/// report and the times taken at the steps before them.)
 #[test]
+// long: one scenario over one load and one xlb, told in order; its checks read the load's
+// report and the times taken at the steps before them.
 fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
     const N_OK: usize = 40;
     const N_MISSING: usize = 10;

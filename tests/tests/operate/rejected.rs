@@ -46,9 +46,9 @@ fn expect_rejected(xlb: &Xlb, from: usize, since: Instant, path: &Path, b: &Brok
 /// to the file watcher. Each is rejected in the log with FILE:LINE:COLUMN, the old backends
 /// keep serving, nothing is reloaded. Then a good file (b1, b2, b4) is written, no SIGHUP: the
 /// watcher applies it within 3 s (b4 answers, the status lists it). Zero failed requests.
-/// (Long: one scenario over one load and one xlb, told in order; its checks read the load's
-/// report and the times taken at the steps before them.)
 #[test]
+// long: one scenario over one load and one xlb, told in order; its checks read the load's
+// report and the times taken at the steps before them.
 fn bad_reload_keeps_serving_then_the_watcher_applies_a_good_file() {
     let (_g, topo) = setup(4);
     let names = ["b1", "b2", "b3"];

@@ -23,9 +23,9 @@ use crate::common::{
 /// and mtime: only the SIGHUP can make xlb read it) and xlb gets SIGHUP. Zero failed requests;
 /// b4 serves; b3 answers no request started after the reload was applied (xlb logged
 /// `maps synced` after `config reloaded`); the status lists b1, b2, b4.
-/// (Long: one scenario over one load and one xlb, told in order; its checks read the load's
-/// report and the times taken at the steps before them.)
 #[test]
+// long: one scenario over one load and one xlb, told in order; its checks read the load's
+// report and the times taken at the steps before them.
 fn sighup_reload_under_load_adds_and_removes_a_backend() {
     let (_g, topo) = setup(4);
     let old = yaml(&topo, &["b1", "b2", "b3"]);

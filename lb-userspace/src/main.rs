@@ -56,7 +56,8 @@ enum Command {
     },
     /// Validate a config file without touching the system.
     Check { config: PathBuf },
-    /// Show services, backends and counters of a running xlb.
+    /// Show services, backends and counters of a running xlb (its admin.token, if set,
+    /// from $XLB_ADMIN_TOKEN).
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -95,7 +96,8 @@ fn main() -> std::process::ExitCode {
 
 fn status(json: bool, admin: std::net::SocketAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let snapshot = runtime.block_on(xlb::observe::admin::fetch(admin))?;
+    let token = std::env::var(xlb::observe::admin::TOKEN_ENV).ok().filter(|t| !t.is_empty());
+    let snapshot = runtime.block_on(xlb::observe::admin::fetch(admin, token.as_deref()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
     } else {

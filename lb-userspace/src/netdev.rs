@@ -1,7 +1,6 @@
 //! What xlb asks of the host's interfaces and routes.
 
 use std::{
-    collections::BTreeSet,
     ffi::CStr,
     net::{IpAddr, SocketAddr, UdpSocket},
 };
@@ -70,11 +69,6 @@ pub fn route_interface(dst: IpAddr) -> anyhow::Result<String> {
         .with_context(|| format!("no interface holds {src}, the source address for backend {dst}"))
 }
 
-/// The interfaces replies from `backends` arrive on.
-pub fn reply_interfaces(backends: impl IntoIterator<Item = IpAddr>) -> anyhow::Result<BTreeSet<String>> {
-    backends.into_iter().map(route_interface).collect()
-}
-
 pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: a valid C string.
@@ -84,41 +78,67 @@ pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
     }
 }
 
-/// Forwarding switches xlb turned on, turned back off when dropped: xlb leaves the
-/// host as it found it.
+/// Forwarding switches xlb turned on, and the `accept_ra` values it changed with them,
+/// put back when dropped: xlb leaves the host as it found it.
 #[derive(Default)]
 pub struct Forwarding {
-    changed: Vec<String>,
+    /// (sysctl path, its value before xlb), in the order they were changed.
+    changed: Vec<(String, String)>,
 }
 
 impl Forwarding {
     /// Turns on forwarding on `iface`: `bpf_fib_lookup` answers only for packets that
     /// arrive on an interface that forwards (Docker hosts already do for IPv4).
+    ///
+    /// An IPv6 interface that forwards ignores router advertisements unless its
+    /// `accept_ra` is 2, and switching forwarding on drops the default routes learnt from
+    /// them: a host configured by SLAAC would lose its default route, and with a crash
+    /// never get it back. So where `accept_ra` was 1 (accept while not forwarding) it is
+    /// set to 2 first, which keeps accepting them as the interface did before.
     pub fn enable(&mut self, iface: &str) -> anyhow::Result<()> {
-        for path in [format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), format!("/proc/sys/net/ipv6/conf/{iface}/forwarding")] {
-            let Ok(current) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            if current.trim() != "1" {
-                std::fs::write(&path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
-                tracing::info!(%path, "enabled forwarding");
-                self.changed.push(path);
+        let v6 = format!("/proc/sys/net/ipv6/conf/{iface}/forwarding");
+        self.set(&format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), "1")?;
+        if read(&v6).is_some_and(|v| v != "1") {
+            let accept_ra = format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra");
+            if read(&accept_ra).as_deref() == Some("1") {
+                self.set(&accept_ra, "2")?;
             }
+            self.set(&v6, "1")?;
         }
         Ok(())
     }
 
-    /// Leaves the switches on: a kept data plane still forwards through them.
+    /// Writes `value` to the sysctl at `path` if it holds another, remembering the old
+    /// one; a switch that does not exist (IPv6 disabled) is left alone.
+    fn set(&mut self, path: &str, value: &str) -> anyhow::Result<()> {
+        let Some(old) = read(path) else {
+            return Ok(());
+        };
+        if old != value {
+            std::fs::write(path, value).with_context(|| format!("setting {path} to {value}"))?;
+            tracing::info!(%path, from = %old, to = value, "changed a forwarding switch");
+            self.changed.push((path.to_owned(), old));
+        }
+        Ok(())
+    }
+
+    /// Leaves the switches as they are: a kept data plane still forwards through them.
     pub fn keep(&mut self) {
         self.changed.clear();
     }
 }
 
+/// A sysctl's value, trimmed; `None` when it cannot be read.
+fn read(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
+}
+
 impl Drop for Forwarding {
+    /// Newest first: forwarding goes off before `accept_ra` returns to 1.
     fn drop(&mut self) {
-        for path in &self.changed {
-            if let Err(e) = std::fs::write(path, "0") {
-                tracing::warn!(%path, "restoring forwarding: {e}");
+        for (path, old) in self.changed.iter().rev() {
+            if let Err(e) = std::fs::write(path, old) {
+                tracing::warn!(%path, "restoring {old}: {e}");
             }
         }
     }

@@ -40,11 +40,23 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     pub address: std::net::SocketAddr,
+    /// When set, every request needs `Authorization: Bearer TOKEN`.
+    #[serde(deserialize_with = "token")]
+    pub token: Option<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
-        Self { address: ([127, 0, 0, 1], 9100).into() }
+        Self { address: ([127, 0, 0, 1], 9100).into(), token: None }
+    }
+}
+
+/// An admin token: an empty one would read as "set" while admitting `Bearer ` alone.
+fn token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(t) if t.trim().is_empty() => Err(de::Error::custom("an empty token: leave admin.token out for no authentication")),
+        Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(de::Error::custom("a token without spaces or control characters")),
+        t => Ok(t),
     }
 }
 

@@ -3,9 +3,9 @@
 //! (refreshed every 2 s) plus the HTTP proxy's live counters (`proxy/metrics.rs`), and the
 //! client side that `xlb status` uses.
 //!
-//! A few GET routes on loopback do not need a full HTTP stack: requests are read to
-//! the end of their headers (bounded in size and time) and answered with
-//! `Connection: close`.
+//! A few GET routes do not need a full HTTP stack: requests are read to the end of
+//! their headers (bounded in size and time) and answered with `Connection: close`.
+//! With `admin.token` set, a request without `Authorization: Bearer TOKEN` gets 401.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 use super::Snapshot;
 use crate::proxy::metrics::HttpMetrics;
 
+/// Where `xlb status` takes the admin token from (not an argument: `ps` would show it).
+pub const TOKEN_ENV: &str = "XLB_ADMIN_TOKEN";
 const MAX_REQUEST: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed accept (EMFILE and the like), so the loop does not spin.
@@ -30,7 +32,16 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("admin address {addr} (admin.address)"))
 }
 
-pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>, http: Arc<HttpMetrics>) {
+/// Warns when the endpoint is reachable beyond this host with no token: the status names
+/// every backend, and nothing else would keep other hosts from reading it.
+pub fn warn_if_exposed(addr: SocketAddr, token: Option<&str>) {
+    if !addr.ip().is_loopback() && token.is_none() {
+        warn!(%addr, "the admin endpoint listens beyond loopback with no admin.token: anyone who reaches it reads the status and metrics");
+    }
+}
+
+/// `token`: the `admin.token` in force (a reload may change it).
+pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>, http: Arc<HttpMetrics>, token: watch::Receiver<Option<String>>) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin endpoint listening");
     }
@@ -46,27 +57,54 @@ pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<Snapsho
         };
         let snapshot = snapshots.borrow().clone();
         let http = http.clone();
+        let token = token.borrow().clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, &snapshot, &http).await {
+            if let Err(e) = answer(conn, &snapshot, &http, token.as_deref()).await {
                 debug!(%peer, "admin request: {e:#}");
             }
         });
     }
 }
 
-async fn answer(mut conn: TcpStream, snapshot: &Snapshot, http: &HttpMetrics) -> anyhow::Result<()> {
+async fn answer(mut conn: TcpStream, snapshot: &Snapshot, http: &HttpMetrics, token: Option<&str>) -> anyhow::Result<()> {
     let head = timeout(IO_TIMEOUT, read_head(&mut conn)).await.context("request timed out")??;
     let line = head.lines().next().unwrap_or_default();
+    let mut extra = "";
     let (status, kind, body) = match line.split(' ').collect::<Vec<_>>().as_slice() {
+        _ if !authorized(&head, token) => {
+            extra = "WWW-Authenticate: Bearer realm=\"xlb\"\r\n";
+            ("401 Unauthorized", "text/plain", "admin.token is set: send Authorization: Bearer TOKEN\n".into())
+        }
         ["GET", "/api/v1/services", _] => ("200 OK", "application/json", serde_json::to_string_pretty(snapshot)?),
         ["GET", "/metrics", _] => ("200 OK", "text/plain; version=0.0.4", snapshot.metrics(http)),
         ["GET", _, _] => ("404 Not Found", "text/plain", "not found\n".into()),
         [_, _, _] => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
         _ => ("400 Bad Request", "text/plain", "bad request\n".into()),
     };
-    let response = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let response = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}", body.len());
     timeout(IO_TIMEOUT, conn.write_all(response.as_bytes())).await??;
     Ok(())
+}
+
+/// Whether the request head carries the token (always, when none is configured).
+fn authorized(head: &str, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+        .filter_map(|(_, value)| {
+            let value = value.trim();
+            value.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("bearer ")).map(|_| value[7..].trim())
+        })
+        .fold(false, |ok, given| same_secret(given.as_bytes(), token.as_bytes()) | ok)
+}
+
+/// Compares `given` with `secret` in time that depends on the secret's length only, so
+/// response times do not tell an attacker how many leading bytes were right.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let diff = secret.iter().enumerate().fold(u8::from(given.len() != secret.len()), |acc, (i, s)| acc | (s ^ given.get(i).copied().unwrap_or(0)));
+    std::hint::black_box(diff) == 0
 }
 
 async fn read_head(conn: &mut TcpStream) -> anyhow::Result<String> {
@@ -82,19 +120,42 @@ async fn read_head(conn: &mut TcpStream) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// Fetches the status snapshot from a running xlb.
-pub async fn fetch(addr: SocketAddr) -> anyhow::Result<Snapshot> {
+/// Fetches the status snapshot from a running xlb; `token` is its `admin.token`.
+pub async fn fetch(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<Snapshot> {
     let mut conn = timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
         .context("timed out")?
         .with_context(|| format!("no xlb admin endpoint at {addr} (is xlb running? see admin.address)"))?;
-    conn.write_all(b"GET /api/v1/services HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n").await?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    conn.write_all(format!("GET /api/v1/services HTTP/1.1\r\nHost: xlb\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
     let mut response = Vec::new();
     timeout(IO_TIMEOUT, conn.read_to_end(&mut response)).await.context("timed out")??;
     let text = String::from_utf8(response).context("response is not UTF-8")?;
     let (head, body) = text.split_once("\r\n\r\n").context("malformed response")?;
+    if head.starts_with("HTTP/1.1 401") {
+        bail!("admin endpoint answered 401: it has an admin.token; give it in ${TOKEN_ENV}");
+    }
     if !head.starts_with("HTTP/1.1 200") {
         bail!("admin endpoint answered {}", head.lines().next().unwrap_or_default());
     }
     serde_json::from_str(body).context("decoding the status")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "GET /metrics HTTP/1.1\r\nHost: xlb\r\n";
+
+    #[test]
+    fn a_token_needs_the_bearer_header_with_exactly_that_token() {
+        assert!(authorized(HEAD, None), "no token configured: open");
+        let with = |h: &str| format!("{HEAD}{h}\r\n\r\n");
+        assert!(!authorized(&with("X-Other: s3cret"), Some("s3cret")));
+        assert!(authorized(&with("Authorization: Bearer s3cret"), Some("s3cret")));
+        assert!(authorized(&with("authorization:   bearer s3cret  "), Some("s3cret")), "names and scheme are case-insensitive");
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer S3CRET", "Basic s3cret", "Bearer ", "Bearer", "s3cret"] {
+            assert!(!authorized(&with(&format!("Authorization: {wrong}")), Some("s3cret")), "{wrong:?}");
+        }
+    }
 }

@@ -1,9 +1,12 @@
 //! The status snapshot, built from what the controller holds: the config, the last
 //! plan, discovery, health, the kernel's counters and the proxy's.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+};
 
-use super::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot};
+use super::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, Transitions};
 use crate::{
     config::{BackendState, Config, Service},
     dataplane::Stats,
@@ -25,7 +28,9 @@ pub struct Inputs<'a> {
     pub stats: &'a Stats,
     pub proxy: &'a Proxy,
     /// Health changes per service and backend address.
-    pub backend_transitions: &'a HashMap<(String, SocketAddr), u64>,
+    pub backend_transitions: &'a Transitions,
+    /// Kernel backends left out of the maps, and why (no route to them, say).
+    pub unroutable: &'a BTreeMap<IpAddr, String>,
     pub discovery_events: &'a HashMap<String, u64>,
 }
 
@@ -48,6 +53,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                 let found = discovered.iter().find(|x| x.addr == b.addr && x.port.unwrap_or(s.port) == b.port);
                 let probe = inp.health.healthy(&health::Target { service: s.name.clone(), addr: SocketAddr::new(b.addr, b.port) });
                 let state = match (b.state, probe, found) {
+                    _ if inp.unroutable.contains_key(&b.addr) => "unroutable",
                     (BackendState::Active, _, _) => "healthy",
                     (_, Some(false), _) => "unhealthy",
                     (_, _, Some(f)) if f.healthy == Some(false) => "unhealthy",
@@ -68,7 +74,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                     new_flows_per_sec: 0.0,
                     bytes_per_sec: 0.0,
                     requests: 0,
-                    health_transitions: inp.backend_transitions.get(&(s.name.clone(), SocketAddr::new(b.addr, b.port))).copied().unwrap_or(0),
+                    health_transitions: inp.backend_transitions.get(&s.name, SocketAddr::new(b.addr, b.port)),
                 }
             })
             .collect();
@@ -98,7 +104,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         services,
         drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
         conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted },
-        health_transitions: inp.backend_transitions.values().sum(),
+        health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
     }
 }
@@ -135,7 +141,7 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
                 new_flows_per_sec: 0.0,
                 bytes_per_sec: 0.0,
                 requests: requests.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, n)| n).sum(),
-                health_transitions: inp.backend_transitions.get(&(s.name.clone(), b.addr)).copied().unwrap_or(0),
+                health_transitions: inp.backend_transitions.get(&s.name, b.addr),
             }
         })
         .collect();

@@ -7,5 +7,7 @@ pub mod build;
 mod prometheus;
 mod snapshot;
 mod table;
+pub mod transitions;
 
 pub use snapshot::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, rates};
+pub use transitions::Transitions;

@@ -2,9 +2,10 @@
 //! until told to stop.
 
 mod fdlimit;
+mod reload;
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     path::Path,
     sync::Arc,
@@ -28,7 +29,7 @@ use crate::{
     discovery::{Registry, Sources, Update},
     health::{self, Health},
     netdev,
-    observe::{self, Snapshot, admin},
+    observe::{self, Snapshot, Transitions, admin},
     plan::{self, Desired, ServiceView, Vitals},
     proxy::Proxy,
 };
@@ -56,6 +57,8 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    // Stamped before reading: a change made while xlb starts is then seen by the watcher.
+    let mut file_stamp = stamp(source.file.as_deref());
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -69,6 +72,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     }
     let limits = Limits::from(&config.dataplane);
     let admin = admin::bind(config.admin.address).await?;
+    admin::warn_if_exposed(config.admin.address, config.admin.token.as_deref());
     let kept = Scope::find(bpffs, &scope_name).filter(Scope::is_kept);
     let adopt_started = Instant::now();
     let (dp, logger) = match &kept {
@@ -78,7 +82,8 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (failures_tx, mut failures) = mpsc::unbounded_channel();
     let proxy = Proxy::new(Arc::new(failures_tx));
-    tokio::spawn(admin::serve(admin, snapshot_rx, proxy.metrics().clone()));
+    let (admin_token, token_rx) = watch::channel(config.admin.token.clone());
+    tokio::spawn(admin::serve(admin, snapshot_rx, proxy.metrics().clone(), token_rx));
     let (updates_tx, mut updates) = mpsc::channel(256);
     let (health_tx, mut health_events) = mpsc::channel(256);
     let mut ctl = Controller {
@@ -96,9 +101,12 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         reported: HashSet::new(),
         snapshots,
         last_status: None,
-        backend_transitions: HashMap::new(),
+        backend_transitions: Transitions::default(),
         discovery_events: HashMap::new(),
         sources: Sources::new(updates_tx),
+        unroutable: BTreeMap::new(),
+        admin_address: config.admin.address,
+        admin_token,
         iface,
         config,
     };
@@ -109,7 +117,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         ctl.adopt_kept(scope, adopt_started)?;
     }
     ctl.sources.watch(&ctl.config);
-    let ramping = ctl.replan()?;
+    let ramping = ctl.replan(false)?;
     info!(iface = %ctl.iface, services = ctl.config.services.len(), "ready");
 
     // SAFETY: the logger owns its ring buffer descriptor for as long as AsyncFd holds it.
@@ -118,22 +126,28 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut ramp = tokio::time::interval(RAMP_EVERY);
     let mut status = tokio::time::interval(STATUS_EVERY);
     let mut watch_file = tokio::time::interval(WATCH_FILE_EVERY);
-    let mut file_stamp = stamp(source.file.as_deref());
     let mut ramping = ramping;
     loop {
         let changed = tokio::select! {
             _ = int.recv() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => ctl.reload(&source),
+            // A reload replans itself: it must know whether its changes could be applied.
+            _ = hup.recv() => {
+                ramping = ctl.reload(&source).unwrap_or(ramping);
+                false
+            }
             _ = watch_file.tick() => {
                 let now = stamp(source.file.as_deref());
-                now != std::mem::replace(&mut file_stamp, now) && ctl.reload(&source)
+                if now != std::mem::replace(&mut file_stamp, now) {
+                    ramping = ctl.reload(&source).unwrap_or(ramping);
+                }
+                false
             }
             Some(u) = updates.recv() => ctl.discovered(u, &mut updates),
             // Health keeps its own state; the event only says it changed.
             Some(e) = health_events.recv() => {
                 info!(service = %e.target.service, backend = %e.target.addr, healthy = e.healthy, "health changed");
-                *ctl.backend_transitions.entry((e.target.service, e.target.addr)).or_default() += 1;
+                ctl.backend_transitions.record(&e.target.service, e.target.addr);
                 true
             }
             // The proxy's passive observations; a mark-down comes back as a health event.
@@ -148,9 +162,10 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 false
             }
             _ = ramp.tick(), if ramping => true,
+            // Also the retry of backends that had no route: routes come and go unannounced.
             _ = expire.tick() => {
                 ctl.expire();
-                false
+                !ctl.unroutable.is_empty()
             }
             guard = logger.readable_mut() => {
                 let mut guard = guard?;
@@ -160,7 +175,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
             }
         };
         if changed {
-            match ctl.replan() {
+            match ctl.replan(false) {
                 Ok(r) => ramping = r,
                 Err(e) => error!("applying changes: {e:#}"),
             }
@@ -227,10 +242,17 @@ struct Controller {
     reported: HashSet<String>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     last_status: Option<(Instant, Snapshot)>,
-    /// Health changes per service and backend address (their sum is the total).
-    backend_transitions: HashMap<(String, SocketAddr), u64>,
+    /// Health changes per service and backend address.
+    backend_transitions: Transitions,
     discovery_events: HashMap<String, u64>,
     sources: Sources,
+    /// Kernel backends left out of the maps at the last replan, and why: no route to
+    /// them, or their interface could not take the reply program.
+    unroutable: BTreeMap<IpAddr, String>,
+    /// Where the admin endpoint listens: fixed at start.
+    admin_address: SocketAddr,
+    /// The `admin.token` the endpoint checks; a reload may change it.
+    admin_token: watch::Sender<Option<String>>,
 }
 
 impl Controller {
@@ -272,41 +294,6 @@ impl Controller {
         discovered && probed
     }
 
-    /// Re-reads the config; a bad one is logged and the running one keeps serving.
-    /// Says whether anything was applied.
-    fn reload(&mut self, source: &Source) -> bool {
-        match source.load().and_then(|c| self.fits(&c).map(|()| c)) {
-            Ok(config) => {
-                self.adopt(config);
-                true
-            }
-            Err(e) => {
-                error!("reload rejected, the previous config keeps serving: {e:#}");
-                false
-            }
-        }
-    }
-
-    /// Checks what parsing cannot: that the services resolve and fit the data plane.
-    fn fits(&self, config: &Config) -> anyhow::Result<()> {
-        let plan = plan::plan(config, &self.iface, &self.registry, Instant::now(), |_, _| Vitals::default())?;
-        if plan.services.len() > self.limits.max_services as usize {
-            bail!("{} services, the data plane holds {} (dataplane.max_services, fixed at start)", plan.services.len(), self.limits.max_services);
-        }
-        Ok(())
-    }
-
-    fn adopt(&mut self, config: Config) {
-        if Limits::from(&config.dataplane) != self.limits {
-            warn!("data plane sizes and seed changed; they apply at the next start");
-        }
-        self.config = config;
-        let names: Vec<&str> = self.config.services.iter().map(|s| s.name.as_str()).collect();
-        self.registry.retain(&names);
-        self.sources.watch(&self.config);
-        info!(services = self.config.services.len(), "config reloaded");
-    }
-
     /// Records an update and any others already queued, so a burst of events costs
     /// one map sync.
     fn discovered(&mut self, first: Update, more: &mut mpsc::Receiver<Update>) -> bool {
@@ -329,20 +316,29 @@ impl Controller {
     }
 
     /// Recomputes what the maps should hold and writes the difference. Returns whether
-    /// a slow start is still ramping.
-    fn replan(&mut self) -> anyhow::Result<bool> {
+    /// a slow start is still ramping. `reload`: the config is a reloaded one, so an HTTP
+    /// listener that cannot be bound fails the replan before the maps are touched (the
+    /// caller puts the previous config back), and `config reloaded` is logged once only
+    /// the maps are left to write; otherwise a listener error is logged and the rest applied.
+    fn replan(&mut self, reload: bool) -> anyhow::Result<bool> {
         let started = Instant::now();
         let plan = plan::plan(&self.config, &self.iface, &self.registry, started, |service, addr| {
             let target = health::Target { service: service.to_owned(), addr };
             let seen = self.first_seen.get(&(service.to_owned(), addr.ip())).copied();
             Vitals { probe: self.health.healthy(&target), since: self.health.healthy_since(&target).or(seen) }
         })?;
+        match self.proxy.update(plan.http.clone()) {
+            Err(e) if reload => return Err(e.context("HTTP proxy")),
+            Err(e) => error!("HTTP proxy: {e:#}"),
+            Ok(()) => {}
+        }
+        self.http_plan = plan.http;
         // Every planned backend of every service, kernel or proxy, by service name.
         let backends: Vec<(&str, SocketAddr)> = plan
             .services
             .iter()
             .flat_map(|d| d.backends.iter().map(|b| (d.name.as_str(), SocketAddr::new(b.addr, b.port))))
-            .chain(plan.http.iter().flat_map(|v| v.backends.iter().map(|b| (v.name.as_str(), b.addr))))
+            .chain(self.http_plan.iter().flat_map(|v| v.backends.iter().map(|b| (v.name.as_str(), b.addr))))
             .collect();
         let checks: HashMap<&str, HealthCheck> = self.config.services.iter().filter_map(|s| Some((s.name.as_str(), s.probes()?))).collect();
         self.health.set(
@@ -351,13 +347,12 @@ impl Controller {
                 .filter_map(|(service, addr)| Some((health::Target { service: (*service).to_owned(), addr: *addr }, checks.get(service)?.clone())))
                 .collect(),
         );
-        let live: BTreeSet<(&str, IpAddr)> = backends.iter().map(|(s, a)| (*s, a.ip())).collect();
-        self.first_seen.retain(|(s, a), _| live.contains(&(s.as_str(), *a)));
-        self.http_plan = plan.http.clone();
-        if let Err(e) = self.proxy.update(plan.http) {
-            error!("HTTP proxy: {e:#}");
+        forget_gone(&backends, &mut self.first_seen, &mut self.backend_transitions);
+        let unroutable = self.attach_reply(&plan.services);
+        self.report_unroutable(unroutable);
+        if reload {
+            info!(services = self.config.services.len(), "config reloaded");
         }
-        self.attach_reply(&plan.services)?;
         if let Some(until) = self.settle {
             if started < until && !self.settled(&plan.services) {
                 debug!("adopted data plane: waiting for discovery and first probes before syncing");
@@ -367,23 +362,63 @@ impl Controller {
             self.settle = None;
             info!(services = plan.services.len(), "resynchronised the adopted data plane");
         }
-        self.dp.sync(&plan.services)?;
+        let reachable: Vec<Desired> = plan
+            .services
+            .iter()
+            .map(|d| Desired { backends: d.backends.iter().filter(|b| !self.unroutable.contains_key(&b.addr)).copied().collect(), ..d.clone() })
+            .collect();
+        self.dp.sync(&reachable)?;
         debug!(elapsed_us = started.elapsed().as_micros() as u64, "maps synced");
         self.plan = plan.services;
         Ok(plan.ramping)
     }
 
-    /// Attaches the reply program where replies from new backends will arrive.
-    fn attach_reply(&mut self, services: &[Desired]) -> anyhow::Result<()> {
-        let addrs = services.iter().flat_map(|d| d.backends.iter().map(|b| b.addr));
-        for iface in netdev::reply_interfaces(addrs)? {
-            if !self.reply_ifaces.contains(&iface) {
-                self.forwarding.enable(&iface)?;
-                self.dp.attach_backend_side(&iface)?;
-                self.reply_ifaces.insert(iface);
+    /// Attaches the reply program where replies from the planned backends arrive.
+    /// Returns the backends that cannot be served, and why: those with no route, and
+    /// those whose interface could not take the program (their replies would leave
+    /// untranslated). They are left out of the maps; one bad backend must not hold up
+    /// every other change.
+    fn attach_reply(&mut self, services: &[Desired]) -> BTreeMap<IpAddr, String> {
+        let addrs: BTreeSet<IpAddr> = services.iter().flat_map(|d| d.backends.iter().map(|b| b.addr)).collect();
+        let mut failed: HashMap<String, String> = HashMap::new();
+        let mut unroutable = BTreeMap::new();
+        for addr in addrs {
+            let iface = match netdev::route_interface(addr) {
+                Ok(iface) => iface,
+                Err(e) => {
+                    unroutable.insert(addr, format!("{e:#}"));
+                    continue;
+                }
+            };
+            if !self.reply_ifaces.contains(&iface) && !failed.contains_key(&iface) {
+                match self.forwarding.enable(&iface).and_then(|()| self.dp.attach_backend_side(&iface)) {
+                    Ok(()) => {
+                        self.reply_ifaces.insert(iface.clone());
+                    }
+                    Err(e) => {
+                        failed.insert(iface.clone(), format!("replies arrive on {iface}: {e:#}"));
+                    }
+                }
+            }
+            if let Some(why) = failed.get(&iface) {
+                unroutable.insert(addr, why.clone());
             }
         }
-        Ok(())
+        unroutable
+    }
+
+    /// Logs the backends that became unroutable, or routable again, since the last
+    /// replan (not every replan: they are retried every few seconds).
+    fn report_unroutable(&mut self, now: BTreeMap<IpAddr, String>) {
+        for (addr, why) in &now {
+            if self.unroutable.get(addr) != Some(why) {
+                warn!(backend = %addr, "backend left out of the data plane, the others are synced: {why}");
+            }
+        }
+        for addr in self.unroutable.keys().filter(|a| !now.contains_key(a)) {
+            info!(backend = %addr, "backend routable again");
+        }
+        self.unroutable = now;
     }
 
     /// Builds the status snapshot and hands it to the admin endpoint.
@@ -398,6 +433,7 @@ impl Controller {
             stats: &stats,
             proxy: &self.proxy,
             backend_transitions: &self.backend_transitions,
+            unroutable: &self.unroutable,
             discovery_events: &self.discovery_events,
         });
         let now = Instant::now();
@@ -418,8 +454,36 @@ impl Controller {
     }
 }
 
+/// Forgets what was recorded about backends that are no longer planned: when they
+/// were first seen (slow start's clock), their health transitions.
+fn forget_gone(planned: &[(&str, SocketAddr)], first_seen: &mut HashMap<(String, IpAddr), Instant>, transitions: &mut Transitions) {
+    let hosts: BTreeSet<(&str, IpAddr)> = planned.iter().map(|(s, a)| (*s, a.ip())).collect();
+    first_seen.retain(|(s, a), _| hosts.contains(&(s.as_str(), *a)));
+    let backends: BTreeSet<(&str, SocketAddr)> = planned.iter().copied().collect();
+    transitions.retain(|s, a| backends.contains(&(s, a)));
+}
+
 /// What tells that a file changed: its modification time and size.
 fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
     let meta = std::fs::metadata(path?).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_backends_that_left_the_plan_are_forgotten() {
+        let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+        let mut first_seen = HashMap::from([(("web".to_owned(), a.ip()), Instant::now()), (("web".to_owned(), b.ip()), Instant::now())]);
+        let mut transitions = Transitions::default();
+        for (service, addr) in [("web", a), ("web", b), ("web", b), ("api", a)] {
+            transitions.record(service, addr);
+        }
+        forget_gone(&[("web", a)], &mut first_seen, &mut transitions);
+        assert_eq!(first_seen.keys().collect::<Vec<_>>(), [&("web".to_owned(), a.ip())]);
+        assert_eq!((transitions.len(), transitions.get("web", a), transitions.get("web", b), transitions.get("api", a)), (1, 1, 0, 0));
+        assert_eq!(transitions.total(), 4, "the total is a counter: forgotten backends' changes stay in it");
+    }
 }

@@ -78,6 +78,11 @@ pub struct Dataplane {
     pub tcp_closed_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub udp_idle_timeout: Duration,
+    /// How long the flows of a backend removed from its service (by a reload, DNS or
+    /// Docker) may go on there before they are cut: they end on the backend they began
+    /// on, but not never.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for Dataplane {
@@ -91,6 +96,7 @@ impl Default for Dataplane {
             tcp_idle_timeout: Duration::from_secs(15 * 60),
             tcp_closed_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5 * 60),
         }
     }
 }

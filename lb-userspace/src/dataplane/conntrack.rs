@@ -23,7 +23,8 @@ struct Flow {
 
 impl Dataplane {
     /// Deletes flows idle longer than their timeout (both entries of a flow together, by
-    /// the later of their two refreshes), frees the ids of removed backends and services
+    /// the later of their two refreshes) and flows on a backend removed longer ago than
+    /// the drain timeout (their next segment finds no entry: the stack resets it), frees the ids of removed backends and services
     /// no entry names any more, and counts what the LRU evicted. Returns how many entries expired.
     pub fn expire(&mut self, now_ns: u64, t: &Timeouts) -> anyhow::Result<usize> {
         // Read before the walk: an entry added during it makes `live` larger, so the
@@ -51,7 +52,8 @@ impl Dataplane {
                 lb_common::IPPROTO_TCP => t.tcp,
                 _ => t.udp,
             };
-            if now_ns.saturating_sub(f.last_seen) > limit {
+            let drained = self.retired.get(&backend).is_some_and(|at| now_ns.saturating_sub(*at) > t.drain);
+            if drained || now_ns.saturating_sub(f.last_seen) > limit {
                 idle.extend(f.keys);
             } else {
                 referenced.insert(backend);
@@ -66,7 +68,7 @@ impl Dataplane {
         self.conns.removed += removed;
         self.conns.live = live - removed;
         self.conns.evicted = self.conns.evicted.max(created.saturating_sub(self.conns.removed + self.conns.live));
-        let freeable: Vec<u32> = self.retired.iter().filter(|id| !referenced.contains(id)).copied().collect();
+        let freeable: Vec<u32> = self.retired.keys().filter(|id| !referenced.contains(id)).copied().collect();
         let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
         for id in freeable {
             backends.set(id, KBackend::default(), 0)?;

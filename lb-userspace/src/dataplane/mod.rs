@@ -12,7 +12,7 @@ mod tables;
 use tables::Tables;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -51,19 +51,22 @@ const KEPT_MAPS: [&str; 12] = [
 ];
 const PROGRAMS: [&str; 3] = [names::PROG_XDP, names::PROG_FWD, names::PROG_REPLY];
 
-/// How long connection entries live without a packet, in nanoseconds.
+/// How long connection entries live, in nanoseconds: without a packet, and on a removed
+/// backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub tcp: u64,
     /// A TCP flow's, after its FIN or RST.
     pub tcp_closed: u64,
     pub udp: u64,
+    /// A flow's on a backend since its removal, whatever its packets.
+    pub drain: u64,
 }
 
 impl From<&config::Dataplane> for Timeouts {
     fn from(d: &config::Dataplane) -> Self {
         let ns = |d: std::time::Duration| d.as_nanos() as u64;
-        Self { tcp: ns(d.tcp_idle_timeout), tcp_closed: ns(d.tcp_closed_timeout), udp: ns(d.udp_idle_timeout) }
+        Self { tcp: ns(d.tcp_idle_timeout), tcp_closed: ns(d.tcp_closed_timeout), udp: ns(d.udp_idle_timeout), drain: ns(d.drain_timeout) }
     }
 }
 
@@ -145,8 +148,9 @@ pub struct Dataplane {
     limits: Limits,
     services: HashMap<ServiceKey, ServiceSlot>,
     backend_ids: HashMap<BackendIdent, u32>,
-    /// Ids of removed backends, freed once no connection entry names them.
-    retired: BTreeSet<u32>,
+    /// Ids of removed backends, with when (monotonic ns), freed once no connection entry
+    /// names them.
+    retired: BTreeMap<u32, u64>,
     /// Ids of removed services, freed once no connection entry names them for rev-NAT.
     retired_services: BTreeSet<u32>,
     free_backend_ids: Vec<u32>,
@@ -212,7 +216,7 @@ impl Dataplane {
             limits,
             services: HashMap::new(),
             backend_ids: HashMap::new(),
-            retired: BTreeSet::new(),
+            retired: BTreeMap::new(),
             retired_services: BTreeSet::new(),
             free_backend_ids: (0..lb_common::MAX_BACKENDS).rev().collect(),
             free_service_ids: (0..limits.max_services).rev().collect(),
@@ -255,7 +259,7 @@ impl Dataplane {
             match b.state {
                 s if s == KState::Empty as u8 => free.push(id),
                 s if s == KState::Removed as u8 => {
-                    self.retired.insert(id);
+                    self.retired.insert(id, monotonic_ns());
                 }
                 s => {
                     let state = if s == KState::Active as u8 { BackendState::Active } else { BackendState::Draining };

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuValues};
 use lb_common::{Backend as KBackend, BackendState as KState, Counters, RevNat, Service as KService, ServiceKey, addr_words, names};
 
-use super::{BackendIdent, Dataplane, ServiceSlot, maglev, maglev::Entry, map, nr_cpus};
+use super::{BackendIdent, Dataplane, ServiceSlot, maglev, maglev::Entry, map, monotonic_ns, nr_cpus};
 use crate::{
     config::{self, BackendState},
     plan::{Desired, DesiredBackend},
@@ -43,19 +43,20 @@ impl Dataplane {
             removed.extend(slot.backends.iter().map(|(id, b)| (*id, (key, b.addr, b.port))));
         }
         let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
+        let now = monotonic_ns();
         for (id, ident) in removed {
             let mut b = backends.get(&id, 0)?;
             b.state = KState::Removed as u8;
             backends.set(id, b, 0)?;
             self.backend_ids.remove(&ident);
-            self.retired.insert(id);
+            self.retired.insert(id, now);
         }
         // A kept data plane's backends that no service claimed are gone.
         for (id, _) in self.unclaimed.drain() {
             let mut b = backends.get(&id, 0)?;
             b.state = KState::Removed as u8;
             backends.set(id, b, 0)?;
-            self.retired.insert(id);
+            self.retired.insert(id, now);
         }
         Ok(())
     }

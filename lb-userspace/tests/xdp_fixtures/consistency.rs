@@ -71,7 +71,7 @@ fn a_removed_services_id_waits_for_its_flows() {
     fx.sync(std::slice::from_ref(&other));
     let other_id = services_map(&mut fx).get(&other.key, 0).unwrap().id;
     assert_ne!(other_id, web_id, "a new service took the id the removed one's flow still names");
-    fx.dp.expire(monotonic_ns() + 1, &Timeouts { tcp: 0, tcp_closed: 0, udp: LONG.as_nanos() as u64 }).expect("expire");
+    fx.dp.expire(monotonic_ns() + 1, &Timeouts { tcp: 0, tcp_closed: 0, udp: LONG.as_nanos() as u64, drain: u64::MAX }).expect("expire");
     fx.sync(&[]);
     fx.sync(&[other.clone(), web.clone()]);
     let ids = [&other, &web].map(|d| services_map(&mut fx).get(&d.key, 0).unwrap().id);

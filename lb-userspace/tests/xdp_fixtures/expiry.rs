@@ -37,7 +37,7 @@ fn idle_entries_expire_per_protocol() {
         let expires = |p: &Pkt| if p.l4 == L4::Tcp { tcp_expires } else { udp_expires };
         let want = 2 * old.iter().filter(|p| expires(p)).count();
         let (tcp_ns, udp_ns) = (tcp_idle.as_nanos() as u64, udp_idle.as_nanos() as u64);
-        let t = Timeouts { tcp: tcp_ns, tcp_closed: tcp_ns, udp: udp_ns };
+        let t = Timeouts { tcp: tcp_ns, tcp_closed: tcp_ns, udp: udp_ns, drain: u64::MAX };
         let got = fx.dp.expire(now, &t).expect("expire");
         assert_eq!(got, want, "{name}: entries expired");
         assert_eq!(fx.dp.expire(now, &t).expect("expire"), 0, "{name}: a second pass expired more");
@@ -77,7 +77,7 @@ fn closed_tcp_flows_expire_after_the_closed_timeout() {
     }
     std::thread::sleep(2 * IDLE);
     let (idle, long) = (IDLE.as_nanos() as u64, LONG.as_nanos() as u64);
-    let expired = fx.dp.expire(monotonic_ns(), &Timeouts { tcp: long, tcp_closed: idle, udp: long }).expect("expire");
+    let expired = fx.dp.expire(monotonic_ns(), &Timeouts { tcp: long, tcp_closed: idle, udp: long, drain: u64::MAX }).expect("expire");
     assert_eq!(expired, 4, "entries of the two closed flows expired");
     fx.check(&no_flow("an ack of an expired closed flow", fin.seg(Seg::Ack)));
     fx.check(&no_flow("an ack of an expired reset flow", rst.seg(Seg::Ack)));

@@ -83,7 +83,7 @@ fn remove_b(idle: bool) -> Removal {
     let b_id = fx.pinned_id(&on_b, &B4B);
     fx.sync(&[even(Method::Maglev, &[&B4A])]);
     let idle = IDLE.as_nanos() as u64;
-    let expired = fx.dp.expire(now, &Timeouts { tcp: idle, tcp_closed: idle, udp: idle }).expect("expire");
+    let expired = fx.dp.expire(now, &Timeouts { tcp: idle, tcp_closed: idle, udp: idle, drain: u64::MAX }).expect("expire");
     Removal { fx, on_a, on_b, b_id, expired }
 }
 
@@ -139,4 +139,26 @@ fn backend_on_a_reused_id_starts_with_zero_counters() {
     fx.send("new flow to the new backend", &to_c, &[&B4C]);
     let c = fx.backend_counters(&B4C);
     assert_eq!((c.packets, c.new_flows), (1, 1), "{} counters (packets, new flows) after its first flow", B4C.ip);
+}
+
+/// A removed backend's flow goes on there until the drain timeout, however busy it is;
+/// after it, the expiry pass cuts the flow (its next segment finds no entry and is left to
+/// the stack, which resets it) while a flow of an active backend stays.
+#[test]
+fn removed_backends_flows_are_cut_after_the_drain_timeout() {
+    let mut fx = Fixture::new(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, 8080), (&B4B, 8080)])]);
+    let d = svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, 8080), (&B4B, 8080)]);
+    let (on_a, on_b) = (flow_to(&d, &B4A, 40300..40400), flow_to(&d, &B4B, 40300..40400));
+    fx.check(&fwd("flow on b4a", on_a.clone(), &B4A, 8080));
+    fx.check(&fwd("flow on b4b", on_b.clone(), &B4B, 8080));
+    fx.sync(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4B, 8080)])]);
+    let long = u64::MAX;
+    let drain = IDLE.as_nanos() as u64;
+    let t = Timeouts { tcp: long, tcp_closed: long, udp: long, drain };
+    assert_eq!(fx.dp.expire(xlb::dataplane::monotonic_ns(), &t).expect("expire"), 0, "cut before its drain timeout");
+    fx.check(&fwd("segment of the removed backend's flow within the drain timeout", on_a.seg(Seg::Ack), &B4A, 8080));
+    std::thread::sleep(IDLE * 2);
+    assert_eq!(fx.dp.expire(xlb::dataplane::monotonic_ns(), &t).expect("expire"), 2, "the removed backend's flow (two entries)");
+    fx.check(&no_flow("segment of the removed backend's flow after the drain timeout", on_a.seg(Seg::Ack)));
+    fx.check(&fwd("segment of the active backend's flow", on_b.seg(Seg::Ack), &B4B, 8080));
 }

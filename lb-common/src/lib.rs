@@ -229,10 +229,12 @@ pub enum DropReason {
     /// A packet for a service whose TTL (hop limit) would reach 0 here: not steered, but
     /// passed to the stack, which answers it as a router or a host would.
     TtlExpired = 7,
+    /// An IPv4 fragment, left to the stack: xlb balances whole datagrams only.
+    Fragment = 8,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         Self::NoBackend,
         Self::BadTableEntry,
@@ -242,6 +244,7 @@ impl DropReason {
         Self::ChecksumFailed,
         Self::NoFlow,
         Self::TtlExpired,
+        Self::Fragment,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -254,6 +257,7 @@ impl DropReason {
             Self::ChecksumFailed => "checksum_failed",
             Self::NoFlow => "no_flow",
             Self::TtlExpired => "ttl_expired",
+            Self::Fragment => "fragment",
         }
     }
 }

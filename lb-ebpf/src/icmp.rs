@@ -79,7 +79,7 @@ pub fn to_client(f: &impl Frame) -> Option<Error> {
 /// An ICMP or ICMPv6 error quoting a TCP or UDP packet of the same family.
 #[inline(always)]
 fn parse(f: &impl Frame) -> Option<Error> {
-    let outer = ip(f)?;
+    let outer = ip(f).filter(|p| !p.fragment)?;
     let icmp: *const [u8; 2] = ptr_at(f, outer.l4_off)?;
     let kind = unsafe { (*icmp)[0] };
     let error = if outer.family == AF_INET {
@@ -93,7 +93,7 @@ fn parse(f: &impl Frame) -> Option<Error> {
         return None;
     }
     let mut inner = ip_at(f, outer.l4_off + ICMP_HDR_LEN, outer.family)?;
-    if inner.proto != lb_common::IPPROTO_TCP && inner.proto != lb_common::IPPROTO_UDP {
+    if inner.fragment || (inner.proto != lb_common::IPPROTO_TCP && inner.proto != lb_common::IPPROTO_UDP) {
         return None;
     }
     // Both protocols start with the two ports: all a short quote is sure to hold of them.

@@ -91,10 +91,15 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// An ICMP error about one of our flows' replies, on to the flow's backend (see `icmp`);
-/// anything else is the stack's.
+/// anything else is the stack's, IPv4 fragments counted (xlb balances whole datagrams).
 #[inline(always)]
 fn error_to_backend(ctx: &XdpContext) -> u32 {
-    let Some((e, addr)) = icmp::to_backend(ctx) else { return xdp_action::XDP_PASS };
+    let Some((e, addr)) = icmp::to_backend(ctx) else {
+        if crate::parse::ip(ctx).is_some_and(|p| p.fragment) {
+            count_drop(DropReason::Fragment);
+        }
+        return xdp_action::XDP_PASS;
+    };
     if nat::decrement_ttl(ctx, &e.outer).is_none() {
         return xdp_action::XDP_PASS;
     }

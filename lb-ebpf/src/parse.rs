@@ -64,6 +64,8 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
+    /// An IPv4 fragment (offset or more-fragments set): no ports to go by, or not all.
+    pub fragment: bool,
 }
 
 impl Packet {
@@ -105,6 +107,10 @@ impl Packet {
 #[inline(always)]
 pub fn parse(f: &impl Frame) -> Option<Packet> {
     let mut p = ip(f)?;
+    // A fragment goes to the stack whole.
+    if p.fragment {
+        return None;
+    }
     match p.proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(f, p.l4_off)?;
@@ -123,8 +129,8 @@ pub fn parse(f: &impl Frame) -> Option<Packet> {
     Some(p)
 }
 
-/// Ethernet (one 802.1Q tag at most) and the IP header after it, any L4 protocol; ports
-/// and flags are left 0.
+/// Ethernet (one 802.1Q tag at most) and the IP header after it, any L4 protocol and
+/// fragments too; ports and flags are left 0.
 #[inline(always)]
 pub fn ip(f: &impl Frame) -> Option<Packet> {
     let eth: *const EthHdr = ptr_at(f, 0)?;
@@ -159,15 +165,16 @@ pub fn ip_at(f: &impl Frame, l3_off: usize, family: u8) -> Option<Packet> {
         l4_len: 0,
         tcp_flags: 0,
         ttl: 0,
+        fragment: false,
     };
     if family == AF_INET {
         let ip: *const Ipv4Hdr = ptr_at(f, l3_off)?;
         let ip = unsafe { &*ip };
         let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-        // Any fragment (offset set or more-fragments set) goes to the stack whole.
-        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
             return None;
         }
+        p.fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
         let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
         if tot_len < ihl {
             return None;

@@ -41,7 +41,7 @@ impl Snapshot {
             m.add(
                 "xlb_drops_total",
                 "counter",
-                "Packets the kernel program dropped, by reason (no_flow and ttl_expired are left to the stack instead).",
+                "Packets the kernel program dropped, by reason (no_flow, ttl_expired and fragment are left to the stack instead).",
                 &format!("reason=\"{}\"", d.reason),
                 d.packets as f64,
             );

@@ -184,7 +184,7 @@ fn forwarding_headers_are_joined_and_never_stripped() {
     let r = raw_request(&topo, front(80), &format!("GET /echo HTTP/1.1\r\nHost: app.dev\r\n{xff}{others}\r\n"));
     eprintln!("trusted, two X-Forwarded-For fields; the backend got:\n{}", r.body);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(fields(&r.body, "x-forwarded-for"), [joined.clone()], "one field, every hop in order:\n{}", r.body);
+    assert_eq!(fields(&r.body, "x-forwarded-for"), [joined.as_str()], "one field, every hop in order:\n{}", r.body);
     assert_eq!(fields(&r.body, "x-real-ip"), ["198.51.100.9"], "the rightmost untrusted hop:\n{}", r.body);
 
     // Trusted, Connection naming them all: nothing of them stripped; X-Drop is.

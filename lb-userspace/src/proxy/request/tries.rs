@@ -137,11 +137,9 @@ impl Tries<'_> {
                 } else {
                     peer.stats.succeed();
                 }
-                if o.retries.statuses.contains(&status) && !self.upgrade {
-                    if retriable && idempotent && tried < svc.balancer.peers.len() {
-                        debug!(service = %svc.name, backend = %peer.name, status, "retrying on another backend");
-                        return Ok(Tried::Again(None));
-                    }
+                if o.retries.statuses.contains(&status) && !self.upgrade && retriable && idempotent && tried < svc.balancer.peers.len() {
+                    debug!(service = %svc.name, backend = %peer.name, status, "retrying on another backend");
+                    return Ok(Tried::Again(None));
                 }
                 Tried::Answer(resp)
             }

@@ -2,11 +2,9 @@
 //!
 //! A backend is *usable* when its state is `Active`, it was not tried yet for this
 //! request, it is below its `max_conns`, and the proxy has not taken it out after
-//! failures (`max_fails` in a row within `fail_timeout`; never more than
-//! `max_ejection_percent` of the active backends). When every active backend is out
-//! after failures, none is out (panic mode, Envoy's): trying them beats a certain 503.
-//! Backups are considered only when no primary is usable. `w_i` is a backend's
-//! weight, `a_i` its requests in flight.
+//! failures (`eject.rs`: `max_fails` in a row, at most `max_ejection_percent`, none when
+//! all would be). Backups are considered only when no primary is usable. `w_i` is a
+//! backend's weight, `a_i` its requests in flight.
 //!
 //! | method | choice |
 //! |---|---|
@@ -26,7 +24,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use super::{
@@ -74,8 +72,8 @@ pub struct Balancer {
     rr: Mutex<Vec<i64>>,
     /// Ketama ring over the primaries.
     ring: Ring,
-    /// Held while a failure may eject, so two at once cannot pass the percent cap.
-    eject: Mutex<()>,
+    /// Held while a failure may eject (`eject.rs`), so two at once cannot pass the cap.
+    pub(super) eject: Mutex<()>,
 }
 
 const REHASH_TRIES: u32 = 20;
@@ -95,29 +93,8 @@ impl Balancer {
         &self.method
     }
 
-    /// Records a counted failure of `peer` (one of `peers`); `max_fails` in a row take
-    /// it out for `window`, unless more than `max_percent` of the active backends would
-    /// then be out. Says whether this one took it out.
-    pub fn fail(&self, peer: &Peer, max_fails: u32, window: Duration, max_percent: u32, now: Instant) -> bool {
-        let _one_at_a_time = self.eject.lock().unwrap_or_else(|e| e.into_inner());
-        let active = self.peers.iter().filter(|q| q.state == PeerState::Active);
-        let (n, out) = active.fold((0u64, 0u64), |(n, out), q| (n + 1, out + u64::from(!std::ptr::eq(&**q, peer) && q.stats.is_failed(now))));
-        let may_eject = (out + 1) * 100 <= u64::from(max_percent) * n;
-        peer.stats.fail(max_fails, window, now, may_eject)
-    }
-
-    /// Panic mode: every active backend is out after failures, so ejections are ignored.
-    fn panicking(&self, now: Instant) -> bool {
-        let mut active = self.peers.iter().filter(|q| q.state == PeerState::Active).peekable();
-        active.peek().is_some() && active.all(|q| q.stats.is_failed(now))
-    }
-
-    fn usable(&self, i: usize, p: &Pick, draining_ok: bool) -> bool {
-        self.usable_when(i, p, draining_ok, false)
-    }
-
     /// `panic`: out after failures does not matter.
-    fn usable_when(&self, i: usize, p: &Pick, draining_ok: bool, panic: bool) -> bool {
+    fn usable(&self, i: usize, p: &Pick, draining_ok: bool, panic: bool) -> bool {
         let peer = &self.peers[i];
         let state_ok = match peer.state {
             PeerState::Active => true,
@@ -130,18 +107,18 @@ impl Balancer {
     /// A backend named by a pin header or cookie, if it is usable (draining ones are).
     pub fn by_name(&self, name: &str, p: &Pick) -> Option<usize> {
         let name = name.trim().to_ascii_lowercase();
-        (0..self.peers.len()).find(|&i| self.peers[i].aliases.contains(&name) && self.usable(i, p, true))
+        (0..self.peers.len()).find(|&i| self.peers[i].aliases.contains(&name) && self.usable(i, p, true, false))
     }
 
     /// The backend a sticky cookie value names, if it is usable (draining ones are).
     pub fn by_cookie(&self, value: &str, p: &Pick) -> Option<usize> {
-        (0..self.peers.len()).find(|&i| self.peers[i].cookie == value && self.usable(i, p, true))
+        (0..self.peers.len()).find(|&i| self.peers[i].cookie == value && self.usable(i, p, true, false))
     }
 
     /// Chooses a backend, or `None` when none is usable.
     pub fn choose(&self, p: &Pick) -> Option<usize> {
         let panic = self.panicking(p.now);
-        let usable = |i: usize| self.usable_when(i, p, false, panic);
+        let usable = |i: usize| self.usable(i, p, false, panic);
         let usable_primaries: Vec<usize> = (0..self.peers.len()).filter(|&i| !self.peers[i].backup && usable(i)).collect();
         if usable_primaries.is_empty() {
             // Backups: whatever the method, spread them by round robin.

@@ -162,6 +162,12 @@ impl Health {
         self.shared.lock().get(t).and_then(|s| s.healthy(Instant::now()))
     }
 
+    /// The probes' verdict alone, without passive mark-downs: what the plan uses, as
+    /// the HTTP proxy, the only source of those, applies its own ejections.
+    pub fn probed(&self, t: &Target) -> Option<bool> {
+        self.shared.lock().get(t).and_then(|s| s.probe)
+    }
+
     /// When the target last went from unhealthy to healthy, for slow start. `None`
     /// for one healthy from the start: like nginx, slow start is for recoveries.
     pub fn healthy_since(&self, t: &Target) -> Option<Instant> {

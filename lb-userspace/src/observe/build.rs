@@ -122,6 +122,8 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
             let found = discovered.iter().find(|x| x.addr == b.addr.ip() && x.port.unwrap_or(s.port) == b.addr.port());
             let probe = inp.health.healthy(&health::Target { service: s.name.clone(), addr: b.addr });
             let state = match b.state {
+                // Taken out by the proxy after failures (the plan leaves passive health to it).
+                PeerState::Active if probe == Some(false) => "unhealthy",
                 PeerState::Active if b.backup => "backup",
                 PeerState::Active => "healthy",
                 PeerState::Draining => "draining",

@@ -17,12 +17,15 @@ pub enum FailureKind {
     Timeout,
     /// The connection failed after the request was sent.
     Error,
-    /// The backend answered with a status listed in `retries.statuses`.
+    /// The backend answered with a status listed in `fail_statuses`.
     Status(u16),
 }
 
-/// A passive health observation, for `health::Health::report_failure(&Target {service,
-/// addr}, max_fails, fail_timeout)`.
+/// A failure the proxy counted (`fail_on`, `fail_statuses`). When it took the backend
+/// out (`ejected`: `max_fails` in a row, within the max ejection percent), the owner
+/// marks it down in its health for `fail_timeout` (`health::Health::report_failure`
+/// with one failure), for status and metrics; where requests go is the proxy's own
+/// view (max ejection percent, panic mode), so the owner does no accrual of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub service: String,
@@ -31,6 +34,8 @@ pub struct Failure {
     pub kind: FailureKind,
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// This failure took the backend out.
+    pub ejected: bool,
 }
 
 /// Receives the failures the proxy sees. Called on the request path: keep it cheap

@@ -150,9 +150,12 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 ctl.backend_transitions.record(&e.target.service, e.target.addr);
                 true
             }
-            // The proxy's passive observations; a mark-down comes back as a health event.
+            // The proxy's failures; it decided the ejections (one is one mark-down), which
+            // come back as health events, for status and metrics.
             Some(f) = failures.recv() => {
-                ctl.health.report_failure(&health::Target { service: f.service, addr: f.addr }, f.max_fails, f.fail_timeout);
+                if f.ejected {
+                    ctl.health.report_failure(&health::Target { service: f.service, addr: f.addr }, 1, f.fail_timeout);
+                }
                 false
             }
             _ = status.tick() => {
@@ -325,7 +328,8 @@ impl Controller {
         let plan = plan::plan(&self.config, &self.iface, &self.registry, started, |service, addr| {
             let target = health::Target { service: service.to_owned(), addr };
             let seen = self.first_seen.get(&(service.to_owned(), addr.ip())).copied();
-            Vitals { probe: self.health.healthy(&target), since: self.health.healthy_since(&target).or(seen) }
+            // Probes only: the proxy's own view of its ejections decides (cap, panic mode).
+            Vitals { probe: self.health.probed(&target), since: self.health.healthy_since(&target).or(seen) }
         })?;
         match self.proxy.update(plan.http.clone()) {
             Err(e) if reload => return Err(e.context("HTTP proxy")),

@@ -253,10 +253,11 @@ fn metrics_count_http_requests_by_code_with_a_latency_histogram() {
     let table = status::xlb_status_raw(&topo.lb, &[]).unwrap_or_else(|e| panic!("xlb status: {e}"));
     assert!(table.contains(&format!("requests={all}")) && names.iter().all(|n| table.contains(&addr_of(&topo, n))), "`xlb status`:\n{table}");
 
-    // b2 stops: the proxy's failed try marks it down (passive health), one transition.
+    // b2 stops: every other request tries it first; its fifth failed try in a row
+    // (max_fails) marks it down (passive health), one transition.
     drop(topo.backends[1].testd.take());
-    let after_stop = topo.spread(front, 6);
-    assert!(after_stop.errors.is_empty() && after_stop.count("b1") == 6, "with b2 stopped: {after_stop}\n{}", tail(&xlb));
+    let after_stop = topo.spread(front, 12);
+    assert!(after_stop.errors.is_empty() && after_stop.count("b1") == 12, "with b2 stopped: {after_stop}\n{}", tail(&xlb));
     let b2 = [("service", SERVICE), ("backend", &*addr_of(&topo, "b2"))];
     let seen = wait_for(SNAPSHOT_WAIT, Duration::from_millis(100), || {
         text = status::metrics_text(&topo.lb, ADMIN).ok()?;

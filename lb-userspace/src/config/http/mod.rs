@@ -44,12 +44,25 @@ pub struct HttpOptions {
     /// `X-Forwarded-Proto` are believed; from anyone else they are replaced.
     pub trusted_networks: Vec<Cidr>,
     pub limits: Limits,
-    /// Passive health, nginx style: this many failures (connect error, timeout,
-    /// 502/503/504 answers) within `fail_timeout` take a backend out for
-    /// `fail_timeout`. 0 disables it.
+    /// Passive health (outlier detection): this many failures in a row (no success in
+    /// between), within `fail_timeout`, take a backend out for `fail_timeout`. 0
+    /// disables it. Several in a row, not nginx's 1, so one client's bad luck is not
+    /// an ejection.
     pub max_fails: u32,
     #[serde(deserialize_with = "duration")]
     pub fail_timeout: Duration,
+    /// What counts towards `max_fails`. Default `[connect, error]`: faults of the
+    /// backend itself. A timeout is left out, as one slow path (that any client can
+    /// ask for) would otherwise take every backend out.
+    pub fail_on: Vec<FailOn>,
+    /// Backend answers that count towards `max_fails`; default none: a 503 is the
+    /// backend answering, and counting it lets one client asking for a failing path
+    /// eject backends. Retrying on them is `retries.statuses`.
+    pub fail_statuses: Vec<u16>,
+    /// Passive health never has more than this share (percent) of a service's active
+    /// backends out at once (Envoy's `max_ejection_percent`); when every active
+    /// backend is out anyway (the rest down by probes), they are all used (panic mode).
+    pub max_ejection_percent: u32,
     /// Most requests in flight to one backend at a time; 0: no limit. A backend at its
     /// limit is skipped; when all are, the request gets 503.
     pub max_conns: u32,
@@ -69,8 +82,11 @@ impl Default for HttpOptions {
             retries: Retries::default(),
             trusted_networks: Vec::new(),
             limits: Limits::default(),
-            max_fails: 1,
+            max_fails: 5,
             fail_timeout: Duration::from_secs(10),
+            fail_on: vec![FailOn::Connect, FailOn::Error],
+            fail_statuses: Vec::new(),
+            max_ejection_percent: 50,
             max_conns: 0,
         }
     }
@@ -99,6 +115,19 @@ fn root_path() -> String {
 }
 fn yes() -> bool {
     true
+}
+
+/// A failure that `fail_on` may count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailOn {
+    /// The TCP connect failed or timed out.
+    Connect,
+    /// The connection failed (reset, closed) after the request was sent, before a
+    /// response head.
+    Error,
+    /// No response head within `timeouts.header`.
+    Timeout,
 }
 
 /// Timeouts, nginx's names in brackets.
@@ -228,6 +257,12 @@ impl HttpOptions {
         }
         if self.retries.statuses.iter().any(|s| !(100..=599).contains(s)) {
             return Err("retries.statuses: expected HTTP status codes".into());
+        }
+        if self.fail_statuses.iter().any(|s| !(100..=599).contains(s)) {
+            return Err("fail_statuses: expected HTTP status codes".into());
+        }
+        if self.max_ejection_percent > 100 {
+            return Err("max_ejection_percent: expected 0 to 100".into());
         }
         let l = &self.limits;
         if l.max_connections == 0 || l.max_request_line < 16 || l.max_header_bytes < l.max_request_line || l.max_headers == 0 {

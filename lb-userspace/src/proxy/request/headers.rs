@@ -14,17 +14,22 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
+/// The headers that say who the client is. xlb sets them (or, from a trusted peer,
+/// extends them), so they are never hop-by-hop: a `Connection` naming one does not
+/// remove it, else a client could strip what a backend relies on.
+const FORWARDING: [HeaderName; 5] = [X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_HOST, X_FORWARDED_PROTO, FORWARDED];
+
 /// The request headers a backend gets. `buffered`: the whole body is here, so the
 /// backend has nothing to agree to (`Expect` dropped).
 pub fn upstream(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, client: &Client, buffered: bool) -> HeaderMap {
     let named = connection_tokens(src);
-    let forwarding = [&X_FORWARDED_FOR, &X_REAL_IP, &X_FORWARDED_HOST, &X_FORWARDED_PROTO, &FORWARDED];
     let mut out = HeaderMap::with_capacity(src.len() + 6);
     for (name, value) in src {
-        if HOP_BY_HOP.contains(name) || named.contains(name) {
+        let forwarding = FORWARDING.contains(name);
+        if HOP_BY_HOP.contains(name) || (named.contains(name) && !forwarding) {
             continue;
         }
-        if !client.peer_trusted && forwarding.contains(&name) {
+        if !client.peer_trusted && forwarding {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -52,10 +57,10 @@ pub fn upstream(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, client: 
 /// `X-Forwarded-Host`/`-Proto` unless a trusted peer set them.
 fn forwarded(out: &mut HeaderMap, raw_host: Option<&str>, client: &Client) {
     let peer = client.peer;
-    let xff = match out.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if client.peer_trusted => format!("{}, {peer}", prev.trim()),
-        _ => peer.to_string(),
-    };
+    // Several `X-Forwarded-For` fields are one list in order (RFC 9110 5.3), as
+    // `Client::identify` reads them: keep every hop, not just the first field's.
+    let prev: Vec<&str> = out.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).collect();
+    let xff = if client.peer_trusted && !prev.is_empty() { format!("{}, {peer}", prev.join(", ")) } else { peer.to_string() };
     out.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::from_str(&xff) {
         out.insert(X_FORWARDED_FOR, v);

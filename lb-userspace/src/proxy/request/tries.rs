@@ -1,6 +1,7 @@
 //! The try loop: a backend chosen (pin, sticky cookie, else the method), the request
 //! sent, and on failure another backend not tried yet, within `retries` and `total`.
-//! Each failure goes to passive health.
+//! Failures that `fail_on`/`fail_statuses` count go to passive health; an answer
+//! ends a backend's run of failures.
 
 use std::{error::Error as _, sync::Arc, time::Instant};
 
@@ -9,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::{affinity::Affinity, body::ReqBody, target::Target};
 use crate::{
-    config::http::{DEFAULT_EWMA_DECAY, Method},
+    config::http::{DEFAULT_EWMA_DECAY, FailOn, Method},
     proxy::{
         failure::{Failure, FailureKind},
         select::{
@@ -131,12 +132,14 @@ impl Tries<'_> {
                 };
                 peer.stats.record_header(sent.elapsed(), Instant::now(), decay);
                 let status = resp.status().as_u16();
-                if o.retries.statuses.contains(&status) && !self.upgrade {
+                if o.fail_statuses.contains(&status) && !self.upgrade {
                     report(svc, peer, FailureKind::Status(status));
-                    if retriable && idempotent && tried < svc.balancer.peers.len() {
-                        debug!(service = %svc.name, backend = %peer.name, status, "retrying on another backend");
-                        return Ok(Tried::Again(None));
-                    }
+                } else {
+                    peer.stats.succeed();
+                }
+                if o.retries.statuses.contains(&status) && !self.upgrade && retriable && idempotent && tried < svc.balancer.peers.len() {
+                    debug!(service = %svc.name, backend = %peer.name, status, "retrying on another backend");
+                    return Ok(Tried::Again(None));
                 }
                 Tried::Answer(resp)
             }
@@ -176,12 +179,22 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A failure of `peer`: counted by the proxy's own passive health, and reported to
-/// the owner's.
+/// A failure of `peer`: if `fail_on`/`fail_statuses` count it, it goes to the proxy's
+/// own passive health and to the owner (which marks an ejection down: status, metrics).
 fn report(svc: &ServiceRt, peer: &Peer, kind: FailureKind) {
     let o = &svc.options;
-    if peer.stats.fail(o.max_fails, o.fail_timeout, Instant::now()) {
-        warn!(service = %svc.name, backend = %peer.name, "{} failures within {:?}: out for {:?}", o.max_fails, o.fail_timeout, o.fail_timeout);
+    let counted = match kind {
+        FailureKind::Connect => o.fail_on.contains(&FailOn::Connect),
+        FailureKind::Error => o.fail_on.contains(&FailOn::Error),
+        FailureKind::Timeout => o.fail_on.contains(&FailOn::Timeout),
+        FailureKind::Status(s) => o.fail_statuses.contains(&s),
+    };
+    if !counted {
+        return;
+    }
+    let ejected = svc.balancer.fail(peer, o.max_fails, o.fail_timeout, o.max_ejection_percent, Instant::now());
+    if ejected {
+        warn!(service = %svc.name, backend = %peer.name, addr = %peer.addr, "{} failures in a row within {:?} ({kind:?} last): out for {:?}", o.max_fails, o.fail_timeout, o.fail_timeout);
     }
     svc.sink.failure(Failure {
         service: svc.name.clone(),
@@ -190,5 +203,6 @@ fn report(svc: &ServiceRt, peer: &Peer, kind: FailureKind) {
         kind,
         max_fails: o.max_fails,
         fail_timeout: o.fail_timeout,
+        ejected,
     });
 }

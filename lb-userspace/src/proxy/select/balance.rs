@@ -2,8 +2,9 @@
 //!
 //! A backend is *usable* when its state is `Active`, it was not tried yet for this
 //! request, it is below its `max_conns`, and the proxy has not taken it out after
-//! failures (`max_fails` within `fail_timeout`). Backups are considered only when no
-//! primary is usable. `w_i` is a backend's weight, `a_i` its requests in flight.
+//! failures (`eject.rs`: `max_fails` in a row, at most `max_ejection_percent`, none when
+//! all would be). Backups are considered only when no primary is usable. `w_i` is a
+//! backend's weight, `a_i` its requests in flight.
 //!
 //! | method | choice |
 //! |---|---|
@@ -71,6 +72,8 @@ pub struct Balancer {
     rr: Mutex<Vec<i64>>,
     /// Ketama ring over the primaries.
     ring: Ring,
+    /// Held while a failure may eject (`eject.rs`), so two at once cannot pass the cap.
+    pub(super) eject: Mutex<()>,
 }
 
 const REHASH_TRIES: u32 = 20;
@@ -83,40 +86,43 @@ impl Balancer {
             }
             _ => Ring::default(),
         };
-        Self { rr: Mutex::new(vec![0; peers.len()]), method, peers, ring }
+        Self { rr: Mutex::new(vec![0; peers.len()]), method, peers, ring, eject: Mutex::new(()) }
     }
 
     pub fn method(&self) -> &Method {
         &self.method
     }
 
-    fn usable(&self, i: usize, p: &Pick, draining_ok: bool) -> bool {
+    /// `panic`: out after failures does not matter.
+    fn usable(&self, i: usize, p: &Pick, draining_ok: bool, panic: bool) -> bool {
         let peer = &self.peers[i];
         let state_ok = match peer.state {
             PeerState::Active => true,
             PeerState::Draining => draining_ok,
             PeerState::Down => false,
         };
-        state_ok && !p.exclude.contains(&i) && (peer.max_conns == 0 || peer.stats.active() < peer.max_conns) && !peer.stats.is_failed(p.now)
+        state_ok && !p.exclude.contains(&i) && (peer.max_conns == 0 || peer.stats.active() < peer.max_conns) && (panic || !peer.stats.is_failed(p.now))
     }
 
     /// A backend named by a pin header or cookie, if it is usable (draining ones are).
     pub fn by_name(&self, name: &str, p: &Pick) -> Option<usize> {
         let name = name.trim().to_ascii_lowercase();
-        (0..self.peers.len()).find(|&i| self.peers[i].aliases.contains(&name) && self.usable(i, p, true))
+        (0..self.peers.len()).find(|&i| self.peers[i].aliases.contains(&name) && self.usable(i, p, true, false))
     }
 
     /// The backend a sticky cookie value names, if it is usable (draining ones are).
     pub fn by_cookie(&self, value: &str, p: &Pick) -> Option<usize> {
-        (0..self.peers.len()).find(|&i| self.peers[i].cookie == value && self.usable(i, p, true))
+        (0..self.peers.len()).find(|&i| self.peers[i].cookie == value && self.usable(i, p, true, false))
     }
 
     /// Chooses a backend, or `None` when none is usable.
     pub fn choose(&self, p: &Pick) -> Option<usize> {
-        let usable_primaries: Vec<usize> = (0..self.peers.len()).filter(|&i| !self.peers[i].backup && self.usable(i, p, false)).collect();
+        let panic = self.panicking(p.now);
+        let usable = |i: usize| self.usable(i, p, false, panic);
+        let usable_primaries: Vec<usize> = (0..self.peers.len()).filter(|&i| !self.peers[i].backup && usable(i)).collect();
         if usable_primaries.is_empty() {
             // Backups: whatever the method, spread them by round robin.
-            let backups: Vec<usize> = (0..self.peers.len()).filter(|&i| self.peers[i].backup && self.usable(i, p, false)).collect();
+            let backups: Vec<usize> = (0..self.peers.len()).filter(|&i| self.peers[i].backup && usable(i)).collect();
             return (!backups.is_empty()).then(|| self.smooth_rr(&backups));
         }
         let cands = &usable_primaries;
@@ -135,13 +141,13 @@ impl Balancer {
             }),
             Method::IpHash => {
                 let key = ip_hash_key(p.client);
-                self.rehash(p, |tries, prev| ip_hash(&key, tries, prev)).unwrap_or_else(|| self.smooth_rr(cands))
+                self.rehash(&usable, |tries, prev| ip_hash(&key, tries, prev)).unwrap_or_else(|| self.smooth_rr(cands))
             }
             Method::Hash { consistent, .. } => match p.key.filter(|k| !k.is_empty()) {
                 None => self.smooth_rr(cands),
-                Some(key) if *consistent => self.ring.lookup(key, |i| self.usable(i, p, false)).unwrap_or_else(|| self.smooth_rr(cands)),
+                Some(key) if *consistent => self.ring.lookup(key, usable).unwrap_or_else(|| self.smooth_rr(cands)),
                 Some(key) => self
-                    .rehash(p, |tries, prev| if tries == 0 { hash64(key) } else { hash64(&[&prev.to_le_bytes()[..], &tries.to_le_bytes()].concat()) })
+                    .rehash(&usable, |tries, prev| if tries == 0 { hash64(key) } else { hash64(&[&prev.to_le_bytes()[..], &tries.to_le_bytes()].concat()) })
                     .unwrap_or_else(|| self.smooth_rr(cands)),
             },
         })
@@ -219,7 +225,7 @@ impl Balancer {
 
     /// Weight-walk of the primaries (usable or not, so the mapping is stable) by a hash;
     /// an unusable pick rehashes.
-    fn rehash(&self, p: &Pick, mut next: impl FnMut(u32, u64) -> u64) -> Option<usize> {
+    fn rehash(&self, usable: &impl Fn(usize) -> bool, mut next: impl FnMut(u32, u64) -> u64) -> Option<usize> {
         let primaries: Vec<usize> = (0..self.peers.len()).filter(|&i| !self.peers[i].backup).collect();
         let total: u64 = primaries.iter().map(|&i| u64::from(self.peers[i].weight.max(1))).sum();
         if total == 0 {
@@ -232,7 +238,7 @@ impl Balancer {
             for &i in &primaries {
                 let wi = u64::from(self.peers[i].weight.max(1));
                 if w < wi {
-                    if self.usable(i, p, false) {
+                    if usable(i) {
                         return Some(i);
                     }
                     break;
@@ -452,6 +458,28 @@ mod tests {
         let c = counts(&b, 3000, |_| pick("10.0.0.1", None, &[]));
         // P2C over 3: fast wins whenever drawn (2/3 of pairs), slow never.
         assert!(c["fast"] > 1800 && !c.contains_key("slow"), "{c:?}");
+    }
+
+    #[test]
+    fn ejections_are_capped_and_all_out_is_panic() {
+        let w = Duration::from_secs(10);
+        let b = Balancer::new(Method::RoundRobin, ["a", "b", "c", "d"].iter().map(|n| peer(n, 1, false)).collect());
+        let now = Instant::now();
+        // 50% of four: two out, the third stays in however often it fails.
+        assert!(b.fail(&b.peers[0], 1, w, 50, now) && b.fail(&b.peers[1], 1, w, 50, now));
+        assert!(!b.fail(&b.peers[2], 1, w, 50, now) && !b.fail(&b.peers[2], 1, w, 50, now));
+        assert_eq!(names(&b, 4), "cdcd");
+        // A cap of 100 lets all go: then all are used.
+        assert!(b.fail(&b.peers[2], 1, w, 100, now) && b.fail(&b.peers[3], 1, w, 100, now));
+        let c = counts(&b, 8, |_| pick("10.0.0.1", None, &[]));
+        assert_eq!(c.len(), 4, "panic mode uses every backend: {c:?}");
+        // A backend down by its probes is not used, even in panic mode.
+        let mut peers = vec![peer("a", 1, false), peer("b", 1, false)];
+        Arc::get_mut(&mut peers[1]).unwrap().state = PeerState::Down;
+        let b = Balancer::new(Method::RoundRobin, peers);
+        assert!(!b.fail(&b.peers[0], 1, w, 50, now), "50% of one active backend is none");
+        assert!(b.fail(&b.peers[0], 1, w, 100, now));
+        assert_eq!(names(&b, 2), "aa");
     }
 
     impl Peer {

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -78,6 +78,9 @@ pub struct Stats {
     inflight_sum: AtomicU64,
     times: Mutex<Times>,
     fails: Mutex<FailureWindow>,
+    /// A failure may be counted in `fails`: a success then takes the lock to end the
+    /// run; otherwise it costs one atomic load.
+    failing: AtomicBool,
     /// Requests sent to it, all time (for tests and status).
     pub requests: AtomicU64,
 }
@@ -97,6 +100,7 @@ impl Default for Stats {
             inflight_sum: AtomicU64::default(),
             times: Mutex::default(),
             fails: Mutex::default(),
+            failing: AtomicBool::new(false),
             requests: AtomicU64::default(),
         }
     }
@@ -155,10 +159,19 @@ impl Stats {
         lock(&self.times).peak.get()
     }
 
-    /// Records a failure; `max_fails` of them within `window` take the backend out for
-    /// `window` (nginx's max_fails/fail_timeout). Says whether this one did.
-    pub fn fail(&self, max_fails: u32, window: Duration, now: Instant) -> bool {
-        lock(&self.fails).fail(max_fails, window, now)
+    /// Records a failure; `max_fails` of them in a row within `window` take the
+    /// backend out for `window`, if `may_eject` (see `Balancer::fail`). Says whether
+    /// this one did.
+    pub fn fail(&self, max_fails: u32, window: Duration, now: Instant, may_eject: bool) -> bool {
+        self.failing.store(true, Ordering::Relaxed);
+        lock(&self.fails).fail_if(max_fails, window, now, may_eject)
+    }
+
+    /// Records an answer: the failures before it were not in a row with later ones.
+    pub fn succeed(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            lock(&self.fails).succeed();
+        }
     }
 
     /// Out after failures, for now.
@@ -228,9 +241,11 @@ mod tests {
 
         let now = Instant::now();
         let w = Duration::from_secs(1);
-        assert!(!s.fail(2, w, now));
-        assert!(s.fail(2, w, now));
+        assert!(!s.fail(2, w, now, true));
+        s.succeed();
+        assert!(!s.fail(2, w, now, true), "a success ended the run");
+        assert!(s.fail(2, w, now, true));
         assert!(s.is_failed(now) && !s.is_failed(now + w));
-        assert!(!s.fail(0, w, now));
+        assert!(!s.fail(0, w, now, true));
     }
 }

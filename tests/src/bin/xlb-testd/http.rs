@@ -26,6 +26,8 @@ struct Request {
     pub method: String,
     pub target: String,
     pub keep_alive: bool,
+    /// The request line and header lines as received, for `GET /echo`.
+    pub head: String,
 }
 
 /// Reads one request (head and body). `Ok(None)`: the client closed the connection between
@@ -53,6 +55,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad request line {line:?}")));
     };
     let (method, target) = (method.to_string(), target.to_string());
+    let mut head = line.clone();
     let http10 = version.eq_ignore_ascii_case("HTTP/1.0");
     let mut keep_alive = !http10;
     let mut content_length = 0u64;
@@ -70,6 +73,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
         if l.is_empty() {
             break;
         }
+        head.push_str(&line);
         let Some((k, v)) = l.split_once(':') else { continue };
         let (k, v) = (k.trim(), v.trim());
         if k.eq_ignore_ascii_case("content-length") {
@@ -90,7 +94,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "body too large"));
     }
     io::copy(&mut r.by_ref().take(content_length), &mut io::sink())?;
-    Ok(Some(Request { method, target, keep_alive }))
+    Ok(Some(Request { method, target, keep_alive, head }))
 }
 
 fn respond(w: &mut TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
@@ -161,6 +165,11 @@ pub fn serve_conn(stream: TcpStream, state: &State) -> io::Result<()> {
                     respond(&mut w, 200, &format!("delay {ms}\n"), ka)?;
                 }
                 _ => respond(&mut w, 400, "bad delay\n", ka)?,
+            },
+            ("GET", "/echo") => respond(&mut w, 200, &format!("{}\n{}", state.name, req.head), ka)?,
+            ("GET", p) if p.starts_with("/status/") => match p["/status/".len()..].parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => respond(&mut w, code, &format!("{}\n", state.name), ka)?,
+                _ => respond(&mut w, 400, "bad status\n", ka)?,
             },
             ("GET", "/stream") => {
                 let secs = match query_param(query, "secs").map(str::parse::<u64>) {

@@ -20,6 +20,9 @@
 //! - `POST /health/fail`     health checks start failing
 //! - `POST /health/ok`       health checks pass again
 //! - `POST /delay/<ms>`      delay the answer of `GET /` by `ms` milliseconds
+//! - `GET /echo`             200, body `NAME\n` then the request head exactly as received
+//!   (request line and header lines, CRLF included, without the blank line)
+//! - `GET /status/<code>`    answers that status (400-599), body `NAME\n`
 //! - `GET /stream?secs=N`    200, `Connection: close`, one line `NAME <i>\n` every 100 ms
 //!   for N seconds (default 10), then `NAME done\n`, then close
 //!

@@ -194,6 +194,13 @@ impl Xlb {
         Ok(())
     }
 
+    /// SIGKILL: xlb dies at once and cleans nothing up, as in a crash or at the OOM killer's
+    /// hand.
+    pub fn kill_9(&mut self) {
+        self.stopped = true;
+        self.proc.kill();
+    }
+
     /// SIGTERM, then checks that xlb exits 0 within [`STOP_TIMEOUT`].
     fn terminate(&mut self) -> Result<(), String> {
         self.stopped = true;

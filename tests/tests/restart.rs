@@ -67,7 +67,8 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
     let adopted = log.lines().find(|l| l.contains("adopted the kept data plane")).unwrap_or_else(|| panic!("no adoption logged:\n{log}"));
     assert!(log.contains("took over the kept attachment"), "links not taken over:\n{log}");
     assert!(!log.contains("attaching anew"), "a kept link was not reused:\n{log}");
-    assert!(!scope.exists(), "the adopting xlb left the pins at {}", scope.display());
+    // It pins its own programs while it runs, so a crash of it leaves them forwarding.
+    assert!(xlb.log().contains("data plane pinned while running"), "the adopting xlb did not pin:\n{log}");
     // The kept programs were swapped out of the links: nothing holds them any more.
     first.assert_programs_gone();
     expect_spread(&topo, &["b1", "b2"], &xlb);
@@ -89,6 +90,40 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
     xlb.assert_running();
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(!scope.exists(), "a normal stop left pins at {}", scope.display());
+}
+
+/// xlb killed with SIGKILL (a crash, the OOM killer) leaves the data plane forwarding: it
+/// was pinned while running, without `--keep-dataplane`. A live connection flows on from
+/// its backend, new connections are balanced while no xlb runs, the next `xlb run`
+/// adopts the pinned data plane, and an orderly stop then removes it all.
+#[test]
+fn kill_9_leaves_the_data_plane_forwarding() {
+    let _g = xlb_tests::serial();
+    let topo = setup();
+    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
+    let _down = Down(&topo);
+    let bpffs = ["--bpffs".to_owned(), BPFFS.to_owned()];
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
+    assert!(xlb.log().contains("data plane pinned while running"), "not pinned:\n{}", xlb.log());
+    let vip = Topology::vip4(80);
+    let secs = 12;
+    let stream = topo.stream(vip, secs);
+    let on = stream.backend(Duration::from_secs(3)).unwrap_or_else(|e| panic!("stream: {e}\n{}", xlb.log()));
+    std::thread::sleep(Duration::from_secs(1));
+
+    xlb.kill_9();
+    assert!(topo.lb.ip(&format!("-d link show dev {LB_CLIENT_IF}")).contains("xdp"), "no XDP program on {LB_CLIENT_IF} after kill -9");
+    expect_spread(&topo, &["b1", "b2"], &xlb);
+
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
+    assert!(xlb.log().contains("adopted the kept data plane"), "no adoption after kill -9:\n{}", xlb.log());
+    expect_spread(&topo, &["b1", "b2"], &xlb);
+    let r = stream.join();
+    eprintln!("kill -9: stream {r:?}");
+    assert_eq!(r.backend.as_deref(), Some(on.as_str()), "stream moved: {r:?}");
+    r.assert_ok(secs, Duration::from_secs(1));
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!scope_dir(&topo).exists(), "an orderly stop left pins at {}", scope_dir(&topo).display());
 }
 
 /// A draining backend is in no selection table, so the adopting xlb finds its id only in

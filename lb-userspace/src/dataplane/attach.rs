@@ -30,19 +30,24 @@ impl Dataplane {
         scope.remove().map(drop)
     }
 
-    /// Pins the maps, the programs and their attachments under `scope` and lets go of
-    /// the attachments: once this process exits, the kernel keeps forwarding with what
-    /// it has until the next `xlb run` adopts it. Returns how many links were pinned.
+    /// Pins the maps, the programs and their attachments under `scope` (what is pinned
+    /// there already stays) and lets go of the attachments: whenever this process ends, the
+    /// kernel keeps forwarding with what it has until the next `xlb run` adopts it or `xlb
+    /// down` removes it. Returns how many links were pinned.
     pub fn keep(&mut self, scope: &Scope) -> anyhow::Result<usize> {
         for name in KEPT_MAPS {
-            let m = self.ebpf.map(name).with_context(|| format!("map {name} missing"))?;
             let path = scope.map(name);
-            m.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            if !path.exists() {
+                let m = self.ebpf.map(name).with_context(|| format!("map {name} missing"))?;
+                m.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            }
         }
         for name in PROGRAMS {
-            let prog = self.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
             let path = scope.program(name);
-            prog.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            if !path.exists() {
+                let prog = self.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
+                prog.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            }
         }
         let attachments = std::mem::take(&mut self.attachments);
         let count = attachments.len();
@@ -56,6 +61,33 @@ impl Dataplane {
             link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
         }
         Ok(count)
+    }
+
+    /// Keeps the data plane under `scope` from now on, attachments made later too, so a
+    /// crash or `kill -9` of xlb leaves it forwarding for the next run to adopt. An orderly
+    /// stop undoes it with [`Self::unpin`].
+    pub fn keep_while_running(&mut self, scope: Scope) -> anyhow::Result<usize> {
+        let links = self.keep(&scope)?;
+        self.pins = Some(scope);
+        Ok(links)
+    }
+
+    /// Removes what [`Self::keep_while_running`] pinned, which detaches the programs and
+    /// frees the maps; nothing when nothing was.
+    pub fn unpin(&mut self) -> anyhow::Result<()> {
+        self.pins.take().map_or(Ok(()), |scope| scope.remove().map(drop))
+    }
+
+    /// Pins an attachment just made, while the data plane is kept while running.
+    fn pin_new(&mut self) -> anyhow::Result<()> {
+        match self.pins.take() {
+            Some(scope) => {
+                let kept = self.keep(&scope);
+                self.pins = Some(scope);
+                kept.map(drop)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Attaches the XDP program (native mode, else generic) and the TC program that
@@ -102,7 +134,7 @@ impl Dataplane {
                 Ok(id) => {
                     info!(%iface, program = name, "took over the kept attachment (program replaced in place)");
                     self.attachments.push(Attachment { program: name, iface: iface.to_owned(), link: LinkId::Tc(id) });
-                    return Ok(());
+                    return self.pin_new();
                 }
                 Err(e) => {
                     warn!(%iface, program = name, error = %e, "the kept TC attachment is unusable: attaching anew")
@@ -117,7 +149,7 @@ impl Dataplane {
         let id = prog.attach(iface, TcAttachType::Ingress).with_context(|| format!("attaching {name} to {iface}"))?;
         info!(%iface, program = name, "attached");
         self.attachments.push(Attachment { program: name, iface: iface.to_owned(), link: LinkId::Tc(id) });
-        Ok(())
+        self.pin_new()
     }
 
     /// The kept link of `program` on `iface`, if a kept data plane had one. Taking it

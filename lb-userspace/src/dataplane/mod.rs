@@ -159,6 +159,8 @@ pub struct Dataplane {
     tables: Tables,
     /// Live flows per backend id, from the last `expire` pass.
     active: HashMap<u32, u64>,
+    /// Where everything is pinned as it is attached (`keep_while_running`).
+    pins: Option<Scope>,
     conns: Conns,
 }
 
@@ -223,6 +225,7 @@ impl Dataplane {
             free_tables: (0..=limits.max_services).rev().collect(),
             tables,
             active: HashMap::new(),
+            pins: None,
             conns: Conns::default(),
         };
         if kept.is_some() {

@@ -118,6 +118,11 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     }
     ctl.sources.watch(&ctl.config);
     let ramping = ctl.replan(false)?;
+    // Kept while running: a crash or kill -9 leaves the data plane forwarding.
+    match check_keepable(bpffs).and_then(|()| Scope::create(bpffs, &scope_name)).and_then(|scope| ctl.dp.keep_while_running(scope)) {
+        Ok(links) => info!(links, "data plane pinned while running: it forwards on if xlb dies, and the next `xlb run` adopts it"),
+        Err(e) => info!("data plane not pinned, so it stops with xlb however xlb ends: {e:#}"),
+    }
     info!(iface = %ctl.iface, services = ctl.config.services.len(), "ready");
 
     // SAFETY: the logger owns its ring buffer descriptor for as long as AsyncFd holds it.
@@ -201,9 +206,11 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 if let Some(scope) = Scope::find(bpffs, &scope_name) {
                     scope.remove().context("removing the partly written pins")?;
                 }
+                ctl.dp.unpin().context("removing the pins")?;
             }
         }
     }
+    ctl.dp.unpin().context("removing the pins")?;
     info!("stopping: detaching programs");
     Ok(())
 }

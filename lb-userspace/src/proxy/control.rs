@@ -24,7 +24,8 @@ use super::{
         hash::cookie_value,
         route::{BackendHosts, Router},
     },
-    site::{ClientLimits, ServiceRt, Site, UpstreamClient},
+    site::{ClientLimits, ServiceRt, Site, UpstreamClient, UpstreamClients},
+    workers::PerWorker,
 };
 use crate::{config::http::Method, plan::ServiceView};
 
@@ -49,7 +50,7 @@ struct State {
     stats: HashMap<(String, String), Arc<Stats>>,
     /// Upstream clients (and their pools) by service, with the connect timeout they
     /// were built for.
-    clients: HashMap<String, (Duration, UpstreamClient)>,
+    clients: HashMap<String, (Duration, UpstreamClients)>,
     services: HashMap<String, Arc<ServiceRt>>,
 }
 
@@ -127,7 +128,7 @@ impl Proxy {
         st: &mut State,
         v: &ServiceView,
         stats: &mut HashMap<(String, String), Arc<Stats>>,
-        clients: &mut HashMap<String, (Duration, UpstreamClient)>,
+        clients: &mut HashMap<String, (Duration, UpstreamClients)>,
     ) -> Arc<ServiceRt> {
         let peers = v
             .backends
@@ -161,7 +162,7 @@ impl Proxy {
         let connect = v.options.timeouts.connect;
         let client = match st.clients.get(&v.name) {
             Some((c, client)) if *c == connect => client.clone(),
-            _ => upstream_client(connect),
+            _ => PerWorker::new(|| upstream_client(connect)),
         };
         clients.insert(v.name.clone(), (connect, client.clone()));
         Arc::new(ServiceRt {

@@ -10,6 +10,7 @@ use super::{
     failure::FailureSink,
     listen::guard::{io::ClientTimeouts, rules::HeadLimits},
     metrics::HttpMetrics,
+    workers::PerWorker,
     select::{
         balance::Balancer,
         route::{BackendHosts, Router},
@@ -22,6 +23,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+/// A service's upstream clients, one per proxy worker: each worker its own pools.
+pub type UpstreamClients = PerWorker<UpstreamClient>;
 
 /// One service, as requests use it.
 pub struct ServiceRt {
@@ -30,7 +33,8 @@ pub struct ServiceRt {
     pub balancer: Balancer,
     /// Which backends serve which host (`BackendView::hosts`).
     pub backend_hosts: BackendHosts,
-    pub client: UpstreamClient,
+    /// `client.get()`: the calling worker's.
+    pub client: UpstreamClients,
     pub sink: Arc<dyn FailureSink>,
 }
 

@@ -120,7 +120,7 @@ impl Tries<'_> {
 
         let wait = self.deadline.map_or(o.timeouts.header, |d| o.timeouts.header.min(d.saturating_duration_since(now)));
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(wait, svc.client.request(up)).await;
+        let outcome = tokio::time::timeout(wait, svc.client.get().request(up)).await;
         let retriable = more && self.body.is_buffered() && !self.upgrade;
         let idempotent = idempotent(&self.head.method);
         Ok(match outcome {

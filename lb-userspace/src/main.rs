@@ -4,9 +4,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use xlb::config::{Config, Source, Spec};
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// xlb: an XDP load balancer for Docker hosts.
 #[derive(Parser)]
 #[command(version)]

@@ -5,13 +5,9 @@ use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
 };
 
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
+use hyper::http::uri::Authority;
 use tracing::{info, warn};
 
 use super::{
@@ -24,13 +20,10 @@ use super::{
         hash::cookie_value,
         route::{BackendHosts, Router},
     },
-    site::{ClientLimits, ServiceRt, Site, UpstreamClient},
+    site::{ClientLimits, ServiceRt, Site},
+    upstream::Upstream,
 };
 use crate::{config::http::Method, plan::ServiceView};
-
-/// How long idle pooled connections to a backend are kept.
-const POOL_IDLE: Duration = Duration::from_secs(15);
-const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
 
 /// Requests in flight and requests sent, per backend name, of one service.
 pub type BackendCounters = HashMap<String, (u32, u64)>;
@@ -47,9 +40,8 @@ struct State {
     listeners: HashMap<SocketAddr, Listener>,
     /// Counters by (service, backend name), kept across updates.
     stats: HashMap<(String, String), Arc<Stats>>,
-    /// Upstream clients (and their pools) by service, with the connect timeout they
-    /// were built for.
-    clients: HashMap<String, (Duration, UpstreamClient)>,
+    /// Connections to backends (and their pools) by service.
+    clients: HashMap<String, Arc<Upstream>>,
     services: HashMap<String, Arc<ServiceRt>>,
 }
 
@@ -127,7 +119,7 @@ impl Proxy {
         st: &mut State,
         v: &ServiceView,
         stats: &mut HashMap<(String, String), Arc<Stats>>,
-        clients: &mut HashMap<String, (Duration, UpstreamClient)>,
+        clients: &mut HashMap<String, Arc<Upstream>>,
     ) -> Arc<ServiceRt> {
         let peers = v
             .backends
@@ -159,17 +151,19 @@ impl Proxy {
             }
         }
         let connect = v.options.timeouts.connect;
-        let client = match st.clients.get(&v.name) {
-            Some((c, client)) if *c == connect => client.clone(),
-            _ => upstream_client(connect),
+        let upstream = match st.clients.get(&v.name) {
+            Some(u) if u.connect_timeout() == connect => u.clone(),
+            _ => Arc::new(Upstream::new(connect)),
         };
-        clients.insert(v.name.clone(), (connect, client.clone()));
+        clients.insert(v.name.clone(), upstream.clone());
+        let authorities = v.backends.iter().map(|b| Authority::try_from(b.addr.to_string()).expect("a socket address is an authority")).collect();
         Arc::new(ServiceRt {
             name: v.name.clone(),
+            authorities,
             balancer: Balancer::new(v.options.method.clone(), peers),
             backend_hosts: BackendHosts::new(v.backends.iter().map(|b| b.hosts.as_slice())),
             options,
-            client,
+            upstream,
             sink: self.sink.clone(),
         })
     }
@@ -198,17 +192,4 @@ impl Proxy {
     pub fn listening(&self) -> HashSet<SocketAddr> {
         self.lock().listeners.values().map(|l| l.local).collect()
     }
-}
-
-fn upstream_client(connect: Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect));
-    http.set_nodelay(true);
-    http.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_BACKEND)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(http)
 }

@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod request;
 pub mod select;
 pub mod site;
+pub mod upstream;
+pub mod workers;
 
 pub use control::{BackendCounters, Proxy};
 pub use failure::{CollectFailures, Failure, FailureKind, FailureSink, IgnoreFailures};

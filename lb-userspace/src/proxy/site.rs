@@ -4,12 +4,13 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper::http::uri::Authority;
 
 use super::{
     failure::FailureSink,
     listen::guard::{io::ClientTimeouts, rules::HeadLimits},
     metrics::HttpMetrics,
+    upstream::Upstream,
     select::{
         balance::Balancer,
         route::{BackendHosts, Router},
@@ -21,7 +22,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies sent to backends.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// One service, as requests use it.
 pub struct ServiceRt {
@@ -30,7 +30,10 @@ pub struct ServiceRt {
     pub balancer: Balancer,
     /// Which backends serve which host (`BackendView::hosts`).
     pub backend_hosts: BackendHosts,
-    pub client: UpstreamClient,
+    /// Connections to the backends (pools per worker).
+    pub upstream: Arc<Upstream>,
+    /// Each backend's `host:port` for request targets, by its index in `balancer.peers`.
+    pub authorities: Vec<Authority>,
     pub sink: Arc<dyn FailureSink>,
 }
 

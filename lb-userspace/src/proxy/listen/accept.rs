@@ -1,4 +1,5 @@
-//! Listeners: bound per VIP:port, each accepting connections within its limit.
+//! Listeners: bound per VIP:port, each accepting connections within its limit: a
+//! socket per proxy worker (`SO_REUSEPORT`), each accepted on its worker's runtime.
 
 use std::{
     net::SocketAddr,
@@ -18,27 +19,48 @@ use super::{
     conn::{raw_page, serve, write_all},
     guard::shared::ConnShared,
 };
-use crate::proxy::site::{Site, Slot};
+use crate::proxy::{
+    site::{Site, Slot},
+    workers,
+};
 
-/// A bound listener: its accept task, and the site its requests read.
+/// A bound listener: its accept tasks (one per worker), and the site its requests read.
 pub struct Listener {
     pub local: SocketAddr,
     slot: Slot,
     conns: Arc<Semaphore>,
     limit: u32,
-    task: AbortHandle,
+    tasks: Vec<AbortHandle>,
 }
 
 impl Listener {
     /// Binds `listen` and starts accepting for `site`.
     pub fn open(listen: SocketAddr, site: Arc<Site>) -> anyhow::Result<Self> {
-        let listener = bind(listen)?;
-        let local = listener.local_addr().unwrap_or(listen);
+        // The first socket resolves port 0; the others bind the port it got.
+        let first = bind(listen)?;
+        let local = first.local_addr().unwrap_or(listen);
+        let mut sockets = vec![first];
+        for _ in 1..workers::count() {
+            sockets.push(bind(local)?);
+        }
         let limit = site.client.max_connections;
         let slot: Slot = Arc::new(RwLock::new(site));
         let conns = Arc::new(Semaphore::new(limit as usize));
-        let task = tokio::spawn(accept_loop(listener, slot.clone(), conns.clone())).abort_handle();
-        Ok(Self { local, slot, conns, limit, task })
+        let tasks = sockets
+            .into_iter()
+            .zip(workers::handles())
+            .map(|(sock, rt)| {
+                let (slot, conns) = (slot.clone(), conns.clone());
+                rt.spawn(async move {
+                    match TcpListener::from_std(sock) {
+                        Ok(l) => accept_loop(l, slot, conns).await,
+                        Err(e) => warn!("http listener: {e}"),
+                    }
+                })
+                .abort_handle()
+            })
+            .collect();
+        Ok(Self { local, slot, conns, limit, tasks })
     }
 
     /// New requests read `site`; the connection limit follows it (connections over a
@@ -57,15 +79,20 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// Binds with SO_REUSEADDR, and IP_FREEBIND so a VIP not yet on an interface binds.
-fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+/// Binds with SO_REUSEADDR and SO_REUSEPORT (a socket per worker), and IP_FREEBIND so a
+/// VIP not yet on an interface binds. Registered with a runtime by the worker that
+/// accepts on it.
+fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).context("socket")?;
     sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
         let _ = sock.set_freebind_v6(true);
@@ -75,7 +102,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
     sock.listen(1024).context("listen")?;
-    Ok(TcpListener::from_std(sock.into())?)
+    Ok(sock.into())
 }
 
 async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Semaphore>) {

@@ -43,7 +43,12 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
     let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, conn.clone());
     let svc = Handler { slot, conn: conn.clone() };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().half_close(true).max_headers(limits.max_headers.max(1)).header_read_timeout(None).timer(TokioTimer::new());
+    builder.http1().half_close(true).header_read_timeout(None).timer(TokioTimer::new());
+    // The guard counts the fields first; hyper's own limit matters only above its
+    // default (100), and setting one makes it initialise that many slots per request.
+    if limits.max_headers > 100 {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .max_concurrent_streams(H2_MAX_STREAMS)
@@ -56,13 +61,28 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
     if conn.upgraded() {
         return;
     }
-    if let Some(r) = conn.violation()
+    let violation = conn.violation();
+    if let Some(r) = violation
         && !conn.answered()
     {
         debug!(peer = %conn.peer, "http: refused a request: {r:?}");
         let _ = tokio::time::timeout(LINGER, write_all(&stream, &raw_page(r.status()))).await;
     }
-    linger_close(&stream).await;
+    // As nginx: linger only when the client may still be sending (after a violation,
+    // or with its bytes waiting); else close now (hyper has shut the write side down).
+    if violation.is_some() || pending(&stream) {
+        linger_close(&stream).await;
+    }
+}
+
+/// The client has bytes waiting to be read, or it is unknown (an error other than
+/// "nothing there").
+fn pending(stream: &TcpStream) -> bool {
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(stream).peek(&mut b) {
+        Ok(n) => n > 0,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
 }
 
 /// Requests of one client connection: HTTP/1, HTTP/2, and HTTP/2 after `Upgrade: h2c`.

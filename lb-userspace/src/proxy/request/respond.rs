@@ -26,6 +26,7 @@ use crate::{
         hop_by_hop::strip_hop_by_hop,
         select::ewma::{InFlight, Stats},
         site::{BoxError, ServiceRt},
+        upstream::Reuse,
     },
 };
 
@@ -48,6 +49,7 @@ pub fn respond(a: Answer, svc: &ServiceRt, client_upgrade: Option<OnUpgrade>, de
         idle_timer: Box::pin(tokio::time::sleep(idle)),
         total: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
         done: Some((a.inflight, a.peer.stats.clone())),
+        reuse: Some(a.reuse),
     };
     Ok(Response::from_parts(parts, body.boxed()))
 }
@@ -92,13 +94,19 @@ struct UpstreamResponse {
     idle_timer: Pin<Box<Sleep>>,
     total: Option<Pin<Box<Sleep>>>,
     done: Option<(InFlight, Arc<Stats>)>,
+    /// The backend connection: back to the pool after the last byte.
+    reuse: Option<Reuse>,
 }
 
 impl UpstreamResponse {
-    /// The last byte arrived: the request is no longer in flight.
+    /// The last byte arrived: the request is no longer in flight, and its backend
+    /// connection can take another.
     fn finish(&mut self) {
         if let Some((inflight, stats)) = self.done.take() {
             stats.record_last_byte(inflight.started().elapsed());
+        }
+        if let Some(r) = self.reuse.take() {
+            r.release();
         }
     }
 }

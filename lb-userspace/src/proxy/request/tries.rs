@@ -5,7 +5,11 @@
 
 use std::{error::Error as _, sync::Arc, time::Instant};
 
-use hyper::{HeaderMap, Method as HttpMethod, Request, Response, Uri, Version, body::Incoming, http::request::Parts};
+use hyper::{
+    HeaderMap, Method as HttpMethod, Request, Response, Uri, Version,
+    body::Incoming,
+    http::{request::Parts, uri},
+};
 use tracing::{debug, warn};
 
 use super::{affinity::Affinity, body::ReqBody, target::Target};
@@ -18,6 +22,7 @@ use crate::{
             ewma::InFlight,
         },
         site::{ServiceRt, UpstreamBody},
+        upstream::Reuse,
     },
 };
 
@@ -44,11 +49,13 @@ pub struct Answer {
     pub inflight: InFlight,
     /// The backend was chosen by the sticky cookie (no new cookie is set).
     pub by_cookie: bool,
+    /// The backend connection, for the pool once the response has ended.
+    pub reuse: Reuse,
 }
 
 /// What one try came to.
 enum Tried {
-    Answer(Response<Incoming>),
+    Answer(Response<Incoming>, Reuse),
     /// Try another backend; the status to answer if none is left.
     Again(Option<u16>),
     /// No more tries; the status to answer.
@@ -83,8 +90,8 @@ impl Tries<'_> {
                 break;
             };
             let more = attempt + 1 < max_tries;
-            match self.send(&peer, body, now, more, tried.len()).await? {
-                Tried::Answer(resp) => return Ok(Answer { resp, peer, inflight, by_cookie }),
+            match self.send(idx, &peer, body, now, more, tried.len()).await? {
+                Tried::Answer(resp, reuse) => return Ok(Answer { resp, peer, inflight, by_cookie, reuse }),
                 Tried::Again(status) => last_error = status.or(last_error),
                 Tried::Stop(status) => return Err(status),
             }
@@ -107,12 +114,21 @@ impl Tries<'_> {
         chosen.or_else(|| bal.choose(&pick).map(|i| (i, false)))
     }
 
-    /// One try on `peer`. `more`: a try is left; `tried`: backends excluded so far.
-    async fn send(&self, peer: &Arc<Peer>, body: UpstreamBody, now: Instant, more: bool, tried: usize) -> Result<Tried, u16> {
+    /// One try on `peer` (`idx` in the balancer). `more`: a try is left; `tried`:
+    /// backends excluded so far.
+    async fn send(&self, idx: usize, peer: &Arc<Peer>, body: UpstreamBody, now: Instant, more: bool, tried: usize) -> Result<Tried, u16> {
         let svc = &self.target.service;
         let o = &svc.options;
-        let path_and_query = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let target: Uri = format!("http://{}{}", peer.addr, path_and_query).parse().map_err(|_| 400u16)?;
+        // Origin-form (the path shared with the client's request); the backend's
+        // authority, made once, is the `Host` of a request without one.
+        let mut parts = uri::Parts::default();
+        let path = self.head.uri.path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+        // Only origin-form goes to a backend (`OPTIONS *` is refused, as before).
+        if !path.as_str().starts_with('/') {
+            return Err(400);
+        }
+        parts.path_and_query = Some(path);
+        let target = Uri::from_parts(parts).map_err(|_| 400u16)?;
         let mut up = Request::new(body);
         *up.method_mut() = self.head.method.clone();
         *up.uri_mut() = target;
@@ -121,11 +137,11 @@ impl Tries<'_> {
 
         let wait = self.deadline.map_or(o.timeouts.header, |d| o.timeouts.header.min(d.saturating_duration_since(now)));
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(wait, svc.client.request(up)).await;
+        let outcome = tokio::time::timeout(wait, svc.upstream.request(peer.addr, &svc.authorities[idx], up)).await;
         let retriable = more && self.body.is_buffered() && !self.upgrade;
         let idempotent = idempotent(&self.head.method);
         Ok(match outcome {
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, reuse))) => {
                 let decay = match o.method {
                     Method::PeakEwma { decay } => decay,
                     _ => DEFAULT_EWMA_DECAY,
@@ -141,7 +157,7 @@ impl Tries<'_> {
                     debug!(service = %svc.name, backend = %peer.name, status, "retrying on another backend");
                     return Ok(Tried::Again(None));
                 }
-                Tried::Answer(resp)
+                Tried::Answer(resp, reuse)
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();

@@ -2,8 +2,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::http::uri::Authority;
 
 use super::{
@@ -19,8 +17,6 @@ use super::{
 use crate::config::http::HttpOptions;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Bodies sent to backends.
-pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 
 /// One service, as requests use it.

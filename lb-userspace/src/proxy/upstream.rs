@@ -25,7 +25,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{site::UpstreamBody, workers::PerWorker};
+use super::workers::PerWorker;
+
+/// Bodies sent to backends (the error is `site::BoxError`, spelled out: site.rs imports this file).
+pub type UpstreamBody = http_body_util::combinators::BoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// How long idle pooled connections to a backend are kept.
 const POOL_IDLE: Duration = Duration::from_secs(15);

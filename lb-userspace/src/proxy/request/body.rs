@@ -16,7 +16,8 @@ use crate::{
     config::http::Limits,
     proxy::{
         listen::guard::shared::ConnShared,
-        site::{BoxError, UpstreamBody},
+        site::BoxError,
+        upstream::UpstreamBody,
     },
 };
 

@@ -21,7 +21,8 @@ use crate::{
             balance::{Peer, Pick},
             ewma::InFlight,
         },
-        site::{ServiceRt, UpstreamBody},
+        site::ServiceRt,
+        upstream::UpstreamBody,
         upstream::Reuse,
     },
 };
@@ -53,7 +54,9 @@ pub struct Answer {
     pub reuse: Reuse,
 }
 
-/// What one try came to.
+/// What one try came to. `Answer` is the common case and moves once: boxing it would
+/// cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Tried {
     Answer(Response<Incoming>, Reuse),
     /// Try another backend; the status to answer if none is left.

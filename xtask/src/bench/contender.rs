@@ -15,7 +15,7 @@ use super::{
     measure::BpfStats,
     sys::{self, Proc},
     xdp_pass::{self, XdpPass},
-    topo::{BACKEND_PORT, Topo, VIP, VIP_PORT},
+    topo::{self, BACKEND_PORT, Topo, VIP, VIP_PORT},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -270,16 +270,10 @@ fn start_nginx(kind: Kind, ctx: &Ctx, dir: &Path) -> Result<Running> {
 "
         )
     } else {
+        let head = topo::nginx_http_head(dir);
         format!(
             "http {{
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream backends {{
+{head}    upstream backends {{
 {servers}        keepalive 64;
         keepalive_requests 10000000;
     }}

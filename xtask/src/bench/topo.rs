@@ -176,6 +176,7 @@ fn start_backend(dir: &Path, ns: &Ns, name: &str, addr: Ipv4Addr) -> Result<Proc
     let dir = dir.join(name);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let d = dir.display();
+    let head = nginx_http_head(&dir);
     let conf = format!(
         "daemon off;
 master_process on;
@@ -184,14 +185,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
+{head}    server {{
         listen {addr}:{BACKEND_PORT} reuseport backlog=4096;
         default_type text/plain;
         location / {{ return 200 \"{name}\\n\"; }}
@@ -204,4 +198,20 @@ http {{
     let mut cmd = ns.cmd("nginx");
     cmd.arg("-c").arg(&path).arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log"));
     Proc::spawn(&format!("nginx {name}"), cmd, &dir.join("stderr.log"))
+}
+
+/// The first lines of an `http {` block every nginx of the bench shares: no access log,
+/// keep-alive without a request limit, temporary files under `dir`.
+pub fn nginx_http_head(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+"
+    )
 }

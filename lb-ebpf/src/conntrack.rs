@@ -57,13 +57,13 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
             let (active, draining) = (b.state == BackendState::Active as u8, b.state == BackendState::Draining as u8);
             let removed = b.state == BackendState::Removed as u8;
             if !syn && (active || draining || (removed && tcp)) {
-                // A UDP flow has no end to wait for: on a draining backend it is not
-                // refreshed, so it expires after its idle timeout and moves elsewhere.
                 let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
                 if now.wrapping_sub(entry.last_seen) > REPAIR_AFTER_NS && CONNTRACK.get_ptr(&bkey).is_none() {
                     // Replies would leave un-rewritten: write the reply entry back.
                     let _ = insert_new(&bkey, &Conn { last_seen: now, ..*entry });
                 }
+                // A UDP flow has no end to wait for: on a draining backend it is not
+                // refreshed, so it expires after its idle timeout and moves elsewhere.
                 if active || tcp {
                     entry.last_seen = now;
                 }

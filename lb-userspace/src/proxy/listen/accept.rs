@@ -3,14 +3,17 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
     time::Duration,
 };
 
 use anyhow::Context as _;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
 };
 use tracing::{debug, warn};
@@ -28,7 +31,7 @@ use crate::proxy::{
 pub struct Listener {
     pub local: SocketAddr,
     slot: Slot,
-    conns: Arc<Semaphore>,
+    conns: Arc<Limit>,
     limit: u32,
     tasks: Vec<AbortHandle>,
 }
@@ -45,7 +48,7 @@ impl Listener {
         }
         let limit = site.client.max_connections;
         let slot: Slot = Arc::new(RwLock::new(site));
-        let conns = Arc::new(Semaphore::new(limit as usize));
+        let conns = Arc::new(Limit::new(limit));
         let tasks = sockets
             .into_iter()
             .zip(workers::handles())
@@ -67,11 +70,7 @@ impl Listener {
     /// lowered limit finish).
     pub fn replace(&mut self, site: Arc<Site>) {
         let limit = site.client.max_connections;
-        if limit > self.limit {
-            self.conns.add_permits((limit - self.limit) as usize);
-        } else if limit < self.limit {
-            self.conns.forget_permits((self.limit - limit) as usize);
-        }
+        self.conns.resize(self.limit, limit);
         self.limit = limit;
         *self.slot.write().unwrap_or_else(|e| e.into_inner()) = site;
     }
@@ -105,7 +104,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
-async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Semaphore>) {
+async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -116,12 +115,12 @@ async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Semaphore>) {
                 continue;
             }
         };
-        match conns.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match conns.try_acquire() {
+            Some(permit) => {
                 let conn = ConnShared::new(peer, Some(permit));
                 tokio::spawn(serve(stream, conn, slot.clone()));
             }
-            Err(_) => {
+            None => {
                 debug!(%peer, "http: connection limit reached");
                 tokio::spawn(refuse(stream));
             }
@@ -129,8 +128,88 @@ async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Semaphore>) {
     }
 }
 
+/// A listener's connection limit: a permit per connection, resizable while connections
+/// hold them. Lowering it takes back the free permits at once and owes the rest (they are
+/// in use); each owed permit is forgotten as soon as it is free again, before a new
+/// connection may take it, so the limit never drifts above what is configured.
+struct Limit {
+    permits: Arc<Semaphore>,
+    owed: AtomicUsize,
+}
+
+impl Limit {
+    fn new(limit: u32) -> Self {
+        Self { permits: Arc::new(Semaphore::new(limit as usize)), owed: AtomicUsize::new(0) }
+    }
+
+    fn resize(&self, from: u32, to: u32) {
+        if to > from {
+            // What is still owed was never taken back: cancel that first.
+            let more = (to - from) as usize;
+            let owed = self.owed.fetch_update(SeqCst, SeqCst, |o| Some(o.saturating_sub(more))).unwrap_or(0);
+            self.permits.add_permits(more - owed.min(more));
+        } else if to < from {
+            let less = (from - to) as usize;
+            let taken = self.permits.forget_permits(less);
+            self.owed.fetch_add(less - taken, SeqCst);
+        }
+    }
+
+    /// A permit for a new connection, if the limit leaves one once the debt is paid.
+    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        while self.owed.fetch_update(SeqCst, SeqCst, |o| o.checked_sub(1)).is_ok() {
+            match self.permits.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => {
+                    self.owed.fetch_add(1, SeqCst);
+                    break;
+                }
+            }
+        }
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
 /// Over the connection limit: 503 and close.
 async fn refuse(stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_millis(200), write_all(&stream, &raw_page(503))).await;
     let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Limit;
+
+    /// How many connections the limit lets in now, holding them.
+    fn fill(l: &Limit) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        std::iter::from_fn(|| l.try_acquire()).take(100).collect()
+    }
+
+    #[test]
+    fn a_lowered_limit_holds_once_busy_connections_end() {
+        let l = Limit::new(4);
+        let busy = fill(&l);
+        assert_eq!(busy.len(), 4);
+        l.resize(4, 2);
+        drop(busy);
+        assert_eq!(fill(&l).len(), 2, "4 lowered to 2 while 4 were open, then all closed");
+    }
+
+    #[test]
+    fn raising_a_limit_cancels_what_is_owed() {
+        let l = Limit::new(4);
+        let busy = fill(&l);
+        l.resize(4, 1);
+        l.resize(1, 3);
+        drop(busy);
+        assert_eq!(fill(&l).len(), 3, "4 -> 1 -> 3 while 4 were open");
+        let l = Limit::new(2);
+        l.resize(2, 5);
+        assert_eq!(fill(&l).len(), 5, "raised while idle");
+        let half = Limit::new(4);
+        let two = [half.try_acquire(), half.try_acquire()];
+        half.resize(4, 1);
+        drop(two);
+        assert_eq!(fill(&half).len(), 1, "4 -> 1 with 2 open");
+    }
 }

@@ -80,12 +80,8 @@ impl Dataplane {
 
     /// Pins an attachment just made, while the data plane is kept while running.
     fn pin_new(&mut self) -> anyhow::Result<()> {
-        match self.pins.take() {
-            Some(scope) => {
-                let kept = self.keep(&scope);
-                self.pins = Some(scope);
-                kept.map(drop)
-            }
+        match self.pins.clone() {
+            Some(scope) => self.keep(&scope).map(drop),
             None => Ok(()),
         }
     }

@@ -24,8 +24,9 @@ struct Flow {
 impl Dataplane {
     /// Deletes flows idle longer than their timeout (both entries of a flow together, by
     /// the later of their two refreshes) and flows on a backend removed longer ago than
-    /// the drain timeout (their next segment finds no entry: the stack resets it), frees the ids of removed backends and services
-    /// no entry names any more, and counts what the LRU evicted. Returns how many entries expired.
+    /// the drain timeout (their next segment finds no entry: the stack resets it); frees
+    /// the ids of removed backends and services no entry names any more, and counts what
+    /// the LRU evicted. Returns how many entries expired.
     pub fn expire(&mut self, now_ns: u64, t: &Timeouts) -> anyhow::Result<usize> {
         // Read before the walk: an entry added during it makes `live` larger, so the
         // eviction count can lag, never run ahead.

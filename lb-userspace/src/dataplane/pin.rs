@@ -103,6 +103,7 @@ fn remove_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The pin directory of one scope. It may not exist.
+#[derive(Clone)]
 pub struct Scope {
     dir: PathBuf,
     name: String,

@@ -42,17 +42,18 @@ impl Dataplane {
             self.retired_services.insert(slot.id);
             removed.extend(slot.backends.iter().map(|(id, b)| (*id, (key, b.addr, b.port))));
         }
+        let mut retire: Vec<u32> = removed
+            .into_iter()
+            .map(|(id, ident)| {
+                self.backend_ids.remove(&ident);
+                id
+            })
+            .collect();
+        // A kept data plane's backends that no service claimed are gone too.
+        retire.extend(self.unclaimed.drain().map(|(id, _)| id));
         let mut backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
         let now = monotonic_ns();
-        for (id, ident) in removed {
-            let mut b = backends.get(&id, 0)?;
-            b.state = KState::Removed as u8;
-            backends.set(id, b, 0)?;
-            self.backend_ids.remove(&ident);
-            self.retired.insert(id, now);
-        }
-        // A kept data plane's backends that no service claimed are gone.
-        for (id, _) in self.unclaimed.drain() {
+        for id in retire {
             let mut b = backends.get(&id, 0)?;
             b.state = KState::Removed as u8;
             backends.set(id, b, 0)?;

@@ -206,7 +206,6 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 if let Some(scope) = Scope::find(bpffs, &scope_name) {
                     scope.remove().context("removing the partly written pins")?;
                 }
-                ctl.dp.unpin().context("removing the pins")?;
             }
         }
     }

@@ -2,6 +2,7 @@
 //! until told to stop.
 
 mod fdlimit;
+mod privilege;
 mod reload;
 mod stop;
 
@@ -124,6 +125,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         Ok(links) => info!(links, "data plane pinned while running: it forwards on if xlb dies, and the next `xlb run` adopts it"),
         Err(e) => info!("data plane not pinned, so it stops with xlb however xlb ends: {e:#}"),
     }
+    privilege::drop_unneeded()?;
     info!(iface = %ctl.iface, services = ctl.config.services.len(), "ready");
 
     // SAFETY: the logger owns its ring buffer descriptor for as long as AsyncFd holds it.

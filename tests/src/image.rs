@@ -11,21 +11,23 @@ use crate::{
 
 pub const IMAGE: &str = "xlb:latest";
 
-/// What `docker run` needs for `xlb run` (tests/image.rs runs the image with exactly these):
+/// What `docker run` needs for `xlb run` (tests/image.rs runs the image with exactly these),
+/// `bpffs` being the host's BPF file system (/sys/fs/bpf on most hosts):
 /// the host's network namespace (the interfaces to attach to), the capabilities of loading
-/// and attaching (xlb drops all but CAP_NET_ADMIN and CAP_NET_BIND_SERVICE once ready),
+/// and attaching (CAP_SYS_ADMIN stands for CAP_BPF and CAP_PERFMON, which Docker 20.10 does
+/// not know; xlb drops all but CAP_NET_ADMIN and CAP_NET_BIND_SERVICE once ready),
 /// `/proc/sys` writable for the forwarding switches (Docker mounts it read-only), the Docker
 /// socket for discovery, and the BPF file system, so that the data plane outlives a crash.
-pub const RUN_ARGS: &[&str] = &[
-    "--network=host",
-    "--cap-add=BPF",
-    "--cap-add=NET_ADMIN",
-    "--cap-add=PERFMON",
-    "--cap-add=SYS_ADMIN",
-    "--security-opt=systempaths=unconfined",
-    "--volume=/var/run/docker.sock:/var/run/docker.sock",
-    "--volume=/sys/fs/bpf:/sys/fs/bpf",
-];
+pub fn run_args(bpffs: &str) -> Vec<String> {
+    let fixed = [
+        "--network=host",
+        "--cap-add=SYS_ADMIN",
+        "--cap-add=NET_ADMIN",
+        "--security-opt=systempaths=unconfined",
+        "--volume=/var/run/docker.sock:/var/run/docker.sock",
+    ];
+    fixed.iter().map(|a| a.to_string()).chain([format!("--volume={bpffs}:/sys/fs/bpf")]).collect()
+}
 
 /// Builds the static xlb (release, in `target/xlb-static`) and the image [`IMAGE`] from it.
 pub fn build() -> Result<(), String> {

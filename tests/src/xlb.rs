@@ -312,3 +312,18 @@ impl Drop for Xlb {
         }
     }
 }
+
+/// A BPF file system for the kept data planes of the tests. Not /sys/fs/bpf: xlb runs under
+/// `ip netns exec`, which mounts a fresh sysfs over /sys and so hides the host's (and a host
+/// may have none there).
+pub const BPFFS: &str = "/run/xlb-tests-bpffs";
+
+/// Mounts [`BPFFS`] in the root mount namespace (namespaces `ip netns exec` makes later see
+/// it) unless it is mounted already.
+pub fn ensure_bpffs() {
+    std::fs::create_dir_all(BPFFS).unwrap_or_else(|e| panic!("creating {BPFFS}: {e}"));
+    let out = crate::util::run(&mut cmd("stat", ["-f", "-c", "%T", BPFFS]));
+    if out.trim() != "bpf_fs" {
+        crate::util::run(&mut cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
+    }
+}

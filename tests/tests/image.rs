@@ -1,6 +1,7 @@
 //! The container image (issue 18): `xlb:latest`, built as `cargo xtask image` builds it,
-//! run with exactly the `docker run` arguments the README gives (`xlb_tests::image::RUN_ARGS`:
-//! host network, capabilities instead of `--privileged`, the Docker socket):
+//! run with exactly the `docker run` arguments the README gives (`xlb_tests::image::run_args`:
+//! host network, capabilities instead of `--privileged`, the Docker socket, the tests' BPF
+//! file system at /sys/fs/bpf):
 //!
 //! - `the_image_serves_a_labelled_container`: an xlb-testd container labelled
 //!   `xlb.service=web` (not published) is served through the host's address, by the kernel
@@ -18,9 +19,10 @@ use xlb_tests::{
     Offload,
     docker::{self, Container},
     http,
-    image::{self, IMAGE, RUN_ARGS},
+    image::{self, IMAGE},
     outside::Outside,
     util::{cmd, try_run, wait_for},
+    xlb::{BPFFS, ensure_bpffs},
 };
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -39,6 +41,7 @@ fn the_image_serves_a_labelled_container() {
     let _g = xlb_tests::serial();
     xlb_tests::preflight();
     docker::require_docker();
+    ensure_bpffs();
     let started = Instant::now();
     image::build().unwrap_or_else(|e| panic!("building {IMAGE}: {e}"));
     let built = started.elapsed();
@@ -46,7 +49,8 @@ fn the_image_serves_a_labelled_container() {
     let backend = Container::testd("web", &["--label", "xlb.service=web"]);
     let out = Outside::new(252, Offload::On);
     let l4 = format!("{}:80:web:8080", out.host_ip);
-    let xlb = Container::run("xlb", RUN_ARGS, IMAGE, &["run", "--iface", &out.host_if, &l4, "8081:web:8080/http"]);
+    let args = image::run_args(BPFFS);
+    let xlb = Container::run("xlb", &args.iter().map(String::as_str).collect::<Vec<_>>(), IMAGE, &["run", "--iface", &out.host_if, &l4, "8081:web:8080/http"]);
     let ready = wait_for(Duration::from_secs(30), Duration::from_millis(200), || xlb.logs().contains(" ready").then_some(()));
     assert!(ready.is_some(), "xlb in its container did not become ready; logs:\n{}", xlb.logs());
 

@@ -3,9 +3,8 @@
 //! the bounding set too, so no later `execve` (of anything) gets them back.
 //!
 //! What needs which (README, "Privileges", has the whole model):
-//! - start only: loading programs and creating maps (CAP_BPF, CAP_PERFMON; CAP_SYS_ADMIN
-//!   for the map ids of an adopted data plane, and where no CAP_BPF exists), RLIMIT_MEMLOCK
-//!   before Linux 5.11 (CAP_SYS_RESOURCE);
+//! - start only: loading programs and creating maps (CAP_BPF and CAP_PERFMON, or
+//!   CAP_SYS_ADMIN for both), RLIMIT_MEMLOCK before Linux 5.11 (CAP_SYS_RESOURCE);
 //! - while running: attaching the reply program where new backends' replies arrive, and
 //!   their forwarding switches (CAP_NET_ADMIN); HTTP listeners a reload adds below port 1024
 //!   (CAP_NET_BIND_SERVICE); map writes, pins and link creation on the descriptors xlb

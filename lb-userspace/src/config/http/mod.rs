@@ -356,6 +356,8 @@ mod tests {
         assert_eq!(o.method, Method::LeastConn);
         assert_eq!(o.timeouts.connect, Duration::from_secs(1));
         assert_eq!(o.timeouts.header, Duration::from_secs(60));
+        assert_eq!(o.timeouts.drain, Duration::from_secs(30));
+        assert_eq!(HttpOptions::from_yaml("timeouts: { drain: 2s }\n").unwrap().timeouts.drain, Duration::from_secs(2));
         assert_eq!(o.sticky_cookie.unwrap().path, "/");
         let e = HttpOptions::from_yaml("method: fastest\n").unwrap_err();
         assert!(e.contains("bad method") && e.contains("line 1"), "{e}");

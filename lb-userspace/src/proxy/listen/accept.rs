@@ -78,9 +78,7 @@ impl Listener {
         self.limit = limit;
         *self.slot.write().unwrap_or_else(|e| e.into_inner()) = site;
     }
-}
 
-impl Listener {
     /// Stops accepting (the sockets close with their accept tasks) and starts draining
     /// the connections within the site's drain timeout; the returned [`Drain`] tells
     /// when they are gone.

@@ -59,7 +59,8 @@ pub(super) fn drop_unneeded() -> anyhow::Result<()> {
     let bound = if effective & 1 << CAP_SETPCAP != 0 { bounding & keep } else { bounding };
     let names: Vec<&str> = NAMES.iter().filter(|(c, _)| keep & 1 << c != 0).map(|(_, n)| *n).collect();
     if (effective | permitted, bounding) == (keep, bound) {
-        return Ok(info!(kept = %names.join(","), "capabilities: nothing to drop"));
+        info!(kept = %names.join(","), "capabilities: nothing to drop");
+        return Ok(());
     }
     for (i, word) in [keep as u32, keep as u32, 0, (keep >> 32) as u32, (keep >> 32) as u32, 0].into_iter().enumerate() {
         DATA[i].store(word, SeqCst);
@@ -81,7 +82,8 @@ pub(super) fn drop_unneeded() -> anyhow::Result<()> {
     for _ in 0..ROUNDS {
         let pending = higher_threads(keep, bound)?;
         if pending.is_empty() {
-            return Ok(info!(kept = %names.join(","), "capabilities dropped in every thread, the others also from the bounding set"));
+            info!(kept = %names.join(","), "capabilities dropped in every thread, the others also from the bounding set");
+            return Ok(());
         }
         for tid in pending {
             // SAFETY: a signal to a thread of this process, whose handler is installed.

@@ -6,14 +6,17 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, Transitions};
+use super::{BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, unix_ms};
 use crate::{
     config::{BackendState, Config, Service},
     dataplane::Stats,
     discovery::Registry,
     health::{self, Health},
     plan::{Desired, PeerState, ServiceView, WEIGHT_SCALE},
-    proxy::Proxy,
+    proxy::{
+        Proxy,
+        metrics::{Backend, Counts},
+    },
 };
 
 /// What a snapshot is read from.
@@ -32,6 +35,7 @@ pub struct Inputs<'a> {
     /// Kernel backends left out of the maps, and why (no route to them, say).
     pub unroutable: &'a BTreeMap<IpAddr, String>,
     pub discovery_events: &'a HashMap<String, u64>,
+    pub reloads: &'a Reloads,
 }
 
 /// Builds the status snapshot from the config, the last plan, discovery, health
@@ -75,6 +79,8 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                     bytes_per_sec: 0.0,
                     requests: 0,
                     health_transitions: inp.backend_transitions.get(&s.name, SocketAddr::new(b.addr, b.port)),
+                    errors: 0,
+                    response_secs: 0.0,
                 }
             })
             .collect();
@@ -94,11 +100,13 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
             backends,
         });
     }
+    let answered = inp.proxy.metrics().counts();
     for v in inp.http {
         let Some(s) = inp.config.services.iter().find(|s| s.name == v.name) else {
             continue;
         };
-        services.push(http_status(inp, s, v));
+        let series: Vec<(&Option<Backend>, &Counts)> = answered.iter().filter(|(name, _, _)| *name == v.name).map(|(_, b, c)| (b, c)).collect();
+        services.push(http_status(inp, s, v, &series));
     }
     Snapshot {
         services,
@@ -106,15 +114,18 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted },
         health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
+        taken_ms: unix_ms(),
+        recent_health: inp.backend_transitions.recent(),
+        reloads: inp.reloads.list(),
     }
 }
 
 /// An HTTP service's status: the proxy's view of its backends, its requests in
-/// flight, and the requests counted for `/metrics`.
-fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
+/// flight, and `answered`, its series counted for `/metrics` (by backend; `None`: xlb's
+/// own answers).
+fn http_status(inp: &Inputs, s: &Service, v: &ServiceView, answered: &[(&Option<Backend>, &Counts)]) -> ServiceStatus {
     let discovered = inp.registry.backends(&s.name);
     let in_flight = inp.proxy.counters(&v.name);
-    let requests = inp.proxy.metrics().requests(&v.name);
     let backends = v
         .backends
         .iter()
@@ -130,6 +141,7 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
                 PeerState::Down if probe == Some(false) || found.is_some_and(|f| f.healthy == Some(false)) => "unhealthy",
                 PeerState::Down => "down",
             };
+            let mine = || answered.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, c)| c);
             BackendStatus {
                 address: b.addr.to_string(),
                 name: b.name.clone(),
@@ -142,8 +154,10 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
                 new_flows: 0,
                 new_flows_per_sec: 0.0,
                 bytes_per_sec: 0.0,
-                requests: requests.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, n)| n).sum(),
+                requests: mine().map(|c| c.count).sum(),
                 health_transitions: inp.backend_transitions.get(&s.name, b.addr),
+                errors: mine().flat_map(|c| c.codes.iter().filter(|(code, _)| **code >= 500).map(|(_, n)| n)).sum(),
+                response_secs: mine().map(|c| c.sum_secs).sum(),
             }
         })
         .collect();
@@ -157,7 +171,7 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
         packets: 0,
         bytes: 0,
         new_flows: 0,
-        requests: requests.iter().map(|(_, n)| n).sum(),
+        requests: answered.iter().map(|(_, c)| c.count).sum(),
         backends,
     }
 }

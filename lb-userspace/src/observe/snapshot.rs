@@ -16,6 +16,43 @@ pub struct Snapshot {
     pub health_transitions: u64,
     /// Discovery updates received since start, by source.
     pub discovery_events: HashMap<String, u64>,
+    /// When the snapshot was built (Unix ms): the dashboard's rates are counter differences
+    /// between two snapshots over the time between them.
+    #[serde(default)]
+    pub taken_ms: u64,
+    /// The latest health changes, oldest first (a bounded list).
+    #[serde(default)]
+    pub recent_health: Vec<HealthEvent>,
+    /// The latest config reloads, oldest first (a bounded list).
+    #[serde(default)]
+    pub reloads: Vec<ReloadEvent>,
+}
+
+/// One backend's health change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthEvent {
+    /// Unix ms.
+    pub at_ms: u64,
+    pub service: String,
+    pub backend: String,
+    pub healthy: bool,
+}
+
+/// One reload of the config (SIGHUP or the file watcher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadEvent {
+    /// Unix ms.
+    pub at_ms: u64,
+    /// applied, rejected (the file did not parse or fit), rolled_back (its changes could not
+    /// be applied): in the last two cases the previous config kept serving.
+    pub outcome: String,
+    /// What was applied, or why not.
+    pub detail: String,
+}
+
+/// Now, in Unix ms (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -75,6 +112,13 @@ pub struct BackendStatus {
     /// Health changes seen since start (probes, Docker's verdict, passive failures).
     #[serde(default)]
     pub health_transitions: u64,
+    /// HTTP services: its answers with a 5xx status.
+    #[serde(default)]
+    pub errors: u64,
+    /// HTTP services: the seconds its answered requests took, summed (with `requests`, a
+    /// mean latency over any interval).
+    #[serde(default)]
+    pub response_secs: f64,
 }
 
 /// Fills per-second rates from the previous snapshot.
@@ -125,6 +169,8 @@ pub mod tests {
                     bytes_per_sec: 0.0,
                     requests: 0,
                     health_transitions: 1,
+                    errors: 0,
+                    response_secs: 0.0,
                 }],
             }],
             drops: vec![Drop { reason: "no_backend".into(), packets: 3 }],

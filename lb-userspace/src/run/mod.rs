@@ -4,6 +4,8 @@
 mod fdlimit;
 mod reload;
 
+use reload::stamp;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -29,7 +31,7 @@ use crate::{
     discovery::{Registry, Sources, Update},
     health::{self, Health},
     netdev,
-    observe::{self, Snapshot, Transitions, admin},
+    observe::{self, Reloads, Snapshot, Transitions, admin},
     plan::{self, Desired, ServiceView, Vitals},
     proxy::Proxy,
 };
@@ -103,6 +105,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         last_status: None,
         backend_transitions: Transitions::default(),
         discovery_events: HashMap::new(),
+        reloads: Reloads::default(),
         sources: Sources::new(updates_tx),
         unroutable: BTreeMap::new(),
         admin_address: config.admin.address,
@@ -152,7 +155,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
             // Health keeps its own state; the event only says it changed.
             Some(e) = health_events.recv() => {
                 info!(service = %e.target.service, backend = %e.target.addr, healthy = e.healthy, "health changed");
-                ctl.backend_transitions.record(&e.target.service, e.target.addr);
+                ctl.backend_transitions.record(&e.target.service, e.target.addr, e.healthy);
                 true
             }
             // The proxy's failures; it decided the ejections (one is one mark-down), which
@@ -254,6 +257,7 @@ struct Controller {
     /// Health changes per service and backend address.
     backend_transitions: Transitions,
     discovery_events: HashMap<String, u64>,
+    reloads: Reloads,
     sources: Sources,
     /// Kernel backends left out of the maps at the last replan, and why: no route to
     /// them, or their interface could not take the reply program.
@@ -445,6 +449,7 @@ impl Controller {
             backend_transitions: &self.backend_transitions,
             unroutable: &self.unroutable,
             discovery_events: &self.discovery_events,
+            reloads: &self.reloads,
         });
         let now = Instant::now();
         if let Some((at, prev)) = &self.last_status {
@@ -473,12 +478,6 @@ fn forget_gone(planned: &[(&str, SocketAddr)], first_seen: &mut HashMap<(String,
     transitions.retain(|s, a| backends.contains(&(s, a)));
 }
 
-/// What tells that a file changed: its modification time and size.
-fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path?).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,7 +488,7 @@ mod tests {
         let mut first_seen = HashMap::from([(("web".to_owned(), a.ip()), Instant::now()), (("web".to_owned(), b.ip()), Instant::now())]);
         let mut transitions = Transitions::default();
         for (service, addr) in [("web", a), ("web", b), ("web", b), ("api", a)] {
-            transitions.record(service, addr);
+            transitions.record(service, addr, true);
         }
         forget_gone(&[("web", a)], &mut first_seen, &mut transitions);
         assert_eq!(first_seen.keys().collect::<Vec<_>>(), [&("web".to_owned(), a.ip())]);

@@ -126,8 +126,10 @@ fn dashboard_shows_what_the_api_says_escaped_and_live() {
     xlb_tests::preflight();
     let mut topo = Topology::builder().backends(2).build();
     let cfg = TempFile::new(".yaml", &yaml(&topo));
-    let mut xlb = Xlb::start(XlbArgs { ns: Some(&topo.lb), iface: LB_CLIENT_IF, config: Some(cfg.path()), specs: vec![], other_ifaces: topo.lb_backend_ifaces() });
-    let up = wait_for(Duration::from_secs(10), Duration::from_millis(100), || requests(&topo, http_front(), "GET", "/", 1).first().filter(|s| **s == 200).copied());
+    let mut xlb =
+        Xlb::start(XlbArgs { ns: Some(&topo.lb), iface: LB_CLIENT_IF, config: Some(cfg.path()), specs: vec![], other_ifaces: topo.lb_backend_ifaces() });
+    let up =
+        wait_for(Duration::from_secs(10), Duration::from_millis(100), || requests(&topo, http_front(), "GET", "/", 1).first().filter(|s| **s == 200).copied());
     assert!(up.is_some(), "the HTTP service never answered 200 on {}\n{}", http_front(), xlb.log());
 
     let locked = Dom(chromium(&topo, "/", SETTLED_BUDGET_MS, &["--dump-dom"]));
@@ -192,7 +194,8 @@ fn fixed_traffic(topo: &mut Topology, cfg: &TempFile, xlb: &mut Xlb) {
     let good = std::fs::read_to_string(cfg.path()).expect("config");
     let log_at = xlb.log().lines().count();
     cfg.write(&good.replace("tcp_closed_timeout", "tcp_closed_timeou"));
-    let said = |needle: &str| wait_for(Duration::from_secs(5), Duration::from_millis(50), || xlb.log().lines().skip(log_at).any(|l| l.contains(needle)).then_some(()));
+    let said =
+        |needle: &str| wait_for(Duration::from_secs(5), Duration::from_millis(50), || xlb.log().lines().skip(log_at).any(|l| l.contains(needle)).then_some(()));
     assert!(said("reload rejected").is_some(), "the broken file was not rejected:\n{}", xlb.log());
     cfg.write(&good);
     assert!(said("config reloaded").is_some(), "the good file was not applied:\n{}", xlb.log());
@@ -245,7 +248,8 @@ fn compare(status: &Status, page: &Dom) {
     assert!(page.0.contains(&escaped(MARKUP)), "the markup name is not shown as text ({}):\n{}", escaped(MARKUP), page.0);
     let healthy = s.services.iter().flat_map(|x| &x.backends).filter(|b| b.state == "healthy").count();
     let all = s.services.iter().map(|x| x.backends.len()).sum::<usize>();
-    let tiles = [("services", s.services.len().to_string()), ("backends healthy", format!("{healthy} / {all}")), ("health changes", s.health_transitions.to_string())];
+    let tiles =
+        [("services", s.services.len().to_string()), ("backends healthy", format!("{healthy} / {all}")), ("health changes", s.health_transitions.to_string())];
     for (tile, want) in tiles {
         assert_eq!(page.tile(tile).as_deref(), Some(want.as_str()), "tile {tile}:\n{}\n{}", status.raw, page.0);
     }

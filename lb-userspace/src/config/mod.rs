@@ -233,6 +233,13 @@ impl Source {
         }
         config.with_specs(&self.specs)
     }
+
+    /// What tells that the file changed, for the watcher that reloads it: its
+    /// modification time and size.
+    pub fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let meta = std::fs::metadata(self.file.as_ref()?).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 mod fdlimit;
 mod reload;
 
-use reload::stamp;
-
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -60,7 +58,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     // Stamped before reading: a change made while xlb starts is then seen by the watcher.
-    let mut file_stamp = stamp(source.file.as_deref());
+    let mut file_stamp = source.stamp();
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -145,7 +143,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 false
             }
             _ = watch_file.tick() => {
-                let now = stamp(source.file.as_deref());
+                let now = source.stamp();
                 if now != std::mem::replace(&mut file_stamp, now) {
                     ramping = ctl.reload(&source).unwrap_or(ramping);
                 }

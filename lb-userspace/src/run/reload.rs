@@ -91,9 +91,3 @@ impl Controller {
         }
     }
 }
-
-/// What tells that a file changed: its modification time and size.
-pub(super) fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path?).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}

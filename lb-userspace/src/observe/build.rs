@@ -6,11 +6,11 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, unix_ms};
+use super::{BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, snapshot::service_state, unix_ms};
 use crate::{
-    config::{BackendState, Config, Service},
+    config::{BackendState, Config, HealthCheck, Service},
     dataplane::Stats,
-    discovery::Registry,
+    discovery::{Discovered, Registry},
     health::{self, Health},
     plan::{Desired, PeerState, ServiceView, WEIGHT_SCALE},
     proxy::{
@@ -70,6 +70,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                     name: found.map_or_else(|| b.addr.to_string(), |f| f.name.clone()),
                     origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
                     state: state.to_owned(),
+                    reason: reason(inp, s, SocketAddr::new(b.addr, b.port), state, found),
                     weight: f64::from(b.weight) / f64::from(WEIGHT_SCALE),
                     active_connections: c.map_or(0, |c| c.active),
                     packets: counters.packets,
@@ -83,7 +84,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                     response_secs: 0.0,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
         let sources = s.sources();
         let vip = d.key.ip();
         services.push(ServiceStatus {
@@ -93,6 +94,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
             protocol: s.protocol.to_string(),
             method: format!("{:?}", s.method).to_lowercase(),
             sources,
+            state: service_state(&backends).to_owned(),
             packets: counters.packets,
             bytes: counters.bytes,
             new_flows: counters.new_flows,
@@ -147,6 +149,7 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView, answered: &[(&Option<
                 name: b.name.clone(),
                 origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
                 state: state.to_owned(),
+                reason: reason(inp, s, b.addr, state, found),
                 weight: f64::from(b.weight) / f64::from(WEIGHT_SCALE),
                 active_connections: in_flight.get(&b.name).map_or(0, |c| u64::from(c.0)),
                 packets: 0,
@@ -160,7 +163,7 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView, answered: &[(&Option<
                 response_secs: mine().map(|c| c.sum_secs).sum(),
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
     ServiceStatus {
         name: s.name.clone(),
         vip: v.listen.ip().to_string(),
@@ -168,10 +171,34 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView, answered: &[(&Option<
         protocol: s.protocol.to_string(),
         method: v.options.method.to_string(),
         sources: s.sources(),
+        state: service_state(&backends).to_owned(),
         packets: 0,
         bytes: 0,
         new_flows: 0,
         requests: answered.iter().map(|(_, c)| c.count).sum(),
         backends,
+    }
+}
+
+/// Why a backend in `state` takes no new traffic, in words; empty when it does.
+fn reason(inp: &Inputs, s: &Service, addr: SocketAddr, state: &str, found: Option<&Discovered>) -> String {
+    let target = health::Target { service: s.name.clone(), addr };
+    let configured = s.backends.iter().find(|b| b.address == addr.ip() && s.backend_port(b) == addr.port());
+    let probe = match s.probes() {
+        Some(HealthCheck { http: Some(path), expect_status, .. }) => format!("its health probe (GET {path}, expecting {expect_status}) fails"),
+        _ => "its health probe (a TCP connect) fails".to_owned(),
+    };
+    match state {
+        "unroutable" => format!("left out of the data plane: {}", inp.unroutable.get(&addr.ip()).map_or("no route to it", String::as_str)),
+        "unhealthy" if inp.health.probed(&target) == Some(false) => probe,
+        "unhealthy" if found.is_some_and(|f| f.healthy == Some(false)) => "Docker's HEALTHCHECK says unhealthy".to_owned(),
+        "unhealthy" => "taken out after failed requests (passive check: http.max_fails), for http.fail_timeout".to_owned(),
+        "backup" => "a backup: serves only while no other backend can".to_owned(),
+        _ if state == "healthy" => String::new(),
+        _ if configured.is_some_and(|b| b.down) => "down: true in the config".to_owned(),
+        _ if configured.is_some_and(|b| b.state == BackendState::Draining) => "state: draining in the config: its connections finish, no new ones".to_owned(),
+        _ if found.is_some_and(|f| f.draining) => "its container is stopping: its connections finish, no new ones".to_owned(),
+        _ if s.probes().is_some() && inp.health.probed(&target).is_none() => "waiting for its first health probe".to_owned(),
+        _ => format!("{state}: takes no new connections"),
     }
 }

@@ -78,6 +78,10 @@ pub struct ServiceStatus {
     pub method: String,
     /// Where backends come from: static, docker:NAME, dns:NAME.
     pub sources: Vec<String>,
+    /// up (every backend healthy or a backup), degraded (some unhealthy or unroutable),
+    /// down (none healthy).
+    #[serde(default)]
+    pub state: String,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -94,8 +98,11 @@ pub struct BackendStatus {
     pub name: String,
     /// static, docker:NETWORK, dns:NAME.
     pub origin: String,
-    /// healthy, unhealthy, draining, backup.
+    /// healthy, unhealthy, draining, backup, down, unroutable.
     pub state: String,
+    /// Why it takes no new traffic, in words (empty when healthy).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     /// Configured weight, lower while a slow start ramps.
     pub weight: f64,
     /// Flows pinned to it in the connection table (until their idle timeout: the
@@ -119,6 +126,17 @@ pub struct BackendStatus {
     /// mean latency over any interval).
     #[serde(default)]
     pub response_secs: f64,
+}
+
+/// A service's state from its backends' (see `ServiceStatus::state`).
+pub fn service_state(backends: &[BackendStatus]) -> &'static str {
+    if !backends.iter().any(|b| b.state == "healthy") {
+        "down"
+    } else if backends.iter().any(|b| b.state == "unhealthy" || b.state == "unroutable") {
+        "degraded"
+    } else {
+        "up"
+    }
 }
 
 /// Fills per-second rates from the previous snapshot.
@@ -151,6 +169,7 @@ pub mod tests {
                 protocol: "tcp".into(),
                 method: "maglev".into(),
                 sources: vec!["static".into()],
+                state: "up".into(),
                 packets: 10,
                 bytes: 1000,
                 new_flows: flows,
@@ -160,6 +179,7 @@ pub mod tests {
                     name: "b1".into(),
                     origin: "static".into(),
                     state: "healthy".into(),
+                    reason: String::new(),
                     weight: 1.0,
                     active_connections: 2,
                     packets: 10,
@@ -184,5 +204,25 @@ pub mod tests {
         rates(&mut now, &snapshot(10), 2.0);
         assert_eq!(now.services[0].backends[0].new_flows_per_sec, 10.0);
         assert!(now.table().contains("10.1.0.2:8080"));
+    }
+
+    #[test]
+    fn the_table_leads_with_each_service_state_and_why_backends_are_out() {
+        let mut s = snapshot(3);
+        let b = s.services[0].backends[0].clone();
+        s.services[0].backends.push(BackendStatus {
+            address: "10.1.0.3:8080".into(),
+            name: "b2".into(),
+            state: "unhealthy".into(),
+            reason: "its health probe (a TCP connect) fails".into(),
+            ..b
+        });
+        s.services[0].state = service_state(&s.services[0].backends).into();
+        let table = s.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("SERVICE") && lines[1].starts_with("web \"a\"") && lines[1].contains("degraded") && lines[1].contains("1/2"), "{table}");
+        assert_eq!(lines[2], "  10.1.0.3:8080 (b2) unhealthy: its health probe (a TCP connect) fails", "{table}");
+        assert_eq!(service_state(&s.services[0].backends[1..]), "down");
+        assert_eq!(service_state(&s.services[0].backends[..1]), "up");
     }
 }

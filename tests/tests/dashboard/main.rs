@@ -140,6 +140,7 @@ fn dashboard_shows_what_the_api_says_escaped_and_live() {
     fixed_traffic(&mut topo, &cfg, &mut xlb);
     let (status, page) = settled_page(&topo, &xlb);
     compare(&status, &page);
+    status_table(&topo, &status);
     screenshot(&topo);
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }
@@ -256,6 +257,8 @@ fn compare(status: &Status, page: &Dom) {
     let mut checked = 0;
     for (i, svc) in s.services.iter().enumerate() {
         assert_eq!(page.text_after(page.service(i).unwrap_or(usize::MAX), r#"data-k="service""#), Some(escaped(&svc.name)), "service {i}:\n{}", page.0);
+        let state = page.text_after(page.service(i).unwrap_or(usize::MAX), r#"data-k="service_state""#);
+        assert_eq!(state.as_deref(), Some(svc.state.as_str()), "service {i} state:\n{}", page.0);
         let http = svc.protocol == "http";
         for b in &svc.backends {
             let want = [
@@ -268,6 +271,8 @@ fn compare(status: &Status, page: &Dom) {
                 assert_eq!(page.number(i, &b.address, k), Some(v), "{} {} {k}:\n{}\n{}", svc.name, b.address, status.raw, page.0);
                 checked += 1;
             }
+            let reason = (!b.reason.is_empty()).then(|| escaped(&b.reason));
+            assert_eq!(page.cell(i, &b.address, "reason"), reason, "{} {} reason:\n{}", svc.name, b.address, page.0);
             for (k, v) in [("name", &b.name), ("state", &b.state), ("origin", &b.origin)] {
                 assert_eq!(page.cell(i, &b.address, k), Some(escaped(v)), "{} {} {k}:\n{}", svc.name, b.address, page.0);
                 checked += 1;
@@ -275,6 +280,9 @@ fn compare(status: &Status, page: &Dom) {
         }
     }
     let web = status.service("web").expect("web");
+    let http = status.service(MARKUP).expect("http service");
+    let b2 = http.backends.iter().find(|b| b.state == "unhealthy").expect("an unhealthy backend");
+    assert_eq!((http.state.as_str(), b2.reason.as_str()), ("degraded", "its health probe (a TCP connect) fails"), "{}", status.raw);
     assert_eq!(web.new_flows, N_L4 as u64, "the L4 connections:\n{}", status.raw);
     let errors: u64 = status.service(MARKUP).expect("http service").backends.iter().map(|b| b.errors).sum();
     assert_eq!(errors, N_503 as u64, "the backends' 503s:\n{}", status.raw);
@@ -284,6 +292,25 @@ fn compare(status: &Status, page: &Dom) {
     let shown: Vec<String> = page.rows("reload", "outcome").iter().map(|o| o.replace(' ', "_")).collect();
     assert!(reloads.starts_with(&["applied", "rejected"]) && shown == reloads, "reloads: API {reloads:?}, page {shown:?}:\n{}", status.raw);
     figure(&format!("{checked} backend values equal to the API's; {} health transitions and {} reloads listed", health.len(), reloads.len()));
+}
+
+/// `xlb status` leads with each service's state and healthy backends, and says why a
+/// backend is out, as the API does.
+fn status_table(topo: &Topology, status: &Status) {
+    let bin = xlb_tests::xlb::xlb_bin();
+    let table =
+        topo.lb.try_run("env", &[&format!("XLB_ADMIN_TOKEN={TOKEN}"), bin.to_str().expect("utf-8"), "status"]).unwrap_or_else(|e| panic!("xlb status: {e}"));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("SERVICE")), "{table}");
+    for s in &status.snapshot.services {
+        let healthy = s.backends.iter().filter(|b| b.state == "healthy").count();
+        let line = lines.iter().find(|l| l.starts_with(&s.name)).unwrap_or_else(|| panic!("no line for {}:\n{table}", s.name));
+        assert!(line.contains(&s.state) && line.contains(&format!("{healthy}/{}", s.backends.len())), "{}: {line}\n{table}", s.name);
+        for b in s.backends.iter().filter(|b| !b.reason.is_empty()) {
+            let why = format!("  {} ({}) {}: {}", b.address, b.name, b.state, b.reason);
+            assert!(lines.contains(&why.as_str()), "no line {why:?}:\n{table}");
+        }
+    }
 }
 
 /// A screenshot of the settled page under `target/`, checked to be a real PNG of some size.

@@ -57,8 +57,8 @@ enum Command {
     /// Validate a config file without touching the system.
     Check { config: PathBuf },
     /// Translate an nginx configuration (upstreams, servers, locations, host maps, header and
-    /// cookie pinning) into xlb's YAML on stdout; what could not be translated is listed on
-    /// stderr as FILE:LINE.
+    /// cookie pinning), or HAProxy's (a FILE named *.cfg or *haproxy*), into xlb's YAML on
+    /// stdout; what could not be translated is listed on stderr as FILE:LINE.
     Import { file: PathBuf },
     /// Show services, backends and counters of a running xlb (its admin.token, if set,
     /// from $XLB_ADMIN_TOKEN).
@@ -112,7 +112,7 @@ fn status(json: bool, admin: std::net::SocketAddr) -> anyhow::Result<()> {
 }
 
 fn import(file: &std::path::Path) -> anyhow::Result<()> {
-    let imported = xlb::import::nginx_file(file)?;
+    let imported = xlb::import::file(file)?;
     print!("{}", imported.yaml);
     for note in &imported.notes {
         eprintln!("{}", xlb::import::Report(file, note));

@@ -1,6 +1,7 @@
 //! `xlb import` on nginx configurations shaped like the seeds' (`tests/fixtures/import/*.conf`:
 //! the registry trio and nginx's balancing methods, compose with header and cookie pinning,
-//! subdomain routing and a host map, DNS names with TCP and UDP streams, a hostname service):
+//! subdomain routing and a host map, DNS names with TCP and UDP streams, a hostname service)
+//! and HAProxy's (`*.cfg`: dockercloud-haproxy's subdomain routing, TCP listen sections):
 //! its YAML (stdout) and its report of what it could not translate (stderr, FILE:LINE) are
 //! exactly the committed `NAME.yaml` and `NAME.report`, and `xlb check` accepts the YAML.
 //! Broken files are refused with their line. `XLB_BLESS=1` rewrites the expected files.
@@ -33,10 +34,13 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn seed_shaped_configs_translate_to_the_expected_yaml_and_report() {
-    let mut confs: Vec<PathBuf> =
-        fs::read_dir(fixtures()).expect("fixtures").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "conf")).collect();
+    let mut confs: Vec<PathBuf> = fs::read_dir(fixtures())
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf" || e == "cfg"))
+        .collect();
     confs.sort();
-    assert!(confs.len() >= 6, "fixtures missing: {confs:?}");
+    assert!(confs.len() >= 8, "fixtures missing: {confs:?}");
     let bless = std::env::var_os("XLB_BLESS").is_some();
     let mut total = (0, 0);
     for conf in &confs {

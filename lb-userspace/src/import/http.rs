@@ -48,10 +48,8 @@ struct Out {
 }
 
 impl Out {
-    /// `base`, or `base-2`, `base-3`...: service names are unique.
     fn name(&self, base: &str) -> String {
-        let taken = |n: &str| self.services.iter().any(|s| s.name == n);
-        (1..).map(|i| if i == 1 { base.to_owned() } else { format!("{base}-{i}") }).find(|n| !taken(n)).unwrap_or_default()
+        super::yaml::unique_name(&self.services, base)
     }
 }
 

@@ -1,10 +1,13 @@
-//! `xlb import nginx.conf`: an nginx load balancer's configuration (upstreams and their
-//! balancing, servers, locations, host maps, header and cookie pinning by `if`) translated
-//! into xlb's YAML, with a note for every directive that was not translated, and why.
+//! `xlb import nginx.conf` (or `haproxy.cfg`): an nginx load balancer's configuration
+//! (upstreams and their balancing, servers, locations, host maps, header and cookie pinning by
+//! `if`) or HAProxy's (frontends' binds, Host and path ACLs, backends' balance, servers,
+//! cookies and checks) translated into xlb's YAML, with a note for every directive that was
+//! not translated, and why.
 //!
 //! What is produced is checked by the config parser before it is printed: an import never
 //! prints a file that `xlb check` would reject.
 
+mod haproxy;
 mod http;
 mod nginx;
 mod notes;
@@ -34,17 +37,24 @@ impl fmt::Display for Report<'_> {
     }
 }
 
-/// Reads and translates the nginx configuration at `path`.
-pub fn nginx_file(path: &Path) -> anyhow::Result<Imported> {
+/// Reads and translates the configuration at `path`: HAProxy's when its name ends in
+/// `.cfg` or contains `haproxy`, else nginx's.
+pub fn file(path: &Path) -> anyhow::Result<Imported> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    nginx_text(&text, path)
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    translate(&text, path, name.ends_with(".cfg") || name.contains("haproxy"))
 }
 
-/// Translates an nginx configuration; `path` names it in errors and in the output.
-pub fn nginx_text(text: &str, path: &Path) -> anyhow::Result<Imported> {
-    let tree = nginx::parse(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+/// Translates an nginx (or, with `haproxy`, HAProxy) configuration; `path` names it in
+/// errors and in the output.
+pub fn translate(text: &str, path: &Path, haproxy: bool) -> anyhow::Result<Imported> {
     let mut notes = Notes::default();
-    let services = http::translate(&tree, &mut notes);
+    let services = if haproxy {
+        haproxy::translate(text, &mut notes)
+    } else {
+        let tree = nginx::parse(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        http::translate(&tree, &mut notes)
+    };
     if services.is_empty() {
         anyhow::bail!("{}: no proxied upstream or server found: nothing to balance", path.display());
     }

@@ -19,7 +19,17 @@ pub struct Service {
     /// A DNS name followed, and its port.
     pub dns: Option<(String, u16)>,
     pub slow_start: Option<String>,
+    pub health: Option<Health>,
     pub http: Option<Http>,
+}
+
+/// Active health probes: a TCP connect, or a GET of `http`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    pub http: Option<String>,
+    pub interval: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +51,16 @@ pub struct Http {
     pub method: Option<String>,
     pub pin_header: Option<String>,
     pub pin_cookie: Option<String>,
+    /// The name of a sticky-session cookie.
+    pub sticky_cookie: Option<String>,
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<String>,
+}
+
+/// `base`, or `base-2`, `base-3`...: service names are unique.
+pub fn unique_name(services: &[Service], base: &str) -> String {
+    let taken = |n: &str| services.iter().any(|s| s.name == n);
+    (1..).map(|i| if i == 1 { base.to_owned() } else { format!("{base}-{i}") }).find(|n| !taken(n)).unwrap_or_default()
 }
 
 /// A YAML string: always quoted, so that no name or value is read as another type.
@@ -92,6 +110,14 @@ fn service(y: &mut String, s: &Service) {
     if let Some(t) = &s.slow_start {
         let _ = writeln!(y, "    slow_start: {t}");
     }
+    if let Some(h) = &s.health {
+        let mut fields = Vec::new();
+        fields.extend(h.http.as_ref().map(|p| format!("http: {}", q(p))));
+        fields.extend(h.interval.as_ref().map(|i| format!("interval: {i}")));
+        fields.extend(h.rise.map(|r| format!("rise: {r}")));
+        fields.extend(h.fall.map(|f| format!("fall: {f}")));
+        let _ = writeln!(y, "    health: {{ {} }}", fields.join(", "));
+    }
     if let Some(h) = &s.http {
         http(y, h);
     }
@@ -111,6 +137,7 @@ fn http(y: &mut String, h: &Http) {
     fields.extend(h.method.as_ref().map(|m| format!("method: {}", q(m))));
     fields.extend(h.pin_header.as_ref().map(|p| format!("pin_header: {}", q(p))));
     fields.extend(h.pin_cookie.as_ref().map(|p| format!("pin_cookie: {}", q(p))));
+    fields.extend(h.sticky_cookie.as_ref().map(|c| format!("sticky_cookie: {{ name: {} }}", q(c))));
     fields.extend(h.max_fails.map(|m| format!("max_fails: {m}")));
     fields.extend(h.fail_timeout.as_ref().map(|t| format!("fail_timeout: {t}")));
     if fields.is_empty() {

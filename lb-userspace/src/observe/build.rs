@@ -85,15 +85,13 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                 }
             })
             .collect::<Vec<_>>();
-        let sources = s.sources();
-        let vip = d.key.ip();
         services.push(ServiceStatus {
             name: s.name.clone(),
-            vip: vip.to_string(),
+            vip: d.key.ip().to_string(),
             port: s.port,
             protocol: s.protocol.to_string(),
             method: format!("{:?}", s.method).to_lowercase(),
-            sources,
+            sources: s.sources(),
             state: service_state(&backends).to_owned(),
             packets: counters.packets,
             bytes: counters.bytes,

@@ -1,10 +1,12 @@
 //! xlb's control plane and HTTP proxy. Each folder is one role, and imports run one
 //! way: `config` <- `discovery` <- `plan` -> `dataplane` / `proxy`; `health` feeds the
-//! plan; `observe` only reads; `run` wires them together (checked by `cargo xtask layers`).
+//! plan; `observe` only reads; `run` wires them together; `import` writes configs from
+//! other balancers' (checked by `cargo xtask layers`).
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
 pub mod health;
+pub mod import;
 pub mod netdev;
 pub mod observe;
 pub mod plan;

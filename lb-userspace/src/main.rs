@@ -56,6 +56,10 @@ enum Command {
     },
     /// Validate a config file without touching the system.
     Check { config: PathBuf },
+    /// Translate an nginx configuration (upstreams, servers, locations, host maps, header and
+    /// cookie pinning), or HAProxy's (a FILE named *.cfg or *haproxy*), into xlb's YAML on
+    /// stdout; what could not be translated is listed on stderr as FILE:LINE.
+    Import { file: PathBuf },
     /// Show services, backends and counters of a running xlb (its admin.token, if set,
     /// from $XLB_ADMIN_TOKEN).
     Status {
@@ -84,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Down { iface, bpffs } => xlb::dataplane::pin::down(&bpffs, iface.as_deref()).map(|lines| lines.iter().for_each(|l| println!("{l}"))),
         Command::Check { config } => Config::load(&config).map(|c| println!("{}: ok, {} services", config.display(), c.services.len())),
         Command::Status { json, admin } => status(json, admin),
+        Command::Import { file } => import(&file),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -103,6 +108,17 @@ fn status(json: bool, admin: std::net::SocketAddr) -> anyhow::Result<()> {
     } else {
         print!("{}", snapshot.table());
     }
+    Ok(())
+}
+
+fn import(file: &std::path::Path) -> anyhow::Result<()> {
+    let imported = xlb::import::file(file)?;
+    print!("{}", imported.yaml);
+    for note in &imported.notes {
+        eprintln!("{}", xlb::import::Report(file, note));
+    }
+    let services = imported.yaml.matches("\n  - name: ").count();
+    eprintln!("xlb import: {services} service(s) written; {} directive(s) not translated, listed above", imported.notes.len());
     Ok(())
 }
 

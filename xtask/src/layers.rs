@@ -25,6 +25,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("dataplane", &["config", "plan"]),
     ("proxy", &["config", "plan", "health"]),
     ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy"]),
+    ("import", &["config"]),
 ];
 
 struct File {

@@ -11,6 +11,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("curl", "curl"),
     ("docker", "docker.io"),
+    // The dashboard test loads the page in a headless browser.
+    ("chromium", "chromium"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

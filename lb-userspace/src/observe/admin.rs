@@ -1,11 +1,14 @@
 //! The admin HTTP endpoint (127.0.0.1:9100 by default): `GET /api/v1/services`
 //! (JSON) and `GET /metrics` (Prometheus), served from the latest status snapshot
-//! (refreshed every 2 s) plus the HTTP proxy's live counters (`proxy/metrics.rs`), and the
-//! client side that `xlb status` uses.
+//! (refreshed every 2 s) plus the HTTP proxy's live counters (`proxy/metrics.rs`), the
+//! dashboard at `GET /` (`dashboard.html`, which polls the JSON), and the client side
+//! that `xlb status` uses.
 //!
 //! A few GET routes do not need a full HTTP stack: requests are read to the end of
 //! their headers (bounded in size and time) and answered with `Connection: close`.
-//! With `admin.token` set, a request without `Authorization: Bearer TOKEN` gets 401.
+//! With `admin.token` set, a request without `Authorization: Bearer TOKEN` gets 401,
+//! except the dashboard's page: it holds no data, and asks for the token (or takes
+//! `?token=`) to send it with its own requests.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -27,6 +30,13 @@ const MAX_REQUEST: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed accept (EMFILE and the like), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// The dashboard: one page, its CSS and script inline, nothing fetched from elsewhere.
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// The dashboard may run its inline script and style and ask this endpoint, nothing else:
+/// no other origin, no images, no frames (a name that slipped into its markup could load
+/// nothing).
+const DASHBOARD_POLICY: &str =
+    "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n";
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("admin address {addr} (admin.address)"))
@@ -70,7 +80,13 @@ async fn answer(mut conn: TcpStream, snapshot: &Snapshot, http: &HttpMetrics, to
     let head = timeout(IO_TIMEOUT, read_head(&mut conn)).await.context("request timed out")??;
     let line = head.lines().next().unwrap_or_default();
     let mut extra = "";
-    let (status, kind, body) = match line.split(' ').collect::<Vec<_>>().as_slice() {
+    // The route is the path; a query (the dashboard's `?token=`) is the page's business.
+    let words: Vec<&str> = line.split(' ').map(|w| w.split('?').next().unwrap_or_default()).collect();
+    let (status, kind, body) = match words.as_slice() {
+        ["GET", "/" | "/dashboard", _] => {
+            extra = DASHBOARD_POLICY;
+            ("200 OK", "text/html; charset=utf-8", DASHBOARD.to_owned())
+        }
         _ if !authorized(&head, token) => {
             extra = "WWW-Authenticate: Bearer realm=\"xlb\"\r\n";
             ("401 Unauthorized", "text/plain", "admin.token is set: send Authorization: Bearer TOKEN\n".into())
@@ -157,5 +173,36 @@ mod tests {
         for wrong in ["Bearer s3cre", "Bearer s3cret2", "Bearer S3CRET", "Basic s3cret", "Bearer ", "Bearer", "s3cret"] {
             assert!(!authorized(&with(&format!("Authorization: {wrong}")), Some("s3cret")), "{wrong:?}");
         }
+    }
+
+    /// One raw request to `addr`: the response's head and body.
+    async fn get(addr: SocketAddr, request: &str) -> (String, String) {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_page_is_open_its_data_needs_the_token() {
+        let listener = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_snapshots, snapshot_rx) = watch::channel(Arc::new(crate::observe::snapshot::tests::snapshot(5)));
+        let (_token, token_rx) = watch::channel(Some("s3cret".to_owned()));
+        tokio::spawn(serve(listener, snapshot_rx, Arc::new(HttpMetrics::default()), token_rx));
+        for path in ["/", "/dashboard", "/?token=s3cret"] {
+            let (head, body) = get(addr, &format!("GET {path} HTTP/1.1\r\n\r\n")).await;
+            assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/html"), "{path}: {head}");
+            assert!(head.contains("Content-Security-Policy: default-src 'none';"), "{path}: {head}");
+            assert!(body.contains("/api/v1/services") && !body.contains("src=\"http") && !body.contains("href=\"http"), "{path}: external assets");
+        }
+        let (head, _) = get(addr, "GET /api/v1/services?x=1 HTTP/1.1\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+        let (head, body) = get(addr, "GET /api/v1/services HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let s: Snapshot = serde_json::from_str(&body).unwrap();
+        assert_eq!(s.services[0].backends[0].new_flows, 5);
     }
 }

@@ -6,14 +6,17 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, Transitions};
+use super::{BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, snapshot::service_state, unix_ms};
 use crate::{
-    config::{BackendState, Config, Service},
+    config::{BackendState, Config, HealthCheck, Service},
     dataplane::Stats,
-    discovery::Registry,
+    discovery::{Discovered, Registry},
     health::{self, Health},
     plan::{Desired, PeerState, ServiceView, WEIGHT_SCALE},
-    proxy::Proxy,
+    proxy::{
+        Proxy,
+        metrics::{Backend, Counts},
+    },
 };
 
 /// What a snapshot is read from.
@@ -32,6 +35,7 @@ pub struct Inputs<'a> {
     /// Kernel backends left out of the maps, and why (no route to them, say).
     pub unroutable: &'a BTreeMap<IpAddr, String>,
     pub discovery_events: &'a HashMap<String, u64>,
+    pub reloads: &'a Reloads,
 }
 
 /// Builds the status snapshot from the config, the last plan, discovery, health
@@ -66,6 +70,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                     name: found.map_or_else(|| b.addr.to_string(), |f| f.name.clone()),
                     origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
                     state: state.to_owned(),
+                    reason: reason(inp, s, SocketAddr::new(b.addr, b.port), state, found),
                     weight: f64::from(b.weight) / f64::from(WEIGHT_SCALE),
                     active_connections: c.map_or(0, |c| c.active),
                     packets: counters.packets,
@@ -75,18 +80,19 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
                     bytes_per_sec: 0.0,
                     requests: 0,
                     health_transitions: inp.backend_transitions.get(&s.name, SocketAddr::new(b.addr, b.port)),
+                    errors: 0,
+                    response_secs: 0.0,
                 }
             })
-            .collect();
-        let sources = s.sources();
-        let vip = d.key.ip();
+            .collect::<Vec<_>>();
         services.push(ServiceStatus {
             name: s.name.clone(),
-            vip: vip.to_string(),
+            vip: d.key.ip().to_string(),
             port: s.port,
             protocol: s.protocol.to_string(),
             method: format!("{:?}", s.method).to_lowercase(),
-            sources,
+            sources: s.sources(),
+            state: service_state(&backends).to_owned(),
             packets: counters.packets,
             bytes: counters.bytes,
             new_flows: counters.new_flows,
@@ -94,11 +100,13 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
             backends,
         });
     }
+    let answered = inp.proxy.metrics().counts();
     for v in inp.http {
         let Some(s) = inp.config.services.iter().find(|s| s.name == v.name) else {
             continue;
         };
-        services.push(http_status(inp, s, v));
+        let series: Vec<(&Option<Backend>, &Counts)> = answered.iter().filter(|(name, _, _)| *name == v.name).map(|(_, b, c)| (b, c)).collect();
+        services.push(http_status(inp, s, v, &series));
     }
     Snapshot {
         services,
@@ -106,15 +114,18 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted, half_open_created: stats.conns.half_open },
         health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
+        taken_ms: unix_ms(),
+        recent_health: inp.backend_transitions.recent(),
+        reloads: inp.reloads.list(),
     }
 }
 
 /// An HTTP service's status: the proxy's view of its backends, its requests in
-/// flight, and the requests counted for `/metrics`.
-fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
+/// flight, and `answered`, its series counted for `/metrics` (by backend; `None`: xlb's
+/// own answers).
+fn http_status(inp: &Inputs, s: &Service, v: &ServiceView, answered: &[(&Option<Backend>, &Counts)]) -> ServiceStatus {
     let discovered = inp.registry.backends(&s.name);
     let in_flight = inp.proxy.counters(&v.name);
-    let requests = inp.proxy.metrics().requests(&v.name);
     let backends = v
         .backends
         .iter()
@@ -130,11 +141,13 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
                 PeerState::Down if probe == Some(false) || found.is_some_and(|f| f.healthy == Some(false)) => "unhealthy",
                 PeerState::Down => "down",
             };
+            let mine = || answered.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, c)| c);
             BackendStatus {
                 address: b.addr.to_string(),
                 name: b.name.clone(),
                 origin: found.map_or_else(|| "static".to_owned(), |f| f.origin.clone()),
                 state: state.to_owned(),
+                reason: reason(inp, s, b.addr, state, found),
                 weight: f64::from(b.weight) / f64::from(WEIGHT_SCALE),
                 active_connections: in_flight.get(&b.name).map_or(0, |c| u64::from(c.0)),
                 packets: 0,
@@ -142,11 +155,13 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
                 new_flows: 0,
                 new_flows_per_sec: 0.0,
                 bytes_per_sec: 0.0,
-                requests: requests.iter().filter(|(r, _)| r.as_ref().is_some_and(|r| r.addr == b.addr && r.name == b.name)).map(|(_, n)| n).sum(),
+                requests: mine().map(|c| c.count).sum(),
                 health_transitions: inp.backend_transitions.get(&s.name, b.addr),
+                errors: mine().flat_map(|c| c.codes.iter().filter(|(code, _)| **code >= 500).map(|(_, n)| n)).sum(),
+                response_secs: mine().map(|c| c.sum_secs).sum(),
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
     ServiceStatus {
         name: s.name.clone(),
         vip: v.listen.ip().to_string(),
@@ -154,10 +169,34 @@ fn http_status(inp: &Inputs, s: &Service, v: &ServiceView) -> ServiceStatus {
         protocol: s.protocol.to_string(),
         method: v.options.method.to_string(),
         sources: s.sources(),
+        state: service_state(&backends).to_owned(),
         packets: 0,
         bytes: 0,
         new_flows: 0,
-        requests: requests.iter().map(|(_, n)| n).sum(),
+        requests: answered.iter().map(|(_, c)| c.count).sum(),
         backends,
+    }
+}
+
+/// Why a backend in `state` takes no new traffic, in words; empty when it does.
+fn reason(inp: &Inputs, s: &Service, addr: SocketAddr, state: &str, found: Option<&Discovered>) -> String {
+    let target = health::Target { service: s.name.clone(), addr };
+    let configured = s.backends.iter().find(|b| b.address == addr.ip() && s.backend_port(b) == addr.port());
+    let probe = match s.probes() {
+        Some(HealthCheck { http: Some(path), expect_status, .. }) => format!("its health probe (GET {path}, expecting {expect_status}) fails"),
+        _ => "its health probe (a TCP connect) fails".to_owned(),
+    };
+    match state {
+        "unroutable" => format!("left out of the data plane: {}", inp.unroutable.get(&addr.ip()).map_or("no route to it", String::as_str)),
+        "unhealthy" if inp.health.probed(&target) == Some(false) => probe,
+        "unhealthy" if found.is_some_and(|f| f.healthy == Some(false)) => "Docker's HEALTHCHECK says unhealthy".to_owned(),
+        "unhealthy" => "taken out after failed requests (passive check: http.max_fails), for http.fail_timeout".to_owned(),
+        "backup" => "a backup: serves only while no other backend can".to_owned(),
+        _ if state == "healthy" => String::new(),
+        _ if configured.is_some_and(|b| b.down) => "down: true in the config".to_owned(),
+        _ if configured.is_some_and(|b| b.state == BackendState::Draining) => "state: draining in the config: its connections finish, no new ones".to_owned(),
+        _ if found.is_some_and(|f| f.draining) => "its container is stopping: its connections finish, no new ones".to_owned(),
+        _ if s.probes().is_some() && inp.health.probed(&target).is_none() => "waiting for its first health probe".to_owned(),
+        _ => format!("{state}: takes no new connections"),
     }
 }

@@ -5,9 +5,11 @@
 pub mod admin;
 pub mod build;
 mod prometheus;
+pub mod reloads;
 mod snapshot;
 mod table;
 pub mod transitions;
 
-pub use snapshot::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, rates};
+pub use reloads::Reloads;
+pub use snapshot::{BackendStatus, Conntrack, Drop, HealthEvent, ReloadEvent, ServiceStatus, Snapshot, rates, unix_ms};
 pub use transitions::Transitions;

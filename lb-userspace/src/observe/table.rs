@@ -5,9 +5,19 @@ use std::fmt::Write as _;
 use super::Snapshot;
 
 impl Snapshot {
-    /// The `xlb status` table.
+    /// The `xlb status` table: first what is asked first (is each service up, how many
+    /// backends serve, why the others do not), then each service's backends and counters.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(out, "{:<24} {:<9} {:>8}  LISTEN", "SERVICE", "STATE", "HEALTHY");
+        for s in &self.services {
+            let healthy = format!("{}/{}", s.backends.iter().filter(|b| b.state == "healthy").count(), s.backends.len());
+            let _ = writeln!(out, "{:<24} {:<9} {healthy:>8}  {}:{}/{}", s.name, s.state, s.vip, s.port, s.protocol);
+            for b in s.backends.iter().filter(|b| !b.reason.is_empty()) {
+                let _ = writeln!(out, "  {} ({}) {}: {}", b.address, b.name, b.state, b.reason);
+            }
+        }
+        out.push('\n');
         for s in &self.services {
             if s.protocol == "http" {
                 let _ =

@@ -111,12 +111,6 @@ impl HttpMetrics {
         });
     }
 
-    /// Requests answered for `service`, per backend (`None`: by xlb itself).
-    pub fn requests(&self, service: &str) -> Vec<(Option<Backend>, u64)> {
-        let all = self.services.read().unwrap_or_else(|e| e.into_inner());
-        all.get(service).into_iter().flatten().map(|(b, s)| (b.clone(), s.0.lock().unwrap_or_else(|e| e.into_inner()).count)).collect()
-    }
-
     /// Every series, sorted by service then backend, for rendering.
     pub fn counts(&self) -> Vec<(String, Option<Backend>, Counts)> {
         let all = self.services.read().unwrap_or_else(|e| e.into_inner());

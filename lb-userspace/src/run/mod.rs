@@ -31,7 +31,7 @@ use crate::{
     discovery::{Registry, Sources, Update},
     health::{self, Health},
     netdev,
-    observe::{self, Snapshot, Transitions, admin},
+    observe::{self, Reloads, Snapshot, Transitions, admin},
     plan::{self, Desired, ServiceView, Vitals},
     proxy::Proxy,
 };
@@ -105,6 +105,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         last_status: None,
         backend_transitions: Transitions::default(),
         discovery_events: HashMap::new(),
+        reloads: Reloads::default(),
         sources: Sources::new(updates_tx),
         unroutable: BTreeMap::new(),
         admin_address: config.admin.address,
@@ -155,7 +156,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
             // Health keeps its own state; the event only says it changed.
             Some(e) = health_events.recv() => {
                 info!(service = %e.target.service, backend = %e.target.addr, healthy = e.healthy, "health changed");
-                ctl.backend_transitions.record(&e.target.service, e.target.addr);
+                ctl.backend_transitions.record(&e.target.service, e.target.addr, e.healthy);
                 true
             }
             // The proxy's failures; it decided the ejections (one is one mark-down), which
@@ -258,6 +259,7 @@ struct Controller {
     /// Health changes per service and backend address.
     backend_transitions: Transitions,
     discovery_events: HashMap<String, u64>,
+    reloads: Reloads,
     sources: Sources,
     /// Kernel backends left out of the maps at the last replan, and why: no route to
     /// them, or their interface could not take the reply program.
@@ -449,6 +451,7 @@ impl Controller {
             backend_transitions: &self.backend_transitions,
             unroutable: &self.unroutable,
             discovery_events: &self.discovery_events,
+            reloads: &self.reloads,
         });
         let now = Instant::now();
         if let Some((at, prev)) = &self.last_status {
@@ -487,7 +490,7 @@ mod tests {
         let mut first_seen = HashMap::from([(("web".to_owned(), a.ip()), Instant::now()), (("web".to_owned(), b.ip()), Instant::now())]);
         let mut transitions = Transitions::default();
         for (service, addr) in [("web", a), ("web", b), ("web", b), ("api", a)] {
-            transitions.record(service, addr);
+            transitions.record(service, addr, true);
         }
         forget_gone(&[("web", a)], &mut first_seen, &mut transitions);
         assert_eq!(first_seen.keys().collect::<Vec<_>>(), [&("web".to_owned(), a.ip())]);

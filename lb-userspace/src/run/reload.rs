@@ -10,7 +10,7 @@ use super::Controller;
 use crate::{
     config::{Config, Source},
     dataplane::Limits,
-    observe::admin,
+    observe::{admin, reloads::Outcome},
     plan::{self, Vitals},
 };
 
@@ -24,6 +24,7 @@ impl Controller {
             Ok(config) => config,
             Err(e) => {
                 error!("reload rejected, the previous config keeps serving: {e:#}");
+                self.reloads.record(Outcome::Rejected, format!("{e:#}"));
                 return None;
             }
         };
@@ -32,10 +33,12 @@ impl Controller {
             Ok(ramping) => {
                 self.restart_needed();
                 self.adopt();
+                self.reloads.record(Outcome::Applied, format!("{} services", self.config.services.len()));
                 Some(ramping)
             }
             Err(e) => {
                 error!("reload could not be applied, the previous config keeps serving: {e:#}");
+                self.reloads.record(Outcome::RolledBack, format!("{e:#}"));
                 self.config = previous;
                 match self.replan(false) {
                     Ok(ramping) => Some(ramping),

@@ -60,14 +60,28 @@ impl Xlb {
         Xlb::start_with_env(args, &[])
     }
 
-    /// [`Xlb::start`] with extra environment variables (e.g. `RUST_LOG`).
+    /// [`Xlb::start`] with extra environment variables (e.g. `RUST_LOG`). Socket-level
+    /// balancing is off (`--socket-lb=false`): on, xlb would attach to the root of the
+    /// unified hierarchy, every process on the machine; see [`Xlb::start_socket_lb`].
     pub fn start_with_env(args: XlbArgs<'_>, env: &[(&str, &str)]) -> Xlb {
+        Xlb::spawn(args, env, &["--socket-lb=false"])
+    }
+
+    /// [`Xlb::start`] leaving socket-level balancing to the config, whose
+    /// `dataplane.socket_lb.cgroup` must name a test's own [`crate::cgroup::Cgroup`].
+    pub fn start_socket_lb(args: XlbArgs<'_>) -> Xlb {
+        let config = args.config.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+        assert!(config.contains(crate::cgroup::MOUNT), "start_socket_lb: the config must attach to a test cgroup under {}", crate::cgroup::MOUNT);
+        Xlb::spawn(args, &[], &[])
+    }
+
+    fn spawn(args: XlbArgs<'_>, env: &[(&str, &str)], flags: &[&str]) -> Xlb {
         let bin = xlb_bin();
         let mut c = match args.ns {
             Some(ns) => ns.exec(bin.to_str().expect("utf-8 path"), std::iter::empty::<&str>()),
             None => std::process::Command::new(&bin),
         };
-        c.args(["run", "--iface", args.iface]);
+        c.args(["run", "--iface", args.iface]).args(flags);
         if let Some(cfg) = args.config {
             c.arg("--config").arg(cfg);
         }

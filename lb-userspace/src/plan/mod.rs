@@ -80,6 +80,7 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
                 name: s.name.clone(),
                 key: ServiceKey::new(vip, s.port, s.protocol.number()),
                 method: s.method,
+                socket_lb: s.socket_lb && registry.backends(&s.name).iter().all(|d| d.socket_lb),
                 backends: backends.iter().map(Planned::to_kernel).collect(),
             }),
         }
@@ -277,6 +278,7 @@ mod tests {
             draining,
             healthy,
             origin: "test".into(),
+            socket_lb: true,
         }
     }
 

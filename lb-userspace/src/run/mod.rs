@@ -113,6 +113,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let iface = ctl.iface.clone();
     ctl.forwarding.enable(&iface)?;
     ctl.dp.attach_client_side(&ctl.iface)?;
+    ctl.dp.start_socket_lb(&ctl.config.dataplane.socket_lb)?;
     if let Some(scope) = &kept {
         ctl.adopt_kept(scope, adopt_started)?;
     }

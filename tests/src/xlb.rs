@@ -17,6 +17,20 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `xlb` may take to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The BPF file system the tests keep data planes in (`--bpffs`): under /run, which the
+/// namespaces `ip netns exec` makes still see (it hides the host's /sys/fs/bpf).
+pub const BPFFS: &str = "/run/xlb-tests-bpffs";
+
+/// Mounts [`BPFFS`] in the root mount namespace (namespaces `ip netns exec` makes later
+/// see it) unless it is mounted already.
+pub fn ensure_bpffs() {
+    std::fs::create_dir_all(BPFFS).unwrap_or_else(|e| panic!("creating {BPFFS}: {e}"));
+    let out = crate::util::run(&mut cmd("stat", ["-f", "-c", "%T", BPFFS]));
+    if out.trim() != "bpf_fs" {
+        crate::util::run(&mut cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
+    }
+}
+
 /// The `xlb` binary from `$XLB_BIN`; panics with a clear message when it is not set or missing.
 pub fn xlb_bin() -> PathBuf {
     let Some(p) = std::env::var_os("XLB_BIN") else {

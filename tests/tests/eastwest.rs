@@ -8,6 +8,9 @@
 //!   a backend calling its own service (hairpin), the XDP path serving the client namespace
 //!   at the same time, a drained and a removed backend getting no new connections, and
 //!   nothing balanced once xlb has stopped.
+//! - `kept_across_kill_9`: the cgroup links are pinned with the rest of the data plane, so
+//!   local callers stay balanced while no xlb runs; the next xlb adopts the plane (its own
+//!   programs beside the kept ones, then those unpinned), and its orderly stop detaches all.
 //! - `docker_callers`: three `FROM scratch` backend containers on the default bridge; a
 //!   client container whose PID 1 is moved into the child (Docker itself uses cgroup v1 on
 //!   this host), a backend container calling its own service (a `docker exec`'d process moved
@@ -31,7 +34,7 @@ use xlb_tests::{
     netns::addr_add,
     topology::{LB_CLIENT_IF, TESTD_PORT, testd_bin},
     util::{self, Proc, STDOUT, TempFile, try_run},
-    xlb::{Xlb, XlbArgs},
+    xlb::{BPFFS, Xlb, XlbArgs, ensure_bpffs, xlb_bin},
 };
 
 /// New connections (or UDP sockets) per check: with three backends, each expects 15.
@@ -40,6 +43,8 @@ const COUNT: usize = 45;
 /// a fair split falls below 5 of 45 about once in 10^4 runs).
 const AT_LEAST: usize = 5;
 const UDP_PORT: u16 = 53;
+/// A service with `socket_lb: false`.
+const NOT_SOCKET_PORT: u16 = 81;
 
 /// The YAML of the tests' services: TCP on `vip`:80 and UDP on `vip`:53, both to `backends`
 /// port 8080 (`(address, state)`), socket-balanced in `cg`; `v6` adds the same TCP service
@@ -47,10 +52,9 @@ const UDP_PORT: u16 = 53;
 fn yaml(cg: &Cgroup, vip: IpAddr, backends: &[(IpAddr, &str)], v6: Option<(IpAddr, &[IpAddr])>) -> String {
     let list = |b: &[(IpAddr, &str)]| b.iter().map(|(a, s)| format!("{{ address: {a}, port: {TESTD_PORT}, state: {s} }}")).collect::<Vec<_>>().join(", ");
     let mut y = format!(
-        "dataplane:\n  socket_lb: {{ enabled: true, cgroup: {} }}\nservices:\n  - {{ name: web, vip: {vip}, port: 80, backends: [{}] }}\n  - {{ name: echo, vip: {vip}, port: {UDP_PORT}, protocol: udp, backends: [{}] }}\n",
+        "dataplane:\n  socket_lb: {{ enabled: true, cgroup: {} }}\nservices:\n  - {{ name: web, vip: {vip}, port: 80, backends: [{b}] }}\n  - {{ name: echo, vip: {vip}, port: {UDP_PORT}, protocol: udp, backends: [{b}] }}\n  - {{ name: packets, vip: {vip}, port: {NOT_SOCKET_PORT}, socket_lb: false, backends: [{b}] }}\n",
         cg.path().display(),
-        list(backends),
-        list(backends)
+        b = list(backends),
     );
     if let Some((vip6, b6)) = v6 {
         let b6: Vec<(IpAddr, &str)> = b6.iter().map(|a| (*a, "active")).collect();
@@ -149,6 +153,10 @@ fn host_callers() {
     // to the VIP (packets for it only pass through, from the client's link).
     let outside = topo.lb.try_run("curl", &["-s", "--max-time", "2", &format!("http://{vip}/")]);
     assert!(outside.is_err(), "a process outside the cgroup reached the VIP: {outside:?}");
+    // Nor is a service with `socket_lb: false`, from inside.
+    let off = try_run(&mut in_ns(&cg, &topo.lb, &["curl", "-s", "--max-time", "2", &format!("http://{}/", Topology::vip4(NOT_SOCKET_PORT))]));
+    assert!(off.is_err(), "a service with socket_lb: false was balanced at the socket: {off:?}");
+    assert_eq!(topo.get(Topology::vip4(NOT_SOCKET_PORT)).map(|n| n.starts_with('b')), Ok(true), "the same service through XDP");
 
     // Draining b2, then removing b3: no new connection reaches them.
     cfg.write(&yaml(&cg, vip.ip(), &states(["active", "draining", "active"]), v6));
@@ -163,6 +171,44 @@ fn host_callers() {
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
     let after = try_run(&mut in_ns(&cg, &topo.lb, &["curl", "-s", "--max-time", "2", &format!("http://{vip}/")]));
     assert!(after.is_err(), "the cgroup is still balanced after xlb stopped: {after:?}");
+}
+
+#[test]
+fn kept_across_kill_9() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    ensure_bpffs();
+    let topo = Topology::builder().build();
+    let cg = Cgroup::new();
+    let ips: Vec<(IpAddr, &str)> = topo.backends.iter().map(|b| (b.v4.into(), "active")).collect();
+    let cfg = TempFile::new(".yaml", &yaml(&cg, Topology::vip4(80).ip(), &ips, None));
+    let _down = Down(&topo);
+    let start = || {
+        let specs = vec!["--bpffs".to_owned(), BPFFS.to_owned()];
+        Xlb::start_socket_lb(XlbArgs { ns: Some(&topo.lb), iface: LB_CLIENT_IF, config: Some(cfg.path()), specs, other_ifaces: topo.lb_backend_ifaces() })
+    };
+    let vip = Topology::vip4(80);
+    let all = ["b1", "b2", "b3"];
+    let mut xlb = start();
+    assert!(xlb.log().contains("data plane pinned while running"), "not pinned:\n{}", xlb.log());
+    xlb.kill_9();
+    assert_spread("in the cgroup, no xlb running", &fetch(&cg, Some(&topo.lb), vip, false), &all, Some(vip), &xlb);
+    let mut xlb = start();
+    assert!(xlb.log().contains("adopted the kept data plane"), "no adoption after kill -9:\n{}", xlb.log());
+    assert!(!xlb.log().contains("no longer needed"), "a kept cgroup link was not taken over:\n{}", xlb.log());
+    assert_spread("in the cgroup, adopted", &fetch(&cg, Some(&topo.lb), vip, false), &all, Some(vip), &xlb);
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+    let after = try_run(&mut in_ns(&cg, &topo.lb, &["curl", "-s", "--max-time", "2", &format!("http://{vip}/")]));
+    assert!(after.is_err(), "the cgroup is still balanced after the adopting xlb stopped: {after:?}");
+}
+
+/// Removes a kept data plane when a test ends early, before its namespace goes.
+struct Down<'a>(&'a Topology);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.lb.try_run(xlb_bin().to_str().expect("utf-8 path"), &["down", "--bpffs", BPFFS, "--iface", LB_CLIENT_IF]);
+    }
 }
 
 /// Fetches until `gone` no longer answers (a reload applies within a second or so): the

@@ -310,6 +310,20 @@ mod tests {
         assert_eq!(plan_of(&[svc("a", "", "tcp"), svc("b", "127.0.0.1", "udp")]).unwrap(), (2, 0));
     }
 
+    /// Socket balancing per service: the config's switch, and any container's label.
+    #[test]
+    fn socket_lb_follows_the_config_and_the_containers() {
+        let socket_lb = |text: &str, label_off: bool| {
+            let mut r = Registry::default();
+            let d = Discovered { socket_lb: !label_off, ..discovered("10.1.0.1", false, false, None) };
+            r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d, discovered("10.1.0.2", false, false, None)] });
+            plan(&config(text), "lo", &r, Instant::now(), |_, _| PASSED).unwrap().services[0].socket_lb
+        };
+        assert!(socket_lb(SVC, false));
+        assert!(!socket_lb(SVC, true));
+        assert!(!socket_lb(&format!("{SVC}    socket_lb: false\n"), false));
+    }
+
     #[test]
     fn backups_serve_only_when_no_primary_is_up() {
         let c = config(SVC);

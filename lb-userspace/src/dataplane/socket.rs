@@ -69,13 +69,24 @@ impl Dataplane {
         &self.socket_lb
     }
 
+    /// Loads (verifies) the socket programs, those not loaded yet.
+    pub fn load_socket_programs(&mut self) -> anyhow::Result<()> {
+        for (name, _) in SOCK_PROGS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            if prog.fd().is_err() {
+                prog.load().with_context(|| format!("verifying {name}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the socket programs and attaches each to `cgroup`, beside any program there.
     fn attach_sockets(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+        self.load_socket_programs()?;
         for (name, hook) in SOCK_PROGS {
             let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
             let kept = self.kept_link(name, CGROUP);
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
             // As a BPF link (5.7+; xlb needs 5.10): links always sit beside other programs,
             // and the kernel takes no attach flags for them.
             let id = prog.attach(dir, CgroupAttachMode::Single).with_context(|| format!("attaching {name} to the {hook} hook of {}", cgroup.display()))?;

@@ -77,7 +77,7 @@ pub const SOCKET_FEATURES: &[Feature] = &[
     Feature { what: "cgroup sock_addr programs (connect, sendmsg hooks)", since: "4.17", probe: Probe::Program(ProgramType::CgroupSockAddr) },
     Feature {
         what: "bpf_get_socket_cookie from cgroup sock_addr programs (a socket's backend)",
-        since: "5.7",
+        since: "4.19",
         probe: Probe::Helper(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_socket_cookie),
     },
     Feature {

@@ -135,7 +135,13 @@ fn host_callers() {
     let states = |s: [&'static str; 3]| ips.iter().copied().zip(s).collect::<Vec<_>>();
     let v6 = Some((vip6.ip(), ips6.as_slice()));
     let cfg = TempFile::new(".yaml", &yaml(&cg, vip.ip(), &states(["active"; 3]), v6));
-    let mut xlb = Xlb::start_socket_lb(XlbArgs { ns: Some(&topo.lb), iface: LB_CLIENT_IF, config: Some(cfg.path()), specs: vec![], other_ifaces: topo.lb_backend_ifaces() });
+    let mut xlb = Xlb::start_socket_lb(XlbArgs {
+        ns: Some(&topo.lb),
+        iface: LB_CLIENT_IF,
+        config: Some(cfg.path()),
+        specs: vec![],
+        other_ifaces: topo.lb_backend_ifaces(),
+    });
     assert!(xlb.log().contains("socket-level balancing on"), "xlb did not turn socket balancing on:\n{}", xlb.log());
     let all = ["b1", "b2", "b3"];
 

@@ -4,7 +4,9 @@
 //!
 //! - `host_callers`: the namespace topology; the callers are processes of the LB namespace
 //!   (the host xlb runs on) in the child: curl's spread over three backends, IPv4 and IPv6,
-//!   getpeername() and UDP replies showing the VIP, a process outside the child untouched,
+//!   getpeername() and UDP replies showing the VIP (both families), round_robin stepping at
+//!   each connect() and source_hash keeping a namespace on one backend, a process outside
+//!   the child and a `socket_lb: false` service untouched,
 //!   a backend calling its own service (hairpin), the XDP path serving the client namespace
 //!   at the same time, a drained and a removed backend getting no new connections, and
 //!   nothing balanced once xlb has stopped.
@@ -45,20 +47,25 @@ const AT_LEAST: usize = 5;
 const UDP_PORT: u16 = 53;
 /// A service with `socket_lb: false`.
 const NOT_SOCKET_PORT: u16 = 81;
+/// Services with `method: round_robin` and `method: source_hash`.
+const RR_PORT: u16 = 82;
+const SOURCE_HASH_PORT: u16 = 83;
 
 /// The YAML of the tests' services: TCP on `vip`:80 and UDP on `vip`:53, both to `backends`
-/// port 8080 (`(address, state)`), socket-balanced in `cg`; `v6` adds the same TCP service
+/// port 8080 (`(address, state)`), socket-balanced in `cg`; `v6` adds the same two services
 /// on `v6.0` with `v6.1`.
 fn yaml(cg: &Cgroup, vip: IpAddr, backends: &[(IpAddr, &str)], v6: Option<(IpAddr, &[IpAddr])>) -> String {
     let list = |b: &[(IpAddr, &str)]| b.iter().map(|(a, s)| format!("{{ address: {a}, port: {TESTD_PORT}, state: {s} }}")).collect::<Vec<_>>().join(", ");
     let mut y = format!(
-        "dataplane:\n  socket_lb: {{ enabled: true, cgroup: {} }}\nservices:\n  - {{ name: web, vip: {vip}, port: 80, backends: [{b}] }}\n  - {{ name: echo, vip: {vip}, port: {UDP_PORT}, protocol: udp, backends: [{b}] }}\n  - {{ name: packets, vip: {vip}, port: {NOT_SOCKET_PORT}, socket_lb: false, backends: [{b}] }}\n",
+        "dataplane:\n  socket_lb: {{ enabled: true, cgroup: {} }}\nservices:\n  - {{ name: web, vip: {vip}, port: 80, backends: [{b}] }}\n  - {{ name: echo, vip: {vip}, port: {UDP_PORT}, protocol: udp, backends: [{b}] }}\n  - {{ name: packets, vip: {vip}, port: {NOT_SOCKET_PORT}, socket_lb: false, backends: [{b}] }}\n  - {{ name: rr, vip: {vip}, port: {RR_PORT}, method: round_robin, backends: [{b}] }}\n  - {{ name: sh, vip: {vip}, port: {SOURCE_HASH_PORT}, method: source_hash, backends: [{b}] }}\n",
         cg.path().display(),
         b = list(backends),
     );
     if let Some((vip6, b6)) = v6 {
         let b6: Vec<(IpAddr, &str)> = b6.iter().map(|a| (*a, "active")).collect();
-        y += &format!("  - {{ name: web6, vip: \"{vip6}\", port: 80, backends: [{}] }}\n", list(&b6));
+        let b6 = list(&b6);
+        y += &format!("  - {{ name: web6, vip: \"{vip6}\", port: 80, backends: [{b6}] }}\n");
+        y += &format!("  - {{ name: echo6, vip: \"{vip6}\", port: {UDP_PORT}, protocol: udp, backends: [{b6}] }}\n");
     }
     y
 }
@@ -99,11 +106,16 @@ fn spread<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usiz
     m
 }
 
+/// [`spread`] of `NAME PEER` lines.
+fn by_name(lines: &[(String, String)]) -> BTreeMap<String, usize> {
+    spread(lines.iter().map(|(n, _)| n.as_str()))
+}
+
 /// Asserts that exactly `want` answered, each at least [`AT_LEAST`] times, and every peer
 /// was `peer` (when given).
 #[track_caller]
 fn assert_spread(what: &str, lines: &[(String, String)], want: &[&str], peer: Option<SocketAddr>, xlb: &Xlb) {
-    let s = spread(lines.iter().map(|(n, _)| n.as_str()));
+    let s = by_name(lines);
     eprintln!("EASTWEST-FIGURE {what}: {s:?}, peers {:?}", spread(lines.iter().map(|(_, p)| p.as_str())));
     let ok = lines.len() == COUNT && s.len() == want.len() && want.iter().all(|w| s.get(*w).is_some_and(|c| *c >= AT_LEAST));
     assert!(ok, "{what}: {s:?} of {} answers, want {want:?} each at least {AT_LEAST} of {COUNT}\n{lines:?}\n--- xlb log ---\n{}", lines.len(), xlb.log());
@@ -149,8 +161,17 @@ fn host_callers() {
     let client = topo.client.spawn_thread(move || http::spread(vip, COUNT, Duration::from_secs(60)));
     assert_spread("curl in the cgroup", &curl(&cg, &topo.lb, vip), &all, None, &xlb);
     assert_spread("curl in the cgroup, IPv6", &curl(&cg, &topo.lb, vip6), &all, None, &xlb);
+    assert_spread("getpeername(), IPv6", &fetch(&cg, Some(&topo.lb), vip6, false), &all, Some(vip6), &xlb);
+    let udp_vip6 = Topology::vip6(UDP_PORT);
+    assert_spread("UDP recvfrom(), IPv6", &fetch(&cg, Some(&topo.lb), udp_vip6, true), &all, Some(udp_vip6), &xlb);
     assert_spread("getpeername()", &fetch(&cg, Some(&topo.lb), vip, false), &all, Some(vip), &xlb);
     assert_spread("UDP recvfrom()", &fetch(&cg, Some(&topo.lb), udp_vip, true), &all, Some(udp_vip), &xlb);
+    // round_robin steps at each connect(); source_hash hashes the network namespace: one
+    // caller's namespace, one backend.
+    let rr = by_name(&fetch(&cg, Some(&topo.lb), Topology::vip4(RR_PORT), false));
+    assert!(rr.len() == 3 && rr.values().all(|c| *c == COUNT / 3), "round_robin at the socket: {rr:?}, want {} each", COUNT / 3);
+    let sh = by_name(&fetch(&cg, Some(&topo.lb), Topology::vip4(SOURCE_HASH_PORT), false));
+    assert!(sh.len() == 1 && sh.values().all(|c| *c == COUNT), "source_hash at the socket, one namespace: {sh:?}, want one backend");
     assert_spread("hairpin: b1 calling its own service", &fetch(&cg, Some(&topo.backends[0].ns), vip, false), &all, Some(vip), &xlb);
     let s = client.join().expect("client thread");
     assert!(s.errors.is_empty() && all.iter().all(|n| s.count(n) >= AT_LEAST), "the client through XDP, meanwhile: {s}");
@@ -172,7 +193,7 @@ fn host_callers() {
     cfg.write(&yaml(&cg, vip.ip(), &states(["active", "draining", "active"])[..2], v6));
     xlb.reload();
     let removed = wait_without(&cg, &topo.lb, vip, "b3");
-    assert!(removed.len() == COUNT && removed.iter().all(|(n, _)| n == "b1"), "b2 draining, b3 removed: {:?}", spread(removed.iter().map(|(n, _)| n.as_str())));
+    assert!(removed.len() == COUNT && removed.iter().all(|(n, _)| n == "b1"), "b2 draining, b3 removed: {:?}", by_name(&removed));
 
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
     let after = try_run(&mut in_ns(&cg, &topo.lb, &["curl", "-s", "--max-time", "2", &format!("http://{vip}/")]));

@@ -39,26 +39,33 @@ const MOUNT_AT: [&str; 2] = ["/sys/fs/cgroup/unified", "/run/xlb/cgroup2"];
 impl Dataplane {
     /// Turns socket-level balancing on as `cfg` says: for `auto`, only when the kernel has
     /// what it needs (else one line saying what is missing, and local callers keep the
-    /// packet path). Returns the cgroup the programs are attached to.
-    pub fn start_socket_lb(&mut self, cfg: &SocketLb) -> anyhow::Result<Option<PathBuf>> {
+    /// packet path). A configured cgroup that is not a cgroup v2 directory fails the start
+    /// either way: that is a mistake in the config, not a kernel that cannot.
+    pub fn start_socket_lb(&mut self, cfg: &SocketLb) -> anyhow::Result<()> {
         self.socket_lb = cfg.clone();
         if cfg.enabled == Switch::Off {
             info!("socket-level balancing off (dataplane.socket_lb.enabled: false)");
-            return Ok(None);
+            return Ok(());
+        }
+        if let Some(dir) = &cfg.cgroup {
+            check_cgroup2(dir)?;
         }
         let started = features::socket_lb().and_then(|()| {
-            let cgroup = cgroup_dir(cfg.cgroup.as_deref())?;
+            let cgroup = match &cfg.cgroup {
+                Some(dir) => dir.clone(),
+                None => unified_root()?,
+            };
             self.attach_sockets(&cgroup).map(|()| cgroup)
         });
         match started {
             Ok(cgroup) => {
                 info!(cgroup = %cgroup.display(), "socket-level balancing on: local callers in this cgroup connect straight to backends");
-                Ok(Some(cgroup))
+                Ok(())
             }
             Err(e) if cfg.enabled == Switch::Auto => {
                 self.detach_sockets()?;
                 warn!("socket-level balancing unavailable, local callers take the packet path: {e:#}");
-                Ok(None)
+                Ok(())
             }
             Err(e) => Err(e.context("dataplane.socket_lb.enabled is true")),
         }
@@ -112,15 +119,15 @@ impl Dataplane {
     }
 }
 
-/// The cgroup v2 directory to attach to: the configured one (which must be a cgroup v2
-/// directory), else the root of the unified hierarchy, mounted if there is none.
-fn cgroup_dir(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = configured {
-        if !is_cgroup2(dir) {
-            bail!("{} is not a cgroup v2 directory (dataplane.socket_lb.cgroup)", dir.display());
-        }
-        return Ok(dir.to_owned());
+fn check_cgroup2(dir: &Path) -> anyhow::Result<()> {
+    if !is_cgroup2(dir) {
+        bail!("{} is not a cgroup v2 directory (dataplane.socket_lb.cgroup)", dir.display());
     }
+    Ok(())
+}
+
+/// The root of the unified hierarchy, mounted if there is none.
+fn unified_root() -> anyhow::Result<PathBuf> {
     if let Some(root) = cgroup2_mount()? {
         return Ok(root);
     }
@@ -202,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_configured_directory_must_be_cgroup2() {
-        let e = cgroup_dir(Some(Path::new("/proc"))).unwrap_err().to_string();
+        let e = check_cgroup2(Path::new("/proc")).unwrap_err().to_string();
         assert_eq!(e, "/proc is not a cgroup v2 directory (dataplane.socket_lb.cgroup)");
     }
 }

@@ -58,10 +58,12 @@ impl Flow for Sock {
 #[inline(always)]
 pub fn balance(ctx: &SockAddrContext, family: u8, sendmsg: bool) {
     let sa = ctx.sock_addr;
-    let proto = unsafe { (*sa).protocol } as u8;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    // Compared whole: MPTCP (262) must not pass for TCP (6) once truncated.
+    let proto = unsafe { (*sa).protocol };
+    if proto != IPPROTO_TCP as u32 && proto != IPPROTO_UDP as u32 {
         return;
     }
+    let proto = proto as u8;
     let (vip, port) = read_addr(sa, family);
     let key = ServiceKey { addr: vip, port, proto, family };
     // SAFETY: user space updates map values whole; we copy before use.

@@ -20,9 +20,21 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const DROPS: &str = "DROPS";
+    pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
     pub const PROG_XDP: &str = "xlb_xdp";
     pub const PROG_FWD: &str = "xlb_fwd";
     pub const PROG_REPLY: &str = "xlb_reply";
+    /// The socket-level programs (cgroup sock_addr hooks), by the hook each is for.
+    pub const SOCK_PROGS: [(&str, &str); 8] = [
+        ("xlb_connect4", "connect4"),
+        ("xlb_connect6", "connect6"),
+        ("xlb_sendmsg4", "sendmsg4"),
+        ("xlb_sendmsg6", "sendmsg6"),
+        ("xlb_recvmsg4", "recvmsg4"),
+        ("xlb_recvmsg6", "recvmsg6"),
+        ("xlb_getpeername4", "getpeername4"),
+        ("xlb_getpeername6", "getpeername6"),
+    ];
 }
 
 /// Default number of slots of one selection table (a prime, as Maglev requires).
@@ -38,6 +50,8 @@ pub const CONN_CREATED_HALF_OPEN: u32 = 1;
 pub const MAX_BACKENDS: u32 = 16_384;
 /// Upper bound of service ids.
 pub const DEFAULT_MAX_SERVICES: u32 = 64;
+/// Size of `SOCK_REV_NAT` (an LRU: a socket gone leaves its entries to be pushed out).
+pub const SOCK_REV_NAT_SIZE: u32 = 65_536;
 
 pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
@@ -100,7 +114,15 @@ pub struct Service {
     pub len: u32,
     /// `Method` as u8.
     pub method: u8,
-    pub _pad: [u8; 3],
+    /// `Service::F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Service {
+    /// Local callers in the socket-LB cgroup reach it by socket-level balancing (their
+    /// connect() and sendmsg() go straight to a backend); without it they go the packet way.
+    pub const F_SOCKET_LB: u8 = 1;
 }
 
 /// Backend lifecycle as the kernel sees it.
@@ -144,6 +166,20 @@ pub struct RevNat {
     pub port: u16,
     pub family: u8,
     pub _pad: u8,
+}
+
+/// `SOCK_REV_NAT` key: a socket (by its cookie) that socket-level balancing connected (or
+/// sent) to a backend, and that backend; the value is the VIP:port the application asked
+/// for, which its recvmsg() and getpeername() are shown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Which of a flow's two connection entries a key names.
@@ -398,4 +434,5 @@ mod pod {
     unsafe impl aya::Pod for Conn {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for SockRevKey {}
 }

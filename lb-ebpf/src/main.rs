@@ -8,6 +8,8 @@
 //!   which skips netfilter so Docker's FORWARD policy does not see the flow.
 //! - `xlb_reply` (TC ingress, on interfaces facing backends): rewrites a reply's
 //!   source back to VIP:port and sends it to the client.
+//! - `xlb_connect4/6`, `xlb_sendmsg4/6`, `xlb_recvmsg4/6`, `xlb_getpeername4/6` (cgroup
+//!   sock_addr hooks): socket-level balancing for local callers (`sock`).
 //!
 //! The TC programs answer `TC_ACT_UNSPEC` for packets that are not theirs, so other
 //! programs on the same hook (TCX or cls_bpf) still see them.
@@ -25,18 +27,19 @@ mod maps;
 mod nat;
 mod parse;
 mod select;
+mod sock;
 
 use core::{mem, ptr::read_unaligned};
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC, TC_ACT_SHOT, xdp_action},
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_vlan_pop, bpf_xdp_adjust_meta},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{AF_INET, Conn, ConnKind, DropReason, FwdMeta, IPPROTO_UDP, ServiceKey};
+use lb_common::{AF_INET, AF_INET6, Conn, ConnKind, DropReason, FwdMeta, IPPROTO_UDP, ServiceKey};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -269,6 +272,55 @@ fn fix_l4(ctx: &TcContext, p: &Packet, addr: u32, port: u32) -> Result<(), i64> 
     let off = p.csum_off();
     ctx.l4_csum_replace(off, 0, addr as u64, BPF_F_PSEUDO_HDR as u64 | udp)?;
     ctx.l4_csum_replace(off, 0, port as u64, udp)
+}
+
+// Socket-level balancing (`sock`). Each answers 1: the call goes on, its address maybe changed.
+#[cgroup_sock_addr(connect4)]
+pub fn xlb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx, AF_INET, false);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn xlb_connect6(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx, AF_INET6, false);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn xlb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx, AF_INET, true);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn xlb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx, AF_INET6, true);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn xlb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn xlb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET6);
+    1
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn xlb_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET);
+    1
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn xlb_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET6);
+    1
 }
 
 #[cfg(not(test))]

@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Conn, ConnKey, Counters, DEFAULT_CONNTRACK_SIZE, DEFAULT_HALF_OPEN_SIZE, DEFAULT_MAX_SERVICES,
-    DEFAULT_TABLE_SIZE, DropReason, MAX_BACKENDS, RevNat, Service, ServiceKey, Settings,
+    DEFAULT_TABLE_SIZE, DropReason, MAX_BACKENDS, RevNat, SOCK_REV_NAT_SIZE, Service, ServiceKey, Settings,
+    SockRevKey,
 };
 
 #[map]
@@ -26,6 +27,11 @@ pub static REV_NAT: Array<RevNat> = Array::with_max_entries(DEFAULT_MAX_SERVICES
 #[map]
 pub static TABLES: Array<u32> =
     Array::with_max_entries((DEFAULT_MAX_SERVICES + 1) * DEFAULT_TABLE_SIZE, BPF_F_MMAPABLE);
+
+/// What socket-level balancing connected a socket to, for its recvmsg() and getpeername()
+/// to show the VIP instead (`sock`). An LRU: nothing tells the map a socket closed.
+#[map]
+pub static SOCK_REV_NAT: LruHashMap<SockRevKey, RevNat> = LruHashMap::with_max_entries(SOCK_REV_NAT_SIZE, 0);
 
 #[map]
 pub static CONNTRACK: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
@@ -67,6 +73,14 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::C
 pub fn count_drop(reason: DropReason) {
     if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
         unsafe { *c += 1 };
+    }
+}
+
+/// Counts a flow that opened without a packet through here (a socket-level choice).
+#[inline(always)]
+pub fn count_flow(map: &PerCpuArray<Counters>, index: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        unsafe { (*c).new_flows += 1 };
     }
 }
 

@@ -10,18 +10,36 @@ use crate::{
     parse::Packet,
 };
 
+/// What the hashed methods hash: a packet's addresses, or a socket's identity (`sock`).
+pub trait Flow {
+    /// Maglev's key: one flow.
+    fn flow_hash(&self, seed: u32) -> u32;
+    /// source_hash's key: one client.
+    fn client_hash(&self, seed: u32) -> u32;
+}
+
+impl Flow for Packet {
+    #[inline(always)]
+    fn flow_hash(&self, seed: u32) -> u32 {
+        flow_hash(&self.src, self.sport, &self.dst, self.dport, self.proto, seed)
+    }
+
+    #[inline(always)]
+    fn client_hash(&self, seed: u32) -> u32 {
+        source_hash(&self.src, seed)
+    }
+}
+
 /// Picks a backend id and its entry from the service's selection table.
 #[inline(always)]
-pub fn pick(svc: &Service, p: &Packet, s: &Settings) -> Result<(u32, Backend), DropReason> {
+pub fn pick<F: Flow>(svc: &Service, p: &F, s: &Settings) -> Result<(u32, Backend), DropReason> {
     let len = svc.len;
     if len == 0 {
         return Err(DropReason::NoBackend);
     }
     let index = match Method::from_u8(svc.method) {
-        Some(Method::Maglev) | None => {
-            flow_hash(&p.src, p.sport, &p.dst, p.dport, p.proto, s.hash_seed) % len
-        }
-        Some(Method::SourceHash) => source_hash(&p.src, s.hash_seed) % len,
+        Some(Method::Maglev) | None => p.flow_hash(s.hash_seed) % len,
+        Some(Method::SourceHash) => p.client_hash(s.hash_seed) % len,
         Some(Method::Random) => (unsafe { bpf_get_prandom_u32() }) % len,
         Some(Method::RoundRobin) => {
             let pos = RR.get_ptr_mut(svc.id).ok_or(DropReason::BadTableEntry)?;

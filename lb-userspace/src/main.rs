@@ -41,6 +41,10 @@ enum Command {
         /// Where the BPF file system is mounted (kept data planes live in its xlb/).
         #[arg(long, default_value = xlb::dataplane::pin::DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// Socket-level balancing for local callers: auto, true or false (overrides
+        /// dataplane.socket_lb.enabled).
+        #[arg(long)]
+        socket_lb: Option<xlb::config::Switch>,
         /// Services: [VIP:]PORT:TARGET[,TARGET...][:TARGETPORT][/tcp|/udp|/http].
         specs: Vec<Spec>,
     },
@@ -81,12 +85,12 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => fmt.json().init(),
     }
     let result = match cli.command {
-        Command::Run { iface, config, kernel_log, keep_dataplane, bpffs, specs } => kernel_level(&kernel_log).and_then(|level| {
-            let source = Source { file: config, specs, interface: iface };
+        Command::Run { iface, config, kernel_log, keep_dataplane, bpffs, socket_lb, specs } => kernel_level(&kernel_log).and_then(|level| {
+            let source = Source { file: config, specs, interface: iface, socket_lb };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(xlb::run::run(source, level, keep_dataplane, &bpffs))
         }),
         Command::Down { iface, bpffs } => xlb::dataplane::pin::down(&bpffs, iface.as_deref()).map(|lines| lines.iter().for_each(|l| println!("{l}"))),
-        Command::Check { config } => Config::load(&config).map(|c| println!("{}: ok, {} services", config.display(), c.services.len())),
+        Command::Check { config } => Config::load(&config).map(|c| check(&config, &c)),
         Command::Status { json, admin } => status(json, admin),
         Command::Import { file } => import(&file),
     };
@@ -96,6 +100,16 @@ fn main() -> std::process::ExitCode {
             eprintln!("xlb: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `xlb check`: the file is good; and whether this kernel can balance local callers at
+/// the socket, which `dataplane.socket_lb.enabled: auto` turns on by.
+fn check(path: &std::path::Path, c: &Config) {
+    println!("{}: ok, {} services", path.display(), c.services.len());
+    match xlb::dataplane::features::socket_lb() {
+        Ok(()) => println!("socket-level balancing: this kernel has it (dataplane.socket_lb.enabled: {})", c.dataplane.socket_lb.enabled),
+        Err(e) => println!("socket-level balancing: not available, local callers take the packet path: {e:#}"),
     }
 }
 

@@ -11,11 +11,13 @@
 //! - [`load`]: steady HTTP load through a VIP, every request recorded;
 //! - [`socket`]: TCP connects that tell their source port, or use a chosen one;
 //! - [`config`]: SPECs and YAML configs;
-//! - [`dns`]: a DNS server answering one name with records the test switches.
+//! - [`dns`]: a DNS server answering one name with records the test switches;
+//! - [`cgroup`]: a cgroup v2 child for socket-level balancing, holding only the test's clients.
 //!
 //! The tests need root, iproute2, ethtool, curl, the `xlb` binary at `$XLB_BIN` (and Docker for
 //! tests/docker.rs); see [`preflight`].
 
+pub mod cgroup;
 pub mod compose;
 pub mod config;
 pub mod dns;
@@ -136,6 +138,7 @@ pub fn cleanup_stale() {
             }
         }
     }
+    cgroup::cleanup_stale();
     if util::have("docker") {
         docker::cleanup_stale_containers();
         docker::cleanup_stale_networks();

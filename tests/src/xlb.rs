@@ -17,6 +17,20 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `xlb` may take to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The BPF file system the tests keep data planes in (`--bpffs`): under /run, which the
+/// namespaces `ip netns exec` makes still see (it hides the host's /sys/fs/bpf).
+pub const BPFFS: &str = "/run/xlb-tests-bpffs";
+
+/// Mounts [`BPFFS`] in the root mount namespace (namespaces `ip netns exec` makes later
+/// see it) unless it is mounted already.
+pub fn ensure_bpffs() {
+    std::fs::create_dir_all(BPFFS).unwrap_or_else(|e| panic!("creating {BPFFS}: {e}"));
+    let out = crate::util::run(&mut cmd("stat", ["-f", "-c", "%T", BPFFS]));
+    if out.trim() != "bpf_fs" {
+        crate::util::run(&mut cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
+    }
+}
+
 /// The `xlb` binary from `$XLB_BIN`; panics with a clear message when it is not set or missing.
 pub fn xlb_bin() -> PathBuf {
     let Some(p) = std::env::var_os("XLB_BIN") else {
@@ -60,14 +74,28 @@ impl Xlb {
         Xlb::start_with_env(args, &[])
     }
 
-    /// [`Xlb::start`] with extra environment variables (e.g. `RUST_LOG`).
+    /// [`Xlb::start`] with extra environment variables (e.g. `RUST_LOG`). Socket-level
+    /// balancing is off (`--socket-lb=false`): on, xlb would attach to the root of the
+    /// unified hierarchy, every process on the machine; see [`Xlb::start_socket_lb`].
     pub fn start_with_env(args: XlbArgs<'_>, env: &[(&str, &str)]) -> Xlb {
+        Xlb::spawn(args, env, &["--socket-lb=false"])
+    }
+
+    /// [`Xlb::start`] leaving socket-level balancing to the config, whose
+    /// `dataplane.socket_lb.cgroup` must name a test's own [`crate::cgroup::Cgroup`].
+    pub fn start_socket_lb(args: XlbArgs<'_>) -> Xlb {
+        let config = args.config.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+        assert!(config.contains(crate::cgroup::MOUNT), "start_socket_lb: the config must attach to a test cgroup under {}", crate::cgroup::MOUNT);
+        Xlb::spawn(args, &[], &[])
+    }
+
+    fn spawn(args: XlbArgs<'_>, env: &[(&str, &str)], flags: &[&str]) -> Xlb {
         let bin = xlb_bin();
         let mut c = match args.ns {
             Some(ns) => ns.exec(bin.to_str().expect("utf-8 path"), std::iter::empty::<&str>()),
             None => std::process::Command::new(&bin),
         };
-        c.args(["run", "--iface", args.iface]);
+        c.args(["run", "--iface", args.iface]).args(flags);
         if let Some(cfg) = args.config {
             c.arg("--config").arg(cfg);
         }
@@ -310,20 +338,5 @@ impl Drop for Xlb {
                 panic!("{e}");
             }
         }
-    }
-}
-
-/// A BPF file system for the kept data planes of the tests. Not /sys/fs/bpf: xlb runs under
-/// `ip netns exec`, which mounts a fresh sysfs over /sys and so hides the host's (and a host
-/// may have none there).
-pub const BPFFS: &str = "/run/xlb-tests-bpffs";
-
-/// Mounts [`BPFFS`] in the root mount namespace (namespaces `ip netns exec` makes later see
-/// it) unless it is mounted already.
-pub fn ensure_bpffs() {
-    std::fs::create_dir_all(BPFFS).unwrap_or_else(|e| panic!("creating {BPFFS}: {e}"));
-    let out = crate::util::run(&mut cmd("stat", ["-f", "-c", "%T", BPFFS]));
-    if out.trim() != "bpf_fs" {
-        crate::util::run(&mut cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod http;
 mod service;
+mod socket_lb;
 mod spec;
 pub mod units;
 
@@ -20,6 +21,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Deserializer, de};
 use service::RawService;
 pub use service::{Backend, BackendState, DnsSource, DockerSource, HealthCheck, Method, Protocol, Service};
+pub use socket_lb::{SocketLb, Switch};
 pub use spec::{Spec, Targets};
 use units::duration;
 pub use units::{MAX_DURATION, Positive, Prime, Weight, is_prime, parse_duration};
@@ -83,6 +85,8 @@ pub struct Dataplane {
     /// on, but not never.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// Socket-level balancing for local callers (fixed at start).
+    pub socket_lb: SocketLb,
 }
 
 impl Default for Dataplane {
@@ -97,6 +101,7 @@ impl Default for Dataplane {
             tcp_closed_timeout: Duration::from_secs(10),
             udp_idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(5 * 60),
+            socket_lb: SocketLb::default(),
         }
     }
 }
@@ -220,6 +225,8 @@ pub struct Source {
     pub file: Option<PathBuf>,
     pub specs: Vec<Spec>,
     pub interface: Option<String>,
+    /// `xlb run --socket-lb`: overrides `dataplane.socket_lb.enabled`.
+    pub socket_lb: Option<Switch>,
 }
 
 impl Source {
@@ -231,6 +238,9 @@ impl Source {
         if self.interface.is_some() {
             config.dataplane.interface.clone_from(&self.interface);
         }
+        if let Some(switch) = self.socket_lb {
+            config.dataplane.socket_lb.enabled = switch;
+        }
         config.with_specs(&self.specs)
     }
 
@@ -241,7 +251,6 @@ impl Source {
     }
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;

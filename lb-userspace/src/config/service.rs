@@ -83,6 +83,10 @@ pub struct Service {
     pub slow_start: Duration,
     /// HTTP proxy options (`protocol: http` only).
     pub http: Option<http::HttpOptions>,
+    /// Local callers in `dataplane.socket_lb.cgroup` are balanced at connect() (default);
+    /// `false` leaves them to the packet path. A container label `xlb.socket_lb=false`
+    /// on any of its backends turns it off too.
+    pub socket_lb: bool,
 }
 
 /// Containers that join the service (see `discovery::DockerWatch`).
@@ -176,6 +180,12 @@ pub struct RawService {
     slow_start: Duration,
     #[serde(default, deserialize_with = "http::deserialize_checked")]
     http: Option<http::HttpOptions>,
+    #[serde(default = "yes")]
+    socket_lb: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn tcp() -> Protocol {
@@ -198,6 +208,7 @@ impl TryFrom<RawService> for Service {
             health: r.health,
             slow_start: r.slow_start,
             http: r.http,
+            socket_lb: r.socket_lb,
         };
         s.validate()?;
         Ok(s)

@@ -59,6 +59,7 @@ impl Spec {
             health: None,
             slow_start: Duration::ZERO,
             http: None,
+            socket_lb: true,
         }
     }
 

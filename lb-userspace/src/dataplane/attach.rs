@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, bail};
 use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp, XdpMode,
+    CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::FdLink,
     tc::{self, SchedClassifierLink},
     xdp::XdpLink,
@@ -56,6 +56,7 @@ impl Dataplane {
             let link: FdLink = match a.link {
                 LinkId::Xdp(id) => program::<Xdp>(&mut self.ebpf, a.program)?.take_link(id)?.try_into(),
                 LinkId::Tc(id) => program::<SchedClassifier>(&mut self.ebpf, a.program)?.take_link(id)?.try_into(),
+                LinkId::Sock(id) => program::<CgroupSockAddr>(&mut self.ebpf, a.program)?.take_link(id)?.try_into(),
             }
             .with_context(|| format!("{} on {} is not a BPF link (kernel too old to keep it)", a.program, a.iface))?;
             link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
@@ -79,7 +80,7 @@ impl Dataplane {
     }
 
     /// Pins an attachment just made, while the data plane is kept while running.
-    fn pin_new(&mut self) -> anyhow::Result<()> {
+    pub(super) fn pin_new(&mut self) -> anyhow::Result<()> {
         match self.pins.clone() {
             Some(scope) => self.keep(&scope).map(drop),
             None => Ok(()),
@@ -151,7 +152,7 @@ impl Dataplane {
     /// The kept link of `program` on `iface`, if a kept data plane had one. Taking it
     /// over (`attach_to_link`) swaps the program in one `BPF_LINK_UPDATE`: packets see
     /// the old program or the new one, never none.
-    fn kept_link(&mut self, program: &str, iface: &str) -> Option<FdLink> {
+    pub(super) fn kept_link(&mut self, program: &str, iface: &str) -> Option<FdLink> {
         self.kept_links.remove(&(program.to_owned(), iface.to_owned())).map(FdLink::from)
     }
 

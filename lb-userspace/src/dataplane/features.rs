@@ -70,20 +70,54 @@ pub const FEATURES: &[Feature] = &[
     },
 ];
 
+/// What socket-level balancing needs beyond [`FEATURES`]; without it, local callers take
+/// the packet path. The hooks themselves are not probed (loading a program says nothing of
+/// its attach point): a kernel without one fails the attach, which says so.
+pub const SOCKET_FEATURES: &[Feature] = &[
+    Feature { what: "cgroup sock_addr programs (connect, sendmsg hooks)", since: "4.17", probe: Probe::Program(ProgramType::CgroupSockAddr) },
+    Feature {
+        what: "bpf_get_socket_cookie from cgroup sock_addr programs (a socket's backend)",
+        since: "4.19",
+        probe: Probe::Helper(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_socket_cookie),
+    },
+    Feature {
+        what: "bpf_get_netns_cookie from cgroup sock_addr programs (source_hash's client)",
+        since: "5.7",
+        probe: Probe::Helper(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_netns_cookie),
+    },
+];
+
+/// Probes [`SOCKET_FEATURES`]; the error names each missing one (recvmsg hooks need 5.2 and
+/// getpeername hooks 5.8, which the attach finds out).
+pub fn socket_lb() -> anyhow::Result<()> {
+    let missing = missing(SOCKET_FEATURES)?;
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|f| format!("{} (Linux {})", f.what, f.since)).collect();
+        bail!("this kernel ({}) lacks {}", release(), list.join("; "));
+    }
+    Ok(())
+}
+
 /// Probes every feature in [`FEATURES`]; the error names each missing one (and the kernel).
 /// Needs the privileges `xlb run` needs anyway (root, or CAP_BPF and CAP_NET_ADMIN).
 pub fn check() -> anyhow::Result<()> {
+    let missing = missing(FEATURES)?;
+    if !missing.is_empty() {
+        bail!("{}", report(&release(), &missing));
+    }
+    Ok(())
+}
+
+/// The features of `list` this kernel lacks.
+fn missing(list: &'static [Feature]) -> anyhow::Result<Vec<&'static Feature>> {
     let mut missing = Vec::new();
-    for feature in FEATURES {
+    for feature in list {
         let present = feature.probe().with_context(|| format!("probing the kernel for {} (is xlb running as root?)", feature.what))?;
         if !present {
             missing.push(feature);
         }
     }
-    if !missing.is_empty() {
-        bail!("{}", report(&release(), &missing));
-    }
-    Ok(())
+    Ok(missing)
 }
 
 /// The one-line error for a kernel that lacks `missing`.
@@ -199,5 +233,6 @@ mod tests {
             return;
         }
         check().unwrap();
+        socket_lb().unwrap();
     }
 }

@@ -6,6 +6,7 @@ mod conntrack;
 pub mod features;
 pub mod maglev;
 pub mod pin;
+mod socket;
 mod sync;
 mod tables;
 
@@ -20,7 +21,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapInfo, MapType},
-    programs::{SchedClassifier, Xdp, links::PinnedLink, tc::SchedClassifierLinkId, xdp::XdpLinkId},
+    programs::{SchedClassifier, Xdp, cgroup_sock_addr::CgroupSockAddrLinkId, links::PinnedLink, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
 use lb_common::{Backend as KBackend, BackendState as KState, Conn, ConnKey, Counters, Service as KService, ServiceKey, Settings, names, words_addr};
 
@@ -35,7 +36,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 /// The maps a kept data plane keeps: all the programs read, write or count into. The
 /// kernel log's ring buffer and the programs' constants are made anew by each run.
-const KEPT_MAPS: [&str; 13] = [
+const KEPT_MAPS: [&str; 14] = [
     names::SERVICES,
     names::BACKENDS,
     names::REV_NAT,
@@ -49,6 +50,7 @@ const KEPT_MAPS: [&str; 13] = [
     names::SERVICE_STATS,
     names::BACKEND_STATS,
     names::DROPS,
+    names::SOCK_REV_NAT,
 ];
 const PROGRAMS: [&str; 3] = [names::PROG_XDP, names::PROG_FWD, names::PROG_REPLY];
 
@@ -131,6 +133,7 @@ struct Attachment {
 enum LinkId {
     Xdp(XdpLinkId),
     Tc(SchedClassifierLinkId),
+    Sock(CgroupSockAddrLinkId),
 }
 
 /// What an adopted data plane held, for the log.
@@ -166,6 +169,8 @@ pub struct Dataplane {
     /// Where everything is pinned as it is attached (`keep_while_running`).
     pins: Option<Scope>,
     conns: Conns,
+    /// `dataplane.socket_lb` as the start applied it (fixed until a restart).
+    socket_lb: config::SocketLb,
 }
 
 impl Dataplane {
@@ -231,6 +236,7 @@ impl Dataplane {
             active: HashMap::new(),
             pins: None,
             conns: Conns::default(),
+            socket_lb: config::SocketLb::default(),
         };
         if kept.is_some() {
             dp.take_over_ids().context("reading the kept data plane's maps")?;

@@ -97,7 +97,7 @@ impl Dataplane {
         let table_ids: Vec<u32> = picks.iter().map(|&i| active[i as usize].0).collect();
 
         let method = lb_common::Method::from(d.method) as u8;
-        let mut entry = KService { id: service, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, _pad: [0; 3] };
+        let mut entry = KService { id: service, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, flags: if d.socket_lb { KService::F_SOCKET_LB } else { 0 }, _pad: [0; 2] };
         if old_table.is_none() || table_ids != old_ids {
             let slot = self.free_tables.pop().context("no spare selection table")?;
             self.tables.write(slot as usize * size as usize, &table_ids);

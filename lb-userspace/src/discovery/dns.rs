@@ -127,6 +127,7 @@ fn discovered(w: &DnsWatch, addr: IpAddr) -> Discovered {
         draining: false,
         healthy: None,
         origin: format!("dns:{}", w.name),
+        socket_lb: true,
     }
 }
 

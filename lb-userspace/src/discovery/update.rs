@@ -24,6 +24,9 @@ pub struct Discovered {
     pub healthy: Option<bool>,
     /// Where the address came from (Docker network name, DNS name), for `xlb status`.
     pub origin: String,
+    /// False when the container opts its service out of socket-level balancing
+    /// (`xlb.socket_lb=false`).
+    pub socket_lb: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,6 +13,9 @@ pub struct Desired {
     pub name: String,
     pub key: ServiceKey,
     pub method: Method,
+    /// Local callers are balanced at the socket (the service's `socket_lb`, unless one of
+    /// its containers says `xlb.socket_lb=false`).
+    pub socket_lb: bool,
     pub backends: Vec<DesiredBackend>,
 }
 

@@ -80,6 +80,7 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
                 name: s.name.clone(),
                 key: ServiceKey::new(vip, s.port, s.protocol.number()),
                 method: s.method,
+                socket_lb: s.socket_lb && registry.backends(&s.name).iter().all(|d| d.socket_lb),
                 backends: backends.iter().map(Planned::to_kernel).collect(),
             }),
         }
@@ -277,6 +278,7 @@ mod tests {
             draining,
             healthy,
             origin: "test".into(),
+            socket_lb: true,
         }
     }
 
@@ -306,6 +308,20 @@ mod tests {
         assert!(e.starts_with("services \"a\" (http) and \"b\" (tcp) both take 127.0.0.1 port 80"), "{e}");
         assert_eq!(plan_of(&[svc("a", "", "http"), svc("b", "127.0.0.1", "http")]).unwrap(), (0, 2));
         assert_eq!(plan_of(&[svc("a", "", "tcp"), svc("b", "127.0.0.1", "udp")]).unwrap(), (2, 0));
+    }
+
+    /// Socket balancing per service: the config's switch, and any container's label.
+    #[test]
+    fn socket_lb_follows_the_config_and_the_containers() {
+        let socket_lb = |text: &str, label_off: bool| {
+            let mut r = Registry::default();
+            let d = Discovered { socket_lb: !label_off, ..discovered("10.1.0.1", false, false, None) };
+            r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d, discovered("10.1.0.2", false, false, None)] });
+            plan(&config(text), "lo", &r, Instant::now(), |_, _| PASSED).unwrap().services[0].socket_lb
+        };
+        assert!(socket_lb(SVC, false));
+        assert!(!socket_lb(SVC, true));
+        assert!(!socket_lb(&format!("{SVC}    socket_lb: false\n"), false));
     }
 
     #[test]

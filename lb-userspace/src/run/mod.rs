@@ -113,9 +113,9 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         iface,
         config,
     };
-    let iface = ctl.iface.clone();
-    ctl.forwarding.enable(&iface)?;
+    ctl.forwarding.enable(&ctl.iface)?;
     ctl.dp.attach_client_side(&ctl.iface)?;
+    ctl.dp.start_socket_lb(&ctl.config.dataplane.socket_lb)?;
     if let Some(scope) = &kept {
         ctl.adopt_kept(scope, adopt_started)?;
     }

@@ -71,6 +71,9 @@ impl Controller {
             let wanted = new.dataplane.interface.as_deref().unwrap_or("none");
             warn!(running = %self.iface, wanted, "dataplane.interface changed: xlb stays on {}, restart xlb to move it", self.iface);
         }
+        if new.dataplane.socket_lb != *self.dp.socket_lb_config() {
+            warn!("dataplane.socket_lb changed: it applies at the next start");
+        }
         if new.admin.address != self.admin_address {
             warn!(running = %self.admin_address, wanted = %new.admin.address, "admin.address changed: the admin endpoint stays on {}, restart xlb to move it", self.admin_address);
         }

@@ -49,7 +49,7 @@ pub fn web(method: Method, backends: &[(&Host, u32)]) -> Desired {
 /// A service whose backends (host, port, weight) are all active.
 fn service<'a>(name: String, key: ServiceKey, method: Method, backends: impl Iterator<Item = (&'a Host, u16, u32)>) -> Desired {
     let backends = backends.map(|(h, port, weight)| DesiredBackend { addr: h.ip, port, weight, state: BackendState::Active });
-    Desired { name, key, method, backends: backends.collect() }
+    Desired { name, key, method, socket_lb: true, backends: backends.collect() }
 }
 
 /// `web` with weight 1 each.

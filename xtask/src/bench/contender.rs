@@ -187,7 +187,8 @@ pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &st
         None
     };
     let mut cmd = ctx.topo.lb.cmd(&ctx.xlb);
-    cmd.arg("run").args(args).env("RUST_LOG", filter).env("NO_COLOR", "1");
+    // Socket-level balancing would attach to the whole host's cgroup and take wrk's connects.
+    cmd.arg("run").arg("--socket-lb=false").args(args).env("RUST_LOG", filter).env("NO_COLOR", "1");
     let mut xlb = Proc::spawn("xlb", cmd, &dir.join("xlb.log"))?;
     xlb.wait_log(" ready", Duration::from_secs(30))?;
     Ok(Running { xlb_pid: Some(xlb.pid()), _stats: stats, ..Running::procs(vec![xlb]) })

@@ -17,6 +17,8 @@ pub const LABEL_HOST: &str = "xlb.host";
 pub const LABEL_NETWORK: &str = "xlb.network";
 /// Comma-separated names a pin header or cookie may use for this container.
 pub const LABEL_NAME: &str = "xlb.name";
+/// `false`: the container's service is not balanced at the socket for local callers.
+pub const LABEL_SOCKET_LB: &str = "xlb.socket_lb";
 pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 
@@ -30,6 +32,8 @@ pub struct Labels {
     pub network: Option<String>,
     /// `xlb.name`: pinning names.
     pub names: Vec<String>,
+    /// `xlb.socket_lb`, when given.
+    pub socket_lb: Option<bool>,
 }
 
 /// Parses the `xlb.*` labels. A bad value is left out and described in the second
@@ -51,10 +55,15 @@ pub fn parse_labels(labels: &HashMap<String, String>) -> (Labels, Vec<String>) {
         }
     }
     if let Some(v) = labels.get(LABEL_BACKUP) {
-        match v.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => out.backup = true,
-            "false" | "0" | "no" | "off" | "" => {}
-            _ => bad(LABEL_BACKUP, v, "not true or false"),
+        match flag(v) {
+            Some(b) => out.backup = b,
+            None => bad(LABEL_BACKUP, v, "not true or false"),
+        }
+    }
+    if let Some(v) = labels.get(LABEL_SOCKET_LB) {
+        match flag(v) {
+            Some(b) => out.socket_lb = Some(b),
+            None => bad(LABEL_SOCKET_LB, v, "not true or false"),
         }
     }
     if let Some(v) = labels.get(LABEL_HOST) {
@@ -67,6 +76,15 @@ pub fn parse_labels(labels: &HashMap<String, String>) -> (Labels, Vec<String>) {
         out.network = Some(v.to_owned());
     }
     (out, problems)
+}
+
+/// A boolean label value (an empty one is false).
+fn flag(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
 }
 
 /// A comma-separated label value: trimmed, lowercased, without empty or repeated names.
@@ -99,6 +117,7 @@ mod tests {
             (LABEL_HOST, " A.example.com, b.example.com,,a.example.com "),
             (LABEL_NETWORK, "front"),
             (LABEL_NAME, " App2 ,,web-two, app2"),
+            (LABEL_SOCKET_LB, "false"),
             ("unrelated", "x"),
         ]);
         assert!(problems.is_empty(), "{problems:?}");
@@ -111,6 +130,7 @@ mod tests {
                 hosts: vec!["a.example.com".into(), "b.example.com".into()],
                 network: Some("front".into()),
                 names: vec!["app2".into(), "web-two".into()],
+                socket_lb: Some(false),
             }
         );
 
@@ -122,6 +142,7 @@ mod tests {
             (LABEL_PORT, "0"),
             (LABEL_PORT, "70000"),
             (LABEL_BACKUP, "maybe"),
+            (LABEL_SOCKET_LB, "sometimes"),
         ] {
             let (parsed, problems) = l(&[(key, value)]);
             assert_eq!(parsed, Labels::default(), "{key}={value}");

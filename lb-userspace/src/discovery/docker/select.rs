@@ -83,6 +83,7 @@ pub fn backend(w: &DockerWatch, c: &Tracked, host: &HashSet<IpAddr>) -> Result<D
         draining: c.stopping || is_paused(&c.info),
         healthy: health(&c.info),
         origin: format!("docker:{network}"),
+        socket_lb: c.labels.socket_lb.unwrap_or(true),
     })
 }
 

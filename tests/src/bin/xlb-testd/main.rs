@@ -4,7 +4,11 @@
 //! xlb-testd [--name NAME] [--port PORT] [--udp-port PORT] [--lame-duck MS] [--quiet]
 //!   env: XLB_TESTD_NAME, XLB_TESTD_PORT, XLB_TESTD_UDP_PORT, XLB_TESTD_LAME_DUCK_MS
 //! xlb-testd check [--port PORT]
+//! xlb-testd fetch [--udp] [--when-moved] ADDR COUNT
 //! ```
+//!
+//! `fetch` is a client for the socket-level balancing tests (see `fetch.rs`): COUNT
+//! requests on new sockets, each printed as `NAME PEER` (the peer the socket reports).
 //!
 //! `check` is a Docker HEALTHCHECK for a `FROM scratch` image (no shell, no curl): it GETs
 //! `http://127.0.0.1:PORT/health` (PORT: `--port`, else `XLB_TESTD_PORT`, else 8080; the
@@ -47,6 +51,7 @@
 
 mod args;
 mod check;
+mod fetch;
 mod http;
 mod signals;
 
@@ -84,6 +89,10 @@ fn main() {
     if argv.peek().map(String::as_str) == Some("check") {
         argv.next();
         check(argv)
+    }
+    if argv.peek().map(String::as_str) == Some("fetch") {
+        argv.next();
+        fetch::fetch(argv)
     }
     let args = parse_args();
     install_signal_handlers(args.name.clone(), Duration::from_millis(args.lame_duck_ms));

@@ -11,6 +11,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("curl", "curl"),
     ("docker", "docker.io"),
+    // The differential HTTP test (tests/tests/proxy/differential/) runs real nginx beside xlb.
+    ("nginx", "nginx"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

@@ -8,7 +8,7 @@
 //!
 //! The harness: `backends`, `client`, `lb` (the proxy under test), `websocket`. The tests,
 //! a file per feature: `balancing`, `routing`, `failures`, `headers`, `bad_input`,
-//! `binary`. A new feature's tests go in a file of their own, declared below.
+//! `binary`, `differential` (the same bytes through xlb and nginx). A new feature's tests go in a file of their own, declared below.
 
 mod backends;
 mod client;
@@ -18,6 +18,7 @@ mod websocket;
 mod bad_input;
 mod balancing;
 mod binary;
+mod differential;
 mod failures;
 mod headers;
 mod routing;

@@ -3,6 +3,7 @@
 //! malformed heads, limits, and valid requests proxies must still pass.
 
 use super::wire::Step;
+use crate::client::{H2_GET, H2_START};
 
 pub struct Case {
     pub name: &'static str,
@@ -38,11 +39,6 @@ fn post(fields: &str, body: &str) -> String {
 }
 
 const CHUNKED_HELLO: &str = "5\r\nhello\r\n0\r\n\r\n";
-/// The HTTP/2 connection preface and an empty SETTINGS frame.
-const H2_START: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-/// HEADERS on stream 1, END_STREAM|END_HEADERS: GET http://x/ (HPACK static indices
-/// 2, 6, 4, then `:authority: x` with incremental indexing).
-const H2_GET: &[u8] = b"\x00\x00\x06\x01\x05\x00\x00\x00\x01\x82\x86\x84\x41\x01x";
 
 // long: one table of cases, read top to bottom
 pub fn all() -> Vec<Case> {

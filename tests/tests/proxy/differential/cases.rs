@@ -22,10 +22,13 @@ impl Case {
 
     /// The bytes sent, in order (all steps).
     pub fn bytes(&self) -> Vec<u8> {
-        self.steps.iter().flat_map(|s| match s {
-            Step::Send(b) | Step::SendIf101(b) => b.clone(),
-            Step::Await => Vec::new(),
-        }).collect()
+        self.steps
+            .iter()
+            .flat_map(|s| match s {
+                Step::Send(b) | Step::SendIf101(b) => b.clone(),
+                Step::Await => Vec::new(),
+            })
+            .collect()
     }
 }
 
@@ -124,18 +127,18 @@ pub fn all() -> Vec<Case> {
         },
         case("pipelined GET, GET", "GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n", &["", ""]),
         case("pipelined POST, GET", post("Content-Length: 5\r\n", "helloGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"), &["hello", ""]),
-        case("pipelined GET, CL.TE", format!("GET /1 HTTP/1.1\r\nHost: x\r\n\r\n{}", post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\nG")), &[""]),
+        case(
+            "pipelined GET, CL.TE",
+            format!("GET /1 HTTP/1.1\r\nHost: x\r\n\r\n{}", post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\nG")),
+            &[""],
+        ),
         case("pipelined chunked POST, GET", post("Transfer-Encoding: chunked\r\n", "0\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"), &["", ""]),
         case(
             "declined upgrade, then GET",
             "GET /1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
             &["", ""],
         ),
-        Case {
-            name: "h2c upgrade",
-            steps: vec![Step::Send(upgrade.to_vec()), Step::Await, Step::SendIf101(H2_START.to_vec())],
-            meant: vec![""],
-        },
+        Case { name: "h2c upgrade", steps: vec![Step::Send(upgrade.to_vec()), Step::Await, Step::SendIf101(H2_START.to_vec())], meant: vec![""] },
         case("h2 prior knowledge", [H2_START, H2_GET].concat(), &[""]),
     ]
 }

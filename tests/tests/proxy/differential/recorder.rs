@@ -169,7 +169,11 @@ fn read_chunked(b: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
 
 fn parse(b: &[u8]) -> Parse {
     let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return match b.iter().enumerate().find(|&(i, &c)| (c == b'\n' && (i == 0 || b[i - 1] != b'\r')) || (c == b'\r' && b.get(i + 1).is_some_and(|&n| n != b'\n'))) {
+        return match b
+            .iter()
+            .enumerate()
+            .find(|&(i, &c)| (c == b'\n' && (i == 0 || b[i - 1] != b'\r')) || (c == b'\r' && b.get(i + 1).is_some_and(|&n| n != b'\n')))
+        {
             Some(_) => Parse::Bad("bare CR or LF".into()),
             None => Parse::Partial { head_done: false, expect: false },
         };

@@ -88,6 +88,7 @@ pub fn all() -> Vec<Case> {
         case("CL named in Connection", post("Content-Length: 5\r\nConnection: Content-Length\r\n", "hello"), &["hello"]),
         case("TE named in Connection", post("Transfer-Encoding: chunked\r\nConnection: Transfer-Encoding\r\n", CHUNKED_HELLO), &["hello"]),
         case("Host named in Connection", "GET / HTTP/1.1\r\nHost: x\r\nConnection: Host\r\n\r\n", &[""]),
+        case("Transfer-Encoding in a trailer", post("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n"), &["hello"]),
         case("Content-Length in a trailer", post("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n"), &["hello"]),
         case("CL: space before colon", post("Content-Length : 5\r\n", "hello"), &[]),
         // Chunk syntax.
@@ -106,6 +107,9 @@ pub fn all() -> Vec<Case> {
         case("NUL in the target", "GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n", &[]),
         case("space in a field name", "GET / HTTP/1.1\r\nHost: x\r\nX A: b\r\n\r\n", &[]),
         case("field without a colon", "GET / HTTP/1.1\r\nHost: x\r\nX-A\r\n\r\n", &[]),
+        case("tab in the request line", "GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n", &[]),
+        case("lowercase version", "GET / http/1.1\r\nHost: x\r\n\r\n", &[]),
+        case("obs-text in a field value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: caf\xc3\xa9\r\n\r\n", &[""]),
         case("two spaces in the request line", "GET  / HTTP/1.1\r\nHost: x\r\n\r\n", &[]),
         case("HTTP/0.9 request line", "GET /\r\n\r\n", &[]),
         case("empty line before the request", "\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", &[""]),
@@ -118,6 +122,10 @@ pub fn all() -> Vec<Case> {
         // Targets.
         case("absolute-form target", "GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n", &[""]),
         case("absolute-form, other Host", "GET http://y/a HTTP/1.1\r\nHost: x\r\n\r\n", &[""]),
+        case("OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", &[""]),
+        case("CONNECT", "CONNECT y:443 HTTP/1.1\r\nHost: y:443\r\n\r\n", &[]),
+        case("absolute-form with userinfo", "GET http://u@y/a HTTP/1.1\r\nHost: x\r\n\r\n", &[]),
+        case("Host with a comma", "GET / HTTP/1.1\r\nHost: x, y\r\n\r\n", &[]),
         case("asterisk-form GET", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", &[]),
         // Conversations.
         Case {

@@ -81,7 +81,7 @@ fn run_counted(cargo: &mut Command, summary: &mut Vec<String>) -> Result<()> {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
         if let Some(name) = line.trim().strip_prefix("Running ").or_else(|| line.trim().strip_prefix("Doc-tests ")) {
-            binary = name.split(" (").next().unwrap_or(name).to_owned();
+            binary = binary_name(name);
         } else if let Some(result) = line.strip_prefix("test result: ") {
             let (passed, failed) = counts(result);
             summary.push(format!("{binary}: {} tests, {failed} failures", passed + failed));
@@ -92,6 +92,19 @@ fn run_counted(cargo: &mut Command, summary: &mut Vec<String>) -> Result<()> {
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+/// `unittests src/lib.rs (target/debug/deps/lb_userspace-0123abcd)` as
+/// `lb_userspace unittests src/lib.rs`: the crate, then what cargo calls the binary.
+fn binary_name(running: &str) -> String {
+    match running.split_once(" (") {
+        Some((what, path)) => {
+            let file = path.trim_end_matches(')').rsplit('/').next().unwrap_or(path);
+            let krate = file.rsplit_once('-').map_or(file, |(k, _)| k);
+            format!("{krate} {what}")
+        }
+        None => format!("{running} doc-tests"),
+    }
 }
 
 /// Passed and failed tests from a `test result:` line's rest
@@ -106,8 +119,10 @@ fn counts(result: &str) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn counts() {
+    fn summary_lines() {
         assert_eq!(super::counts("ok. 35 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.2s"), (35, 0));
         assert_eq!(super::counts("FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"), (3, 2));
+        assert_eq!(super::binary_name("unittests src/lib.rs (target/debug/deps/lb_userspace-0123abcd)"), "lb_userspace unittests src/lib.rs");
+        assert_eq!(super::binary_name("lb_common"), "lb_common doc-tests");
     }
 }

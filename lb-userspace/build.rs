@@ -3,6 +3,13 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    // The fuzz targets (fuzz/, `cargo xtask fuzz`) never load the kernel programs: an empty
+    // object spares their instrumented build a second build of the kernel crate.
+    println!("cargo:rerun-if-env-changed=XLB_NO_KERNEL_OBJECT");
+    if std::env::var_os("XLB_NO_KERNEL_OBJECT").is_some() {
+        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR")?);
+        return std::fs::write(out.join("lb-ebpf"), b"").context("writing the empty kernel object");
+    }
     let meta = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -30,7 +30,8 @@ pub fn cargo() -> Command {
     cmd
 }
 
-fn root() -> &'static Path {
+/// The workspace root.
+pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root")
 }
 

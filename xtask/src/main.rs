@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod cmd;
 mod docker;
+mod fuzz;
 mod image;
 mod layers;
 mod linker;
@@ -61,6 +62,9 @@ enum Task {
     Image,
     /// Run the data plane tests on other kernels (Debian packages) under QEMU.
     Vm(vm::Options),
+    /// Run the libFuzzer targets of fuzz/ (config, Docker labels, HTTP guard, header
+    /// rewriting, route matching), each for --seconds.
+    Fuzz(fuzz::Options),
     /// Check the imports between source files (no cycle, lb-userspace's rooms one way) and
     /// their sizes (files over 500 lines, functions over 80, without a `// long:` note).
     Layers,
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Task::Bench(options) => bench::bench(&options),
         Task::Image => image::image(),
         Task::Vm(options) => vm::vm(&options),
+        Task::Fuzz(options) => fuzz::fuzz(&options),
         Task::Layers => layers::layers(),
     };
     match result {

@@ -13,6 +13,10 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("docker", "docker.io"),
     // The dashboard test loads the page in a headless browser.
     ("chromium", "chromium"),
+    // The differential HTTP test (tests/tests/proxy/differential/) runs real nginx beside xlb.
+    ("nginx", "nginx"),
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets (fuzz/).
+    ("c++", "g++"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

@@ -9,6 +9,12 @@ use std::{
 
 use crate::backends::header_of;
 
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+pub const H2_START: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+/// HEADERS on stream 1, END_STREAM|END_HEADERS: GET http://x/ (HPACK static indices
+/// 2, 6, 4, then `:authority: x` with incremental indexing).
+pub const H2_GET: &[u8] = b"\x00\x00\x06\x01\x05\x00\x00\x00\x01\x82\x86\x84\x41\x01x";
+
 /// How long a client or a backend waits on a socket.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 

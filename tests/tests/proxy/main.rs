@@ -8,7 +8,8 @@
 //!
 //! The harness: `backends`, `client`, `lb` (the proxy under test), `websocket`. The tests,
 //! a file per feature: `balancing`, `routing`, `failures`, `headers`, `bad_input`,
-//! `binary`. A new feature's tests go in a file of their own, declared below.
+//! `binary`, `differential` (the same bytes through xlb and nginx), `idle_limits` (HTTP/2
+//! and tunnels). A new feature's tests go in a file of their own, declared below.
 
 mod backends;
 mod client;
@@ -18,6 +19,8 @@ mod websocket;
 mod bad_input;
 mod balancing;
 mod binary;
+mod differential;
 mod failures;
 mod headers;
+mod idle_limits;
 mod routing;

@@ -19,4 +19,6 @@ mod source;
 #[cfg(test)]
 mod testing;
 
+// The fuzz targets (fuzz/) parse labels as a container would carry them.
+pub use labels::{Labels, parse_labels};
 pub use source::run;

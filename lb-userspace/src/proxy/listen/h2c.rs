@@ -55,7 +55,7 @@ pub fn wanted(req: &Request<Incoming>) -> bool {
 /// The answer that switches a connection to HTTP/2; the request is answered on
 /// stream 1 of the new protocol (and counted there).
 pub fn switching(conn: &ConnShared) -> Response<ProxyBody> {
-    conn.upgrade_outcome(true);
+    conn.switch_to_h2();
     let mut r = Response::new(ProxyBody::unrecorded(empty()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -160,7 +160,9 @@ impl<T> WithStreamOne<T> {
 
 /// Where the frame goes in what the client sent so far: after the preface and the
 /// first frame, once both are complete; `Err` when the bytes are not a preface and a
-/// SETTINGS frame (then nothing is inserted and HTTP/2 refuses them itself).
+/// SETTINGS frame of at most [`MAX_FRAME`] bytes (then nothing is inserted and HTTP/2
+/// refuses them itself). The cap bounds what is held here: the frame header's 24-bit
+/// length would otherwise have a client's 16 MiB buffered waiting for the frame's end.
 fn insert_at(got: &[u8]) -> Result<Option<usize>, ()> {
     let n = got.len().min(PREFACE.len());
     if got[..n] != PREFACE[..n] {
@@ -173,6 +175,9 @@ fn insert_at(got: &[u8]) -> Result<Option<usize>, ()> {
         return Err(());
     }
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    if len > MAX_FRAME {
+        return Err(());
+    }
     let end = PREFACE.len() + FRAME_HEADER + len;
     Ok((got.len() >= end).then_some(end))
 }
@@ -269,6 +274,20 @@ mod tests {
             WithStreamOne::new(r, frame.clone()).read_to_end(&mut got).await.unwrap();
             assert_eq!(got, [PREFACE, settings, &frame, after].concat(), "split {split}");
         }
+        // A SETTINGS frame longer than a peer must accept (here 16 MiB announced): not
+        // waited for, what came is passed on at once and HTTP/2 refuses it.
+        let huge: &[u8] = &[0xff, 0xff, 0xff, SETTINGS, 0, 0, 0, 0, 0, 1, 2, 3];
+        let (mut w, r) = tokio::io::duplex(64);
+        let c = [PREFACE, huge].concat();
+        tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut w, &c).await.unwrap();
+            std::future::pending::<()>().await
+        });
+        let mut got = vec![0u8; PREFACE.len() + huge.len()];
+        let mut s = WithStreamOne::new(r, frame.clone());
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), s.read_exact(&mut got)).await;
+        assert!(read.is_ok(), "held back waiting for a 16 MiB frame");
+        assert_eq!(got, [PREFACE, huge].concat());
         // Not a preface: passed on untouched.
         let (mut w, r) = tokio::io::duplex(64);
         tokio::spawn(async move { tokio::io::AsyncWriteExt::write_all(&mut w, b"GET / HTTP/1.1\r\n\r\n").await });

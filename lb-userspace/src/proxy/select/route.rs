@@ -175,7 +175,10 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    let ok = !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+    // An empty label (`app.dev..`, found by fuzz/route) would leave a trailing dot that
+    // no route, trimmed of its dots, can match.
+    let labels_ok = !host.starts_with('.') && !host.ends_with('.') && !host.contains("..");
+    let ok = labels_ok && !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
     ok.then(|| host.to_ascii_lowercase())
 }
 
@@ -258,7 +261,8 @@ mod tests {
     fn host_normalization() {
         assert_eq!(normalize_host("[FD00::1]:80").as_deref(), Some("fd00::1"));
         assert_eq!(normalize_host("10.0.0.1:8080").as_deref(), Some("10.0.0.1"));
-        for bad in ["", "a b", "a:b", "[::1", "[zz]", "a/b", "a@b"] {
+        assert_eq!(normalize_host("App.Dev.").as_deref(), Some("app.dev"));
+        for bad in ["", "a b", "a:b", "[::1", "[zz]", "a/b", "a@b", "b.dev..", ".b.dev", "a..b", "."] {
             assert_eq!(normalize_host(bad), None, "{bad}");
         }
     }

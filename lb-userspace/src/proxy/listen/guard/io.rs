@@ -43,6 +43,7 @@ pub struct GuardedIo {
     accepted: Instant,
     head_started: Option<Instant>,
     last_read: Instant,
+    last_write: Instant,
     timer: Pin<Box<Sleep>>,
     deadline: Option<Instant>,
     /// Since when writes have been blocked (the client reads nothing).
@@ -66,6 +67,7 @@ impl GuardedIo {
             accepted: now,
             head_started: None,
             last_read: now,
+            last_write: now,
             timer: Box::pin(tokio::time::sleep_until(now.into())),
             deadline: None,
             write_blocked: None,
@@ -98,7 +100,14 @@ impl GuardedIo {
             Phase::Idle => Some((self.conn.idle_since() + self.timeouts.keepalive, false)),
             Phase::Head => Some((self.head_started.unwrap_or(now) + self.timeouts.header, true)),
             Phase::Body => Some((self.last_read + self.timeouts.body_idle, true)),
-            Phase::Other => None,
+            Phase::Other if !self.framer.is_passthrough() => None,
+            // HTTP/2 (by preface: no HTTP/1 head came first; or by h2c): idle as a
+            // keep-alive connection is, by open streams, since pings flow both ways.
+            Phase::Other if self.framer.messages == 0 || self.conn.is_h2() => {
+                (self.conn.in_flight() == 0).then(|| (self.conn.idle_since() + self.timeouts.keepalive, false))
+            }
+            // A tunnel after `101`: no byte either way for `idle` (nginx's proxy_read_timeout).
+            Phase::Other => Some((self.last_read.max(self.last_write) + self.timeouts.body_idle, false)),
         }
     }
 
@@ -168,7 +177,7 @@ impl AsyncRead for GuardedIo {
                     this.deadline = None;
                     if violation {
                         this.reject(Reject::Timeout);
-                    } else if this.framer.phase() == Phase::Idle && this.conn.in_flight() == 0 {
+                    } else if (this.framer.phase() == Phase::Idle || this.framer.is_passthrough()) && this.conn.in_flight() == 0 {
                         this.eof = true;
                     }
                 }
@@ -188,6 +197,7 @@ impl GuardedIo {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     r => {
                         self.write_blocked = None;
+                        self.last_write = Instant::now();
                         return Poll::Ready(r);
                     }
                 },

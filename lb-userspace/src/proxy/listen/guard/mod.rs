@@ -33,7 +33,10 @@
 //! The socket hyper reads (`io.rs`) also enforces the client timeouts: a head must be complete within
 //! `client_header` of its first byte (else 408), a request body must not stall longer
 //! than `idle` (408), an idle keep-alive connection is closed after `keepalive`, and a
-//! client that reads nothing of a response for `idle` is cut off.
+//! client that reads nothing of a response for `idle` is cut off. Past the preface or a
+//! `101` the bytes are not HTTP/1 but the clocks still run: an HTTP/2 connection with no
+//! request in flight is closed after `keepalive`, a tunnel with no byte either way
+//! after `idle`.
 //!
 //! `rules.rs` holds what a head, a header line and a chunk size must look like;
 //! `framer.rs` follows the message framing over them; `io.rs` is the socket hyper

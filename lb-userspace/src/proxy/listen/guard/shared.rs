@@ -30,6 +30,8 @@ pub struct ConnShared {
     idle_since: Mutex<Instant>,
     upgrade: AtomicU8,
     upgraded: AtomicBool,
+    /// The connection switched to HTTP/2 by `Upgrade: h2c`.
+    h2: AtomicBool,
     read_waker: Mutex<Option<Waker>>,
     /// The client connection slot, freed when the connection (or its tunnel) ends.
     _permit: Option<OwnedSemaphorePermit>,
@@ -49,6 +51,7 @@ impl ConnShared {
             idle_since: Mutex::new(Instant::now()),
             upgrade: AtomicU8::new(UPGRADE_NONE),
             upgraded: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
             read_waker: Mutex::new(None),
             _permit: permit,
         })
@@ -103,6 +106,16 @@ impl ConnShared {
 
     pub fn upgraded(&self) -> bool {
         self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// The connection goes on as HTTP/2 (`Upgrade: h2c` answered 101).
+    pub fn switch_to_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+        self.upgrade_outcome(true);
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
     }
 
     /// A request is being handled until the returned guard drops.

@@ -1,0 +1,54 @@
+//! Header rewriting for the backend (`request::headers::upstream`): whatever the client
+//! sends, no hop-by-hop field and nothing its `Connection` names reaches the backend
+//! (except the forwarding fields xlb sets), and `X-Forwarded-For` from an untrusted peer
+//! is the peer alone.
+#![no_main]
+
+use hyper::{
+    HeaderMap,
+    header::{self, HeaderName, HeaderValue},
+};
+use libfuzzer_sys::fuzz_target;
+use xlb::{
+    config::http::Cidr,
+    proxy::{
+        hop_by_hop::{HOP_BY_HOP, connection_tokens},
+        request::{client::Client, headers::upstream},
+    },
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, rest)) = data.split_first() else { return };
+    let mut h = HeaderMap::new();
+    for line in rest.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(line[colon + 1..].trim_ascii())) {
+            h.append(n, v);
+        }
+    }
+    let trusted: Vec<Cidr> = if flags & 1 != 0 { vec!["10.0.0.0/8".parse().unwrap()] } else { Vec::new() };
+    let client = Client::identify(&h, "10.1.2.3:4000".parse().unwrap(), &trusted);
+    let raw_host = if flags & 2 != 0 { h.get(header::HOST).and_then(|v| v.to_str().ok()) } else { None };
+    let (upgrade, buffered) = (flags & 4 != 0, flags & 8 != 0);
+    let out = upstream(&h, raw_host, upgrade, &client, buffered);
+    for hop in &HOP_BY_HOP {
+        if upgrade && (hop == header::CONNECTION || hop == header::UPGRADE) {
+            continue;
+        }
+        assert!(!out.contains_key(hop), "hop-by-hop {hop} forwarded");
+    }
+    let xff = HeaderName::from_static("x-forwarded-for");
+    for named in connection_tokens(&h) {
+        let forwarding = ["x-forwarded-for", "x-real-ip", "x-forwarded-host", "x-forwarded-proto", "forwarded"].contains(&named.as_str());
+        let set_by_upgrade = upgrade && (named == header::CONNECTION || named == header::UPGRADE);
+        let host_from_uri = raw_host.is_some() && named == header::HOST;
+        assert!(forwarding || set_by_upgrade || host_from_uri || !out.contains_key(&named), "{named} named in Connection but forwarded");
+    }
+    if flags & 1 == 0 {
+        let got: Vec<&HeaderValue> = out.get_all(&xff).iter().collect();
+        assert_eq!(got, [&HeaderValue::from_static("10.1.2.3")], "X-Forwarded-For from an untrusted peer");
+    }
+    if buffered {
+        assert!(!out.contains_key(header::EXPECT));
+    }
+});

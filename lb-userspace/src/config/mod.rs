@@ -6,6 +6,7 @@
 pub mod http;
 mod service;
 mod spec;
+pub mod tls;
 pub mod units;
 
 use std::{
@@ -31,6 +32,8 @@ pub struct Config {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub admin: Admin,
+    #[serde(default)]
+    pub tls: tls::Tls,
     #[serde(default, deserialize_with = "services")]
     pub services: Vec<Service>,
 }
@@ -182,7 +185,7 @@ fn services<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Service>, D::Error> {
 #[derive(Default)]
 struct Seen {
     names: HashSet<String>,
-    listeners: HashMap<(Option<IpAddr>, u16, u8), (String, Protocol)>,
+    listeners: HashMap<(Option<IpAddr>, u16, u8), (String, Protocol, bool)>,
 }
 
 impl Seen {
@@ -190,14 +193,17 @@ impl Seen {
         if !self.names.insert(s.name.clone()) {
             return Err(format!("service name {:?} is used twice", s.name));
         }
-        match self.listeners.entry((s.vip, s.port, s.protocol.number())) {
-            Entry::Vacant(v) => {
-                v.insert((s.name.clone(), s.protocol));
-            }
-            Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) => {}
-            Entry::Occupied(o) => {
-                let (other, protocol) = o.get();
-                return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol", s.name));
+        for (port, tls) in s.listeners() {
+            match self.listeners.entry((s.vip, port, s.protocol.number())) {
+                Entry::Vacant(v) => {
+                    v.insert((s.name.clone(), s.protocol, tls));
+                }
+                Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) && o.get().2 == tls => {}
+                Entry::Occupied(o) => {
+                    let (other, protocol, other_tls) = o.get();
+                    let what = if *other_tls != tls && o.get().1 == s.protocol { " (one with TLS, one without)" } else { "" };
+                    return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port {port} and protocol{what}", s.name));
+                }
             }
         }
         Ok(())

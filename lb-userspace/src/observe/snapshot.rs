@@ -16,6 +16,9 @@ pub struct Snapshot {
     pub health_transitions: u64,
     /// Discovery updates received since start, by source.
     pub discovery_events: HashMap<String, u64>,
+    /// TLS certificate sources: names, expiry, the last load's error.
+    #[serde(default)]
+    pub certificates: Vec<crate::proxy::tls::CertStatus>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

@@ -70,12 +70,7 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
             bail!("service {:?}: backend {} is not of the VIP's family ({vip})", s.name, b.addr);
         }
         match s.http_options() {
-            Some(options) => plan.http.push(ServiceView {
-                name: s.name.clone(),
-                listen: SocketAddr::new(vip, s.port),
-                options,
-                backends: backends.into_iter().map(Planned::into_view).collect(),
-            }),
+            Some(options) => plan.http.extend(http::views(s, vip, options, backends.into_iter().map(Planned::into_view).collect(), config.tls.port)),
             None => plan.services.push(Desired {
                 name: s.name.clone(),
                 key: ServiceKey::new(vip, s.port, s.protocol.number()),
@@ -106,6 +101,8 @@ struct Planned {
     aliases: Vec<String>,
     /// Host names it serves (`xlb.host`), for the HTTP proxy.
     hosts: Vec<HostPattern>,
+    /// Its hosts are served over TLS too (`xlb.tls`).
+    tls: bool,
 }
 
 impl Planned {
@@ -139,6 +136,7 @@ impl Planned {
             backup: self.backup,
             state,
             max_conns: self.max_conns,
+            tls: self.tls,
         }
     }
 }
@@ -164,6 +162,7 @@ struct Candidate {
     docker_healthy: Option<bool>,
     aliases: Vec<String>,
     hosts: Vec<HostPattern>,
+    tls: bool,
 }
 
 fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&str, SocketAddr) -> Vitals) -> (Vec<Planned>, bool) {
@@ -179,6 +178,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         docker_healthy: None,
         aliases: Vec::new(),
         hosts: Vec::new(),
+        tls: false,
     });
     let discovered = registry.backends(&s.name).iter().map(|d| Candidate {
         name: d.name.clone(),
@@ -191,6 +191,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         docker_healthy: d.healthy,
         aliases: d.aliases.clone(),
         hosts: host_patterns(&d.name, &d.hosts),
+        tls: d.tls,
     });
     // A static entry wins over a discovered one for the same address.
     let candidates: Vec<(Candidate, Vitals)> = statics
@@ -231,6 +232,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
                 backup: c.backup,
                 aliases: c.aliases,
                 hosts: c.hosts,
+                tls: c.tls,
             }
         })
         .collect();

@@ -58,7 +58,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     // Stamped before reading: a change made while xlb starts is then seen by the watcher.
-    let mut file_stamp = stamp(source.file.as_deref());
+    let mut file_stamp = reload::stamp(source.file.as_deref());
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -107,9 +107,11 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         unroutable: BTreeMap::new(),
         admin_address: config.admin.address,
         admin_token,
+        cert_stamps: Vec::new(),
         iface,
         config,
     };
+    ctl.load_certificates();
     let iface = ctl.iface.clone();
     ctl.forwarding.enable(&iface)?;
     ctl.dp.attach_client_side(&ctl.iface)?;
@@ -142,10 +144,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 false
             }
             _ = watch_file.tick() => {
-                let now = stamp(source.file.as_deref());
-                if now != std::mem::replace(&mut file_stamp, now) {
-                    ramping = ctl.reload(&source).unwrap_or(ramping);
-                }
+                ramping = ctl.watch_files(&source, &mut file_stamp).unwrap_or(ramping);
                 false
             }
             Some(u) = updates.recv() => ctl.discovered(u, &mut updates),
@@ -262,6 +261,8 @@ struct Controller {
     admin_address: SocketAddr,
     /// The `admin.token` the endpoint checks; a reload may change it.
     admin_token: watch::Sender<Option<String>>,
+    /// The certificate files as last loaded (`reload::stamp`), to load them on change.
+    cert_stamps: Vec<Option<(std::time::SystemTime, u64)>>,
 }
 
 impl Controller {
@@ -473,11 +474,6 @@ fn forget_gone(planned: &[(&str, SocketAddr)], first_seen: &mut HashMap<(String,
     transitions.retain(|s, a| backends.contains(&(s, a)));
 }
 
-/// What tells that a file changed: its modification time and size.
-fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path?).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
 
 #[cfg(test)]
 mod tests {

@@ -66,6 +66,8 @@ pub struct HttpOptions {
     /// Most requests in flight to one backend at a time; 0: no limit. A backend at its
     /// limit is skipped; when all are, the request gets 503.
     pub max_conns: u32,
+    /// Also (or only) served over TLS; see `config::tls::ServiceTls`.
+    pub tls: Option<super::tls::ServiceTls>,
 }
 
 impl Default for HttpOptions {
@@ -88,6 +90,7 @@ impl Default for HttpOptions {
             fail_statuses: Vec::new(),
             max_ejection_percent: 50,
             max_conns: 0,
+            tls: None,
         }
     }
 }
@@ -311,7 +314,7 @@ from_str_deserialize! {
     Method => "a balancing method such as least_conn",
 }
 
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(in crate::config) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
 

@@ -275,6 +275,15 @@ mod tests {
             ),
             ("dataplane:\n  udp_idle_timeout: 31536000001ms\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"31536000001ms\": at most 8760h"),
             (
+                "services:\n  - name: a\n    port: 443\n    protocol: http\n  - name: b\n    port: 80\n    protocol: http\n    http: { tls: {} }\n",
+                "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP, port 443 and protocol (one with TLS, one without)",
+            ),
+            (
+                "tls:\n  certificates:\n    - { cert: a.pem, key: a.key, default: true }\n    - { cert: b.pem, key: b.key, default: true }\nservices: []\n",
+                "xlb.yaml:2:3: tls: more than one certificate has `default: true`",
+            ),
+            ("services:\n  - name: a\n    port: 80\n    protocol: http\n    http: { tls: { hsts: forever } }\n", "xlb.yaml:5:26: services[0].http.tls.hsts: bad duration"),
+            (
                 "services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n",
                 "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice",
             ),

@@ -276,6 +276,7 @@ mod tests {
             name: addr.into(),
             aliases: vec![],
             hosts: vec![],
+            tls: false,
             draining,
             healthy,
             origin: "test".into(),
@@ -370,6 +371,23 @@ mod tests {
         assert!(p.services.is_empty());
         let want: Vec<HostPattern> = ["api.app.dev", "*.eu.app.dev"].iter().map(|h| h.parse().unwrap()).collect();
         assert_eq!(p.http[0].backends[0].hosts, want);
+    }
+
+    #[test]
+    fn tls_views_from_the_service_and_from_labels() {
+        let c = config("services:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    http: { tls: { port: 8443, redirect: true } }\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    protocol: http\n    docker: { name: b }\n    http: { hosts: [b.dev] }\n");
+        let mut r = Registry::default();
+        let mut labelled = discovered("10.1.0.1", false, false, None);
+        (labelled.hosts, labelled.tls) = (vec!["secure.b.dev".into()], true);
+        let plain = discovered("10.1.0.2", false, false, None);
+        r.apply(Update { service: "b".into(), source: SourceKind::Docker, backends: vec![labelled, plain] });
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        let views: Vec<(&str, String, bool, Option<u16>, usize)> = p.http.iter().map(|v| (v.name.as_str(), v.listen.to_string(), v.tls, v.redirect, v.backends.len())).collect();
+        assert_eq!(
+            views,
+            [("a", "10.0.0.1:80".into(), false, Some(8443), 0), ("a", "10.0.0.1:8443".into(), true, None, 0), ("b", "10.0.0.2:80".into(), false, None, 2), ("b", "10.0.0.2:443".into(), true, None, 1)]
+        );
+        assert!(p.http[3].options.hosts.is_empty(), "the label's TLS view serves the labelled hosts alone");
     }
 
     #[test]

@@ -105,6 +105,7 @@ mod tests {
             (LABEL_PORT, "8080"),
             (LABEL_WEIGHT, "1000"),
             (LABEL_BACKUP, "true"),
+            (LABEL_TLS, "yes"),
             (LABEL_HOST, " A.example.com, b.example.com,,a.example.com "),
             (LABEL_NETWORK, "front"),
             (LABEL_NAME, " App2 ,,web-two, app2"),
@@ -118,6 +119,7 @@ mod tests {
                 weight: Some(1000),
                 backup: true,
                 hosts: vec!["a.example.com".into(), "b.example.com".into()],
+                tls: true,
                 network: Some("front".into()),
                 names: vec!["app2".into(), "web-two".into()],
             }
@@ -131,6 +133,8 @@ mod tests {
             (LABEL_PORT, "0"),
             (LABEL_PORT, "70000"),
             (LABEL_BACKUP, "maybe"),
+            (LABEL_TLS, "maybe"),
+            (LABEL_TLS, "true"),
         ] {
             let (parsed, problems) = l(&[(key, value)]);
             assert_eq!(parsed, Labels::default(), "{key}={value}");

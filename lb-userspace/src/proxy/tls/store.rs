@@ -175,12 +175,18 @@ impl CertStore {
     }
 }
 
-impl ResolvesServerCert for CertStore {
-    /// The certificate naming the SNI, else the default one; `None` makes rustls send
-    /// an alert (`unrecognized_name` is not what rustls sends: it is a handshake failure).
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl CertStore {
+    /// The certificate naming `sni`, else the default one.
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let names = self.names.read().unwrap_or_else(|e| e.into_inner()).clone();
-        hello.server_name().and_then(|sni| names.find(sni)).or_else(|| names.default.clone())
+        sni.and_then(|sni| names.find(sni)).or_else(|| names.default.clone())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    /// `None` (no certificate, no default) makes rustls end the handshake with an alert.
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(hello.server_name())
     }
 }
 
@@ -207,4 +213,57 @@ fn load_pair(f: &CertFiles, provider: &CryptoProvider, now: SystemTime) -> anyho
     let key = PrivateKeyDer::from_pem_file(&f.key).with_context(|| format!("reading the key {}", f.key.display()))?;
     let key = CertifiedKey::from_der(chain, key, provider).with_context(|| format!("{} with {}", f.cert.display(), f.key.display()))?;
     Ok(Loaded { key: Arc::new(key), leaf })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    use super::*;
+
+    /// Writes a self-signed certificate for `names` with subject CN `cn`.
+    fn write(dir: &Path, file: &str, cn: &str, names: &[&str]) -> CertFiles {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let f = CertFiles { cert: dir.join(format!("{file}.crt")), key: dir.join(format!("{file}.key")), default: false };
+        std::fs::write(&f.cert, cert.pem()).unwrap();
+        std::fs::write(&f.key, key.serialize_pem()).unwrap();
+        f
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_default_and_a_bad_reload_keeps_the_old() {
+        let dir = std::env::temp_dir().join(format!("xlb-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exact = write(&dir, "exact", "exact", &["app.test"]);
+        let wild = write(&dir, "wild", "wild", &["*.app.test", "other.test"]);
+        let fallback = CertFiles { default: true, ..write(&dir, "fallback", "fallback", &["fallback.test"]) };
+        let store = CertStore::new(crate::proxy::tls::provider());
+        assert!(store.load(&[exact.clone(), wild.clone()]).is_empty());
+        let leaf = |sni: Option<&str>| store.lookup(sni).map(|k| x509::leaf(&k.cert[0]).unwrap().names);
+        assert_eq!(leaf(Some("APP.test.")), Some(vec!["app.test".to_owned()]));
+        assert_eq!(leaf(Some("x.app.test")), Some(vec!["*.app.test".to_owned(), "other.test".to_owned()]));
+        assert_eq!(leaf(Some("y.x.app.test")), None, "a wildcard covers one label");
+        assert_eq!(leaf(None), None, "no default: an alert");
+        assert!(store.load(&[exact.clone(), wild.clone(), fallback.clone()]).is_empty());
+        assert_eq!(leaf(Some("unknown.test")), Some(vec!["fallback.test".to_owned()]));
+
+        std::fs::write(&exact.cert, "garbage").unwrap();
+        let errors = store.load(&[exact.clone(), wild.clone(), fallback.clone()]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(leaf(Some("app.test")), Some(vec!["app.test".to_owned()]), "the old certificate keeps serving");
+        let status = store.status();
+        assert!(status[0].error.is_some() && status[0].names == ["app.test"] && status[1].error.is_none(), "{status:?}");
+
+        let fed = store.lookup(Some("other.test")).unwrap();
+        store.feed("app.test", Some(fed));
+        assert_eq!(leaf(Some("app.test")), Some(vec!["*.app.test".to_owned(), "other.test".to_owned()]), "fed certificates win");
+        store.feed("app.test", None);
+        assert_eq!(leaf(Some("app.test")), Some(vec!["app.test".to_owned()]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

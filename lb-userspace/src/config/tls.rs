@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer, de};
 
-use super::http::opt_duration;
+use super::units::opt_duration;
 
 /// Certificates for every TLS listener: SNI picks among them by their SAN names.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

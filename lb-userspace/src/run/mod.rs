@@ -3,6 +3,7 @@
 
 mod fdlimit;
 mod reload;
+mod stamp;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -58,7 +59,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     // Stamped before reading: a change made while xlb starts is then seen by the watcher.
-    let mut file_stamp = reload::stamp(source.file.as_deref());
+    let mut file_stamp = stamp::stamp(source.file.as_deref());
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -261,7 +262,7 @@ struct Controller {
     admin_address: SocketAddr,
     /// The `admin.token` the endpoint checks; a reload may change it.
     admin_token: watch::Sender<Option<String>>,
-    /// The certificate files as last loaded (`reload::stamp`), to load them on change.
+    /// The certificate files as last loaded (`stamp::cert_stamps`), to load them on change.
     cert_stamps: Vec<Option<(std::time::SystemTime, u64)>>,
 }
 

@@ -1,15 +1,15 @@
 //! Reloading the config: check it, apply it, and put the previous one back when it
 //! cannot be applied, so the running config keeps serving either way.
 
-use std::{
-    path::Path,
-    time::{Instant, SystemTime},
-};
+use std::time::{Instant, SystemTime};
 
 use anyhow::bail;
 use tracing::{error, info, warn};
 
-use super::Controller;
+use super::{
+    Controller,
+    stamp::{cert_stamps, stamp},
+};
 use crate::{
     config::{Config, Source},
     dataplane::Limits,
@@ -42,6 +42,7 @@ impl Controller {
             Err(e) => {
                 error!("reload could not be applied, the previous config keeps serving: {e:#}");
                 self.config = previous;
+                self.load_certificates();
                 match self.replan(false) {
                     Ok(ramping) => Some(ramping),
                     Err(e) => {
@@ -120,16 +121,3 @@ impl Controller {
     }
 }
 
-/// What tells that a file changed: its modification time and size.
-pub(super) fn stamp(path: Option<&Path>) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path?).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-/// The stamps of every certificate and key file, and of the certificate directory
-/// (a pair added or removed changes its modification time).
-fn cert_stamps(config: &Config) -> Vec<Option<(SystemTime, u64)>> {
-    let files = config.tls.files();
-    let paths = files.iter().flat_map(|f| [f.cert.as_path(), f.key.as_path()]).chain(config.tls.directory.as_deref());
-    paths.map(|p| stamp(Some(p))).collect()
-}

@@ -15,7 +15,7 @@ pub use self::{
     method::{DEFAULT_EWMA_DECAY, HashKey, Method, TimeMeasure, TwoBy},
     patterns::{Cidr, HostPattern, PathPrefix, canonical, is_tchar, valid_token},
 };
-use super::units::duration;
+use super::units::{duration, opt_duration};
 
 /// Options of an HTTP service. The lead embeds it as `http: Option<HttpOptions>` in
 /// `config::Service`.
@@ -312,10 +312,6 @@ from_str_deserialize! {
     PathPrefix => "a path prefix such as /api",
     Cidr => "a network such as 10.0.0.0/8",
     Method => "a balancing method such as least_conn",
-}
-
-pub(in crate::config) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
 }
 
 /// The lead's `config::Service` calls this from its validation (through

@@ -2,7 +2,6 @@
 //! checked with real clients: curl and `openssl s_client`. Certificates come from a test
 //! CA made at test time (`certs.rs`).
 
-mod certs;
 mod reload;
 
 use std::{
@@ -14,12 +13,11 @@ use std::{
 
 use xlb_tests::{
     Topology, Xlb,
+    tls::Ca,
     topology::{LB_CLIENT_IF, LB_CLIENT_V4, TESTD_PORT},
     util::{TempDir, wait_for},
     xlb::XlbArgs,
 };
-
-pub use certs::Ca;
 
 /// Where the client reaches xlb (the interface address: the services have no VIP).
 pub const LB: std::net::Ipv4Addr = LB_CLIENT_V4;

@@ -1,4 +1,5 @@
-//! A test CA and its certificates, made at test time (no private key is committed).
+//! A test CA and its certificates, made at test time (no private key is committed), for
+//! the TLS tests (`tests/tls/`, the `xlb.tls` label in `tests/proxy/`).
 
 use std::{fs, path::Path};
 

@@ -89,6 +89,7 @@ pub struct CertStore {
     fed: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
+/// rustls's resolver trait asks for `Debug`; the keys are not for printing.
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CertStore")

@@ -102,7 +102,7 @@ fn san_names(explicit: &[u8]) -> anyhow::Result<Vec<String>> {
 /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
 fn time(tag: u8, body: &[u8]) -> anyhow::Result<SystemTime> {
     let s = std::str::from_utf8(body).context("a time that is not text")?;
-    let s = s.strip_suffix('Z').context("a time not in UTC")?;
+    let s = s.strip_suffix('Z').filter(|s| s.bytes().all(|b| b.is_ascii_digit())).context("a time not in UTC digits")?;
     let (year, rest) = match tag {
         0x17 if s.len() == 12 => {
             let yy: i64 = s[..2].parse()?;
@@ -139,5 +139,6 @@ mod tests {
         assert_eq!(time(0x18, b"20260101000000Z").unwrap(), UNIX_EPOCH + Duration::from_secs(1_767_225_600));
         assert!(leaf(&[0x30, 0x05, 0x30]).is_err());
         assert!(leaf(b"garbage").is_err());
+        assert!(time(0x17, "4912312359é9Z".as_bytes()).is_err(), "not digits, no panic");
     }
 }

@@ -36,7 +36,7 @@ pub struct Listener {
     conns: Arc<Limit>,
     limit: u32,
     tasks: Vec<AbortHandle>,
-    /// Terminates TLS (with this acceptor) before HTTP.
+    /// Terminates TLS before HTTP (turning it on or off takes a new listener).
     pub tls: bool,
 }
 

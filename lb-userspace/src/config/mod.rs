@@ -201,8 +201,8 @@ impl Seen {
                 Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) && o.get().2 == tls => {}
                 Entry::Occupied(o) => {
                     let (other, protocol, other_tls) = o.get();
-                    let what = if *other_tls != tls && o.get().1 == s.protocol { " (one with TLS, one without)" } else { "" };
-                    return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port {port} and protocol{what}", s.name));
+                    let what = if *other_tls != tls && o.get().1 == s.protocol { format!(" (port {port}: one with TLS, one without)") } else { String::new() };
+                    return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol{what}", s.name));
                 }
             }
         }
@@ -276,7 +276,7 @@ mod tests {
             ("dataplane:\n  udp_idle_timeout: 31536000001ms\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"31536000001ms\": at most 8760h"),
             (
                 "services:\n  - name: a\n    port: 443\n    protocol: http\n  - name: b\n    port: 80\n    protocol: http\n    http: { tls: {} }\n",
-                "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP, port 443 and protocol (one with TLS, one without)",
+                "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP, port and protocol (port 443: one with TLS, one without)",
             ),
             (
                 "tls:\n  certificates:\n    - { cert: a.pem, key: a.key, default: true }\n    - { cert: b.pem, key: b.key, default: true }\nservices: []\n",

@@ -7,6 +7,7 @@ pub mod http;
 mod service;
 mod socket_lb;
 mod spec;
+pub mod tls;
 pub mod units;
 
 use std::{
@@ -33,6 +34,8 @@ pub struct Config {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub admin: Admin,
+    #[serde(default)]
+    pub tls: tls::Tls,
     #[serde(default, deserialize_with = "services")]
     pub services: Vec<Service>,
 }
@@ -187,7 +190,7 @@ fn services<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Service>, D::Error> {
 #[derive(Default)]
 struct Seen {
     names: HashSet<String>,
-    listeners: HashMap<(Option<IpAddr>, u16, u8), (String, Protocol)>,
+    listeners: HashMap<(Option<IpAddr>, u16, u8), (String, Protocol, bool)>,
 }
 
 impl Seen {
@@ -195,14 +198,17 @@ impl Seen {
         if !self.names.insert(s.name.clone()) {
             return Err(format!("service name {:?} is used twice", s.name));
         }
-        match self.listeners.entry((s.vip, s.port, s.protocol.number())) {
-            Entry::Vacant(v) => {
-                v.insert((s.name.clone(), s.protocol));
-            }
-            Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) => {}
-            Entry::Occupied(o) => {
-                let (other, protocol) = o.get();
-                return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol", s.name));
+        for (port, tls) in s.listeners() {
+            match self.listeners.entry((s.vip, port, s.protocol.number())) {
+                Entry::Vacant(v) => {
+                    v.insert((s.name.clone(), s.protocol, tls));
+                }
+                Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) && o.get().2 == tls => {}
+                Entry::Occupied(o) => {
+                    let (other, protocol, other_tls) = o.get();
+                    let what = if *other_tls != tls && o.get().1 == s.protocol { format!(" (port {port}: one with TLS, one without)") } else { String::new() };
+                    return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol{what}", s.name));
+                }
             }
         }
         Ok(())
@@ -243,12 +249,6 @@ impl Source {
         }
         config.with_specs(&self.specs)
     }
-
-    /// What tells that the file changed (its modification time and size), for the watcher.
-    pub fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
-        let meta = std::fs::metadata(self.file.as_deref()?).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    }
 }
 
 #[cfg(test)]
@@ -283,6 +283,15 @@ mod tests {
                 "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"99999999999999999h\": at most 8760h",
             ),
             ("dataplane:\n  udp_idle_timeout: 31536000001ms\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"31536000001ms\": at most 8760h"),
+            (
+                "services:\n  - name: a\n    port: 443\n    protocol: http\n  - name: b\n    port: 80\n    protocol: http\n    http: { tls: {} }\n",
+                "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP, port and protocol (port 443: one with TLS, one without)",
+            ),
+            (
+                "tls:\n  certificates:\n    - { cert: a.pem, key: a.key, default: true }\n    - { cert: b.pem, key: b.key, default: true }\nservices: []\n",
+                "xlb.yaml:2:3: tls: more than one certificate has `default: true`",
+            ),
+            ("services:\n  - name: a\n    port: 80\n    protocol: http\n    http: { tls: { hsts: forever } }\n", "xlb.yaml:5:26: services[0].http.tls.hsts: bad duration"),
             (
                 "services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n",
                 "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice",

@@ -42,6 +42,33 @@ pub struct Inputs<'a> {
 /// and the kernel's counters, and hands it to the admin endpoint.
 pub fn snapshot(inp: &Inputs) -> Snapshot {
     let stats = inp.stats;
+    let mut services = kernel_services(inp);
+    let answered = inp.proxy.metrics().counts();
+    for v in inp.http {
+        // A service with a plain and a TLS listener is one service.
+        let Some(s) = inp.config.services.iter().find(|s| s.name == v.name).filter(|s| !services.iter().any(|o| o.name == s.name)) else {
+            continue;
+        };
+        let series: Vec<(&Option<Backend>, &Counts)> = answered.iter().filter(|(name, _, _)| *name == v.name).map(|(_, b, c)| (b, c)).collect();
+        services.push(http_status(inp, s, v, &series));
+    }
+    Snapshot {
+        services,
+        drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
+        conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted, half_open_created: stats.conns.half_open },
+        health_transitions: inp.backend_transitions.total(),
+        discovery_events: inp.discovery_events.clone(),
+        taken_ms: unix_ms(),
+        recent_health: inp.backend_transitions.recent(),
+        reloads: inp.reloads.list(),
+        certificates: inp.proxy.certificates(),
+    }
+}
+
+/// The services the kernel balances, with their backends as the kernel, discovery and
+/// health see them.
+fn kernel_services(inp: &Inputs) -> Vec<ServiceStatus> {
+    let stats = inp.stats;
     let mut services = Vec::new();
     for d in inp.kernel {
         let Some(s) = inp.config.services.iter().find(|s| s.name == d.name) else {
@@ -100,24 +127,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
             backends,
         });
     }
-    let answered = inp.proxy.metrics().counts();
-    for v in inp.http {
-        let Some(s) = inp.config.services.iter().find(|s| s.name == v.name) else {
-            continue;
-        };
-        let series: Vec<(&Option<Backend>, &Counts)> = answered.iter().filter(|(name, _, _)| *name == v.name).map(|(_, b, c)| (b, c)).collect();
-        services.push(http_status(inp, s, v, &series));
-    }
-    Snapshot {
-        services,
-        drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
-        conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted, half_open_created: stats.conns.half_open },
-        health_transitions: inp.backend_transitions.total(),
-        discovery_events: inp.discovery_events.clone(),
-        taken_ms: unix_ms(),
-        recent_health: inp.backend_transitions.recent(),
-        reloads: inp.reloads.list(),
-    }
+    services
 }
 
 /// An HTTP service's status: the proxy's view of its backends, its requests in

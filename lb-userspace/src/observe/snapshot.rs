@@ -26,6 +26,9 @@ pub struct Snapshot {
     /// The latest config reloads, oldest first (a bounded list).
     #[serde(default)]
     pub reloads: Vec<ReloadEvent>,
+    /// TLS certificate sources: names, expiry, the last load's error.
+    #[serde(default)]
+    pub certificates: Vec<crate::proxy::tls::CertStatus>,
 }
 
 /// One backend's health change.

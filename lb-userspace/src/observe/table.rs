@@ -62,6 +62,14 @@ impl Snapshot {
         let drops: Vec<String> = self.drops.iter().map(|d| format!("{}={}", d.reason, d.packets)).collect();
         let _ = writeln!(out, "drops: {}", drops.join(" "));
         let _ = writeln!(out, "conntrack: {} entries, {} evicted", self.conntrack.entries, self.conntrack.evicted);
+        for c in &self.certificates {
+            let expires = c.not_after.map_or("-".to_owned(), |t| format!("{t} (unix)"));
+            let default = if c.default { " default" } else { "" };
+            let _ = writeln!(out, "tls: {}{default} names={} expires={expires}", c.cert.display(), c.names.join(","));
+            if let Some(e) = &c.error {
+                let _ = writeln!(out, "  error: {e}");
+            }
+        }
         out
     }
 }

@@ -34,6 +34,10 @@ pub struct ServiceRt {
     /// Each backend's `host:port` for request targets, by its index in `balancer.peers`.
     pub authorities: Vec<Authority>,
     pub sink: Arc<dyn FailureSink>,
+    /// Answer `308` to `https://` on this port (`request/tls.rs`) instead of proxying.
+    pub redirect: Option<u16>,
+    /// `Strict-Transport-Security` for its responses on a TLS listener.
+    pub hsts: Option<hyper::header::HeaderValue>,
 }
 
 /// What the requests of one listener read: swapped whole on update.
@@ -45,6 +49,8 @@ pub struct Site {
     /// How long connections may take to finish once the listener closes (the longest
     /// of its services' `timeouts.drain`).
     pub drain: Duration,
+    /// The listener terminates TLS.
+    pub tls: bool,
 }
 
 /// A listener's current [`Site`]: an update swaps it, a request reads the one it found.

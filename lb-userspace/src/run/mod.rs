@@ -4,6 +4,8 @@
 mod fdlimit;
 mod privilege;
 mod reload;
+mod stamp;
+mod status;
 mod stop;
 
 use std::{
@@ -31,7 +33,7 @@ use crate::{
     discovery::{Registry, Sources, Update},
     health::{self, Health},
     netdev,
-    observe::{self, Reloads, Snapshot, Transitions, admin},
+    observe::{Reloads, Snapshot, Transitions, admin},
     plan::{self, Desired, ServiceView, Vitals},
     proxy::Proxy,
 };
@@ -60,7 +62,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     // Stamped before reading: a change made while xlb starts is then seen by the watcher.
-    let mut file_stamp = source.stamp();
+    let mut file_stamp = stamp::stamp(source.file.as_deref());
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -110,9 +112,11 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         unroutable: BTreeMap::new(),
         admin_address: config.admin.address,
         admin_token,
+        cert_stamps: Vec::new(),
         iface,
         config,
     };
+    ctl.load_certificates();
     ctl.forwarding.enable(&ctl.iface)?;
     ctl.dp.attach_client_side(&ctl.iface)?;
     ctl.dp.start_socket_lb(&ctl.config.dataplane.socket_lb)?;
@@ -146,10 +150,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 false
             }
             _ = watch_file.tick() => {
-                let now = source.stamp();
-                if now != std::mem::replace(&mut file_stamp, now) {
-                    ramping = ctl.reload(&source).unwrap_or(ramping);
-                }
+                ramping = ctl.watch_files(&source, &mut file_stamp).unwrap_or(ramping);
                 false
             }
             Some(u) = updates.recv() => ctl.discovered(u, &mut updates),
@@ -268,6 +269,8 @@ struct Controller {
     admin_address: SocketAddr,
     /// The `admin.token` the endpoint checks; a reload may change it.
     admin_token: watch::Sender<Option<String>>,
+    /// The certificate files as last loaded (`stamp::cert_stamps`), to load them on change.
+    cert_stamps: Vec<Option<(std::time::SystemTime, u64)>>,
 }
 
 impl Controller {
@@ -435,31 +438,6 @@ impl Controller {
             info!(backend = %addr, "backend routable again");
         }
         self.unroutable = now;
-    }
-
-    /// Builds the status snapshot and hands it to the admin endpoint.
-    fn publish_status(&mut self) -> anyhow::Result<()> {
-        let stats = self.dp.counters()?;
-        let mut snapshot = observe::build::snapshot(&observe::build::Inputs {
-            config: &self.config,
-            kernel: &self.plan,
-            http: &self.http_plan,
-            registry: &self.registry,
-            health: &self.health,
-            stats: &stats,
-            proxy: &self.proxy,
-            backend_transitions: &self.backend_transitions,
-            unroutable: &self.unroutable,
-            discovery_events: &self.discovery_events,
-            reloads: &self.reloads,
-        });
-        let now = Instant::now();
-        if let Some((at, prev)) = &self.last_status {
-            observe::rates(&mut snapshot, prev, now.duration_since(*at).as_secs_f64());
-        }
-        self.snapshots.send_replace(Arc::new(snapshot.clone()));
-        self.last_status = Some((now, snapshot));
-        Ok(())
     }
 
     fn expire(&mut self) {

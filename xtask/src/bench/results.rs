@@ -359,8 +359,27 @@ fn goals(table: &[Row]) -> Vec<Goal> {
                 _ => "no figures".into(),
             },
         });
+        out.push(tls_goal(mode, median(Kind::XlbHttps, mode).zip(median(Kind::NginxHttps, mode)).map(|(x, n)| x / n)));
     }
     out
+}
+
+/// Issue 13: full handshakes (a new connection per request) ≥ 1.3× nginx's, keep-alive
+/// over TLS ≥ 1.2×. `ratio`: xlb's req/s over nginx's, both over TLS.
+fn tls_goal(mode: Mode, ratio: Option<f64>) -> Goal {
+    let target = if mode == Mode::Close { 1.3 } else { 1.2 };
+    Goal {
+        goal: format!("xlb HTTP proxy over TLS ≥ {target}× nginx over TLS (same certificate)"),
+        mode,
+        target,
+        actual: ratio,
+        met: ratio.map(|r| r >= target),
+        verdict: match ratio {
+            None => "no figures".into(),
+            Some(r) if r >= target => format!("met ({r:.2}×)"),
+            Some(r) => format!("missed: {r:.2}×"),
+        },
+    }
 }
 
 fn scale_rows(scale: &Scale, table: &[Row]) -> Vec<ScaleRow> {

@@ -9,15 +9,9 @@
 
 pub mod body;
 pub mod h1;
+pub mod pool;
 
-use std::{
-    collections::HashMap,
-    fmt, io,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    task::{Context, Waker},
-    time::{Duration, Instant},
-};
+use std::{fmt, io, net::SocketAddr, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -27,47 +21,12 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use self::{
     body::{RespBody, read_some},
     h1::{Parsed, SendFraming},
+    pool::{Conn, Home, Pool, checkout},
 };
 use super::workers::PerWorker;
 
-/// How long idle pooled connections to a backend are kept.
-const POOL_IDLE: Duration = Duration::from_secs(15);
-const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
 /// Buffered bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
-
-/// A backend connection and what was read from it but not used yet.
-pub struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-type Idle = Vec<(Conn, Instant)>;
-/// One worker's idle connections of a service, by backend address.
-type Pool = Arc<Mutex<HashMap<SocketAddr, Idle>>>;
-
-/// Where a connection goes back to once its response has ended.
-pub struct Home {
-    pool: Pool,
-    addr: SocketAddr,
-}
-
-impl Home {
-    /// Pools `conn` if the backend has nothing more to say on it. The read that finds
-    /// it quiet also resets the socket's readiness, so a later close by the backend
-    /// shows at checkout without a read.
-    fn put(self, conn: Conn) {
-        match conn.stream.try_read(&mut [0u8; 1]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return,
-        }
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = pool.entry(self.addr).or_default();
-        if idle.len() < POOL_MAX_IDLE_PER_BACKEND {
-            idle.push((conn, Instant::now()));
-        }
-    }
-}
 
 /// A service's connections to its backends.
 pub struct Upstream {
@@ -200,6 +159,7 @@ fn answer(head: h1::Head, conn: Conn, home: Home) -> Response<RespBody> {
 async fn exchange(mut conn: Conn, head: &[u8], framing: SendFraming, body: &mut Option<OutBody>, head_request: bool, resend: bool) -> Result<(h1::Head, Conn), Failed> {
     let io = |err: io::Error, stale: bool| Failed { err: UpstreamError::Io(err), stale };
     match body {
+        Some(OutBody::Bytes(b)) if b.is_empty() => conn.stream.write_all(head).await.map_err(|e| io(e, true))?,
         Some(OutBody::Bytes(b)) if b.len() <= COALESCE => {
             let mut msg = Vec::with_capacity(head.len() + b.len());
             msg.extend_from_slice(head);
@@ -265,23 +225,4 @@ async fn stream_body(stream: &mut TcpStream, mut incoming: Incoming, framing: Se
         stream.write_all(b"0\r\n\r\n").await.map_err(io)?;
     }
     Ok(())
-}
-
-/// The most recently used idle connection to `addr` still open and fresh. An idle
-/// connection the socket reports readable has been closed by the backend (or sent
-/// what it should not have): it is dropped without a read.
-fn checkout(pool: &Pool, addr: SocketAddr) -> Option<Conn> {
-    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-    let idle = pool.get_mut(&addr)?;
-    let now = Instant::now();
-    // Expired ones leave first (the oldest are at the front).
-    let fresh = idle.iter().position(|(_, since)| now.duration_since(*since) < POOL_IDLE).unwrap_or(idle.len());
-    idle.drain(..fresh);
-    let mut cx = Context::from_waker(Waker::noop());
-    while let Some((conn, _)) = idle.pop() {
-        if conn.stream.poll_read_ready(&mut cx).is_pending() {
-            return Some(conn);
-        }
-    }
-    None
 }

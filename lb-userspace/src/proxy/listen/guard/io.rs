@@ -15,6 +15,8 @@ use tokio::{
     time::Sleep,
 };
 
+use crate::proxy::upstream::body::drained;
+
 use super::{
     framer::{Framer, Phase},
     rules::{HeadLimits, Reject},
@@ -138,6 +140,10 @@ impl AsyncRead for GuardedIo {
                 Poll::Ready(Ok(())) => match this.stream.try_read(&mut this.raw) {
                     Ok(0) => this.eof = true,
                     Ok(n) => {
+                        // A short read drained the socket: wait on epoll next, not on a read.
+                        if n < this.raw.len() {
+                            drained(&this.stream);
+                        }
                         let now = Instant::now();
                         if let Err(r) = this.framer.feed(&this.raw[..n], &mut this.ready) {
                             this.reject(r);

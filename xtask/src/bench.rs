@@ -90,7 +90,9 @@ pub fn bench(opts: &Options) -> Result<()> {
 
     let mut unavailable: HashMap<Kind, String> = HashMap::new();
     if let Err(why) = contender::xlb_http_available(&ctx) {
-        unavailable.insert(Kind::XlbHttp, format!("not available: `xlb check` rejects a service with `protocol: http` ({why})"));
+        for kind in Kind::ALL.into_iter().filter(|k| k.is_xlb_http()) {
+            unavailable.insert(kind, format!("not available: `xlb check` rejects a service with `protocol: http` ({why})"));
+        }
     }
     let kinds: Vec<Kind> =
         Kind::ALL.into_iter().filter(|k| k.is_direct() || only.is_empty() || only.contains(k)).collect();
@@ -128,6 +130,9 @@ pub fn bench(opts: &Options) -> Result<()> {
         eprintln!("bench: wrote {}", path.display());
     }
     eprintln!("bench: done in {:.0} s", clock.elapsed().as_secs_f64());
+    for line in results.ratio_lines() {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -157,7 +162,7 @@ fn rounds(
                 Ok(r) => r,
                 Err(err) => {
                     eprintln!("bench: {} could not be started: {err:#}", kind.label());
-                    let why = if kind == Kind::XlbHttp { "not available" } else { "failed to start" };
+                    let why = if kind.is_xlb_http() { "not available" } else { "failed to start" };
                     unavailable.insert(kind, format!("{why}: {}", first_line(&format!("{err:#}"))));
                     done += Mode::ALL.len();
                     continue;

@@ -25,6 +25,9 @@ pub enum Kind {
     DirectXdp,
     XlbL4,
     XlbHttp,
+    XlbHttpLeastTime,
+    XlbHttpCookie,
+    XlbHttpRoutes,
     NginxHttp,
     NginxStream,
     HaproxyHttp,
@@ -35,11 +38,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Direct,
         Kind::DirectXdp,
         Kind::XlbL4,
         Kind::XlbHttp,
+        Kind::XlbHttpLeastTime,
+        Kind::XlbHttpCookie,
+        Kind::XlbHttpRoutes,
         Kind::NginxHttp,
         Kind::NginxStream,
         Kind::HaproxyHttp,
@@ -54,6 +60,9 @@ impl Kind {
             Kind::DirectXdp => "direct-xdp",
             Kind::XlbL4 => "xlb-l4",
             Kind::XlbHttp => "xlb-http",
+            Kind::XlbHttpLeastTime => "xlb-http-least-time",
+            Kind::XlbHttpCookie => "xlb-http-cookie",
+            Kind::XlbHttpRoutes => "xlb-http-routes",
             Kind::NginxHttp => "nginx-http",
             Kind::NginxStream => "nginx-stream",
             Kind::HaproxyHttp => "haproxy-http",
@@ -69,6 +78,9 @@ impl Kind {
             Kind::DirectXdp => "direct + empty XDP program",
             Kind::XlbL4 => "xlb L4 (XDP)",
             Kind::XlbHttp => "xlb HTTP proxy",
+            Kind::XlbHttpLeastTime => "xlb HTTP proxy, least_time",
+            Kind::XlbHttpCookie => "xlb HTTP proxy, cookie pinning",
+            Kind::XlbHttpRoutes => "xlb HTTP proxy, 1,000 Host routes",
             Kind::NginxHttp => "nginx HTTP proxy",
             Kind::NginxStream => "nginx stream (L4)",
             Kind::HaproxyHttp => "HAProxy http mode",
@@ -76,6 +88,11 @@ impl Kind {
             Kind::XlbHttps => "xlb HTTP proxy, TLS",
             Kind::NginxHttps => "nginx HTTP proxy, TLS",
         }
+    }
+
+    /// xlb's HTTP proxy, in any of its configurations.
+    pub fn is_xlb_http(self) -> bool {
+        matches!(self, Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes)
     }
 
     /// Whether wrk talks to the backends themselves rather than to the VIP.
@@ -95,6 +112,9 @@ impl Kind {
             Kind::DirectXdp => "direct + XDP",
             Kind::XlbL4 => "xlb L4",
             Kind::XlbHttp => "xlb HTTP",
+            Kind::XlbHttpLeastTime => "xlb HTTP least_time",
+            Kind::XlbHttpCookie => "xlb HTTP cookie",
+            Kind::XlbHttpRoutes => "xlb HTTP 1k routes",
             Kind::NginxHttp => "nginx HTTP",
             Kind::NginxStream => "nginx stream",
             Kind::HaproxyHttp => "HAProxy http",
@@ -163,8 +183,8 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
             let spec = format!("{VIP}:{VIP_PORT}:{}:{BACKEND_PORT}", backend_list(topo, ","));
             start_xlb(ctx, &dir, vec!["--iface".into(), topo.lb_iface.clone().into(), spec.into()])?
         }
-        Kind::XlbHttp | Kind::XlbHttps => {
-            let config = xlb_http_config(ctx, &dir, kind.is_tls())?;
+        Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes | Kind::XlbHttps => {
+            let config = xlb_http_config(ctx, &dir, kind)?;
             start_xlb(ctx, &dir, vec!["--config".into(), config.into()])?
         }
         Kind::NginxHttp | Kind::NginxStream | Kind::NginxHttps => start_nginx(kind, ctx, &dir)?,
@@ -210,22 +230,42 @@ pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &st
     Ok(Running { xlb_pid: Some(xlb.pid()), _stats: stats, ..Running::procs(vec![xlb]) })
 }
 
+/// Services that share the bench's VIP:port under Host names of their own, for the
+/// 1,000-routes row: 999 of them plus the bench service.
+const OTHER_ROUTES: usize = 999;
+
 /// The config that makes the bench service an HTTP service of xlb's proxy
-/// (`protocol: http`, the proxy's default options); with `tls`, on VIP:443 only, with the
-/// bench certificate as the default one (wrk sends no SNI to an address).
-fn xlb_http_config(ctx: &Ctx, dir: &Path, tls: bool) -> Result<PathBuf> {
-    let (port, tls_block, http) = if tls {
+/// (`protocol: http`, the proxy's default options), as `kind` varies it: over TLS on
+/// VIP:443 only, with the bench certificate as the default one (wrk sends no SNI to an
+/// address); `least_time` balancing; a pin cookie and a sticky cookie (wrk sends no
+/// cookie, so every request looks for both and every response sets one); or the service
+/// behind one of 1,000 exact Host routes (wrk's Host is the VIP).
+fn xlb_http_config(ctx: &Ctx, dir: &Path, kind: Kind) -> Result<PathBuf> {
+    let mut backends = String::from("    backends:\n");
+    for b in &ctx.topo.backends {
+        writeln!(backends, "      - {{ address: {}, port: {BACKEND_PORT} }}", b.addr).unwrap();
+    }
+    let (port, tls_block) = if kind.is_tls() {
         let (cert, key) = ctx.topo.certificate()?;
-        (TLS_PORT, format!("tls:\n  certificates: [{{ cert: {}, key: {}, default: true }}]\n", cert.display(), key.display()), "    http: { tls: { port: 443 } }\n")
+        (TLS_PORT, format!("tls:\n  certificates: [{{ cert: {}, key: {}, default: true }}]\n", cert.display(), key.display()))
     } else {
-        (VIP_PORT, String::new(), "")
+        (VIP_PORT, String::new())
+    };
+    let http = match kind {
+        Kind::XlbHttps => "    http: { tls: { port: 443 } }\n".to_owned(),
+        Kind::XlbHttpLeastTime => "    http: { method: least_time header }\n".to_owned(),
+        Kind::XlbHttpCookie => "    http: { pin_cookie: srv, sticky_cookie: { name: route } }\n".to_owned(),
+        Kind::XlbHttpRoutes => format!("    http: {{ hosts: [\"{VIP}\"] }}\n"),
+        _ => String::new(),
     };
     let mut yaml = format!(
-        "dataplane:\n  interface: {}\n{tls_block}services:\n  - name: bench\n    vip: {VIP}\n    port: {port}\n    protocol: http\n{http}    backends:\n",
+        "dataplane:\n  interface: {}\n{tls_block}services:\n  - name: bench\n    vip: {VIP}\n    port: {port}\n    protocol: http\n{http}{backends}",
         ctx.topo.lb_iface
     );
-    for b in &ctx.topo.backends {
-        writeln!(yaml, "      - {{ address: {}, port: {BACKEND_PORT} }}", b.addr).unwrap();
+    if kind == Kind::XlbHttpRoutes {
+        for i in 1..=OTHER_ROUTES {
+            write!(yaml, "  - name: route{i}\n    vip: {VIP}\n    port: {VIP_PORT}\n    protocol: http\n    http: {{ hosts: [\"app{i}.bench\"] }}\n{backends}").unwrap();
+        }
     }
     let path = dir.join("xlb-http.yaml");
     fs::write(&path, yaml)?;
@@ -237,7 +277,7 @@ fn xlb_http_config(ctx: &Ctx, dir: &Path, tls: bool) -> Result<PathBuf> {
 /// `Err` says why not, in xlb's words.
 pub fn xlb_http_available(ctx: &Ctx) -> Result<(), String> {
     let dir = ctx.topo.dir.join("xlb-http");
-    let config = fs::create_dir_all(&dir).and_then(|()| xlb_http_config(ctx, &dir, false).map_err(std::io::Error::other));
+    let config = fs::create_dir_all(&dir).and_then(|()| xlb_http_config(ctx, &dir, Kind::XlbHttp).map_err(std::io::Error::other));
     let config = config.map_err(|e| format!("writing its config: {e}"))?;
     let mut check = std::process::Command::new(&ctx.xlb);
     check.arg("check").arg(&config);

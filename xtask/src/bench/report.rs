@@ -11,13 +11,41 @@ use super::{
     chart,
     contender::Kind,
     docker_event::{DockerEvents, Reaction},
-    results::{Results, Scale},
+    results::{Results, Row, Scale},
     scale::Memory,
     stats::{Spread, fmt_ms, thousands},
     wrk::Mode,
 };
 
 impl Results {
+    /// Issue 12's ratios, a line per xlb HTTP row and mode: req/s against nginx's and
+    /// HAProxy's HTTP proxies, p99 against nginx's, balancer CPU per request against
+    /// nginx's (medians of the same run). What `--quick` prints last.
+    pub fn ratio_lines(&self) -> Vec<String> {
+        let row = |id: &str, mode: Mode| self.table.iter().find(|r| r.id == id && r.mode == Some(mode) && r.note.is_none());
+        let med = |s: &Option<Spread>| s.map(|s| s.median);
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("–".to_owned(), |(a, b)| format!("{:.2}×", a / b));
+        let mut out = Vec::new();
+        for kind in Kind::ALL.into_iter().filter(|k| k.is_xlb_http()) {
+            for mode in Mode::ALL {
+                let Some(x) = row(kind.id(), mode) else { continue };
+                let (n, h) = (row(Kind::NginxHttp.id(), mode), row(Kind::HaproxyHttp.id(), mode));
+                let nginx = |f: fn(&Row) -> &Option<Spread>| n.and_then(|n| med(f(n)));
+                out.push(format!(
+                    "ratio {}, {}: req/s {} nginx, {} HAProxy; p99 {} ms (nginx {} ms); CPU per request {} nginx's",
+                    kind.label(),
+                    mode.short(),
+                    ratio(med(&x.rps), nginx(|r| &r.rps)),
+                    ratio(med(&x.rps), h.and_then(|h| med(&h.rps))),
+                    med(&x.p99_ms).map_or("–".into(), fmt_ms),
+                    nginx(|r| &r.p99_ms).map_or("–".into(), fmt_ms),
+                    ratio(med(&x.balancer_cpu_ms_per_1k), nginx(|r| &r.balancer_cpu_ms_per_1k)),
+                ));
+            }
+        }
+        out
+    }
+
     /// The throughput table alone (what the README shows).
     pub fn markdown_table(&self) -> String {
         let mut s = String::from(

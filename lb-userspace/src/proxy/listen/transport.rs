@@ -15,6 +15,8 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 
+use crate::proxy::upstream::body::drained;
+
 /// A client connection's byte stream, usable through a shared reference.
 pub trait Transport: Send + Sync + 'static {
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
@@ -32,6 +34,13 @@ impl Transport for TcpStream {
             ready!(self.poll_read_ready(cx))?;
             match self.try_read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) => {
+                    // A short read drained the socket: wait on epoll next, not on a read.
+                    if n > 0 && n < buf.len() {
+                        drained(self);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
                 r => return Poll::Ready(r),
             }
         }

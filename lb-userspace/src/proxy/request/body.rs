@@ -17,7 +17,7 @@ use crate::{
     proxy::{
         listen::guard::shared::ConnShared,
         site::BoxError,
-        upstream::UpstreamBody,
+        upstream::OutBody,
     },
 };
 
@@ -70,11 +70,10 @@ impl ReqBody {
     }
 
     /// The body for one try; `None` once a streamed body was sent.
-    pub fn for_try(&mut self) -> Option<UpstreamBody> {
+    pub fn for_try(&mut self) -> Option<OutBody> {
         match self {
-            Self::Buffered(b) if b.is_empty() => Some(empty()),
-            Self::Buffered(b) => Some(full(b.clone())),
-            Self::Stream(s) => s.take().map(|i| i.map_err(BoxError::from).boxed()),
+            Self::Buffered(b) => Some(OutBody::Bytes(b.clone())),
+            Self::Stream(s) => s.take().map(OutBody::Stream),
         }
     }
 }

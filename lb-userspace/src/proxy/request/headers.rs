@@ -61,12 +61,15 @@ fn forwarded(out: &mut HeaderMap, raw_host: Option<&str>, client: &Client, tls: 
     // Several `X-Forwarded-For` fields are one list in order (RFC 9110 5.3), as
     // `Client::identify` reads them: keep every hop, not just the first field's.
     let prev: Vec<&str> = out.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).collect();
-    let xff = if client.peer_trusted && !prev.is_empty() { format!("{}, {peer}", prev.join(", ")) } else { peer.to_string() };
+    let peer_value = HeaderValue::from_str(&peer.to_string()).ok();
+    let xff = if client.peer_trusted && !prev.is_empty() { HeaderValue::from_str(&format!("{}, {peer}", prev.join(", "))).ok() } else { peer_value.clone() };
     out.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         out.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&client.ip.to_string()) {
+    // The client is the peer unless a trusted proxy named another: one string then.
+    let real = if client.ip == peer { peer_value } else { HeaderValue::from_str(&client.ip.to_string()).ok() };
+    if let Some(v) = real {
         out.insert(X_REAL_IP, v);
     }
     if !out.contains_key(&X_FORWARDED_HOST)

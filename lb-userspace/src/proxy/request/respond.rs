@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::{
     Response, StatusCode,
-    body::{Body, Frame, Incoming, SizeHint},
+    body::{Body, Frame, SizeHint},
     header::{self, HeaderValue},
     upgrade::OnUpgrade,
 };
@@ -26,7 +26,7 @@ use crate::{
         hop_by_hop::strip_hop_by_hop,
         select::ewma::{InFlight, Stats},
         site::{BoxError, ServiceRt},
-        upstream::Reuse,
+        upstream::body::RespBody,
     },
 };
 
@@ -49,7 +49,6 @@ pub fn respond(a: Answer, svc: &ServiceRt, client_upgrade: Option<OnUpgrade>, de
         idle_timer: Box::pin(tokio::time::sleep(idle)),
         total: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
         done: Some((a.inflight, a.peer.stats.clone())),
-        reuse: Some(a.reuse),
     };
     Ok(Response::from_parts(parts, body.boxed()))
 }
@@ -89,24 +88,19 @@ fn sticky_header(s: &StickyCookie, value: &str) -> HeaderValue {
 /// A backend's response body on its way: idle and total timeouts, and the request's
 /// accounting (in flight until the last byte; time to the last byte).
 struct UpstreamResponse {
-    inner: Incoming,
+    inner: RespBody,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     total: Option<Pin<Box<Sleep>>>,
     done: Option<(InFlight, Arc<Stats>)>,
-    /// The backend connection: back to the pool after the last byte.
-    reuse: Option<Reuse>,
 }
 
 impl UpstreamResponse {
-    /// The last byte arrived: the request is no longer in flight, and its backend
-    /// connection can take another.
+    /// The last byte arrived: the request is no longer in flight (its backend
+    /// connection went back to the pool as the body ended).
     fn finish(&mut self) {
         if let Some((inflight, stats)) = self.done.take() {
             stats.record_last_byte(inflight.started().elapsed());
-        }
-        if let Some(r) = self.reuse.take() {
-            r.release();
         }
     }
 }

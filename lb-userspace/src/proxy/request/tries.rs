@@ -5,11 +5,7 @@
 
 use std::{error::Error as _, sync::Arc, time::Instant};
 
-use hyper::{
-    HeaderMap, Method as HttpMethod, Request, Response, Uri, Version,
-    body::Incoming,
-    http::{request::Parts, uri},
-};
+use hyper::{HeaderMap, Response, http::request::Parts};
 use tracing::{debug, warn};
 
 use super::{affinity::Affinity, body::ReqBody, target::Target};
@@ -22,8 +18,7 @@ use crate::{
             ewma::InFlight,
         },
         site::ServiceRt,
-        upstream::UpstreamBody,
-        upstream::Reuse,
+        upstream::{OutBody, Outgoing, body::RespBody, idempotent},
     },
 };
 
@@ -44,21 +39,19 @@ pub struct Tries<'a> {
 
 /// The backend response that goes to the client.
 pub struct Answer {
-    pub resp: Response<Incoming>,
+    pub resp: Response<RespBody>,
     pub peer: Arc<Peer>,
     /// The request stays in flight on `peer` until the response body ends.
     pub inflight: InFlight,
     /// The backend was chosen by the sticky cookie (no new cookie is set).
     pub by_cookie: bool,
-    /// The backend connection, for the pool once the response has ended.
-    pub reuse: Reuse,
 }
 
 /// What one try came to. `Answer` is the common case and moves once: boxing it would
 /// cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 enum Tried {
-    Answer(Response<Incoming>, Reuse),
+    Answer(Response<RespBody>),
     /// Try another backend; the status to answer if none is left.
     Again(Option<u16>),
     /// No more tries; the status to answer.
@@ -94,7 +87,7 @@ impl Tries<'_> {
             };
             let more = attempt + 1 < max_tries;
             match self.send(idx, &peer, body, now, more, tried.len()).await? {
-                Tried::Answer(resp, reuse) => return Ok(Answer { resp, peer, inflight, by_cookie, reuse }),
+                Tried::Answer(resp) => return Ok(Answer { resp, peer, inflight, by_cookie }),
                 Tried::Again(status) => last_error = status.or(last_error),
                 Tried::Stop(status) => return Err(status),
             }
@@ -119,24 +112,17 @@ impl Tries<'_> {
 
     /// One try on `peer` (`idx` in the balancer). `more`: a try is left; `tried`:
     /// backends excluded so far.
-    async fn send(&self, idx: usize, peer: &Arc<Peer>, body: UpstreamBody, now: Instant, more: bool, tried: usize) -> Result<Tried, u16> {
+    async fn send(&self, idx: usize, peer: &Arc<Peer>, body: OutBody, now: Instant, more: bool, tried: usize) -> Result<Tried, u16> {
         let svc = &self.target.service;
         let o = &svc.options;
         // Origin-form (the path shared with the client's request); the backend's
         // authority, made once, is the `Host` of a request without one.
-        let mut parts = uri::Parts::default();
-        let path = self.head.uri.path_and_query().cloned().unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+        let target = self.head.uri.path_and_query().map_or("/", |p| p.as_str());
         // Only origin-form goes to a backend (`OPTIONS *` is refused, as before).
-        if !path.as_str().starts_with('/') {
+        if !target.starts_with('/') {
             return Err(400);
         }
-        parts.path_and_query = Some(path);
-        let target = Uri::from_parts(parts).map_err(|_| 400u16)?;
-        let mut up = Request::new(body);
-        *up.method_mut() = self.head.method.clone();
-        *up.uri_mut() = target;
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = self.headers.clone();
+        let up = Outgoing { method: &self.head.method, target, headers: &self.headers, body };
 
         let wait = self.deadline.map_or(o.timeouts.header, |d| o.timeouts.header.min(d.saturating_duration_since(now)));
         let sent = Instant::now();
@@ -144,7 +130,7 @@ impl Tries<'_> {
         let retriable = more && self.body.is_buffered() && !self.upgrade;
         let idempotent = idempotent(&self.head.method);
         Ok(match outcome {
-            Ok(Ok((resp, reuse))) => {
+            Ok(Ok(resp)) => {
                 let decay = match o.method {
                     Method::PeakEwma { decay } => decay,
                     _ => DEFAULT_EWMA_DECAY,
@@ -160,7 +146,7 @@ impl Tries<'_> {
                     debug!(service = %svc.name, backend = %peer.name, status, "retrying on another backend");
                     return Ok(Tried::Again(None));
                 }
-                Tried::Answer(resp, reuse)
+                Tried::Answer(resp)
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();
@@ -178,10 +164,6 @@ impl Tries<'_> {
             }
         })
     }
-}
-
-fn idempotent(m: &HttpMethod) -> bool {
-    matches!(*m, HttpMethod::GET | HttpMethod::HEAD | HttpMethod::OPTIONS | HttpMethod::TRACE | HttpMethod::PUT | HttpMethod::DELETE)
 }
 
 /// An I/O timeout somewhere in the error's sources (a connect timeout): 504, not 502.

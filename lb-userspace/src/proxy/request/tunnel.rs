@@ -18,6 +18,7 @@ use crate::proxy::{
     listen::guard::shared::ConnShared,
     select::ewma::InFlight,
     site::BoxError,
+    upstream::body::RespBody,
 };
 
 /// What a request asks of its connection.
@@ -53,22 +54,22 @@ fn asks_upgrade(h: &HeaderMap) -> bool {
 
 /// A 101 from the backend: answer the client 101 and join the two upgraded
 /// connections. A 101 to a request that asked for no upgrade is a broken backend: 502.
-pub fn tunnel(mut resp: Response<Incoming>, client: Option<OnUpgrade>, inflight: InFlight) -> Result<Response<BoxBody<Bytes, BoxError>>, u16> {
+pub fn tunnel(resp: Response<RespBody>, client: Option<OnUpgrade>, inflight: InFlight) -> Result<Response<BoxBody<Bytes, BoxError>>, u16> {
     let client = client.ok_or(502u16)?;
-    let upstream = hyper::upgrade::on(&mut resp);
+    let (mut parts, body) = resp.into_parts();
+    let mut upstream = body.into_upgraded().ok_or(502u16)?;
     tokio::spawn(async move {
         let _inflight = inflight;
-        match tokio::try_join!(client, upstream) {
-            Ok((c, u)) => {
-                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        match client.await {
+            Ok(c) => {
+                let mut c = TokioIo::new(c);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut upstream).await {
                     debug!("upgraded connection: {e}");
                 }
             }
             Err(e) => debug!("upgrade failed: {e}"),
         }
     });
-    let (mut parts, _) = resp.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

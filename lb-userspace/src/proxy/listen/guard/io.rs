@@ -14,6 +14,7 @@ use tokio::{
     time::Sleep,
 };
 
+
 use super::{
     framer::{Framer, Phase},
     rules::{HeadLimits, Reject},

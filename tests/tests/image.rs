@@ -22,7 +22,7 @@ use xlb_tests::{
     image::{self, IMAGE},
     outside::Outside,
     util::{cmd, try_run, wait_for},
-    xlb::{BPFFS, ensure_bpffs},
+    xlb::{BPFFS, ensure_bpffs, xlb_bin},
 };
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -34,6 +34,16 @@ fn cap_eff(pid: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("a CapEff line");
     u64::from_str_radix(hex.trim(), 16).expect("a hex capability set")
+}
+
+/// Whatever the test's outcome, removes what the containerised xlb kept in the tests' BPF
+/// file system (a failed run's container is killed, which leaves its data plane pinned).
+struct KeptDown(String);
+
+impl Drop for KeptDown {
+    fn drop(&mut self) {
+        let _ = try_run(&mut cmd(xlb_bin().to_str().unwrap(), ["down", "--bpffs", BPFFS, "--iface", &self.0]));
+    }
 }
 
 #[test]
@@ -50,7 +60,11 @@ fn the_image_serves_a_labelled_container() {
     let out = Outside::new(252, Offload::On);
     let l4 = format!("{}:80:web:8080", out.host_ip);
     let args = image::run_args(BPFFS);
-    let xlb = Container::run("xlb", &args.iter().map(String::as_str).collect::<Vec<_>>(), IMAGE, &["run", "--iface", &out.host_if, &l4, "8081:web:8080/http"]);
+    // Socket-level balancing stays off: on, it would attach to the host's cgroup v2 root,
+    // which holds every process of the machine, not only the test's.
+    let run = ["run", "--socket-lb=false", "--iface", &out.host_if, &l4, "8081:web:8080/http"];
+    let _down = KeptDown(out.host_if.clone());
+    let xlb = Container::run("xlb", &args.iter().map(String::as_str).collect::<Vec<_>>(), IMAGE, &run);
     let ready = wait_for(Duration::from_secs(30), Duration::from_millis(200), || xlb.logs().contains(" ready").then_some(()));
     assert!(ready.is_some(), "xlb in its container did not become ready; logs:\n{}", xlb.logs());
 

@@ -266,7 +266,7 @@ fn run_second_xlb(topo: &Topology, how: &SecondStart, spec: &str) -> (Option<std
     let cfg = TempFile::new(".yaml", "admin:\n  address: \"127.0.0.1:0\"\n");
     let cfg_path = cfg.path().to_str().expect("utf-8 path");
     let mut words: Vec<&str> = how.prefix.to_vec();
-    words.extend([bin.to_str().expect("utf-8 path"), "run", "--iface", LB_CLIENT_IF, "--config", cfg_path, spec]);
+    words.extend([bin.to_str().expect("utf-8 path"), "run", "--socket-lb=false", "--iface", LB_CLIENT_IF, "--config", cfg_path, spec]);
     let mut c = topo.lb.exec(words[0], &words[1..]);
     c.env("RUST_LOG", "info").env("NO_COLOR", "1");
     let started = Instant::now();

@@ -16,6 +16,8 @@ pub mod names {
     pub const CONN_CREATED: &str = "CONN_CREATED";
     pub const SETTINGS: &str = "SETTINGS";
     pub const TX_PORTS: &str = "TX_PORTS";
+    pub const VIPS: &str = "VIPS";
+    pub const IF_MACS: &str = "IF_MACS";
     pub const RR: &str = "RR";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -97,6 +99,14 @@ pub struct ServiceKey {
     pub port: u16,
     pub proto: u8,
     pub family: u8,
+}
+
+/// `IF_MACS` value: an interface's MAC address, which ARP and NDP answers name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Mac {
+    pub bytes: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// `SERVICES` value.
@@ -327,6 +337,10 @@ impl FwdMeta {
     pub const MAGIC: u32 = 0x786c_6221; // "xlb!"
     /// The L4 checksum still needs `l4_*_diff` folded in.
     pub const F_FIX_L4: u32 = 1;
+    /// An answer (ARP, NDP) to send back out of `ifindex` as it is: a TC redirect to
+    /// egress reaches any device, where `XDP_TX` into a veth is dropped unless the
+    /// veth's peer runs an XDP program.
+    pub const F_BACK_OUT: u32 = 2;
 }
 
 /// The flow hash, shared so user space and tests can predict the kernel's choices.
@@ -427,6 +441,7 @@ mod pod {
     use super::*;
     // SAFETY: all are repr(C), Copy, without padding, valid for any bit pattern.
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Mac {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for RevNat {}

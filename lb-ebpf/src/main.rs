@@ -2,7 +2,8 @@
 //!
 //! - `xlb_xdp` (XDP, on the interface clients reach): steers packets for a VIP:port to
 //!   a backend (connection table, selection table), rewrites the destination and sends
-//!   the frame on, by `XDP_TX`, a devmap redirect, or through `xlb_fwd`.
+//!   the frame on, by `XDP_TX`, a devmap redirect, or through `xlb_fwd`; answers ARP
+//!   and NDP for VIPs (`neigh`, sent back out by `xlb_fwd`).
 //! - `xlb_fwd` (TC ingress, same interface): finishes what XDP passed up: the L4
 //!   checksum when it may be partial, and the redirect to the backend's interface,
 //!   which skips netfilter so Docker's FORWARD policy does not see the flow.
@@ -25,6 +26,7 @@ mod fib;
 mod icmp;
 mod maps;
 mod nat;
+mod neigh;
 mod parse;
 mod select;
 mod sock;
@@ -93,10 +95,15 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     send(&ctx, &p, &backend.addr, p.sport, backend.port, maybe_partial.then_some(&diff))
 }
 
-/// An ICMP error about one of our flows' replies, on to the flow's backend (see `icmp`);
-/// anything else is the stack's, IPv4 fragments counted (xlb balances whole datagrams).
+/// A neighbor request for a VIP, answered (see `neigh`); an ICMP error about one of our
+/// flows' replies, on to the flow's backend (see `icmp`); anything else is the stack's,
+/// IPv4 fragments counted (xlb balances whole datagrams).
 #[inline(always)]
 fn error_to_backend(ctx: &XdpContext) -> u32 {
+    if neigh::answer(ctx).is_some() {
+        let ifindex = ctx.ingress_ifindex() as u32;
+        return pass_to_tc(ctx, &FwdMeta { magic: FwdMeta::MAGIC, ifindex, flags: FwdMeta::F_BACK_OUT, ..Default::default() });
+    }
     let Some((e, addr)) = icmp::to_backend(ctx) else {
         if crate::parse::ip(ctx).is_some_and(|p| p.fragment) {
             count_drop(DropReason::Fragment);
@@ -177,6 +184,9 @@ pub fn xlb_fwd(ctx: TcContext) -> i32 {
     let meta = unsafe { (start as *const FwdMeta).read_unaligned() };
     if meta.magic != FwdMeta::MAGIC {
         return TC_ACT_UNSPEC;
+    }
+    if meta.flags & FwdMeta::F_BACK_OUT != 0 {
+        return unsafe { bpf_redirect(meta.ifindex, 0) as i32 };
     }
     if meta.flags & FwdMeta::F_FIX_L4 != 0 {
         // The L4 offset is parsed again: a VLAN tag is gone from the frame by now.

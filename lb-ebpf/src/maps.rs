@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Conn, ConnKey, Counters, DEFAULT_CONNTRACK_SIZE, DEFAULT_HALF_OPEN_SIZE, DEFAULT_MAX_SERVICES,
-    DEFAULT_TABLE_SIZE, DropReason, MAX_BACKENDS, RevNat, SOCK_REV_NAT_SIZE, Service, ServiceKey, Settings,
+    DEFAULT_TABLE_SIZE, DropReason, MAX_BACKENDS, Mac, RevNat, SOCK_REV_NAT_SIZE, Service, ServiceKey, Settings,
     SockRevKey,
 };
 
@@ -57,6 +57,15 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 /// Round-robin position per service, one for the whole host: a per-CPU position would
 /// let each CPU walk the sequence on its own, so sequential clients would not alternate.
+/// The addresses services listen on (`ServiceKey` with port and protocol 0), answered for
+/// ARP and NDP (see `neigh`).
+#[map]
+pub static VIPS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// The MAC of each interface the XDP program is attached to, by ifindex.
+#[map]
+pub static IF_MACS: HashMap<u32, Mac> = HashMap::with_max_entries(64, 0);
+
 #[map]
 pub static RR: Array<u64> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 

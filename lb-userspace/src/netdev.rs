@@ -78,6 +78,31 @@ pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
     }
 }
 
+/// `iface`'s Ethernet MAC address (`SIOCGIFHWADDR`: unlike sysfs, it answers for the
+/// network namespace xlb runs in).
+pub fn mac(iface: &str) -> anyhow::Result<[u8; 6]> {
+    let name = iface.as_bytes();
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        bail!("interface name {iface:?} is too long");
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    let sock = UdpSocket::bind("0.0.0.0:0").context("a socket to ask for a MAC address")?;
+    // SAFETY: a valid socket and an ifreq the kernel fills.
+    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), libc::SIOCGIFHWADDR, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("reading {iface}'s MAC address"));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
+        bail!("{iface} is no Ethernet interface (hardware type {})", sa.sa_family);
+    }
+    Ok(std::array::from_fn(|i| sa.sa_data[i] as u8))
+}
+
 /// Forwarding switches xlb turned on, and the `accept_ra` values it changed with them,
 /// put back when dropped: xlb leaves the host as it found it.
 #[derive(Default)]

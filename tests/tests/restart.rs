@@ -54,7 +54,7 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
         "kept links: {:?}",
         first.links
     );
-    assert_eq!(first.maps.len(), 14, "kept maps: {:?}", first.maps);
+    assert_eq!(first.maps.len(), 16, "kept maps: {:?}", first.maps);
     assert!(topo.lb.ip(&format!("-d link show dev {LB_CLIENT_IF}")).contains("xdp"), "no XDP program on {LB_CLIENT_IF} after a keep");
 
     // Nobody runs xlb now: the kernel balances new connections on its own.

@@ -22,7 +22,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("discovery", &["config", "netdev"]),
     ("health", &["config"]),
     ("plan", &["config", "discovery", "netdev"]),
-    ("dataplane", &["config", "plan"]),
+    ("dataplane", &["config", "netdev", "plan"]),
     ("proxy", &["config", "plan", "health"]),
     ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy"]),
     ("import", &["config"]),

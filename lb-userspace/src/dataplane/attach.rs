@@ -8,10 +8,11 @@ use aya::programs::{
     tc::{self, SchedClassifierLink},
     xdp::XdpLink,
 };
-use lb_common::names;
+use aya::maps::HashMap as BpfHashMap;
+use lb_common::{Mac, names};
 use tracing::{debug, info, warn};
 
-use super::{Attachment, Dataplane, KEPT_MAPS, LinkId, PROGRAMS, is_busy, pin::Scope, program};
+use super::{Attachment, Dataplane, KEPT_MAPS, LinkId, PROGRAMS, is_busy, map, pin::Scope, program};
 
 impl Dataplane {
     /// Interfaces a kept data plane had the reply program on.
@@ -90,6 +91,7 @@ impl Dataplane {
     /// Attaches the XDP program (native mode, else generic) and the TC program that
     /// finishes its stack-bound packets to the interface clients reach.
     pub fn attach_client_side(&mut self, iface: &str) -> anyhow::Result<()> {
+        self.answer_neighbors_on(iface)?;
         if let Some(kept) = self.kept_link(names::PROG_XDP, iface) {
             let xdp: &mut Xdp = program(&mut self.ebpf, names::PROG_XDP)?;
             match XdpLink::try_from(kept).map_err(anyhow::Error::from).and_then(|l| Ok(xdp.attach_to_link(l)?)) {
@@ -117,6 +119,13 @@ impl Dataplane {
         info!(%iface, program = names::PROG_XDP, mode, "attached");
         self.attachments.push(Attachment { program: names::PROG_XDP, iface: iface.to_owned(), link: LinkId::Xdp(id) });
         self.attach_tc(names::PROG_FWD, iface)
+    }
+
+    /// Lets the XDP program answer ARP and NDP for VIPs on `iface`, with its MAC.
+    pub fn answer_neighbors_on(&mut self, iface: &str) -> anyhow::Result<()> {
+        let (ifindex, bytes) = (crate::netdev::ifindex(iface)?, crate::netdev::mac(iface)?);
+        let mut macs: BpfHashMap<_, u32, Mac> = map(&mut self.ebpf, names::IF_MACS)?;
+        macs.insert(ifindex, Mac { bytes, _pad: [0; 2] }, 0).with_context(|| format!("writing {iface}'s MAC"))
     }
 
     /// Attaches the reply program to an interface that faces backends.

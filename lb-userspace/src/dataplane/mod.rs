@@ -13,7 +13,7 @@ mod tables;
 use tables::Tables;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -36,7 +36,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 /// The maps a kept data plane keeps: all the programs read, write or count into. The
 /// kernel log's ring buffer and the programs' constants are made anew by each run.
-const KEPT_MAPS: [&str; 14] = [
+const KEPT_MAPS: [&str; 16] = [
     names::SERVICES,
     names::BACKENDS,
     names::REV_NAT,
@@ -46,6 +46,8 @@ const KEPT_MAPS: [&str; 14] = [
     names::CONN_CREATED,
     names::SETTINGS,
     names::TX_PORTS,
+    names::VIPS,
+    names::IF_MACS,
     names::RR,
     names::SERVICE_STATS,
     names::BACKEND_STATS,
@@ -89,7 +91,7 @@ impl Limits {
     }
 
     /// The maps whose size the config sets, with that size.
-    fn map_sizes(&self) -> anyhow::Result<[(&'static str, u32); 7]> {
+    fn map_sizes(&self) -> anyhow::Result<[(&'static str, u32); 8]> {
         let tables = self.tables_len()?;
         Ok([
             (names::CONNTRACK, self.conntrack_size),
@@ -97,6 +99,7 @@ impl Limits {
             // table outlasts a SYN flood's churn for any handshake of a real client.
             (names::HALF_OPEN, (self.conntrack_size / 4).max(1024)),
             (names::SERVICES, self.max_services),
+            (names::VIPS, self.max_services),
             (names::REV_NAT, self.max_services),
             (names::RR, self.max_services),
             (names::SERVICE_STATS, self.max_services),
@@ -154,6 +157,8 @@ pub struct Dataplane {
     unclaimed: HashMap<u32, (IpAddr, u16)>,
     limits: Limits,
     services: HashMap<ServiceKey, ServiceSlot>,
+    /// The addresses in `VIPS` (port and protocol 0), answered for ARP and NDP.
+    vips: HashSet<ServiceKey>,
     backend_ids: HashMap<BackendIdent, u32>,
     /// Ids of removed backends, with when (monotonic ns), freed once no connection entry
     /// names them.
@@ -226,6 +231,7 @@ impl Dataplane {
             unclaimed: HashMap::new(),
             limits,
             services: HashMap::new(),
+            vips: HashSet::new(),
             backend_ids: HashMap::new(),
             retired: BTreeMap::new(),
             retired_services: BTreeSet::new(),
@@ -250,6 +256,8 @@ impl Dataplane {
     /// service's; other live backends wait in `unclaimed` for the first sync.
     fn take_over_ids(&mut self) -> anyhow::Result<()> {
         let size = self.limits.table_size;
+        let vips: BpfHashMap<_, ServiceKey, u32> = map(&mut self.ebpf, names::VIPS)?;
+        self.vips = vips.keys().collect::<Result<_, _>>()?;
         let services: BpfHashMap<_, ServiceKey, KService> = map(&mut self.ebpf, names::SERVICES)?;
         let services = services.iter().collect::<Result<Vec<_>, _>>()?;
         let mut owner = HashMap::new();

@@ -2,7 +2,7 @@
 //! live with.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -32,6 +32,7 @@ impl Dataplane {
         for d in desired {
             removed.extend(self.sync_service(d)?);
         }
+        self.sync_vips(desired)?;
         let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         for key in gone {
             let slot = self.services.remove(&key).expect("listed above");
@@ -59,6 +60,24 @@ impl Dataplane {
             backends.set(id, b, 0)?;
             self.retired.insert(id, now);
         }
+        Ok(())
+    }
+
+    /// Makes `VIPS` hold the services' addresses: a new one is answered for ARP and NDP
+    /// before its first client asks, one no service has any more is not.
+    fn sync_vips(&mut self, desired: &[Desired]) -> anyhow::Result<()> {
+        let wanted: HashSet<ServiceKey> = desired.iter().map(|d| ServiceKey { port: 0, proto: 0, ..d.key }).collect();
+        if wanted == self.vips {
+            return Ok(());
+        }
+        let mut vips: BpfHashMap<_, ServiceKey, u32> = map(&mut self.ebpf, names::VIPS)?;
+        for k in wanted.difference(&self.vips) {
+            vips.insert(k, 1, 0).context("adding a VIP")?;
+        }
+        for k in self.vips.difference(&wanted) {
+            vips.remove(k).context("removing a VIP")?;
+        }
+        self.vips = wanted;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
 use lb_common::{Addr, Backend as KBackend, Conn, ConnKey, ConnKind, Counters, DropReason, names};
 
-use super::{BackendStats, Conns, Dataplane, Stats, Timeouts, map};
+use super::{BackendStats, Conns, Dataplane, Stats, Timeouts, batch, map};
 
 /// What a flow's two entries share: the kernel writes both from one `Conn`.
 type FlowId = (Addr, u16, u8, u8, u32, u32);
@@ -31,13 +31,12 @@ impl Dataplane {
         // Read before the walk: an entry added during it makes `live` larger, so the
         // eviction count can lag, never run ahead.
         let created = self.created()?;
+        let entries = self.conntrack_entries()?;
         // aya's HashMap also opens LRU hash maps.
         let mut ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
         let mut flows: HashMap<FlowId, Flow> = HashMap::new();
-        let mut live = 0;
-        for item in ct.iter() {
-            let Ok((k, v)) = item else { continue };
-            live += 1;
+        let live = entries.len() as u64;
+        for (k, v) in entries {
             let f = flows.entry((k.client, k.client_port, k.proto, k.family, v.backend, v.rev_nat)).or_default();
             f.keys.push(k);
             f.last_seen = f.last_seen.max(v.last_seen);
@@ -82,6 +81,22 @@ impl Dataplane {
             self.free_service_ids.push(id);
         }
         Ok(removed as usize)
+    }
+
+    /// The connection table's entries: read in batches of thousands where the kernel can
+    /// (5.6 on), else one entry at a time.
+    fn conntrack_entries(&mut self) -> anyhow::Result<Vec<(ConnKey, Conn)>> {
+        let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map(names::CONNTRACK) else {
+            anyhow::bail!("map {} missing or not an LRU hash map", names::CONNTRACK);
+        };
+        match batch::dump(data) {
+            Ok(entries) => Ok(entries),
+            Err(e) => {
+                tracing::debug!("batch lookup of the connection table: {e}; walking it entry by entry");
+                let ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
+                Ok(ct.iter().filter_map(Result::ok).collect())
+            }
+        }
     }
 
     /// Connection entries the kernel has added since the maps were created.

@@ -2,6 +2,7 @@
 //! attachments, and the maps, written from the desired set of services.
 
 mod attach;
+mod batch;
 mod conntrack;
 pub mod features;
 pub mod maglev;

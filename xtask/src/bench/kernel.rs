@@ -154,7 +154,7 @@ impl Bench {
             .map(|b| DesiredBackend { addr: IpAddr::V4(*b), port: 8080, weight: WEIGHT, state: BackendState::Active })
             .collect();
         let key = ServiceKey::new(IpAddr::V4(VIP), 80, IPPROTO_TCP);
-        dp.sync(&[Desired { name: "bench".into(), key, method: Method::Maglev, backends }])?;
+        dp.sync(&[Desired { name: "bench".into(), key, method: Method::Maglev, backends, socket_lb: false }])?;
         let name = std::ffi::CString::new("fx0")?;
         // SAFETY: a valid C string.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -231,13 +231,21 @@ fn xdp_cases(n: u32) -> Result<Value> {
     })?);
     drop(b);
 
-    // A small table, filled well past its capacity first: every new flow evicts.
+    // A small table, filled with established flows first (SYN, then the ACK that moves
+    // a flow from the half-open table): every new flow evicts, from the half-open table.
     let size = 65_536;
     let mut b = Bench::load(size)?;
     for i in 0..size {
         let (addr, port) = nth(n + i);
         b.run(&tcp_frame(addr, port, VIP, 80, SYN, &[]))?;
+        b.run(&tcp_frame(addr, port, VIP, 80, ACK, &[]))?;
     }
+    // An expiry pass over the full table that finds nothing idle: the walk alone.
+    let long = u64::MAX;
+    let t = Instant::now();
+    b.dp.expire(xlb::dataplane::monotonic_ns(), &xlb::dataplane::Timeouts { tcp: long, tcp_closed: long, udp: long, drain: long })?;
+    let walk_ms = t.elapsed().as_secs_f64() * 1e3;
+    eprintln!("xlb-kernel-bench: expiry pass over {size} entries, none idle: {walk_ms:.1} ms");
     cases.push(b.case(&format!("new flow, connection table ({size}) full"), n, (u64::from(n), u64::from(n)), |i| {
         let (addr, port) = nth(i);
         tcp_frame(addr, port, VIP, 80, SYN, &[])
@@ -247,7 +255,7 @@ fn xdp_cases(n: u32) -> Result<Value> {
     cases.push(b.case("established flow, connection table full", n, (u64::from(n), 0), |_| {
         tcp_frame(client, 40000, VIP, 80, ACK, &payload)
     })?);
-    Ok(json!({ "method": "BPF_PROG_TEST_RUN, repeat 1 per call, kernel-timed", "cases": cases }))
+    Ok(json!({ "method": "BPF_PROG_TEST_RUN, repeat 1 per call, kernel-timed", "cases": cases, "expiry_walk_ms": walk_ms, "expiry_entries": size }))
 }
 
 const SYN: u8 = 0x02;
@@ -362,7 +370,7 @@ fn sync_times() -> Result<Vec<Value>> {
                     state: BackendState::Active,
                 })
                 .collect();
-            Desired { name: format!("s{j}"), key: ServiceKey::new(vip, 80, IPPROTO_TCP), method: Method::Maglev, backends }
+            Desired { name: format!("s{j}"), key: ServiceKey::new(vip, 80, IPPROTO_TCP), method: Method::Maglev, backends, socket_lb: false }
         })
         .collect();
     let mut out = Vec::new();

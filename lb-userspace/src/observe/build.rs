@@ -8,6 +8,7 @@ use std::{
 
 use super::{BackendStatus, Conntrack, Drop, ServiceStatus, Snapshot, Transitions};
 use crate::{
+    acme::CertStatus,
     config::{BackendState, Config, Service},
     dataplane::Stats,
     discovery::Registry,
@@ -32,6 +33,8 @@ pub struct Inputs<'a> {
     /// Kernel backends left out of the maps, and why (no route to them, say).
     pub unroutable: &'a BTreeMap<IpAddr, String>,
     pub discovery_events: &'a HashMap<String, u64>,
+    /// Each ACME name's certificate.
+    pub certificates: Vec<CertStatus>,
 }
 
 /// Builds the status snapshot from the config, the last plan, discovery, health
@@ -106,6 +109,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted },
         health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
+        certificates: inp.certificates.clone(),
     }
 }
 

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acme::CertStatus;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub services: Vec<ServiceStatus>,
@@ -16,6 +18,9 @@ pub struct Snapshot {
     pub health_transitions: u64,
     /// Discovery updates received since start, by source.
     pub discovery_events: HashMap<String, u64>,
+    /// ACME certificates, by name.
+    #[serde(default)]
+    pub certificates: Vec<CertStatus>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ use super::{
     site::{ClientLimits, ServiceRt, Site},
     upstream::Upstream,
 };
-use crate::{config::http::Method, plan::ServiceView};
+use crate::{acme::Challenges, config::http::Method, plan::ServiceView};
 
 /// Requests in flight and requests sent, per backend name, of one service.
 pub type BackendCounters = HashMap<String, (u32, u64)>;
@@ -32,6 +32,7 @@ pub type BackendCounters = HashMap<String, (u32, u64)>;
 pub struct Proxy {
     sink: Arc<dyn FailureSink>,
     metrics: Arc<HttpMetrics>,
+    challenges: Challenges,
     state: Mutex<State>,
 }
 
@@ -47,7 +48,12 @@ struct State {
 
 impl Proxy {
     pub fn new(sink: Arc<dyn FailureSink>) -> Self {
-        Self { sink, metrics: Arc::default(), state: Mutex::default() }
+        Self { sink, metrics: Arc::default(), challenges: Challenges::default(), state: Mutex::default() }
+    }
+
+    /// The ACME HTTP-01 answers every listener serves; the certificate keeper writes them.
+    pub fn challenges(&self) -> &Challenges {
+        &self.challenges
     }
 
     /// The requests answered, for `/metrics` and the status.
@@ -86,7 +92,7 @@ impl Proxy {
                 runtimes.insert(rt.name.clone(), rt.clone());
             }
             let client = ClientLimits::of(views.iter().map(|v| &v.options));
-            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone() }));
+            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), challenges: self.challenges.clone() }));
         }
         st.stats = stats;
         st.clients = clients;

@@ -14,7 +14,7 @@ use super::{
         route::{BackendHosts, Router},
     },
 };
-use crate::config::http::HttpOptions;
+use crate::{acme::Challenges, config::http::HttpOptions};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,6 +39,8 @@ pub struct Site {
     pub services: Vec<Arc<ServiceRt>>,
     pub client: ClientLimits,
     pub metrics: Arc<HttpMetrics>,
+    /// ACME HTTP-01 tokens in progress, answered before routing (the proxy's own store).
+    pub challenges: Challenges,
 }
 
 /// A listener's current [`Site`]: an update swaps it, a request reads the one it found.

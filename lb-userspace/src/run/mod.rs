@@ -3,6 +3,7 @@
 
 mod fdlimit;
 mod reload;
+mod status;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -21,6 +22,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    acme::{self, Acme},
     config::{Config, HealthCheck, Source},
     dataplane::{
         Dataplane, Limits, Timeouts, features, monotonic_ns,
@@ -29,7 +31,7 @@ use crate::{
     discovery::{Registry, Sources, Update},
     health::{self, Health},
     netdev,
-    observe::{self, Snapshot, Transitions, admin},
+    observe::{Snapshot, Transitions, admin},
     plan::{self, Desired, ServiceView, Vitals},
     proxy::Proxy,
 };
@@ -91,6 +93,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         dp,
         registry: Registry::default(),
         health: Health::new(health_tx),
+        acme: Acme::start(proxy.challenges().clone()),
         proxy,
         first_seen: HashMap::new(),
         reply_ifaces: BTreeSet::new(),
@@ -236,6 +239,8 @@ struct Controller {
     health: Health,
     /// Serves the HTTP services.
     proxy: Proxy,
+    /// Keeps the certificates of `acme::names` (follows every plan).
+    acme: Acme,
     /// When each discovered backend was first seen: slow start's clock for backends
     /// without health probes.
     first_seen: HashMap<(String, IpAddr), Instant>,
@@ -343,6 +348,7 @@ impl Controller {
             Ok(()) => {}
         }
         self.http_plan = plan.http;
+        self.acme.want(self.config.acme.as_ref(), acme::names(&self.config));
         // Every planned backend of every service, kernel or proxy, by service name.
         let backends: Vec<(&str, SocketAddr)> = plan
             .services
@@ -429,30 +435,6 @@ impl Controller {
             info!(backend = %addr, "backend routable again");
         }
         self.unroutable = now;
-    }
-
-    /// Builds the status snapshot and hands it to the admin endpoint.
-    fn publish_status(&mut self) -> anyhow::Result<()> {
-        let stats = self.dp.counters()?;
-        let mut snapshot = observe::build::snapshot(&observe::build::Inputs {
-            config: &self.config,
-            kernel: &self.plan,
-            http: &self.http_plan,
-            registry: &self.registry,
-            health: &self.health,
-            stats: &stats,
-            proxy: &self.proxy,
-            backend_transitions: &self.backend_transitions,
-            unroutable: &self.unroutable,
-            discovery_events: &self.discovery_events,
-        });
-        let now = Instant::now();
-        if let Some((at, prev)) = &self.last_status {
-            observe::rates(&mut snapshot, prev, now.duration_since(*at).as_secs_f64());
-        }
-        self.snapshots.send_replace(Arc::new(snapshot.clone()));
-        self.last_status = Some((now, snapshot));
-        Ok(())
     }
 
     fn expire(&mut self) {

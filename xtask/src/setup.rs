@@ -11,6 +11,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("curl", "curl"),
     ("docker", "docker.io"),
+    // tests/tests/acme/: a local ACME CA, and the checks of what it issued.
+    ("pebble", "pebble"),
+    ("openssl", "openssl"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

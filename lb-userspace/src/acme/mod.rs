@@ -23,45 +23,13 @@ mod order;
 mod schedule;
 pub mod store;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
-};
+use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use self::challenge::Challenges;
+use self::schedule::{Statuses, Wanted};
+pub use self::{challenge::Challenges, schedule::CertStatus};
 use crate::config::{Config, acme::Acme as Settings};
-
-/// One name's certificate, as `xlb status` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertStatus {
-    pub name: String,
-    /// `issued`, `ordering` (none held yet), `renewing` (expiring within
-    /// `renew_before`), `waiting` (another xlb on the state directory is ordering it) or
-    /// `failed` (the last order failed; `error` says why, `retry_at` when it is retried).
-    pub state: String,
-    /// Expiry of the certificate held, Unix seconds.
-    pub expires: Option<u64>,
-    /// The last failure: the CA's problem document, or what else went wrong.
-    pub error: Option<String>,
-    /// Failed orders in a row.
-    pub failures: u32,
-    /// When the next order is tried after a failure, Unix seconds.
-    pub retry_at: Option<u64>,
-    /// Certificates this process ordered and got for the name.
-    pub orders: u64,
-}
-
-/// What the task is asked to keep: the settings in force and the names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Wanted {
-    settings: Settings,
-    names: BTreeSet<String>,
-}
-
-type Statuses = Arc<Mutex<BTreeMap<String, CertStatus>>>;
 
 /// The certificate keeper: a task started once, told what to keep after every config
 /// load; it orders, renews and retries on its own.

@@ -2,16 +2,18 @@
 //! to order, and how long to back off after a failure.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
 use instant_acme::Account;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{CertStatus, Challenges, Statuses, Wanted, account, order, store::Store};
+use super::{account, challenge::Challenges, order, store::Store};
 use crate::config::acme::Acme as Settings;
 
 /// The longest a fresh certificate goes without a look at the disk (another node
@@ -19,6 +21,35 @@ use crate::config::acme::Acme as Settings;
 const RECHECK: Duration = Duration::from_secs(3600);
 /// How soon to look again while another process holds a name's lock.
 const LOCKED_RETRY: Duration = Duration::from_secs(2);
+
+/// One name's certificate, as `xlb status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertStatus {
+    pub name: String,
+    /// `issued`, `ordering` (none held yet), `renewing` (expiring within
+    /// `renew_before`), `waiting` (another xlb on the state directory is ordering it) or
+    /// `failed` (the last order failed; `error` says why, `retry_at` when it is retried).
+    pub state: String,
+    /// Expiry of the certificate held, Unix seconds.
+    pub expires: Option<u64>,
+    /// The last failure: the CA's problem document, or what else went wrong.
+    pub error: Option<String>,
+    /// Failed orders in a row.
+    pub failures: u32,
+    /// When the next order is tried after a failure, Unix seconds.
+    pub retry_at: Option<u64>,
+    /// Certificates this process ordered and got for the name.
+    pub orders: u64,
+}
+
+/// What the task is asked to keep: the settings in force and the names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub settings: Settings,
+    pub names: BTreeSet<String>,
+}
+
+pub type Statuses = Arc<Mutex<BTreeMap<String, CertStatus>>>;
 
 /// Runs until the [`super::Acme`] is dropped.
 pub async fn run(mut wanted: watch::Receiver<Option<Wanted>>, challenges: Challenges, status: Statuses) {
@@ -30,9 +61,12 @@ pub async fn run(mut wanted: watch::Receiver<Option<Wanted>>, challenges: Challe
             None => {
                 keeper = None;
                 next.clear();
+                challenges.share(None);
             }
             Some(w) => {
                 if keeper.as_ref().is_none_or(|k| k.settings != w.settings) {
+                    // Shared at once, also with no name to order: this node answers for the others.
+                    challenges.share(Some(Store::challenges_dir(&w.settings.state_dir)));
                     keeper = Some(Keeper::new(w.settings.clone(), challenges.clone(), status.clone()));
                     next.clear();
                 }
@@ -77,7 +111,7 @@ impl Keeper {
                 let error = format!("{e:#}");
                 let failures = self.get(name).failures + 1;
                 let wait = backoff(&self.settings, failures);
-                warn!(name, failures, retry_in_s = wait.as_secs(), "certificate order failed: {error}");
+                warn!(name, failures, retry_in_ms = wait.as_millis() as u64, "certificate order failed: {error}");
                 self.set(name, |s| {
                     (s.state, s.error, s.failures, s.retry_at) = ("failed".into(), Some(error), failures, Some(unix(SystemTime::now() + wait)));
                 });
@@ -92,6 +126,9 @@ impl Keeper {
             return Ok(wait);
         }
         let Some(_lock) = store.try_lock(name)? else {
+            if self.get(name).state != "waiting" {
+                info!(name, "another process on the state directory is ordering this certificate: waiting for it");
+            }
             self.set(name, |s| s.state = "waiting".into());
             return Ok(LOCKED_RETRY);
         };

@@ -6,6 +6,7 @@
 //!   certs/<name>.crt           the issued chain, leaf first, 0600
 //!   certs/<name>.key           its private key (PKCS#8 PEM), 0600
 //!   locks/<name>.lock          flock'ed by the xlb ordering <name>
+//!   challenges/<token>         HTTP-01 answers in progress, for every node to serve
 //! ```
 //!
 //! `certs/` is a certificate directory in the TLS layer's format (`NAME.crt` with
@@ -40,7 +41,7 @@ pub struct Held {
 impl Store {
     /// Creates the directory tree (0700) if needed, and tightens one left wider.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        for sub in ["", "accounts", "certs", "locks"] {
+        for sub in ["", "accounts", "certs", "locks", "challenges"] {
             let d = dir.join(sub);
             fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).with_context(|| format!("creating {}", d.display()))?;
             fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod 0700 {}", d.display()))?;
@@ -55,8 +56,14 @@ impl Store {
 
     /// The account file for the CA at `directory` (one account per CA).
     pub fn account_path(&self, directory: &str) -> PathBuf {
-        let slug: String = directory.trim_start_matches("https://").chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        let slug: String =
+            directory.trim_start_matches("https://").chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
         self.dir.join("accounts").join(format!("{slug}.json"))
+    }
+
+    /// HTTP-01 answers shared between the nodes using the state directory `dir`.
+    pub fn challenges_dir(dir: &Path) -> PathBuf {
+        dir.join("challenges")
     }
 
     pub fn cert_path(&self, name: &str) -> PathBuf {
@@ -90,7 +97,8 @@ impl Store {
     /// Takes `name`'s lock if no other process holds it (`None` then).
     pub fn try_lock(&self, name: &str) -> anyhow::Result<Option<Lock>> {
         let path = self.dir.join("locks").join(format!("{name}.lock"));
-        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: flock on a descriptor this function owns; released when `file` closes.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return Ok(Some(Lock { _file: file }));

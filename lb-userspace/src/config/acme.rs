@@ -110,7 +110,8 @@ fn dns_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 /// labels, at least two of them; no wildcard (HTTP-01 cannot prove one). Lowercased.
 pub fn dns_name(s: &str) -> Result<String, String> {
     let name = s.trim().trim_end_matches('.').to_ascii_lowercase();
-    let label_ok = |l: &str| (1..=63).contains(&l.len()) && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let label_ok =
+        |l: &str| (1..=63).contains(&l.len()) && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if name.starts_with("*.") {
         return Err(format!("{s:?}: a wildcard needs the DNS-01 challenge, which xlb does not answer"));
     }

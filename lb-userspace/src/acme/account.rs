@@ -48,3 +48,18 @@ fn builder(settings: &Acme) -> anyhow::Result<AccountBuilder> {
         None => Account::builder().context("the system's root certificates"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The system's roots (the default, for Let's Encrypt) load with the one rustls
+    /// provider compiled in; a `ca_roots` file that is not there is named in the error.
+    #[test]
+    fn https_clients_for_the_ca() {
+        builder(&Acme::default()).expect("the system's roots");
+        let missing = Acme { ca_roots: Some("/nonexistent/ca.pem".into()), ..Acme::default() };
+        let e = builder(&missing).err().expect("a missing ca_roots file fails").to_string();
+        assert!(e.contains("acme.ca_roots /nonexistent/ca.pem"), "{e}");
+    }
+}

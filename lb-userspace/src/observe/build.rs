@@ -34,7 +34,7 @@ pub struct Inputs<'a> {
     pub unroutable: &'a BTreeMap<IpAddr, String>,
     pub discovery_events: &'a HashMap<String, u64>,
     /// Each ACME name's certificate.
-    pub certificates: Vec<CertStatus>,
+    pub acme: Vec<CertStatus>,
 }
 
 /// Builds the status snapshot from the config, the last plan, discovery, health
@@ -109,7 +109,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted },
         health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
-        certificates: inp.certificates.clone(),
+        acme: inp.acme.clone(),
     }
 }
 

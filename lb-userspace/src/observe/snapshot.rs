@@ -18,9 +18,9 @@ pub struct Snapshot {
     pub health_transitions: u64,
     /// Discovery updates received since start, by source.
     pub discovery_events: HashMap<String, u64>,
-    /// ACME certificates, by name.
+    /// Certificates ordered by ACME, by name.
     #[serde(default)]
-    pub certificates: Vec<CertStatus>,
+    pub acme: Vec<CertStatus>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

@@ -52,10 +52,10 @@ impl Snapshot {
         let drops: Vec<String> = self.drops.iter().map(|d| format!("{}={}", d.reason, d.packets)).collect();
         let _ = writeln!(out, "drops: {}", drops.join(" "));
         let _ = writeln!(out, "conntrack: {} entries, {} evicted", self.conntrack.entries, self.conntrack.evicted);
-        if !self.certificates.is_empty() {
+        if !self.acme.is_empty() {
             let _ = writeln!(out, "certificates (ACME):\n  {:<32} {:<9} {:<12} {:>8}  ERROR", "NAME", "STATE", "EXPIRES IN", "FAILURES");
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            for c in &self.certificates {
+            for c in &self.acme {
                 let expires = c.expires.map_or_else(|| "-".to_owned(), |e| format!("{:.1}d", e.saturating_sub(now) as f64 / 86400.0));
                 let error = c.error.as_deref().unwrap_or("");
                 let _ = writeln!(out, "  {:<32} {:<9} {:<12} {:>8}  {error}", c.name, c.state, expires, c.failures);

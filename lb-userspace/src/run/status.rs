@@ -20,7 +20,7 @@ impl Controller {
             backend_transitions: &self.backend_transitions,
             unroutable: &self.unroutable,
             discovery_events: &self.discovery_events,
-            certificates: self.acme.status(),
+            acme: self.acme.status(),
         });
         let now = Instant::now();
         if let Some((at, prev)) = &self.last_status {

@@ -93,7 +93,7 @@ impl Ca {
 
 /// The certificate status of `name` in `xlb status --json` (run in `ns`).
 pub fn cert_status(ns: &NetNs, name: &str) -> Option<CertStatus> {
-    xlb_status(ns).ok()?.snapshot.certificates.into_iter().find(|c| c.name == name)
+    xlb_status(ns).ok()?.snapshot.acme.into_iter().find(|c| c.name == name)
 }
 
 /// Waits until `name`'s status satisfies `ok`; panics with the last status and both logs.

@@ -12,6 +12,7 @@ pub mod names {
     pub const REV_NAT: &str = "REV_NAT";
     pub const TABLES: &str = "TABLES";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const HALF_OPEN: &str = "HALF_OPEN";
     pub const CONN_CREATED: &str = "CONN_CREATED";
     pub const SETTINGS: &str = "SETTINGS";
     pub const TX_PORTS: &str = "TX_PORTS";
@@ -28,6 +29,11 @@ pub mod names {
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Default size of the connection table.
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
+/// Default size of the half-open table (TCP flows between SYN and handshake's end).
+pub const DEFAULT_HALF_OPEN_SIZE: u32 = DEFAULT_CONNTRACK_SIZE / 4;
+/// `CONN_CREATED` slots: entries added to the connection table, and to the half-open one.
+pub const CONN_CREATED_ESTABLISHED: u32 = 0;
+pub const CONN_CREATED_HALF_OPEN: u32 = 1;
 /// Upper bound of backend ids (the `BACKENDS` array size).
 pub const MAX_BACKENDS: u32 = 16_384;
 /// Upper bound of service ids.

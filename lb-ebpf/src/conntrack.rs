@@ -1,18 +1,23 @@
 //! The connection table. A flow has two entries, both keyed from the client's side:
 //! the service entry (client -> VIP) pins forward packets to a backend, the backend
-//! entry (client -> backend) lets replies find their rev-NAT index. The kernel only
-//! creates and refreshes entries; user space expires idle ones, a flow's two together.
-//! Every entry the kernel adds is counted (`CONN_CREATED`), so user space can tell how
-//! many the LRU evicted: created - expired - live.
+//! entry (client -> backend) lets replies find their rev-NAT index. A TCP flow's entries
+//! wait in `HALF_OPEN` from its SYN until the client's next segment completes the
+//! handshake, then move to `CONNTRACK`: a SYN flood (spoofed sources never answer the
+//! SYN-ACK) so churns the half-open table only and never evicts an established flow.
+//! The kernel only creates and refreshes entries; user space expires idle ones, a flow's
+//! two together (half-open ones are left to their LRU). Every entry the kernel adds is
+//! counted (`CONN_CREATED`), so user space can tell how many the LRU evicted:
+//! created - expired - live.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
+    maps::LruHashMap,
 };
 use lb_common::{Addr, Backend, BackendState, Conn, ConnKey, ConnKind, DropReason, IPPROTO_TCP, Service, Settings};
 
 use crate::{
-    maps::{BACKENDS, CONN_CREATED, CONNTRACK, count_drop},
+    maps::{BACKENDS, CONN_CREATED, CONNTRACK, CREATED_ESTABLISHED, CREATED_HALF_OPEN, HALF_OPEN, count_drop},
     parse::Packet,
     select,
 };
@@ -38,10 +43,11 @@ pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Pac
 /// The backend of a forward packet: the pinned one while it is active; while it drains or
 /// after its removal, for every TCP segment but a SYN (the flow ends where it began);
 /// otherwise a fresh choice (a UDP flow on a draining backend is kept but not refreshed).
-/// Only a SYN (or any UDP datagram) opens a flow: a TCP segment
-/// of a flow with no entry, or whose backend's id is free again, is `None`, for the stack
-/// to answer (with a reset when the VIP is local), and counted as `NoFlow`. A FIN or RST
-/// marks both of the flow's entries closed.
+/// Only a SYN (or any UDP datagram) opens a flow, a TCP one half open: the client's next
+/// segment to the same backend completes it (see `complete`). A TCP segment of a flow
+/// with no entry, or whose backend's id is free again, is `None`, for the stack to answer
+/// (with a reset when the VIP is local), and counted as `NoFlow`. A FIN or RST marks both
+/// of the flow's entries closed.
 /// Returns the backend id, its entry and whether the flow is new.
 #[inline(always)]
 pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, Backend, bool)>, DropReason> {
@@ -60,7 +66,7 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
                 let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
                 if now.wrapping_sub(entry.last_seen) > REPAIR_AFTER_NS && CONNTRACK.get_ptr(&bkey).is_none() {
                     // Replies would leave un-rewritten: write the reply entry back.
-                    let _ = insert_new(&bkey, &Conn { last_seen: now, ..*entry });
+                    let _ = insert_new(&CONNTRACK, &bkey, &Conn { last_seen: now, ..*entry }, CREATED_ESTABLISHED);
                 }
                 // A UDP flow has no end to wait for: on a draining backend it is not
                 // refreshed, so it expires after its idle timeout and moves elsewhere.
@@ -81,6 +87,21 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
             }
         }
     }
+    if had_entry.is_none() && tcp {
+        if let Some(h) = HALF_OPEN.get_ptr(&skey) {
+            let h = unsafe { *h };
+            // The id's backend must still be this service's: ids are reused.
+            if let Some(b) = BACKENDS.get(h.backend).filter(|b| b.service == svc.id && b.state != BackendState::Empty as u8) {
+                if !syn {
+                    return complete(&skey, &h, b, p, now);
+                }
+                // A retransmitted SYN goes where the first one went.
+                if b.state == BackendState::Active as u8 {
+                    pinned = Some((h.backend, *b));
+                }
+            }
+        }
+    }
     if tcp && !syn {
         count_drop(DropReason::NoFlow);
         return Ok(None);
@@ -94,23 +115,50 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
     };
     let conn = Conn { backend: id, rev_nat: svc.id, last_seen: now, flags: 0, _pad: 0 };
     let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
-    let written = if had_entry.is_some() { CONNTRACK.insert(&skey, &conn, BPF_ANY as u64) } else { insert_new(&skey, &conn) };
-    if written.is_err() || insert_new(&bkey, &conn).is_err() {
+    // A SYN without an established entry waits in the half-open table (a retransmitted
+    // one rewrites its entries there); a SYN reusing an established 4-tuple, and UDP,
+    // write the connection table.
+    let (table, slot) = if tcp && had_entry.is_none() { (&HALF_OPEN, CREATED_HALF_OPEN) } else { (&CONNTRACK, CREATED_ESTABLISHED) };
+    let written = if had_entry.is_some() { CONNTRACK.insert(&skey, &conn, BPF_ANY as u64) } else { insert_new(table, &skey, &conn, slot) };
+    if written.is_err() || insert_new(table, &bkey, &conn, slot).is_err() {
         return Err(DropReason::ConntrackFull);
     }
     Ok(Some((id, b, new)))
 }
 
-/// Writes an entry, counting it in `CONN_CREATED` when the key was not there before.
+/// The client's first segment after its SYN: the handshake is complete, so the flow's
+/// entries move from the half-open table to the connection table, on the backend the
+/// SYN went to (whatever its state now: the flow ends where it began).
 #[inline(always)]
-fn insert_new(k: &ConnKey, conn: &Conn) -> Result<(), i32> {
-    if CONNTRACK.insert(k, conn, BPF_NOEXIST as u64).is_ok() {
-        if let Some(c) = CONN_CREATED.get_ptr_mut(0) {
+fn complete(skey: &ConnKey, h: &Conn, b: &Backend, p: &Packet, now: u64) -> Result<Option<(u32, Backend, bool)>, DropReason> {
+    let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
+    let flags = if p.closes() { Conn::F_CLOSED } else { 0 };
+    let conn = Conn { last_seen: now, flags, ..*h };
+    if insert_new(&CONNTRACK, skey, &conn, CREATED_ESTABLISHED).is_err() || insert_new(&CONNTRACK, &bkey, &conn, CREATED_ESTABLISHED).is_err() {
+        return Err(DropReason::ConntrackFull);
+    }
+    let _ = HALF_OPEN.remove(skey);
+    let _ = HALF_OPEN.remove(&bkey);
+    Ok(Some((h.backend, *b, false)))
+}
+
+/// Writes an entry into `table`, counting it in `CONN_CREATED[slot]` when the key was not
+/// there before.
+#[inline(always)]
+fn insert_new(table: &LruHashMap<ConnKey, Conn>, k: &ConnKey, conn: &Conn, slot: u32) -> Result<(), i32> {
+    if table.insert(k, conn, BPF_NOEXIST as u64).is_ok() {
+        if let Some(c) = CONN_CREATED.get_ptr_mut(slot) {
             unsafe { *c += 1 };
         }
         return Ok(());
     }
-    CONNTRACK.insert(k, conn, BPF_ANY as u64)
+    table.insert(k, conn, BPF_ANY as u64)
+}
+
+/// The entry under `k`, established or half open.
+#[inline(always)]
+pub fn lookup(k: &ConnKey) -> Option<Conn> {
+    CONNTRACK.get_ptr(k).or_else(|| HALF_OPEN.get_ptr(k)).map(|c| unsafe { *c })
 }
 
 /// The flow entry a reply (backend -> client) belongs to, refreshed (but for a UDP flow
@@ -119,7 +167,8 @@ fn insert_new(k: &ConnKey, conn: &Conn) -> Result<(), i32> {
 #[inline(always)]
 pub fn reply(p: &Packet) -> Option<Conn> {
     let bkey = key(&p.dst, p.dport, &p.src, p.sport, p, ConnKind::Backend);
-    let entry = CONNTRACK.get_ptr_mut(&bkey)?;
+    // The SYN-ACK of a half-open flow: its entry is not refreshed (nor marked, see above).
+    let Some(entry) = CONNTRACK.get_ptr_mut(&bkey) else { return HALF_OPEN.get_ptr(&bkey).map(|c| unsafe { *c }) };
     unsafe {
         let before = *entry;
         let leaving = p.proto != IPPROTO_TCP && BACKENDS.get(before.backend).is_none_or(|b| b.state != BackendState::Active as u8);

@@ -19,7 +19,7 @@ use lb_common::{AF_INET, Addr, ConnKind, ServiceKey};
 
 use crate::{
     conntrack, csum,
-    maps::{BACKENDS, CONNTRACK, REV_NAT, SERVICES},
+    maps::{BACKENDS, REV_NAT, SERVICES},
     nat::{self, Side},
     parse::{Frame, Packet, ip, ip_at, ptr_at},
 };
@@ -47,8 +47,8 @@ pub fn to_backend(f: &impl Frame) -> Option<(Error, Addr)> {
         return None;
     }
     SERVICES.get_ptr(&ServiceKey { addr: q.src, port: q.sport, proto: q.proto, family: q.family })?;
-    let conn = CONNTRACK.get_ptr(&conntrack::key(&q.dst, q.dport, &q.src, q.sport, q, ConnKind::Service))?;
-    let b = *BACKENDS.get(unsafe { (*conn).backend })?;
+    let conn = conntrack::lookup(&conntrack::key(&q.dst, q.dport, &q.src, q.sport, q, ConnKind::Service))?;
+    let b = *BACKENDS.get(conn.backend)?;
     translate(f, &e, Some(Side::Dst), Side::Src, &b.addr, b.port)?;
     Some((e, b.addr))
 }
@@ -63,8 +63,8 @@ pub fn to_client(f: &impl Frame) -> Option<Error> {
     if e.outer.dst != q.src || e.outer.ttl <= 1 {
         return None;
     }
-    let conn = CONNTRACK.get_ptr(&conntrack::key(&q.src, q.sport, &q.dst, q.dport, q, ConnKind::Backend))?;
-    let vip = *REV_NAT.get(unsafe { (*conn).rev_nat })?;
+    let conn = conntrack::lookup(&conntrack::key(&q.src, q.sport, &q.dst, q.dport, q, ConnKind::Backend))?;
+    let vip = *REV_NAT.get(conn.rev_nat)?;
     if vip.family != q.family {
         return None;
     }

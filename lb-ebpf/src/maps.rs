@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Conn, ConnKey, Counters, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_SERVICES,
+    Backend, Conn, ConnKey, Counters, DEFAULT_CONNTRACK_SIZE, DEFAULT_HALF_OPEN_SIZE, DEFAULT_MAX_SERVICES,
     DEFAULT_TABLE_SIZE, DropReason, MAX_BACKENDS, RevNat, Service, ServiceKey, Settings,
 };
 
@@ -30,9 +30,16 @@ pub static TABLES: Array<u32> =
 #[map]
 pub static CONNTRACK: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
 
-/// Connection entries the kernel added, per CPU (one slot).
+/// Flows whose handshake is not complete (see `conntrack`): a table of their own, so
+/// that SYNs never evict established flows from `CONNTRACK`.
 #[map]
-pub static CONN_CREATED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static HALF_OPEN: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_HALF_OPEN_SIZE, 0);
+
+/// Entries the kernel added, per CPU: to `CONNTRACK` and to `HALF_OPEN`.
+#[map]
+pub static CONN_CREATED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+pub const CREATED_ESTABLISHED: u32 = lb_common::CONN_CREATED_ESTABLISHED;
+pub const CREATED_HALF_OPEN: u32 = lb_common::CONN_CREATED_HALF_OPEN;
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

@@ -130,7 +130,7 @@ pub fn require_docker() {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
@@ -155,34 +155,42 @@ pub fn is_static_elf(path: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Builds `--bin BIN` of `--package PACKAGE` (with `extra` cargo arguments) statically
+/// linked, for a `FROM scratch` image: glibc's static libraries (`-C
+/// target-feature=+crt-static`, which needs an explicit `--target`; no musl toolchain here),
+/// release mode, in its own target directory `target/DIR` (no wait for the workspace's
+/// build lock). Returns the binary, checked to be static.
+pub fn build_static(package: &str, bin: &str, extra: &[&str], dir: &str) -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let target_dir = root.join("target").join(dir);
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.current_dir(&root)
+        .args(["build", "--quiet", "-p", package, "--bin", bin, "--release", "--target", &triple])
+        .args(extra)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS");
+    try_run(&mut c)?;
+    checked_static(target_dir.join(triple).join("release").join(bin))
+}
+
+fn checked_static(path: PathBuf) -> Result<PathBuf, String> {
+    match is_static_elf(&path)? {
+        true => Ok(path),
+        false => Err(format!("{} is dynamically linked; a FROM scratch image needs a static one", path.display())),
+    }
+}
+
 /// A statically linked xlb-testd: `$XLB_TESTD_STATIC` if set, else built (once per process)
-/// with `cargo build --release --no-default-features --target x86_64-unknown-linux-gnu` and
-/// `-C target-feature=+crt-static` into `target/testd-static`.
+/// by [`build_static`] with `--no-default-features` into `target/testd-static`.
 pub fn static_testd() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let path = match std::env::var_os("XLB_TESTD_STATIC") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                let root = workspace_root();
-                let target_dir = root.join("target").join("testd-static");
-                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-                let mut c = Command::new(cargo);
-                c.current_dir(&root)
-                    .args(["build", "--quiet", "-p", "xlb-tests", "--bin", "xlb-testd", "--release", "--no-default-features"])
-                    .args(["--target", "x86_64-unknown-linux-gnu"])
-                    .env("CARGO_TARGET_DIR", &target_dir)
-                    .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                    .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                    .env_remove("CARGO_BUILD_RUSTFLAGS");
-                try_run(&mut c)?;
-                target_dir.join("x86_64-unknown-linux-gnu/release/xlb-testd")
-            }
-        };
-        match is_static_elf(&path)? {
-            true => Ok(path),
-            false => Err(format!("{} is dynamically linked; a FROM scratch image needs a static one", path.display())),
-        }
+    BIN.get_or_init(|| match std::env::var_os("XLB_TESTD_STATIC") {
+        Some(p) => checked_static(PathBuf::from(p)),
+        None => build_static("xlb-tests", "xlb-testd", &["--no-default-features"], "testd-static"),
     })
     .clone()
     .unwrap_or_else(|e| panic!("static xlb-testd: {e}"))

@@ -6,7 +6,7 @@
 //! - [`xlb`]: the `xlb run` process guard (ready, SIGHUP reload, clean SIGTERM stop);
 //! - [`http`]: HTTP/UDP clients (used from a namespace through [`NetNs::enter`]) and curl;
 //! - [`docker`]: the `FROM scratch` xlb-testd image and labelled containers; [`compose`]:
-//!   docker-compose projects;
+//!   docker-compose projects; [`image`]: the xlb image (`cargo xtask image`);
 //! - [`outside`]: a client outside the Docker host (a namespace linked to the root one);
 //! - [`load`]: steady HTTP load through a VIP, every request recorded;
 //! - [`socket`]: TCP connects that tell their source port, or use a chosen one;
@@ -22,6 +22,7 @@ pub mod dns;
 pub mod docker;
 pub mod dockerd;
 pub mod http;
+pub mod image;
 pub mod load;
 pub mod netns;
 pub mod outside;

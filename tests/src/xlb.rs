@@ -172,7 +172,13 @@ impl Xlb {
         if self.stopped {
             return Ok(());
         }
-        self.terminate()?;
+        self.stop_while(|| ())
+    }
+
+    /// [`Xlb::stop`], running `during` between the SIGTERM and the wait for the exit: what a
+    /// client sees while xlb drains. Returns `during`'s result.
+    pub fn stop_while<T>(&mut self, during: impl FnOnce() -> T) -> Result<T, String> {
+        let seen = self.terminate(during)?;
         let leftovers = self.attached_programs();
         if !leftovers.is_empty() {
             return Err(format!(
@@ -181,13 +187,13 @@ impl Xlb {
                 self.log()
             ));
         }
-        Ok(())
+        Ok(seen)
     }
 
     /// SIGTERM to an xlb run with `--keep-dataplane`: checks that it exits 0 within
     /// [`STOP_TIMEOUT`] and says it kept the data plane, which stays attached.
     pub fn stop_keeping_dataplane(&mut self) -> Result<(), String> {
-        self.terminate()?;
+        self.terminate(|| ())?;
         if !self.log().contains("data plane kept") {
             return Err(format!("xlb exited without keeping the data plane; log:\n{}", self.log()));
         }
@@ -201,10 +207,16 @@ impl Xlb {
         self.proc.kill();
     }
 
-    /// SIGTERM, then checks that xlb exits 0 within [`STOP_TIMEOUT`].
-    fn terminate(&mut self) -> Result<(), String> {
+    /// SIGTERM, `during`, then checks that xlb exits 0 within [`STOP_TIMEOUT`] of the signal.
+    fn terminate<T>(&mut self, during: impl FnOnce() -> T) -> Result<T, String> {
         self.stopped = true;
-        let status = match self.proc.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT) {
+        let sent = Instant::now();
+        let seen = match self.proc.signal_and_wait(libc::SIGTERM, Duration::ZERO) {
+            Some(st) => return Err(format!("xlb had exited ({st}) before SIGTERM; log:\n{}", self.log())),
+            None => during(),
+        };
+        let left = STOP_TIMEOUT.saturating_sub(sent.elapsed());
+        let status = match crate::util::wait_for(left, Duration::from_millis(20), || self.proc.try_wait()) {
             Some(st) => st,
             None => {
                 self.proc.kill();
@@ -222,7 +234,7 @@ impl Xlb {
         if !status.success() {
             return Err(format!("xlb exited with {status} after SIGTERM (want 0); log:\n{}", self.log()));
         }
-        Ok(())
+        Ok(seen)
     }
 
     /// Panics unless an XDP program is attached to `--iface` (the contract's `xlb_xdp`).
@@ -298,5 +310,20 @@ impl Drop for Xlb {
                 panic!("{e}");
             }
         }
+    }
+}
+
+/// A BPF file system for the kept data planes of the tests. Not /sys/fs/bpf: xlb runs under
+/// `ip netns exec`, which mounts a fresh sysfs over /sys and so hides the host's (and a host
+/// may have none there).
+pub const BPFFS: &str = "/run/xlb-tests-bpffs";
+
+/// Mounts [`BPFFS`] in the root mount namespace (namespaces `ip netns exec` makes later see
+/// it) unless it is mounted already.
+pub fn ensure_bpffs() {
+    std::fs::create_dir_all(BPFFS).unwrap_or_else(|e| panic!("creating {BPFFS}: {e}"));
+    let out = crate::util::run(&mut cmd("stat", ["-f", "-c", "%T", BPFFS]));
+    if out.trim() != "bpf_fs" {
+        crate::util::run(&mut cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
     }
 }

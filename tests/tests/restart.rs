@@ -23,7 +23,7 @@ use xlb_tests::{
     config::{self, BackendCfg, ServiceCfg},
     topology::{LB_CLIENT_IF, TESTD_PORT, VIP4},
     util::{self, TempFile},
-    xlb::xlb_bin,
+    xlb::{BPFFS, ensure_bpffs, xlb_bin},
 };
 
 /// A live TCP connection through the VIP (a line every 100 ms) flows on, from the same
@@ -194,24 +194,10 @@ fn down_leaves_no_program_pin_or_link() {
     assert!(again.contains("nothing kept"), "second `xlb down`: {again}");
 }
 
-/// A BPF file system for the kept data planes of these tests. Not /sys/fs/bpf: xlb runs
-/// under `ip netns exec`, which mounts a fresh sysfs over /sys and so hides the host's.
-const BPFFS: &str = "/run/xlb-tests-bpffs";
-
 fn setup() -> Topology {
     xlb_tests::preflight();
     ensure_bpffs();
     Topology::builder().backends(3).build()
-}
-
-/// Mounts [`BPFFS`] in the root mount namespace (namespaces `ip netns exec` makes later
-/// see it) unless it is mounted already.
-fn ensure_bpffs() {
-    std::fs::create_dir_all(BPFFS).unwrap_or_else(|e| panic!("creating {BPFFS}: {e}"));
-    let out = util::run(&mut util::cmd("stat", ["-f", "-c", "%T", BPFFS]));
-    if out.trim() != "bpf_fs" {
-        util::run(&mut util::cmd("mount", ["-t", "bpf", "bpf", BPFFS]));
-    }
 }
 
 /// xlb over b1 and b2 with `--keep-dataplane`, its config file, and the guard that runs

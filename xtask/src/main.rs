@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod cmd;
 mod docker;
+mod image;
 mod layers;
 mod linker;
 mod run;
@@ -55,6 +56,9 @@ enum Task {
     /// Benchmark xlb against direct access, nginx and HAProxy in network namespaces
     /// (root); results in bench/results/.
     Bench(bench::Options),
+    /// Build the Docker image `xlb:latest`: FROM scratch, a static xlb (kernel programs
+    /// embedded); prints how to run it.
+    Image,
     /// Run the data plane tests on other kernels (Debian packages) under QEMU.
     Vm(vm::Options),
     /// Check the imports between source files (no cycle, lb-userspace's rooms one way) and
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Task::Run { release, args } => run::run(release, &args),
         Task::Test { args } => test::test(&args),
         Task::Bench(options) => bench::bench(&options),
+        Task::Image => image::image(),
         Task::Vm(options) => vm::vm(&options),
         Task::Layers => layers::layers(),
     };

@@ -236,6 +236,12 @@ impl Source {
         }
         config.with_specs(&self.specs)
     }
+
+    /// What tells that the file changed (its modification time and size), for the watcher.
+    pub fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let meta = std::fs::metadata(self.file.as_deref()?).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
 use lb_common::{Addr, Backend as KBackend, Conn, ConnKey, ConnKind, Counters, DropReason, names};
 
-use super::{BackendStats, Dataplane, Stats, Timeouts, map};
+use super::{BackendStats, Conns, Dataplane, Stats, Timeouts, map};
 
 /// What a flow's two entries share: the kernel writes both from one `Conn`.
 type FlowId = (Addr, u16, u8, u8, u32, u32);
@@ -86,8 +86,17 @@ impl Dataplane {
 
     /// Connection entries the kernel has added since the maps were created.
     pub(super) fn created(&mut self) -> anyhow::Result<u64> {
+        self.created_in(lb_common::CONN_CREATED_ESTABLISHED)
+    }
+
+    /// Half-open entries the kernel has added (two a SYN that opened a flow).
+    pub(super) fn created_half_open(&mut self) -> anyhow::Result<u64> {
+        self.created_in(lb_common::CONN_CREATED_HALF_OPEN)
+    }
+
+    fn created_in(&mut self, slot: u32) -> anyhow::Result<u64> {
         let created: PerCpuArray<_, u64> = map(&mut self.ebpf, names::CONN_CREATED)?;
-        Ok(created.get(&0, 0)?.iter().sum())
+        Ok(created.get(&slot, 0)?.iter().sum())
     }
 
     /// Per-CPU counters summed, per service, per backend and per drop reason, with each
@@ -114,7 +123,8 @@ impl Dataplane {
             .collect::<anyhow::Result<_>>()?;
         let drops_map: PerCpuArray<_, u64> = map(&mut self.ebpf, names::DROPS)?;
         let drops = DropReason::ALL.iter().map(|r| Ok((r.name(), drops_map.get(&(*r as u32), 0)?.iter().sum()))).collect::<anyhow::Result<_>>()?;
-        Ok(Stats { services, backends, drops, conns: self.conns })
+        let half_open = self.created_half_open()?;
+        Ok(Stats { services, backends, drops, conns: Conns { half_open, ..self.conns } })
     }
 }
 

@@ -35,12 +35,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 /// The maps a kept data plane keeps: all the programs read, write or count into. The
 /// kernel log's ring buffer and the programs' constants are made anew by each run.
-const KEPT_MAPS: [&str; 12] = [
+const KEPT_MAPS: [&str; 13] = [
     names::SERVICES,
     names::BACKENDS,
     names::REV_NAT,
     names::TABLES,
     names::CONNTRACK,
+    names::HALF_OPEN,
     names::CONN_CREATED,
     names::SETTINGS,
     names::TX_PORTS,
@@ -86,10 +87,13 @@ impl Limits {
     }
 
     /// The maps whose size the config sets, with that size.
-    fn map_sizes(&self) -> anyhow::Result<[(&'static str, u32); 6]> {
+    fn map_sizes(&self) -> anyhow::Result<[(&'static str, u32); 7]> {
         let tables = self.tables_len()?;
         Ok([
             (names::CONNTRACK, self.conntrack_size),
+            // Flows between SYN and the handshake's end: a quarter of the connection
+            // table outlasts a SYN flood's churn for any handshake of a real client.
+            (names::HALF_OPEN, (self.conntrack_size / 4).max(1024)),
             (names::SERVICES, self.max_services),
             (names::REV_NAT, self.max_services),
             (names::RR, self.max_services),
@@ -381,6 +385,9 @@ pub struct Conns {
     pub removed: u64,
     /// Entries the LRU pushed out to make room: created - removed - live, never falling.
     pub evicted: u64,
+    /// Entries the kernel added to the half-open table (two a SYN that opened a flow);
+    /// a SYN flood shows here, not in `evicted`.
+    pub half_open: u64,
 }
 
 pub struct Stats {

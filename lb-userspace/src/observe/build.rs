@@ -106,7 +106,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
     Snapshot {
         services,
         drops: stats.drops.iter().map(|(r, n)| Drop { reason: (*r).to_owned(), packets: *n }).collect(),
-        conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted },
+        conntrack: Conntrack { entries: stats.conns.live, evicted: stats.conns.evicted, half_open_created: stats.conns.half_open },
         health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
         acme: inp.acme.clone(),

@@ -29,6 +29,10 @@ pub struct Conntrack {
     /// Entries the table pushed out to make room (LRU) since start: a flow that loses its
     /// entry this way may be reset or, for UDP, move.
     pub evicted: u64,
+    /// Entries added to the half-open table since start (two a SYN that opened a flow):
+    /// SYNs live there until their handshake completes, so a flood never evicts flows.
+    #[serde(default)]
+    pub half_open_created: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use hyper::http::uri::Authority;
 use tracing::{info, warn};
 
 use super::{
+    drain::Drain,
     failure::FailureSink,
     listen::accept::Listener,
     metrics::HttpMetrics,
@@ -92,24 +93,19 @@ impl Proxy {
                 runtimes.insert(rt.name.clone(), rt.clone());
             }
             let client = ClientLimits::of(views.iter().map(|v| &v.options));
-            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), challenges: self.challenges.clone() }));
+            let drain = views.iter().map(|v| v.options.timeouts.drain).max().unwrap_or_default();
+            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), drain, challenges: self.challenges.clone() }));
         }
         st.stats = stats;
         st.clients = clients;
         st.services = runtimes;
-        st.listeners.retain(|addr, l| {
-            let keep = sites.contains_key(addr);
-            if !keep {
-                info!(listen = %addr, local = %l.local, "http listener closed");
-            }
-            keep
-        });
-        for (listen, site) in sites {
+        // New listeners open before old ones close: a listener that moves serves throughout.
+        for (&listen, site) in &sites {
             if let Some(l) = st.listeners.get_mut(&listen) {
-                l.replace(site);
+                l.replace(site.clone());
                 continue;
             }
-            match Listener::open(listen, site) {
+            match Listener::open(listen, site.clone()) {
                 Ok(l) => {
                     info!(%listen, local = %l.local, "http listener open");
                     st.listeners.insert(listen, l);
@@ -117,6 +113,14 @@ impl Proxy {
                 Err(e) => errors.push(format!("{listen}: {e:#}")),
             }
         }
+        st.listeners.retain(|addr, l| {
+            let keep = sites.contains_key(addr);
+            if !keep {
+                // Dropping it closes it: its connections drain on their own.
+                info!(listen = %addr, local = %l.local, "http listener closed, its connections draining");
+            }
+            keep
+        });
         if errors.is_empty() { Ok(()) } else { anyhow::bail!("http listeners not bound: {}", errors.join("; ")) }
     }
 
@@ -172,6 +176,18 @@ impl Proxy {
             upstream,
             sink: self.sink.clone(),
         })
+    }
+
+    /// Closes every listener (new connections are refused) and waits until their
+    /// connections are gone: in-flight requests finish, and whatever is left at a
+    /// listener's drain deadline is cut.
+    pub async fn shutdown(&self) {
+        let listeners: Vec<Listener> = self.lock().listeners.drain().map(|(_, l)| l).collect();
+        let drains: Vec<Drain> = listeners.iter().map(Listener::close).collect();
+        drop(listeners);
+        for d in drains {
+            d.finished().await;
+        }
     }
 
     /// The address a listener is bound to (differs from `listen` for port 0).

@@ -16,6 +16,7 @@
 //! `health::Health::report_failure`. See docs/proxy.md.
 
 pub mod control;
+pub mod drain;
 pub mod failure;
 pub mod hop_by_hop;
 pub mod listen;

@@ -1,6 +1,9 @@
 //! What requests read of a listener and its services: swapped whole on every update.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use hyper::http::uri::Authority;
 
@@ -41,6 +44,9 @@ pub struct Site {
     pub metrics: Arc<HttpMetrics>,
     /// ACME HTTP-01 tokens in progress, answered before routing (the proxy's own store).
     pub challenges: Challenges,
+    /// How long connections may take to finish once the listener closes (the longest
+    /// of its services' `timeouts.drain`).
+    pub drain: Duration,
 }
 
 /// A listener's current [`Site`]: an update swaps it, a request reads the one it found.

@@ -2,8 +2,10 @@
 //! until told to stop.
 
 mod fdlimit;
+mod privilege;
 mod reload;
 mod status;
+mod stop;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -60,7 +62,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     // Stamped before reading: a change made while xlb starts is then seen by the watcher.
-    let mut file_stamp = stamp(source.file.as_deref());
+    let mut file_stamp = source.stamp();
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -126,6 +128,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         Ok(links) => info!(links, "data plane pinned while running: it forwards on if xlb dies, and the next `xlb run` adopts it"),
         Err(e) => info!("data plane not pinned, so it stops with xlb however xlb ends: {e:#}"),
     }
+    privilege::drop_unneeded()?;
     info!(iface = %ctl.iface, services = ctl.config.services.len(), "ready");
 
     // SAFETY: the logger owns its ring buffer descriptor for as long as AsyncFd holds it.
@@ -145,7 +148,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 false
             }
             _ = watch_file.tick() => {
-                let now = stamp(source.file.as_deref());
+                let now = source.stamp();
                 if now != std::mem::replace(&mut file_stamp, now) {
                     ramping = ctl.reload(&source).unwrap_or(ramping);
                 }
@@ -192,6 +195,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
             }
         }
     }
+    stop::drain_http(&ctl.proxy, &mut int, &mut term).await;
     if keep_dataplane {
         match Scope::create(bpffs, &scope_name).and_then(|scope| ctl.dp.keep(&scope).map(|links| (scope, links))) {
             Ok((scope, links)) => {
@@ -453,12 +457,6 @@ fn forget_gone(planned: &[(&str, SocketAddr)], first_seen: &mut HashMap<(String,
     first_seen.retain(|(s, a), _| hosts.contains(&(s.as_str(), *a)));
     let backends: BTreeSet<(&str, SocketAddr)> = planned.iter().copied().collect();
     transitions.retain(|s, a| backends.contains(&(s, a)));
-}
-
-/// What tells that a file changed: its modification time and size.
-fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path?).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ fn a_table_rewritten_for_another_service_is_not_followed() {
 fn a_lost_reply_entry_is_written_back() {
     let mut fx = Fixture::new(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, WEB_PORT)])]);
     let syn = web4(40202);
-    fx.send("syn", &syn, &[&B4A]);
+    fx.establish("handshake", &syn, &[&B4A]);
     let [service, reply] = conn_keys(&syn, &B4A, WEB_PORT);
     let mut ct = fx.conntrack();
     ct.remove(&reply).unwrap();
@@ -65,7 +65,7 @@ fn a_removed_services_id_waits_for_its_flows() {
     let (web, other) = (svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, WEB_PORT)]), svc(VIP4, 81, IPPROTO_TCP, &[(&B4B, WEB_PORT)]));
     let mut fx = Fixture::new(std::slice::from_ref(&web));
     let syn = web4(40203);
-    fx.send("syn", &syn, &[&B4A]);
+    fx.establish("handshake", &syn, &[&B4A]);
     let web_id = fx.conntrack().get(&conn_keys(&syn, &B4A, WEB_PORT)[0], 0).unwrap().rev_nat;
     fx.sync(&[]);
     fx.sync(std::slice::from_ref(&other));

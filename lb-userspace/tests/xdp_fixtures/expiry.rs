@@ -62,7 +62,7 @@ fn closed_tcp_flows_expire_after_the_closed_timeout() {
     let flow = |port| tcp(CLIENT4, port, VIP4, 80);
     let (fin, rst, open, reopened) = (flow(40000), flow(40001), flow(40002), flow(40003));
     for p in [&fin, &rst, &open, &reopened] {
-        fx.send("new flow", p, &[&B4A]);
+        fx.establish("new flow", p, &[&B4A]);
     }
     for (what, p) in [("fin", fin.seg(Seg::FinAck)), ("rst", rst.seg(Seg::Rst)), ("fin", reopened.seg(Seg::FinAck)), ("syn", reopened.clone())] {
         let (h, new) = fx.send_counting(what, &p, &[&B4A]);

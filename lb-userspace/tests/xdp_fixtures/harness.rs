@@ -218,10 +218,16 @@ impl Fixture {
         panic!("the XDP program uses no map named {name}");
     }
 
-    /// The backend id a flow's service entry names.
+    /// The half-open table: TCP flows between their SYN and the client's next segment.
+    pub fn half_open(&mut self) -> BpfHashMap<MapData, ConnKey, Conn> {
+        BpfHashMap::try_from(self.map(names::HALF_OPEN)).expect("HALF_OPEN as a hash map")
+    }
+
+    /// The backend id a flow's service entry names, established or half open.
     pub fn pinned_id(&mut self, p: &Pkt, backend: &Host) -> u32 {
         let key = conn_keys(p, backend, WEB_PORT)[0];
-        self.conntrack().get(&key, 0).unwrap_or_else(|e| panic!("no service entry of {}: {e}", flow_name(p))).backend
+        let entry = self.conntrack().get(&key, 0).or_else(|_| self.half_open().get(&key, 0));
+        entry.unwrap_or_else(|e| panic!("no service entry of {}: {e}", flow_name(p))).backend
     }
 }
 

@@ -27,7 +27,7 @@ fn maglev_choice_is_the_flow_hash_and_survives_eviction() {
     let d = even(Method::Maglev, &TRIO);
     let mut fx = Fixture::new(std::slice::from_ref(&d));
     let flows = web_flows(60);
-    let first: Vec<&Host> = flows.iter().map(|p| fx.send("maglev: new flow", p, &TRIO)).collect();
+    let first: Vec<&Host> = flows.iter().map(|p| fx.establish("maglev: new flow", p, &TRIO)).collect();
     for (p, h) in flows.iter().zip(&first) {
         let want = predict(&d, &LIMITS, p);
         assert_eq!(h.ip, want, "flow {}: the kernel chose {}, the flow hash names {want}", flow_name(p), h.ip);

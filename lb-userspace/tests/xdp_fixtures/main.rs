@@ -15,7 +15,8 @@
 //! - `runner`: `Case`, `Want` and `Fixture::check`, which runs a case and checks it all.
 //!
 //! The cases, one file per feature: `forward`, `icmp`, `checksum`, `parsing` (with the garbage
-//! frames), `tcp_flows`, `ttl`, `removal`, `expiry`, `consistency`, `maglev`, `round_robin`, `random`.
+//! frames), `tcp_flows`, `ttl`, `removal`, `expiry`, `consistency`, `maglev`, `round_robin`, `random`,
+//! `syn_flood`.
 //!
 //! To add a feature's cases: a file here with `mod` below; a table of frames goes in its
 //! `pub fn cases() -> Vec<Case>` run by a `#[test] fn frames() { run_table(&cases()) }`
@@ -41,6 +42,7 @@ mod parsing;
 mod random;
 mod removal;
 mod round_robin;
+mod syn_flood;
 mod tcp_flows;
 mod ttl;
 

@@ -149,8 +149,8 @@ fn removed_backends_flows_are_cut_after_the_drain_timeout() {
     let mut fx = Fixture::new(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, 8080), (&B4B, 8080)])]);
     let d = svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, 8080), (&B4B, 8080)]);
     let (on_a, on_b) = (flow_to(&d, &B4A, 40300..40400), flow_to(&d, &B4B, 40300..40400));
-    fx.check(&fwd("flow on b4a", on_a.clone(), &B4A, 8080));
-    fx.check(&fwd("flow on b4b", on_b.clone(), &B4B, 8080));
+    fx.establish("flow on b4a", &on_a, &[&B4A]);
+    fx.establish("flow on b4b", &on_b, &[&B4B]);
     fx.sync(&[svc(VIP4, 80, IPPROTO_TCP, &[(&B4B, 8080)])]);
     let long = u64::MAX;
     let drain = IDLE.as_nanos() as u64;

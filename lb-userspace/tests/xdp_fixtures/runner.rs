@@ -11,7 +11,7 @@ use crate::{
     harness::{Fixture, Outcome},
     net::{Dev, Host},
     ones,
-    packet::{L4Csum, Pkt, flow_name},
+    packet::{L4, L4Csum, Pkt, Seg, flow_name},
     services::{WEB_PORT, services},
 };
 
@@ -172,6 +172,17 @@ impl Fixture {
         self.check(&fwd_any(what, p.clone(), hosts, WEB_PORT)).expect("a forwarded packet names its backend")
     }
 
+    /// Opens `p`'s flow as a client would: its SYN, then (TCP) its first ACK, which moves
+    /// the flow from the half-open table to the connection table. Returns the backend.
+    pub fn establish(&mut self, what: &'static str, p: &Pkt, hosts: &[&'static Host]) -> &'static Host {
+        let host = self.send(what, p, hosts);
+        if p.l4 == L4::Tcp {
+            let ack = self.send(what, &p.seg(Seg::Ack), &[host]);
+            assert_eq!(ack.ip, host.ip, "{what}: the ACK of flow {} went elsewhere than its SYN", flow_name(p));
+        }
+        host
+    }
+
     /// Sends `p`; returns its backend and whether the data plane counted a new flow,
     /// i.e. chose a backend rather than following a connection entry.
     pub fn send_counting(&mut self, what: &'static str, p: &Pkt, hosts: &[&'static Host]) -> (&'static Host, bool) {
@@ -188,14 +199,14 @@ impl Fixture {
     /// `fresh` has, however slowly the sends ran.
     pub fn age(&mut self, old: &[Pkt], fresh: &[Pkt], hosts: &[&'static Host]) -> u64 {
         for p in old {
-            self.send("flow to age", p, hosts);
+            self.establish("flow to age", p, hosts);
         }
         let old_done = monotonic_ns();
         std::thread::sleep(2 * IDLE);
         let fresh_start = monotonic_ns();
         assert!(fresh_start - old_done >= 2 * IDLE.as_nanos() as u64, "CLOCK_MONOTONIC moved slower than the sleep");
         for p in fresh {
-            self.send("fresh flow", p, hosts);
+            self.establish("fresh flow", p, hosts);
         }
         fresh_start + IDLE.as_nanos() as u64 / 2
     }

@@ -156,6 +156,11 @@ pub struct Timeouts {
     /// An idle keep-alive client connection is closed after this (`keepalive_timeout`).
     #[serde(deserialize_with = "duration")]
     pub keepalive: Duration,
+    /// Once the listener closes (SIGTERM, SIGINT, a reload that removes or moves it),
+    /// requests in flight get this long to finish before their connections are cut
+    /// (nginx's `worker_shutdown_timeout`); a listener takes its services' longest.
+    #[serde(deserialize_with = "duration")]
+    pub drain: Duration,
 }
 
 impl Default for Timeouts {
@@ -167,6 +172,7 @@ impl Default for Timeouts {
             total: None,
             client_header: Duration::from_secs(10),
             keepalive: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -350,6 +356,8 @@ mod tests {
         assert_eq!(o.method, Method::LeastConn);
         assert_eq!(o.timeouts.connect, Duration::from_secs(1));
         assert_eq!(o.timeouts.header, Duration::from_secs(60));
+        assert_eq!(o.timeouts.drain, Duration::from_secs(30));
+        assert_eq!(HttpOptions::from_yaml("timeouts: { drain: 2s }\n").unwrap().timeouts.drain, Duration::from_secs(2));
         assert_eq!(o.sticky_cookie.unwrap().path, "/");
         let e = HttpOptions::from_yaml("method: fastest\n").unwrap_err();
         assert!(e.contains("bad method") && e.contains("line 1"), "{e}");

@@ -23,17 +23,20 @@ use super::{
     guard::shared::ConnShared,
 };
 use crate::proxy::{
-    site::{Site, Slot},
+    drain::{Closing, Drain},
+    site::{Site, Slot, load},
     workers,
 };
 
 /// A bound listener: its accept tasks (one per worker), and the site its requests read.
+/// Dropping it closes it ([`Listener::close`]).
 pub struct Listener {
     pub local: SocketAddr,
     slot: Slot,
     conns: Arc<Limit>,
     limit: u32,
     tasks: Vec<AbortHandle>,
+    drain: Drain,
 }
 
 impl Listener {
@@ -49,21 +52,22 @@ impl Listener {
         let limit = site.client.max_connections;
         let slot: Slot = Arc::new(RwLock::new(site));
         let conns = Arc::new(Limit::new(limit));
+        let (drain, closing) = Drain::new();
         let tasks = sockets
             .into_iter()
             .zip(workers::handles())
             .map(|(sock, rt)| {
-                let (slot, conns) = (slot.clone(), conns.clone());
+                let (slot, conns, closing) = (slot.clone(), conns.clone(), closing.clone());
                 rt.spawn(async move {
                     match TcpListener::from_std(sock) {
-                        Ok(l) => accept_loop(l, slot, conns).await,
+                        Ok(l) => accept_loop(l, slot, conns, closing).await,
                         Err(e) => warn!("http listener: {e}"),
                     }
                 })
                 .abort_handle()
             })
             .collect();
-        Ok(Self { local, slot, conns, limit, tasks })
+        Ok(Self { local, slot, conns, limit, tasks, drain })
     }
 
     /// New requests read `site`; the connection limit follows it (connections over a
@@ -74,13 +78,22 @@ impl Listener {
         self.limit = limit;
         *self.slot.write().unwrap_or_else(|e| e.into_inner()) = site;
     }
+
+    /// Stops accepting (the sockets close with their accept tasks) and starts draining
+    /// the connections within the site's drain timeout; the returned [`Drain`] tells
+    /// when they are gone.
+    pub fn close(&self) -> Drain {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.drain.start(load(&self.slot).drain);
+        self.drain.clone()
+    }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.close();
     }
 }
 
@@ -104,7 +117,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
-async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>) {
+async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>, closing: Closing) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -118,7 +131,7 @@ async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>) {
         match conns.try_acquire() {
             Some(permit) => {
                 let conn = ConnShared::new(peer, Some(permit));
-                tokio::spawn(serve(stream, conn, slot.clone()));
+                tokio::spawn(serve(stream, conn, slot.clone(), closing.clone()));
             }
             None => {
                 debug!(%peer, "http: connection limit reached");

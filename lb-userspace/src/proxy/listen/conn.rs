@@ -23,6 +23,7 @@ use super::{
     h2c,
 };
 use crate::proxy::{
+    drain::{self, Closing},
     request::{self, log::ProxyBody},
     site::{Slot, load},
 };
@@ -35,13 +36,13 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Serves one client connection.
-pub async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
+/// Serves one client connection, until it ends or its listener's drain ends it.
+pub async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot, closing: Closing) {
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
     let limits = load(&slot).client;
     let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, conn.clone());
-    let svc = Handler { slot, conn: conn.clone() };
+    let svc = Handler { slot, conn: conn.clone(), closing: closing.clone() };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().half_close(true).header_read_timeout(None).timer(TokioTimer::new());
     // The guard counts the fields first; hyper's own limit matters only above its
@@ -55,7 +56,7 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
         .max_header_list_size(limits.head.max_head as u32)
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .timer(TokioTimer::new());
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+    if let Err(e) = drain::serve(builder.serve_connection_with_upgrades(TokioIo::new(io), svc), closing).await {
         debug!(peer = %conn.peer, "http connection: {e}");
     }
     if conn.upgraded() {
@@ -90,6 +91,7 @@ fn pending(stream: &TcpStream) -> bool {
 struct Handler {
     slot: Slot,
     conn: Arc<ConnShared>,
+    closing: Closing,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -123,13 +125,14 @@ async fn serve_h2c(upgrade: OnUpgrade, frame: Vec<u8>, head_limit: u32, handler:
         Ok(io) => h2c::WithStreamOne::new(TokioIo::new(io), frame),
         Err(e) => return debug!(%peer, "h2c upgrade: {e}"),
     };
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let closing = handler.closing.clone();
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(head_limit)
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(io), handler)
-        .await;
+        .serve_connection(TokioIo::new(io), handler);
+    let served = drain::serve(conn, closing).await;
     if let Err(e) = served {
         debug!(%peer, "http connection (h2c): {e}");
     }

@@ -21,10 +21,11 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("netdev", &[]),
     ("discovery", &["config", "netdev"]),
     ("health", &["config"]),
+    ("acme", &["config"]),
     ("plan", &["config", "discovery", "netdev"]),
     ("dataplane", &["config", "plan"]),
-    ("proxy", &["config", "plan", "health"]),
-    ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy"]),
+    ("proxy", &["config", "plan", "health", "acme"]),
+    ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy", "acme"]),
     ("import", &["config"]),
 ];
 

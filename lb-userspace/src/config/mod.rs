@@ -3,6 +3,7 @@
 //! Values are checked while they are deserialized, so serde_yaml can name the line
 //! and column of a bad one; unknown keys are rejected the same way.
 
+pub mod acme;
 pub mod http;
 mod service;
 mod socket_lb;
@@ -38,6 +39,8 @@ pub struct Config {
     pub tls: tls::Tls,
     #[serde(default, deserialize_with = "services")]
     pub services: Vec<Service>,
+    /// Automatic certificates; absent: none are ordered.
+    pub acme: Option<acme::Acme>,
 }
 
 /// The admin HTTP endpoint (`/api/v1/services`, `/metrics`) that `xlb status` reads.

@@ -28,6 +28,8 @@ pub mod outside;
 pub mod socket;
 #[cfg(feature = "status")]
 pub mod status;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topology;
 pub mod util;
 pub mod xlb;

@@ -318,7 +318,7 @@ fn url(topo: &Topo, kind: Kind) -> String {
     match kind {
         // The script sets each thread's address; the URL gives the Host header and path.
         Kind::Direct | Kind::DirectXdp => format!("http://{}:{BACKEND_PORT}/", topo.backends[0].addr),
-        _ => topo.vip_url(),
+        _ => topo.vip_url(kind.is_tls()),
     }
 }
 
@@ -366,7 +366,7 @@ fn run_scale(ctx: &Ctx, scripts: &Scripts, plan: &Plan, clock: Instant) -> Resul
             }
             for mode in Mode::ALL {
                 done += 1;
-                let run = measure(ctx, &running, &scripts.vip, &ctx.topo.vip_url(), mode, plan, round)?;
+                let run = measure(ctx, &running, &scripts.vip, &ctx.topo.vip_url(false), mode, plan, round)?;
                 progress(clock, done, total, &format!("scale {}/{} xlb, {}", round + 1, plan.scale_rounds, state.label()), mode, &run);
                 out.runs.push(ScaleRun { state, mode, run });
             }

@@ -41,6 +41,17 @@ pub struct Acme {
     pub retry_max: Duration,
 }
 
+/// The state directory's subdirectory of issued certificates (`NAME.crt` with `NAME.key`).
+pub const CERTS_DIR: &str = "certs";
+
+impl Acme {
+    /// Where the certificates ordered are kept: a certificate directory the TLS listeners
+    /// serve from (`Config::certificate_files`).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.state_dir.join(CERTS_DIR)
+    }
+}
+
 impl Default for Acme {
     fn default() -> Self {
         Self {

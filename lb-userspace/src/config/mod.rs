@@ -7,6 +7,7 @@ pub mod acme;
 pub mod http;
 mod service;
 mod spec;
+pub mod tls;
 pub mod units;
 
 use std::{
@@ -32,6 +33,8 @@ pub struct Config {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub admin: Admin,
+    #[serde(default)]
+    pub tls: tls::Tls,
     #[serde(default, deserialize_with = "services")]
     pub services: Vec<Service>,
     /// Automatic certificates; absent: none are ordered.
@@ -117,6 +120,19 @@ impl Config {
         Ok(config)
     }
 
+    /// Every certificate the TLS listeners serve: `tls:`'s files and directory, then those
+    /// ACME keeps (`acme.state_dir/certs`).
+    pub fn certificate_files(&self) -> Vec<tls::CertFiles> {
+        let mut files = self.tls.files();
+        files.extend(self.acme.iter().flat_map(|a| tls::directory_pairs(&a.certs_dir())));
+        files
+    }
+
+    /// The certificate directories, whose changes (a pair added or removed) reload them.
+    pub fn certificate_dirs(&self) -> Vec<PathBuf> {
+        self.tls.directory.iter().cloned().chain(self.acme.iter().map(acme::Acme::certs_dir)).collect()
+    }
+
     /// Adds CLI SPECs to the services of the file.
     pub fn with_specs(mut self, specs: &[Spec]) -> anyhow::Result<Self> {
         self.services.extend(specs.iter().map(Spec::to_service));
@@ -185,7 +201,7 @@ fn services<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Service>, D::Error> {
 #[derive(Default)]
 struct Seen {
     names: HashSet<String>,
-    listeners: HashMap<(Option<IpAddr>, u16, u8), (String, Protocol)>,
+    listeners: HashMap<(Option<IpAddr>, u16, u8), (String, Protocol, bool)>,
 }
 
 impl Seen {
@@ -193,14 +209,17 @@ impl Seen {
         if !self.names.insert(s.name.clone()) {
             return Err(format!("service name {:?} is used twice", s.name));
         }
-        match self.listeners.entry((s.vip, s.port, s.protocol.number())) {
-            Entry::Vacant(v) => {
-                v.insert((s.name.clone(), s.protocol));
-            }
-            Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) => {}
-            Entry::Occupied(o) => {
-                let (other, protocol) = o.get();
-                return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port and protocol", s.name));
+        for (port, tls) in s.listeners() {
+            match self.listeners.entry((s.vip, port, s.protocol.number())) {
+                Entry::Vacant(v) => {
+                    v.insert((s.name.clone(), s.protocol, tls));
+                }
+                Entry::Occupied(o) if o.get().1.shares_listener(s.protocol) && o.get().2 == tls => {}
+                Entry::Occupied(o) => {
+                    let (other, protocol, other_tls) = o.get();
+                    let what = if *other_tls != tls && o.get().1 == s.protocol { " (one with TLS, one without)" } else { "" };
+                    return Err(format!("service {:?}: service {other:?} ({protocol}) already has this VIP, port {port} and protocol{what}", s.name));
+                }
             }
         }
         Ok(())
@@ -271,6 +290,15 @@ mod tests {
                 "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"99999999999999999h\": at most 8760h",
             ),
             ("dataplane:\n  udp_idle_timeout: 31536000001ms\n", "xlb.yaml:2:21: dataplane.udp_idle_timeout: bad duration \"31536000001ms\": at most 8760h"),
+            (
+                "services:\n  - name: a\n    port: 443\n    protocol: http\n  - name: b\n    port: 80\n    protocol: http\n    http: { tls: {} }\n",
+                "xlb.yaml:5:5: services[1]: service \"b\": service \"a\" (http) already has this VIP, port 443 and protocol (one with TLS, one without)",
+            ),
+            (
+                "tls:\n  certificates:\n    - { cert: a.pem, key: a.key, default: true }\n    - { cert: b.pem, key: b.key, default: true }\nservices: []\n",
+                "xlb.yaml:2:3: tls: more than one certificate has `default: true`",
+            ),
+            ("services:\n  - name: a\n    port: 80\n    protocol: http\n    http: { tls: { hsts: forever } }\n", "xlb.yaml:5:26: services[0].http.tls.hsts: bad duration"),
             (
                 "services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n",
                 "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice",

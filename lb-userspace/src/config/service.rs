@@ -249,6 +249,16 @@ impl Service {
         (self.protocol == Protocol::Http).then(|| self.http.clone().unwrap_or_default())
     }
 
+    /// The ports it listens on, each with whether it is TLS: the plain `port` (unless
+    /// `http.tls.port` is the same: TLS only), and `http.tls.port`.
+    pub fn listeners(&self) -> Vec<(u16, bool)> {
+        match self.http.as_ref().and_then(|h| h.tls.as_ref()) {
+            Some(t) if t.port == self.port => vec![(self.port, true)],
+            Some(t) => vec![(self.port, false), (t.port, true)],
+            None => vec![(self.port, false)],
+        }
+    }
+
     /// Where a service's backends come from: static, docker:NAME, dns:NAME.
     pub fn sources(&self) -> Vec<String> {
         let mut sources = Vec::new();
@@ -300,6 +310,6 @@ pub enum BackendState {
 }
 
 /// A port from 1 to 65535, checked at its value.
-fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+pub(super) fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     d.deserialize_u32(Checked(|v: u32| u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| format!("port {v}: expected 1 to 65535"))))
 }

@@ -18,6 +18,8 @@ pub struct Discovered {
     pub aliases: Vec<String>,
     /// Host names for HTTP routing (`xlb.host`).
     pub hosts: Vec<String>,
+    /// Those hosts are served over TLS too (`xlb.tls`).
+    pub tls: bool,
     /// The container is stopping (`kill`/`stop` seen, or paused): no new flows.
     pub draining: bool,
     /// Docker's HEALTHCHECK verdict, when the container has one.

@@ -98,7 +98,8 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         });
     }
     for v in inp.http {
-        let Some(s) = inp.config.services.iter().find(|s| s.name == v.name) else {
+        // A service with a plain and a TLS listener is one service.
+        let Some(s) = inp.config.services.iter().find(|s| s.name == v.name).filter(|s| !services.iter().any(|o| o.name == s.name)) else {
             continue;
         };
         services.push(http_status(inp, s, v));
@@ -110,6 +111,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         health_transitions: inp.backend_transitions.total(),
         discovery_events: inp.discovery_events.clone(),
         acme: inp.acme.clone(),
+        certificates: inp.proxy.certificates(),
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Snapshot {
     /// Certificates ordered by ACME, by name.
     #[serde(default)]
     pub acme: Vec<CertStatus>,
+    /// TLS certificate sources: names, expiry, the last load's error.
+    #[serde(default)]
+    pub certificates: Vec<crate::proxy::tls::CertStatus>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

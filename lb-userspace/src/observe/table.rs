@@ -61,6 +61,14 @@ impl Snapshot {
                 let _ = writeln!(out, "  {:<32} {:<9} {:<12} {:>8}  {error}", c.name, c.state, expires, c.failures);
             }
         }
+        for c in &self.certificates {
+            let expires = c.not_after.map_or("-".to_owned(), |t| format!("{t} (unix)"));
+            let default = if c.default { " default" } else { "" };
+            let _ = writeln!(out, "tls: {}{default} names={} expires={expires}", c.cert.display(), c.names.join(","));
+            if let Some(e) = &c.error {
+                let _ = writeln!(out, "  error: {e}");
+            }
+        }
         out
     }
 }

@@ -1,8 +1,11 @@
 //! What the plan hands the HTTP proxy: its services and their backends' states.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::config::http::{HostPattern, HttpOptions};
+use crate::config::{
+    Service,
+    http::{HostPattern, HttpOptions},
+};
 
 /// What the rest of xlb says of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,6 +41,8 @@ pub struct BackendView {
     pub state: PeerState,
     /// Overrides the service's `max_conns` for this backend.
     pub max_conns: Option<u32>,
+    /// Its `hosts` are served over TLS too (Docker's `xlb.tls` label).
+    pub tls: bool,
 }
 
 /// An HTTP service, as the owner hands it over.
@@ -47,6 +52,37 @@ pub struct ServiceView {
     /// Where clients connect. Services with the same `listen` share one listener and
     /// are told apart by their routes (`hosts`, `paths`).
     pub listen: SocketAddr,
+    /// The listener terminates TLS (every service sharing it must agree).
+    pub tls: bool,
+    /// Answer every request with `308` to `https://` on this port instead of proxying.
+    pub redirect: Option<u16>,
     pub options: HttpOptions,
     pub backends: Vec<BackendView>,
+}
+
+/// The views of one HTTP service: one per listener of `Service::listeners` (the plain
+/// one redirecting when `http.tls.redirect` says so). A service without `http.tls`
+/// whose containers carry `xlb.tls` also gets a TLS view at `tls_port` that serves
+/// those containers' hosts alone.
+pub fn views(s: &Service, vip: IpAddr, options: HttpOptions, backends: Vec<BackendView>, tls_port: u16) -> Vec<ServiceView> {
+    let view = |port: u16, tls: bool, redirect: Option<u16>, options: HttpOptions, backends: Vec<BackendView>| ServiceView {
+        name: s.name.clone(),
+        listen: SocketAddr::new(vip, port),
+        tls,
+        redirect,
+        options,
+        backends,
+    };
+    if let Some(t) = options.tls.clone() {
+        let redirect = t.redirect.then_some(t.port);
+        return s.listeners().into_iter().map(|(port, tls)| view(port, tls, redirect.filter(|_| !tls), options.clone(), backends.clone())).collect();
+    }
+    let labelled: Vec<BackendView> = backends.iter().filter(|b| b.tls && !b.hosts.is_empty()).cloned().collect();
+    let mut out = Vec::new();
+    if !labelled.is_empty() && tls_port != s.port {
+        // Only the labelled hosts: the service's own routes stay plain.
+        out.push(view(tls_port, true, None, HttpOptions { hosts: Vec::new(), paths: Vec::new(), default: false, ..options.clone() }, labelled));
+    }
+    out.insert(0, view(s.port, false, None, options, backends));
+    out
 }

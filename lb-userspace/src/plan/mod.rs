@@ -70,12 +70,7 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
             bail!("service {:?}: backend {} is not of the VIP's family ({vip})", s.name, b.addr);
         }
         match s.http_options() {
-            Some(options) => plan.http.push(ServiceView {
-                name: s.name.clone(),
-                listen: SocketAddr::new(vip, s.port),
-                options,
-                backends: backends.into_iter().map(Planned::into_view).collect(),
-            }),
+            Some(options) => plan.http.extend(http::views(s, vip, options, backends.into_iter().map(Planned::into_view).collect(), config.tls.port)),
             None => plan.services.push(Desired {
                 name: s.name.clone(),
                 key: ServiceKey::new(vip, s.port, s.protocol.number()),
@@ -106,6 +101,8 @@ struct Planned {
     aliases: Vec<String>,
     /// Host names it serves (`xlb.host`), for the HTTP proxy.
     hosts: Vec<HostPattern>,
+    /// Its hosts are served over TLS too (`xlb.tls`).
+    tls: bool,
 }
 
 impl Planned {
@@ -139,6 +136,7 @@ impl Planned {
             backup: self.backup,
             state,
             max_conns: self.max_conns,
+            tls: self.tls,
         }
     }
 }
@@ -164,6 +162,7 @@ struct Candidate {
     docker_healthy: Option<bool>,
     aliases: Vec<String>,
     hosts: Vec<HostPattern>,
+    tls: bool,
 }
 
 fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&str, SocketAddr) -> Vitals) -> (Vec<Planned>, bool) {
@@ -179,6 +178,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         docker_healthy: None,
         aliases: Vec::new(),
         hosts: Vec::new(),
+        tls: false,
     });
     let discovered = registry.backends(&s.name).iter().map(|d| Candidate {
         name: d.name.clone(),
@@ -191,6 +191,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         docker_healthy: d.healthy,
         aliases: d.aliases.clone(),
         hosts: host_patterns(&d.name, &d.hosts),
+        tls: d.tls,
     });
     // A static entry wins over a discovered one for the same address.
     let candidates: Vec<(Candidate, Vitals)> = statics
@@ -231,6 +232,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
                 backup: c.backup,
                 aliases: c.aliases,
                 hosts: c.hosts,
+                tls: c.tls,
             }
         })
         .collect();
@@ -274,6 +276,7 @@ mod tests {
             name: addr.into(),
             aliases: vec![],
             hosts: vec![],
+            tls: false,
             draining,
             healthy,
             origin: "test".into(),
@@ -368,6 +371,23 @@ mod tests {
         assert!(p.services.is_empty());
         let want: Vec<HostPattern> = ["api.app.dev", "*.eu.app.dev"].iter().map(|h| h.parse().unwrap()).collect();
         assert_eq!(p.http[0].backends[0].hosts, want);
+    }
+
+    #[test]
+    fn tls_views_from_the_service_and_from_labels() {
+        let c = config("services:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    http: { tls: { port: 8443, redirect: true } }\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    protocol: http\n    docker: { name: b }\n    http: { hosts: [b.dev] }\n");
+        let mut r = Registry::default();
+        let mut labelled = discovered("10.1.0.1", false, false, None);
+        (labelled.hosts, labelled.tls) = (vec!["secure.b.dev".into()], true);
+        let plain = discovered("10.1.0.2", false, false, None);
+        r.apply(Update { service: "b".into(), source: SourceKind::Docker, backends: vec![labelled, plain] });
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        let views: Vec<(&str, String, bool, Option<u16>, usize)> = p.http.iter().map(|v| (v.name.as_str(), v.listen.to_string(), v.tls, v.redirect, v.backends.len())).collect();
+        assert_eq!(
+            views,
+            [("a", "10.0.0.1:80".into(), false, Some(8443), 0), ("a", "10.0.0.1:8443".into(), true, None, 0), ("b", "10.0.0.2:80".into(), false, None, 2), ("b", "10.0.0.2:443".into(), true, None, 1)]
+        );
+        assert!(p.http[3].options.hosts.is_empty(), "the label's TLS view serves the labelled hosts alone");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::{
 };
 
 use hyper::http::uri::Authority;
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use super::{
@@ -21,9 +22,14 @@ use super::{
         route::{BackendHosts, Router},
     },
     site::{ClientLimits, ServiceRt, Site},
+    tls::{self, CertStatus, CertStore},
     upstream::Upstream,
 };
-use crate::{acme::Challenges, config::http::Method, plan::ServiceView};
+use crate::{
+    acme::Challenges,
+    config::{http::Method, tls::CertFiles},
+    plan::ServiceView,
+};
 
 /// Requests in flight and requests sent, per backend name, of one service.
 pub type BackendCounters = HashMap<String, (u32, u64)>;
@@ -34,6 +40,9 @@ pub struct Proxy {
     metrics: Arc<HttpMetrics>,
     challenges: Challenges,
     state: Mutex<State>,
+    /// Every TLS listener's certificates, and the acceptor that reads them.
+    certs: Arc<CertStore>,
+    acceptor: TlsAcceptor,
 }
 
 #[derive(Default)]
@@ -48,12 +57,31 @@ struct State {
 
 impl Proxy {
     pub fn new(sink: Arc<dyn FailureSink>) -> Self {
-        Self { sink, metrics: Arc::default(), challenges: Challenges::default(), state: Mutex::default() }
+        let provider = tls::provider();
+        let certs = Arc::new(CertStore::new(provider.clone()));
+        let acceptor = TlsAcceptor::from(tls::server_config(provider, certs.clone()));
+        Self { sink, metrics: Arc::default(), challenges: Challenges::default(), state: Mutex::default(), certs, acceptor }
     }
 
     /// The ACME HTTP-01 answers every listener serves; the certificate keeper writes them.
     pub fn challenges(&self) -> &Challenges {
         &self.challenges
+    }
+
+    /// (Re)loads the certificates TLS listeners serve; a source that fails keeps its
+    /// previous certificate. Returns one line per failed source.
+    pub fn load_certificates(&self, files: &[CertFiles]) -> Vec<String> {
+        self.certs.load(files)
+    }
+
+    /// The certificate store, for sources other than files (ACME) to feed.
+    pub fn certificate_store(&self) -> &Arc<CertStore> {
+        &self.certs
+    }
+
+    /// Each certificate source's state, for the status.
+    pub fn certificates(&self) -> Vec<CertStatus> {
+        self.certs.status()
     }
 
     /// The requests answered, for `/metrics` and the status.
@@ -83,6 +111,11 @@ impl Proxy {
         let mut sites = HashMap::new();
         for (listen, mut views) in by_listen {
             views.sort_by(|a, b| a.name.cmp(&b.name));
+            let tls = views[0].tls;
+            if let Some(other) = views.iter().find(|v| v.tls != tls) {
+                errors.push(format!("{listen}: services {:?} and {:?} share it, one with TLS and one without", views[0].name, other.name));
+                continue;
+            }
             let rts: Vec<Arc<ServiceRt>> = views.iter().map(|v| self.runtime(&mut st, v, &mut stats, &mut clients)).collect();
             let (router, conflicts) = Router::new(&rts.iter().map(|rt| &rt.options).collect::<Vec<_>>());
             for c in conflicts {
@@ -92,13 +125,14 @@ impl Proxy {
                 runtimes.insert(rt.name.clone(), rt.clone());
             }
             let client = ClientLimits::of(views.iter().map(|v| &v.options));
-            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), challenges: self.challenges.clone() }));
+            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), tls, challenges: self.challenges.clone() }));
         }
         st.stats = stats;
         st.clients = clients;
         st.services = runtimes;
         st.listeners.retain(|addr, l| {
-            let keep = sites.contains_key(addr);
+            // A listener turning TLS on or off is opened anew (its connections finish).
+            let keep = sites.get(addr).is_some_and(|s| s.tls == l.tls);
             if !keep {
                 info!(listen = %addr, local = %l.local, "http listener closed");
             }
@@ -109,7 +143,8 @@ impl Proxy {
                 l.replace(site);
                 continue;
             }
-            match Listener::open(listen, site) {
+            let tls = site.tls.then(|| self.acceptor.clone());
+            match Listener::open(listen, site, tls) {
                 Ok(l) => {
                     info!(%listen, local = %l.local, "http listener open");
                     st.listeners.insert(listen, l);
@@ -132,7 +167,8 @@ impl Proxy {
             .iter()
             .map(|b| {
                 let key = (v.name.clone(), b.name.clone());
-                let s = st.stats.get(&key).cloned().unwrap_or_default();
+                // A service with a plain and a TLS listener shares its counters.
+                let s = stats.get(&key).or_else(|| st.stats.get(&key)).cloned().unwrap_or_default();
                 stats.insert(key, s.clone());
                 let mut aliases: Vec<String> = std::iter::once(&b.name).chain(&b.aliases).map(|a| a.to_ascii_lowercase()).collect();
                 aliases.dedup();
@@ -157,7 +193,7 @@ impl Proxy {
             }
         }
         let connect = v.options.timeouts.connect;
-        let upstream = match st.clients.get(&v.name) {
+        let upstream = match clients.get(&v.name).or_else(|| st.clients.get(&v.name)) {
             Some(u) if u.connect_timeout() == connect => u.clone(),
             _ => Arc::new(Upstream::new(connect)),
         };
@@ -171,6 +207,8 @@ impl Proxy {
             options,
             upstream,
             sink: self.sink.clone(),
+            redirect: v.redirect,
+            hsts: v.options.tls.as_ref().filter(|_| v.tls).and_then(|t| t.hsts_header()).and_then(|h| h.parse().ok()),
         })
     }
 

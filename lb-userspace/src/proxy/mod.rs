@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod request;
 pub mod select;
 pub mod site;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 

@@ -31,6 +31,10 @@ pub struct ServiceRt {
     /// Each backend's `host:port` for request targets, by its index in `balancer.peers`.
     pub authorities: Vec<Authority>,
     pub sink: Arc<dyn FailureSink>,
+    /// Answer `308` to `https://` on this port (`request/tls.rs`) instead of proxying.
+    pub redirect: Option<u16>,
+    /// `Strict-Transport-Security` for its responses on a TLS listener.
+    pub hsts: Option<hyper::header::HeaderValue>,
 }
 
 /// What the requests of one listener read: swapped whole on update.
@@ -41,6 +45,8 @@ pub struct Site {
     pub metrics: Arc<HttpMetrics>,
     /// ACME HTTP-01 tokens in progress, answered before routing (the proxy's own store).
     pub challenges: Challenges,
+    /// The listener terminates TLS.
+    pub tls: bool,
 }
 
 /// A listener's current [`Site`]: an update swaps it, a request reads the one it found.

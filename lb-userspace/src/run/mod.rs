@@ -3,6 +3,7 @@
 
 mod fdlimit;
 mod reload;
+mod stamp;
 mod status;
 
 use std::{
@@ -60,7 +61,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     // Stamped before reading: a change made while xlb starts is then seen by the watcher.
-    let mut file_stamp = stamp(source.file.as_deref());
+    let mut file_stamp = stamp::stamp(source.file.as_deref());
     let config = source.load()?;
     let fd_limit = fdlimit::raise()?;
     fdlimit::check(&config, fd_limit);
@@ -110,9 +111,11 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         unroutable: BTreeMap::new(),
         admin_address: config.admin.address,
         admin_token,
+        cert_stamps: Vec::new(),
         iface,
         config,
     };
+    ctl.load_certificates();
     let iface = ctl.iface.clone();
     ctl.forwarding.enable(&iface)?;
     ctl.dp.attach_client_side(&ctl.iface)?;
@@ -145,10 +148,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
                 false
             }
             _ = watch_file.tick() => {
-                let now = stamp(source.file.as_deref());
-                if now != std::mem::replace(&mut file_stamp, now) {
-                    ramping = ctl.reload(&source).unwrap_or(ramping);
-                }
+                ramping = ctl.watch_files(&source, &mut file_stamp).unwrap_or(ramping);
                 false
             }
             Some(u) = updates.recv() => ctl.discovered(u, &mut updates),
@@ -267,6 +267,8 @@ struct Controller {
     admin_address: SocketAddr,
     /// The `admin.token` the endpoint checks; a reload may change it.
     admin_token: watch::Sender<Option<String>>,
+    /// The certificate files as last loaded (`stamp::cert_stamps`), to load them on change.
+    cert_stamps: Vec<Option<(std::time::SystemTime, u64)>>,
 }
 
 impl Controller {
@@ -348,7 +350,7 @@ impl Controller {
             Ok(()) => {}
         }
         self.http_plan = plan.http;
-        self.acme.want(self.config.acme.as_ref(), acme::names(&self.config));
+        self.acme.want(self.config.acme.as_ref(), acme::names(&self.config, &self.http_plan));
         // Every planned backend of every service, kernel or proxy, by service name.
         let backends: Vec<(&str, SocketAddr)> = plan
             .services
@@ -455,11 +457,6 @@ fn forget_gone(planned: &[(&str, SocketAddr)], first_seen: &mut HashMap<(String,
     transitions.retain(|s, a| backends.contains(&(s, a)));
 }
 
-/// What tells that a file changed: its modification time and size.
-fn stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path?).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,15 @@
 //! Reloading the config: check it, apply it, and put the previous one back when it
 //! cannot be applied, so the running config keeps serving either way.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::bail;
 use tracing::{error, info, warn};
 
-use super::Controller;
+use super::{
+    Controller,
+    stamp::{cert_stamps, stamp},
+};
 use crate::{
     config::{Config, Source},
     dataplane::Limits,
@@ -28,6 +31,8 @@ impl Controller {
             }
         };
         let previous = std::mem::replace(&mut self.config, config);
+        // Before the listeners: a new TLS listener starts with its certificates.
+        self.load_certificates();
         match self.replan(true) {
             Ok(ramping) => {
                 self.restart_needed();
@@ -37,6 +42,7 @@ impl Controller {
             Err(e) => {
                 error!("reload could not be applied, the previous config keeps serving: {e:#}");
                 self.config = previous;
+                self.load_certificates();
                 match self.replan(false) {
                     Ok(ramping) => Some(ramping),
                     Err(e) => {
@@ -46,6 +52,32 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Called every `WATCH_FILE_EVERY`: reloads the config when its file changed, else
+    /// the certificates when one of their files did. `file_stamp`: the config file's.
+    pub(super) fn watch_files(&mut self, source: &Source, file_stamp: &mut Option<(SystemTime, u64)>) -> Option<bool> {
+        let now = stamp(source.file.as_deref());
+        if now != std::mem::replace(file_stamp, now) {
+            return self.reload(source);
+        }
+        if self.cert_stamps != cert_stamps(&self.config) {
+            info!("certificate files changed");
+            self.load_certificates();
+        }
+        None
+    }
+
+    /// (Re)reads every certificate of `tls:`; a failed one is logged by the store and
+    /// keeps its previous certificate. Open TLS connections are untouched.
+    pub(super) fn load_certificates(&mut self) {
+        self.cert_stamps = cert_stamps(&self.config);
+        let files = self.config.certificate_files();
+        if files.is_empty() && self.proxy.certificates().is_empty() {
+            return;
+        }
+        let failed = self.proxy.load_certificates(&files);
+        info!(certificates = files.len(), failed = failed.len(), "tls certificates loaded");
     }
 
     /// Checks what parsing cannot: that the services resolve and fit the data plane.
@@ -88,3 +120,4 @@ impl Controller {
         }
     }
 }
+

@@ -102,3 +102,38 @@ fn an_expiring_certificate_is_renewed() {
     assert!(issuer.contains("Pebble"), "pebble's certificate replaced the expiring one: {issuer}");
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// With TLS termination: the host of a service served over TLS is ordered without being
+/// listed in `acme.names`, the TLS listener picks the certificate up from the state
+/// directory, and curl, trusting pebble's root alone, gets the backend over HTTPS.
+#[test]
+fn a_tls_host_is_ordered_and_served_over_https() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    let ca = Ca::start();
+    let b = &ca.topo.backends[0];
+    let yaml = format!(
+        "services:\n  - name: web\n    port: 80\n    protocol: http\n    backends: [{{ address: \"{}\", port: {} }}]\n    http: {{ hosts: [{NAME}], tls: {{ port: 443 }} }}\n{}",
+        b.v4,
+        xlb_tests::topology::TESTD_PORT,
+        ca.acme_yaml(&[])
+    );
+    let cfg = TempFile::new(".yaml", &yaml);
+    let mut xlb = ca.topo.start_xlb(Some(cfg.path()), &[]);
+    let issued = wait_status(&ca.topo.lb, &xlb, ca.pebble.as_ref(), NAME, ISSUE_TIMEOUT, |s| s.state == "issued");
+    assert_eq!(issued.orders, 1, "{issued:?}");
+    let root = TempFile::new(".pem", &ca.pebble().issuing_root(&ca.topo.client));
+    let resolve = format!("{NAME}:443:{}", xlb_tests::topology::LB_CLIENT_V4);
+    let url = format!("https://{NAME}/");
+    let args = ["-sS", "--fail", "--max-time", "5", "--cacert", root.path().to_str().unwrap(), "--resolve", &resolve, &url];
+    let mut last = String::new();
+    let got = xlb_tests::util::wait_for(Duration::from_secs(10), Duration::from_millis(250), || match ca.topo.client.try_run("curl", &args) {
+        Ok(body) => Some(body),
+        Err(e) => {
+            last = e;
+            None
+        }
+    });
+    assert_eq!(got.as_deref().map(str::trim), Some("b1"), "curl over HTTPS: {last}\n{}", xlb.log());
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}

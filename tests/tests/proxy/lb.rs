@@ -51,5 +51,5 @@ impl Lb {
 
 pub fn svc(name: &str, options: &str, backends: Vec<BackendView>) -> ServiceView {
     let options = if options.trim().is_empty() { HttpOptions::default() } else { HttpOptions::from_yaml(options).unwrap_or_else(|e| panic!("{e}")) };
-    ServiceView { name: name.into(), listen: LISTEN.parse().unwrap(), options, backends }
+    ServiceView { name: name.into(), listen: LISTEN.parse().unwrap(), tls: false, redirect: None, options, backends }
 }

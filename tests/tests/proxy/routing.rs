@@ -11,7 +11,11 @@ use xlb::{
     discovery::{DockerWatch, Registry},
     plan::{self, BackendView, ServiceView, Vitals},
 };
-use xlb_tests::docker::{self, Container};
+use xlb_tests::{
+    docker::{self, Container},
+    tls::Ca,
+    util::TempDir,
+};
 
 use crate::{
     backends::{Testd, dead_addr},
@@ -170,6 +174,50 @@ fn docker_xlb_host_labels_route_subdomains_to_their_containers() {
         assert!(names.iter().all(|n| n == want), "{host}: {names:?}, want {want}");
     }
     eprintln!("xlb.host routing through Docker discovery:\n{}", seen.join("\n"));
+}
+
+/// Docker's `xlb.tls` label on the real Docker engine, through discovery and planning: the
+/// hosts of a container labelled `xlb.tls=true` are served on the TLS listener (`tls.port`)
+/// with the configured certificate, as curl sees it; a container without the label keeps
+/// its host on plain HTTP only.
+#[test]
+fn docker_xlb_tls_label_serves_its_hosts_over_tls() {
+    let _g = xlb_tests::serial();
+    docker::require_docker();
+    let id = xlb_tests::util::unique_id();
+    let service = format!("xt{id}sec");
+    let label = format!("xlb.service={service}");
+    let _secure = Container::testd("secure", &["--label", &label, "--label", "xlb.host=secure.app.test", "--label", "xlb.tls=true"]);
+    let _plain = Container::testd("plain", &["--label", &label, "--label", "xlb.host=plain.app.test"]);
+    let dir = TempDir::new();
+    let ca = Ca::new();
+    ca.leaf(dir.path(), "app", "app", &["*.app.test"], false);
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, &ca.pem).unwrap();
+    let (port, tls_port) = (dead_addr().port(), dead_addr().port());
+    let d = dir.path().display();
+    let yaml = format!(
+        "tls:\n  certificates: [{{ cert: {d}/app.crt, key: {d}/app.key }}]\n  port: {tls_port}\nservices:\n\
+         - {{ name: sec, vip: 127.0.0.1, port: {port}, protocol: http, docker: {{ name: {service}, port: 8080 }} }}\n"
+    );
+    let config = Config::parse(&yaml, Path::new("docker-tls.yaml")).unwrap();
+    let lb = Lb::new();
+    assert_eq!(lb.proxy.load_certificates(&config.tls.files()), Vec::<String>::new());
+    let http = docker_plan(&lb, &config, "the 2 containers", |r| r.backends("sec").len() == 2);
+    lb.update(http);
+    let curl = |url: &str, host: &str, port: u16| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert", &ca_pem.display().to_string(), "--resolve", &format!("{host}:{port}:127.0.0.1"), "-w", " %{http_code}", url])
+            .output()
+            .expect("curl");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_owned()
+    };
+    let tls = |host: &str| curl(&format!("https://{host}:{tls_port}/"), host, tls_port);
+    let plain = |host: &str| curl(&format!("http://{host}:{port}/"), host, port);
+    assert_eq!(tls("secure.app.test"), "secure\n 200", "the labelled host over TLS");
+    assert_eq!(tls("plain.app.test"), "404 Not Found\n 404", "no route on the TLS listener for a host without the label (xlb's own 404)");
+    assert_eq!(plain("plain.app.test"), "plain\n 200");
+    assert_eq!(plain("secure.app.test"), "secure\n 200", "the labelled host stays on plain HTTP too");
 }
 
 /// Pinning on the real Docker engine, through xlb's discovery and planning: a pin header

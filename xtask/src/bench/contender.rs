@@ -15,7 +15,7 @@ use super::{
     measure::BpfStats,
     sys::{self, Proc},
     xdp_pass::{self, XdpPass},
-    topo::{self, BACKEND_PORT, Topo, VIP, VIP_PORT},
+    topo::{self, BACKEND_PORT, TLS_PORT, Topo, VIP, VIP_PORT},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -29,10 +29,13 @@ pub enum Kind {
     NginxStream,
     HaproxyHttp,
     HaproxyTcp,
+    /// The HTTP proxies again, terminating TLS on VIP:443 with the same certificate.
+    XlbHttps,
+    NginxHttps,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Direct,
         Kind::DirectXdp,
         Kind::XlbL4,
@@ -41,6 +44,8 @@ impl Kind {
         Kind::NginxStream,
         Kind::HaproxyHttp,
         Kind::HaproxyTcp,
+        Kind::XlbHttps,
+        Kind::NginxHttps,
     ];
 
     pub fn id(self) -> &'static str {
@@ -53,6 +58,8 @@ impl Kind {
             Kind::NginxStream => "nginx-stream",
             Kind::HaproxyHttp => "haproxy-http",
             Kind::HaproxyTcp => "haproxy-tcp",
+            Kind::XlbHttps => "xlb-https",
+            Kind::NginxHttps => "nginx-https",
         }
     }
 
@@ -66,12 +73,19 @@ impl Kind {
             Kind::NginxStream => "nginx stream (L4)",
             Kind::HaproxyHttp => "HAProxy http mode",
             Kind::HaproxyTcp => "HAProxy tcp mode",
+            Kind::XlbHttps => "xlb HTTP proxy, TLS",
+            Kind::NginxHttps => "nginx HTTP proxy, TLS",
         }
     }
 
     /// Whether wrk talks to the backends themselves rather than to the VIP.
     pub fn is_direct(self) -> bool {
         matches!(self, Kind::Direct | Kind::DirectXdp)
+    }
+
+    /// Whether clients reach it over TLS (`https://VIP:443/`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Kind::XlbHttps | Kind::NginxHttps)
     }
 
     /// The chart's label.
@@ -85,6 +99,8 @@ impl Kind {
             Kind::NginxStream => "nginx stream",
             Kind::HaproxyHttp => "HAProxy http",
             Kind::HaproxyTcp => "HAProxy tcp",
+            Kind::XlbHttps => "xlb HTTPS",
+            Kind::NginxHttps => "nginx HTTPS",
         }
     }
 
@@ -147,14 +163,14 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
             let spec = format!("{VIP}:{VIP_PORT}:{}:{BACKEND_PORT}", backend_list(topo, ","));
             start_xlb(ctx, &dir, vec!["--iface".into(), topo.lb_iface.clone().into(), spec.into()])?
         }
-        Kind::XlbHttp => {
-            let config = xlb_http_config(ctx, &dir)?;
+        Kind::XlbHttp | Kind::XlbHttps => {
+            let config = xlb_http_config(ctx, &dir, kind.is_tls())?;
             start_xlb(ctx, &dir, vec!["--config".into(), config.into()])?
         }
-        Kind::NginxHttp | Kind::NginxStream => start_nginx(kind, ctx, &dir)?,
+        Kind::NginxHttp | Kind::NginxStream | Kind::NginxHttps => start_nginx(kind, ctx, &dir)?,
         Kind::HaproxyHttp | Kind::HaproxyTcp => start_haproxy(kind, ctx, &dir)?,
     };
-    let url = topo.vip_url();
+    let url = topo.vip_url(kind.is_tls());
     let check = topo.wait_serving(&url, Duration::from_secs(10)).and_then(|_| {
         let n = topo.spread(&url, 9)?;
         if n < 2 {
@@ -194,10 +210,17 @@ pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &st
 }
 
 /// The config that makes the bench service an HTTP service of xlb's proxy
-/// (`protocol: http`, the proxy's default options).
-fn xlb_http_config(ctx: &Ctx, dir: &Path) -> Result<PathBuf> {
+/// (`protocol: http`, the proxy's default options); with `tls`, on VIP:443 only, with the
+/// bench certificate as the default one (wrk sends no SNI to an address).
+fn xlb_http_config(ctx: &Ctx, dir: &Path, tls: bool) -> Result<PathBuf> {
+    let (port, tls_block, http) = if tls {
+        let (cert, key) = ctx.topo.certificate()?;
+        (TLS_PORT, format!("tls:\n  certificates: [{{ cert: {}, key: {}, default: true }}]\n", cert.display(), key.display()), "    http: { tls: { port: 443 } }\n")
+    } else {
+        (VIP_PORT, String::new(), "")
+    };
     let mut yaml = format!(
-        "dataplane:\n  interface: {}\nservices:\n  - name: bench\n    vip: {VIP}\n    port: {VIP_PORT}\n    protocol: http\n    backends:\n",
+        "dataplane:\n  interface: {}\n{tls_block}services:\n  - name: bench\n    vip: {VIP}\n    port: {port}\n    protocol: http\n{http}    backends:\n",
         ctx.topo.lb_iface
     );
     for b in &ctx.topo.backends {
@@ -213,7 +236,7 @@ fn xlb_http_config(ctx: &Ctx, dir: &Path) -> Result<PathBuf> {
 /// `Err` says why not, in xlb's words.
 pub fn xlb_http_available(ctx: &Ctx) -> Result<(), String> {
     let dir = ctx.topo.dir.join("xlb-http");
-    let config = fs::create_dir_all(&dir).and_then(|()| xlb_http_config(ctx, &dir).map_err(std::io::Error::other));
+    let config = fs::create_dir_all(&dir).and_then(|()| xlb_http_config(ctx, &dir, false).map_err(std::io::Error::other));
     let config = config.map_err(|e| format!("writing its config: {e}"))?;
     let mut check = std::process::Command::new(&ctx.xlb);
     check.arg("check").arg(&config);
@@ -253,7 +276,16 @@ fn start_nginx(kind: Kind, ctx: &Ctx, dir: &Path) -> Result<Running> {
     for b in &ctx.topo.backends {
         writeln!(servers, "        server {}:{BACKEND_PORT};", b.addr).unwrap();
     }
-    let listen = format!("listen {VIP}:{VIP_PORT} reuseport backlog=4096;");
+    let listen = if kind.is_tls() {
+        let (cert, key) = ctx.topo.certificate()?;
+        format!(
+            "listen {VIP}:{TLS_PORT} ssl reuseport backlog=4096;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;",
+            cert.display(),
+            key.display()
+        )
+    } else {
+        format!("listen {VIP}:{VIP_PORT} reuseport backlog=4096;")
+    };
     let body = if kind == Kind::NginxStream {
         if !Path::new(STREAM_MODULE).exists() {
             bail!("{STREAM_MODULE} is missing: install libnginx-mod-stream");

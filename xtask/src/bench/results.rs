@@ -359,6 +359,22 @@ fn goals(table: &[Row]) -> Vec<Goal> {
                 _ => "no figures".into(),
             },
         });
+        // Issue 13: full handshakes (a new connection per request) ≥ 1.3× nginx's,
+        // keep-alive over TLS ≥ 1.2×.
+        let target = if mode == Mode::Close { 1.3 } else { 1.2 };
+        let tls = median(Kind::XlbHttps, mode).zip(median(Kind::NginxHttps, mode)).map(|(x, n)| x / n);
+        out.push(Goal {
+            goal: format!("xlb HTTP proxy over TLS ≥ {target}× nginx over TLS (same certificate)"),
+            mode,
+            target,
+            actual: tls,
+            met: tls.map(|r| r >= target),
+            verdict: match tls {
+                None => "no figures".into(),
+                Some(r) if r >= target => format!("met ({r:.2}×)"),
+                Some(r) => format!("missed: {r:.2}×"),
+            },
+        });
     }
     out
 }

@@ -28,6 +28,8 @@ use super::sys::{self, Ns, Proc};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 1);
 pub const VIP_PORT: u16 = 80;
+/// Where the TLS contenders listen, on the same VIP.
+pub const TLS_PORT: u16 = 443;
 pub const BACKEND_PORT: u16 = 8080;
 /// A UDP port of the VIP that the scale test uses to fill xlb's connection table.
 pub const FILL_PORT: u16 = 9;
@@ -131,14 +133,32 @@ impl Topo {
         self.lb.ip(&format!("route add {net} via {}", b1.addr))
     }
 
-    pub fn vip_url(&self) -> String {
-        format!("http://{VIP}:{VIP_PORT}/")
+    /// The balancers' URL: plain on VIP:80, or TLS on VIP:443.
+    pub fn vip_url(&self, tls: bool) -> String {
+        if tls { format!("https://{VIP}:{TLS_PORT}/") } else { format!("http://{VIP}:{VIP_PORT}/") }
+    }
+
+    /// The certificate and key every TLS contender serves (ECDSA P-256, self-signed for
+    /// `bench.test`), made by openssl on first use under the bench's directory.
+    pub fn certificate(&self) -> Result<(PathBuf, PathBuf)> {
+        let (cert, key) = (self.dir.join("tls-cert.pem"), self.dir.join("tls-key.pem"));
+        if !cert.exists() {
+            let mut c = std::process::Command::new("openssl");
+            c.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=bench.test"])
+                .args(["-addext", "subjectAltName=DNS:bench.test", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert);
+            sys::sh(&mut c).context("making the bench certificate")?;
+        }
+        Ok((cert, key))
     }
 
     /// One `GET url` from the client namespace on a new connection: the body, trimmed.
     pub fn get(&self, url: &str) -> Result<String> {
         let mut curl = self.client.cmd("curl");
-        curl.args(["-sS", "--fail", "--max-time", "2", "-H", "Connection: close", url]);
+        // --insecure: the TLS contenders' certificate is self-signed.
+        curl.args(["-sS", "--fail", "--insecure", "--max-time", "2", "-H", "Connection: close", url]);
         Ok(sys::sh(&mut curl)?.trim().to_owned())
     }
 

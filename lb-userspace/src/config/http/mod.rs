@@ -15,7 +15,7 @@ pub use self::{
     method::{DEFAULT_EWMA_DECAY, HashKey, Method, TimeMeasure, TwoBy},
     patterns::{Cidr, HostPattern, PathPrefix, canonical, is_tchar, valid_token},
 };
-use super::units::duration;
+use super::units::{duration, opt_duration};
 
 /// Options of an HTTP service. The lead embeds it as `http: Option<HttpOptions>` in
 /// `config::Service`.
@@ -66,6 +66,8 @@ pub struct HttpOptions {
     /// Most requests in flight to one backend at a time; 0: no limit. A backend at its
     /// limit is skipped; when all are, the request gets 503.
     pub max_conns: u32,
+    /// Also (or only) served over TLS; see `config::tls::ServiceTls`.
+    pub tls: Option<super::tls::ServiceTls>,
 }
 
 impl Default for HttpOptions {
@@ -88,6 +90,7 @@ impl Default for HttpOptions {
             fail_statuses: Vec::new(),
             max_ejection_percent: 50,
             max_conns: 0,
+            tls: None,
         }
     }
 }
@@ -309,10 +312,6 @@ from_str_deserialize! {
     PathPrefix => "a path prefix such as /api",
     Cidr => "a network such as 10.0.0.0/8",
     Method => "a balancing method such as least_conn",
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
 }
 
 /// The lead's `config::Service` calls this from its validation (through

@@ -13,6 +13,8 @@ pub const LABEL_WEIGHT: &str = "xlb.weight";
 pub const LABEL_BACKUP: &str = "xlb.backup";
 /// Comma-separated host names for HTTP routing.
 pub const LABEL_HOST: &str = "xlb.host";
+/// `"true"`: the hosts of `xlb.host` are served on the TLS listener too.
+pub const LABEL_TLS: &str = "xlb.tls";
 /// Network whose address to use.
 pub const LABEL_NETWORK: &str = "xlb.network";
 /// Comma-separated names a pin header or cookie may use for this container.
@@ -27,6 +29,7 @@ pub struct Labels {
     pub weight: Option<u32>,
     pub backup: bool,
     pub hosts: Vec<String>,
+    pub tls: bool,
     pub network: Option<String>,
     /// `xlb.name`: pinning names.
     pub names: Vec<String>,
@@ -50,15 +53,21 @@ pub fn parse_labels(labels: &HashMap<String, String>) -> (Labels, Vec<String>) {
             _ => bad(LABEL_WEIGHT, v, "not a weight (1-1000)"),
         }
     }
-    if let Some(v) = labels.get(LABEL_BACKUP) {
-        match v.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => out.backup = true,
-            "false" | "0" | "no" | "off" | "" => {}
-            _ => bad(LABEL_BACKUP, v, "not true or false"),
+    for (key, flag) in [(LABEL_BACKUP, &mut out.backup), (LABEL_TLS, &mut out.tls)] {
+        if let Some(v) = labels.get(key) {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => *flag = true,
+                "false" | "0" | "no" | "off" | "" => {}
+                _ => bad(key, v, "not true or false"),
+            }
         }
     }
     if let Some(v) = labels.get(LABEL_HOST) {
         out.hosts = name_list(v);
+    }
+    if out.tls && out.hosts.is_empty() {
+        out.tls = false;
+        bad(LABEL_TLS, "true", "needs xlb.host to name the hosts to serve over TLS");
     }
     if let Some(v) = labels.get(LABEL_NAME) {
         out.names = name_list(v);
@@ -96,6 +105,7 @@ mod tests {
             (LABEL_PORT, "8080"),
             (LABEL_WEIGHT, "1000"),
             (LABEL_BACKUP, "true"),
+            (LABEL_TLS, "yes"),
             (LABEL_HOST, " A.example.com, b.example.com,,a.example.com "),
             (LABEL_NETWORK, "front"),
             (LABEL_NAME, " App2 ,,web-two, app2"),
@@ -109,6 +119,7 @@ mod tests {
                 weight: Some(1000),
                 backup: true,
                 hosts: vec!["a.example.com".into(), "b.example.com".into()],
+                tls: true,
                 network: Some("front".into()),
                 names: vec!["app2".into(), "web-two".into()],
             }
@@ -122,6 +133,8 @@ mod tests {
             (LABEL_PORT, "0"),
             (LABEL_PORT, "70000"),
             (LABEL_BACKUP, "maybe"),
+            (LABEL_TLS, "maybe"),
+            (LABEL_TLS, "true"),
         ] {
             let (parsed, problems) = l(&[(key, value)]);
             assert_eq!(parsed, Labels::default(), "{key}={value}");

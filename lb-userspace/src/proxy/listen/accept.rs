@@ -16,14 +16,16 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
 };
-use tracing::{debug, warn};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
 
 use super::{
     conn::{raw_page, serve, write_all},
     guard::shared::ConnShared,
+    transport::{SharedTcp, Tls},
 };
 use crate::proxy::{
-    site::{Site, Slot},
+    site::{Site, Slot, load},
     workers,
 };
 
@@ -34,11 +36,13 @@ pub struct Listener {
     conns: Arc<Limit>,
     limit: u32,
     tasks: Vec<AbortHandle>,
+    /// Terminates TLS (with this acceptor) before HTTP.
+    pub tls: bool,
 }
 
 impl Listener {
-    /// Binds `listen` and starts accepting for `site`.
-    pub fn open(listen: SocketAddr, site: Arc<Site>) -> anyhow::Result<Self> {
+    /// Binds `listen` and starts accepting for `site`, over TLS when `tls` is given.
+    pub fn open(listen: SocketAddr, site: Arc<Site>, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
         // The first socket resolves port 0; the others bind the port it got.
         let first = bind(listen)?;
         let local = first.local_addr().unwrap_or(listen);
@@ -53,17 +57,17 @@ impl Listener {
             .into_iter()
             .zip(workers::handles())
             .map(|(sock, rt)| {
-                let (slot, conns) = (slot.clone(), conns.clone());
+                let (slot, conns, tls) = (slot.clone(), conns.clone(), tls.clone());
                 rt.spawn(async move {
                     match TcpListener::from_std(sock) {
-                        Ok(l) => accept_loop(l, slot, conns).await,
+                        Ok(l) => accept_loop(l, slot, conns, tls).await,
                         Err(e) => warn!("http listener: {e}"),
                     }
                 })
                 .abort_handle()
             })
             .collect();
-        Ok(Self { local, slot, conns, limit, tasks })
+        Ok(Self { local, slot, conns, limit, tasks, tls: tls.is_some() })
     }
 
     /// New requests read `site`; the connection limit follows it (connections over a
@@ -104,7 +108,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
-async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>) {
+async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>, tls: Option<TlsAcceptor>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -117,9 +121,15 @@ async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>) {
         };
         match conns.try_acquire() {
             Some(permit) => {
+                let _ = stream.set_nodelay(true);
                 let conn = ConnShared::new(peer, Some(permit));
-                tokio::spawn(serve(stream, conn, slot.clone()));
+                match &tls {
+                    None => tokio::spawn(serve(Arc::new(stream), conn, slot.clone())),
+                    Some(acceptor) => tokio::spawn(serve_tls(acceptor.clone(), stream, conn, slot.clone())),
+                };
             }
+            // A TLS client could not read a plain 503: it is closed.
+            None if tls.is_some() => debug!(%peer, "https: connection limit reached"),
             None => {
                 debug!(%peer, "http: connection limit reached");
                 tokio::spawn(refuse(stream));
@@ -167,6 +177,18 @@ impl Limit {
             }
         }
         self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
+/// The TLS handshake, within the client header timeout, then the connection as any.
+/// A failed handshake (garbage, an unknown name without a default certificate, a
+/// protocol rustls refuses) is logged with the peer and closed.
+async fn serve_tls(acceptor: TlsAcceptor, stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
+    let within = load(&slot).client.timeouts.header;
+    match tokio::time::timeout(within, acceptor.accept(SharedTcp(Arc::new(stream)))).await {
+        Ok(Ok(tls)) => serve(Arc::new(Tls::new(tls)), conn, slot).await,
+        Ok(Err(e)) => info!(peer = %conn.peer, "tls handshake failed: {e}"),
+        Err(_) => info!(peer = %conn.peer, "tls handshake timed out after {within:?}"),
     }
 }
 

@@ -21,6 +21,7 @@ use tracing::debug;
 use super::{
     guard::{io::GuardedIo, shared::ConnShared},
     h2c,
+    transport::Transport,
 };
 use crate::proxy::{
     request::{self, log::ProxyBody},
@@ -35,10 +36,8 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Serves one client connection.
-pub async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
-    let _ = stream.set_nodelay(true);
-    let stream = Arc::new(stream);
+/// Serves one client connection (plain, or TLS after its handshake).
+pub async fn serve<T: Transport>(stream: Arc<T>, conn: Arc<ConnShared>, slot: Slot) {
     let limits = load(&slot).client;
     let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, conn.clone());
     let svc = Handler { slot, conn: conn.clone() };
@@ -66,12 +65,12 @@ pub async fn serve(stream: TcpStream, conn: Arc<ConnShared>, slot: Slot) {
         && !conn.answered()
     {
         debug!(peer = %conn.peer, "http: refused a request: {r:?}");
-        let _ = tokio::time::timeout(LINGER, write_all(&stream, &raw_page(r.status()))).await;
+        let _ = tokio::time::timeout(LINGER, write_all(&*stream, &raw_page(r.status()))).await;
     }
     // As nginx: linger only when the client may still be sending (after a violation,
     // or with its bytes waiting); else close now (hyper has shut the write side down).
-    if violation.is_some() || pending(&stream) {
-        linger_close(&stream).await;
+    if violation.is_some() || pending(stream.tcp()) {
+        linger_close(stream.tcp()).await;
     }
 }
 
@@ -154,16 +153,15 @@ async fn linger_close(stream: &TcpStream) {
     }
 }
 
-pub async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+pub async fn write_all<T: Transport>(stream: &T, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        let n = std::future::poll_fn(|cx| stream.poll_write(cx, &[io::IoSlice::new(buf)])).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        buf = &buf[n..];
     }
-    Ok(())
+    std::future::poll_fn(|cx| stream.poll_flush(cx)).await
 }
 
 /// An error answer written straight to the socket, HTTP/1.1, closing.

@@ -5,3 +5,4 @@ pub mod accept;
 pub mod conn;
 pub mod guard;
 pub mod h2c;
+pub mod transport;

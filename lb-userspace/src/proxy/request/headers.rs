@@ -20,8 +20,9 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const FORWARDING: [HeaderName; 5] = [X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_HOST, X_FORWARDED_PROTO, FORWARDED];
 
 /// The request headers a backend gets. `buffered`: the whole body is here, so the
-/// backend has nothing to agree to (`Expect` dropped).
-pub fn upstream(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, client: &Client, buffered: bool) -> HeaderMap {
+/// backend has nothing to agree to (`Expect` dropped). `tls`: the client came over TLS
+/// (`X-Forwarded-Proto: https`).
+pub fn upstream(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, client: &Client, buffered: bool, tls: bool) -> HeaderMap {
     let named = connection_tokens(src);
     let mut out = HeaderMap::with_capacity(src.len() + 6);
     for (name, value) in src {
@@ -40,7 +41,7 @@ pub fn upstream(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, client: 
     {
         out.insert(header::HOST, v);
     }
-    forwarded(&mut out, raw_host, client);
+    forwarded(&mut out, raw_host, client, tls);
     if upgrade {
         out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(u) = src.get(header::UPGRADE) {
@@ -55,7 +56,7 @@ pub fn upstream(src: &HeaderMap, raw_host: Option<&str>, upgrade: bool, client: 
 
 /// `X-Forwarded-For` (extended when the peer is trusted), `X-Real-IP`, and
 /// `X-Forwarded-Host`/`-Proto` unless a trusted peer set them.
-fn forwarded(out: &mut HeaderMap, raw_host: Option<&str>, client: &Client) {
+fn forwarded(out: &mut HeaderMap, raw_host: Option<&str>, client: &Client, tls: bool) {
     let peer = client.peer;
     // Several `X-Forwarded-For` fields are one list in order (RFC 9110 5.3), as
     // `Client::identify` reads them: keep every hop, not just the first field's.
@@ -74,6 +75,6 @@ fn forwarded(out: &mut HeaderMap, raw_host: Option<&str>, client: &Client) {
         out.insert(X_FORWARDED_HOST, h);
     }
     if !out.contains_key(&X_FORWARDED_PROTO) {
-        out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        out.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     }
 }

@@ -11,6 +11,8 @@
 //! 6. respond (`respond.rs`, `tunnel.rs` for a `101`): the backend's answer for the
 //!    client, or a short error page of the proxy's own;
 //! 7. log (`log.rs`): the exchange counted when the response body is done.
+//!
+//! `tls.rs` adds the redirect to `https://` (after routing) and HSTS (on the response).
 
 pub mod affinity;
 pub mod body;
@@ -19,6 +21,7 @@ pub mod headers;
 pub mod log;
 pub mod respond;
 pub mod target;
+pub mod tls;
 pub mod tries;
 pub mod tunnel;
 
@@ -70,6 +73,9 @@ async fn proxy(
     }
     let target = target::route(&req, site)?;
     exchange.routed(&target.service);
+    if let Some(r) = tls::redirect(&req, &target) {
+        return Ok(r);
+    }
     let o = &target.service.options;
     let client = Client::identify(req.headers(), conn.peer, &o.trusted_networks);
     body::check_length(req.headers(), o.limits.max_body)?;
@@ -77,10 +83,12 @@ async fn proxy(
     let (head, incoming) = req.into_parts();
     let body = ReqBody::read(incoming, upgrade, &o.limits, conn).await?;
     let affinity = Affinity::of(&head, o, client.ip);
-    let headers = headers::upstream(&head.headers, target.raw_host.as_deref(), upgrade, &client, body.is_buffered());
+    let headers = headers::upstream(&head.headers, target.raw_host.as_deref(), upgrade, &client, body.is_buffered(), site.tls);
     let deadline = o.timeouts.total.map(|t| started + t);
     let tries = Tries { target: &target, head: &head, headers, body, affinity, upgrade, deadline };
     let answer = tries.run().await?;
     exchange.answered_by(&answer.peer);
-    respond::respond(answer, &target.service, client_upgrade, deadline)
+    let mut resp = respond::respond(answer, &target.service, client_upgrade, deadline)?;
+    tls::hsts(&mut resp, &target.service);
+    Ok(resp)
 }

@@ -26,9 +26,10 @@ pub fn route(req: &Request<Incoming>, site: &Site) -> Result<Target, u16> {
         return Err(405);
     }
     let uri = req.uri();
-    // Absolute-form names the host itself (and wins over Host); only http, and only to
-    // the services of this listener: never an open proxy.
-    if uri.scheme().is_some_and(|s| s.as_str() != "http") {
+    // Absolute-form (and HTTP/2's `:scheme`) names the host itself (and wins over Host);
+    // only the listener's own scheme, and only to its services: never an open proxy.
+    let scheme = if site.tls { "https" } else { "http" };
+    if uri.scheme().is_some_and(|s| s.as_str() != scheme) {
         return Err(400);
     }
     let path = uri.path();

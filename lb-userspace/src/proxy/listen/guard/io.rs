@@ -11,7 +11,6 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
     time::Sleep,
 };
 
@@ -20,6 +19,7 @@ use super::{
     rules::{HeadLimits, Reject},
     shared::ConnShared,
 };
+use crate::proxy::listen::transport::Transport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientTimeouts {
@@ -29,10 +29,10 @@ pub struct ClientTimeouts {
 }
 
 /// A client socket as hyper sees it: reads pass the [`Framer`], writes go straight out.
-/// The socket is shared (`Arc`) so the owner can still answer a violation after hyper
+/// The stream is shared (`Arc`) so the owner can still answer a violation after hyper
 /// let go of it.
-pub struct GuardedIo {
-    stream: Arc<TcpStream>,
+pub struct GuardedIo<T> {
+    stream: Arc<T>,
     framer: Framer,
     ready: Vec<u8>,
     pos: usize,
@@ -51,8 +51,8 @@ pub struct GuardedIo {
     write_deadline: Option<Instant>,
 }
 
-impl GuardedIo {
-    pub fn new(stream: Arc<TcpStream>, limits: HeadLimits, timeouts: ClientTimeouts, conn: Arc<ConnShared>) -> Self {
+impl<T: Transport> GuardedIo<T> {
+    pub fn new(stream: Arc<T>, limits: HeadLimits, timeouts: ClientTimeouts, conn: Arc<ConnShared>) -> Self {
         let now = Instant::now();
         Self {
             stream,
@@ -116,7 +116,7 @@ impl GuardedIo {
     }
 }
 
-impl AsyncRead for GuardedIo {
+impl<T: Transport> AsyncRead for GuardedIo<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
@@ -134,19 +134,15 @@ impl AsyncRead for GuardedIo {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            match this.stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => match this.stream.try_read(&mut this.raw) {
-                    Ok(0) => this.eof = true,
-                    Ok(n) => {
-                        let now = Instant::now();
-                        if let Err(r) = this.framer.feed(&this.raw[..n], &mut this.ready) {
-                            this.reject(r);
-                        }
-                        this.after_read(now);
+            match this.stream.poll_read(cx, &mut this.raw) {
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(n)) => {
+                    let now = Instant::now();
+                    if let Err(r) = this.framer.feed(&this.raw[..n], &mut this.ready) {
+                        this.reject(r);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
-                },
+                    this.after_read(now);
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     this.conn.set_read_waker(cx.waker());
@@ -177,58 +173,52 @@ impl AsyncRead for GuardedIo {
     }
 }
 
-impl GuardedIo {
-    /// Writes with `write`, failing once the client has accepted nothing for
-    /// `body_idle` (nginx's `send_timeout`): a client that stops reading must not hold
-    /// a backend connection forever.
-    fn poll_write_with(&mut self, cx: &mut Context<'_>, write: impl Fn(&TcpStream) -> io::Result<usize>) -> Poll<io::Result<usize>> {
-        loop {
-            match self.stream.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => match write(&self.stream) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    r => {
-                        self.write_blocked = None;
-                        return Poll::Ready(r);
-                    }
-                },
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    let at = *self.write_blocked.get_or_insert_with(Instant::now) + self.timeouts.body_idle;
-                    if self.write_deadline != Some(at) {
-                        self.write_deadline = Some(at);
-                        self.write_timer.as_mut().reset(at.into());
-                    }
-                    if self.write_timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")));
-                    }
-                    return Poll::Pending;
+impl<T: Transport> GuardedIo<T> {
+    /// Writes (or flushes) with `write`, failing once the client has accepted nothing
+    /// for `body_idle` (nginx's `send_timeout`): a client that stops reading must not
+    /// hold a backend connection forever.
+    fn poll_write_with<R>(&mut self, cx: &mut Context<'_>, write: impl Fn(&T, &mut Context<'_>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match write(&self.stream, cx) {
+            Poll::Ready(r) => {
+                self.write_blocked = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let at = *self.write_blocked.get_or_insert_with(Instant::now) + self.timeouts.body_idle;
+                if self.write_deadline != Some(at) {
+                    self.write_deadline = Some(at);
+                    self.write_timer.as_mut().reset(at.into());
                 }
+                if self.write_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")));
+                }
+                Poll::Pending
             }
         }
     }
 }
 
-impl AsyncWrite for GuardedIo {
+impl<T: Transport> AsyncWrite for GuardedIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |s| s.try_write(buf))
+        self.get_mut().poll_write_with(cx, |s, cx| s.poll_write(cx, &[io::IoSlice::new(buf)]))
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |s| s.try_write_vectored(bufs))
+        self.get_mut().poll_write_with(cx, |s, cx| s.poll_write(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_write_with(cx, |s, cx| s.poll_flush(cx))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The owner answers a violation before closing; it shuts the socket down then.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The owner answers a violation before closing; it shuts the stream down then.
         if self.conn.violation().is_none() {
-            let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+            return self.stream.poll_close(cx);
         }
         Poll::Ready(Ok(()))
     }

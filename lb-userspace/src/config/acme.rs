@@ -154,6 +154,23 @@ mod tests {
         }
     }
 
+    /// What ACME keeps is served like a `tls.directory`: its pairs are certificate files, its
+    /// directory is watched.
+    #[test]
+    fn the_certificates_ordered_are_served() {
+        let dir = std::env::temp_dir().join(format!("xlb-acme-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        for f in ["a.example.com.crt", "a.example.com.key", "b.example.com.crt"] {
+            std::fs::write(dir.join("certs").join(f), "").unwrap();
+        }
+        let c = Config::parse(&format!("acme:\n  state_dir: {}\n", dir.display()), Path::new("x")).unwrap();
+        let files = c.certificate_files();
+        let certs: Vec<_> = files.iter().map(|f| f.cert.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(certs, ["a.example.com.crt"], "pairs only");
+        assert_eq!(c.certificate_dirs(), [dir.join("certs")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn defaults_and_a_full_block() {
         let c = Config::parse("acme: {}\n", Path::new("x")).unwrap().acme.unwrap();

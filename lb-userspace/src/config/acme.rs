@@ -39,6 +39,18 @@ pub struct Acme {
     pub retry_min: Duration,
     #[serde(deserialize_with = "duration")]
     pub retry_max: Duration,
+    /// How the CA checks that xlb serves a name.
+    pub challenge: Challenge,
+}
+
+/// RFC 8555's HTTP-01 (port 80) or RFC 8737's TLS-ALPN-01 (port 443, a TLS listener).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Challenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 /// The state directory's subdirectory of issued certificates (`NAME.crt` with `NAME.key`).
@@ -63,6 +75,7 @@ impl Default for Acme {
             names: Vec::new(),
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(6 * 3600),
+            challenge: Challenge::Http01,
         }
     }
 }

@@ -16,6 +16,8 @@ use tracing::warn;
 
 /// The path prefix a CA asks for (RFC 8555 8.3).
 pub const PATH: &str = "/.well-known/acme-challenge/";
+/// The ALPN protocol a CA offers for a TLS-ALPN-01 check (RFC 8737).
+pub const ALPN: &[u8] = b"acme-tls/1";
 
 /// Tokens in progress and their key authorizations. Cheap to clone (one shared map).
 #[derive(Debug, Clone, Default)]

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use rustls::{ServerConfig, crypto::CryptoProvider, version};
 pub use store::{CertStatus, CertStore};
 
-/// The ALPN protocol of RFC 8737's TLS-ALPN-01 check.
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+use crate::acme::challenge::ALPN as ACME_TLS_ALPN;
 
 /// ring: already built for the rest of xlb (DNS); aws-lc-rs would add a cmake build of
 /// aws-lc. rustls 0.23.48 deprecates it for lacking post-quantum key exchange (X25519MLKEM768),

@@ -29,7 +29,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
 use super::x509;
-use crate::{acme::Challenges, config::tls::CertFiles};
+use crate::{
+    acme::{Challenges, challenge},
+    config::tls::CertFiles,
+};
 
 /// A certificate source as `xlb status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +198,7 @@ impl ResolvesServerCert for CertStore {
     /// A ClientHello offering `acme-tls/1` is a CA's TLS-ALPN-01 check: it gets the
     /// challenge certificate in progress for its name, or nothing.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if hello.alpn().is_some_and(|mut p| p.any(|p| p == super::ACME_TLS_ALPN)) {
+        if hello.alpn().is_some_and(|mut p| p.any(|p| p == challenge::ALPN)) {
             let (cert, key) = self.acme.alpn_certificate(hello.server_name()?)?;
             // `new`, not `from_der`: webpki refuses the critical acmeIdentifier extension.
             let key = self.provider.key_provider.load_private_key(PrivateKeyDer::try_from(key).ok()?).ok()?;

@@ -1,8 +1,8 @@
 //! xlb's control plane and HTTP proxy. Each folder is one role, and imports run one
 //! way: `config` <- `discovery` <- `plan` -> `dataplane` / `proxy`; `health` feeds the
-//! plan; `acme` keeps certificates (it reads the config; the proxy answers its HTTP-01
-//! tokens); `observe` only reads; `run` wires them together; `import` writes configs from
-//! other balancers' (checked by `cargo xtask layers`).
+//! plan; `acme` keeps certificates (it reads the config and the plan; the proxy answers
+//! its HTTP-01 tokens); `observe` only reads; `run` wires them together; `import` writes
+//! configs from other balancers' (checked by `cargo xtask layers`).
 pub mod acme;
 pub mod config;
 pub mod dataplane;

@@ -21,7 +21,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("netdev", &[]),
     ("discovery", &["config", "netdev"]),
     ("health", &["config"]),
-    ("acme", &["config"]),
+    ("acme", &["config", "plan"]),
     ("plan", &["config", "discovery", "netdev"]),
     ("dataplane", &["config", "plan"]),
     ("proxy", &["config", "plan", "health", "acme"]),

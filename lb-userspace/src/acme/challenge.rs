@@ -16,6 +16,8 @@ use tracing::warn;
 
 /// The path prefix a CA asks for (RFC 8555 8.3).
 pub const PATH: &str = "/.well-known/acme-challenge/";
+/// The ALPN protocol a CA offers for a TLS-ALPN-01 check (RFC 8737).
+pub const ALPN: &[u8] = b"acme-tls/1";
 
 /// Tokens in progress and their key authorizations. Cheap to clone (one shared map).
 #[derive(Debug, Clone, Default)]
@@ -24,6 +26,9 @@ pub struct Challenges(Arc<RwLock<Inner>>);
 #[derive(Debug, Default)]
 struct Inner {
     tokens: HashMap<String, String>,
+    /// TLS-ALPN-01: each name's challenge certificate and key (DER), answered to a
+    /// ClientHello offering `acme-tls/1` (not shared with other nodes).
+    alpn: HashMap<String, (Vec<u8>, Vec<u8>)>,
     /// The shared `challenges/` directory, once the state directory is known.
     shared: Option<PathBuf>,
 }
@@ -47,6 +52,17 @@ impl Challenges {
         std::fs::read_to_string(dir.join(token)).ok()
     }
 
+    /// The TLS-ALPN-01 certificate and key (DER) in progress for `name`.
+    pub fn alpn_certificate(&self, name: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).alpn.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// Serves a TLS-ALPN-01 certificate for `name` until the returned guard is dropped.
+    pub fn serve_alpn(&self, name: &str, cert_der: Vec<u8>, key_der: Vec<u8>) -> Served {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).alpn.insert(name.to_owned(), (cert_der, key_der));
+        Served { challenges: self.clone(), token: String::new(), alpn: Some(name.to_owned()), file: None }
+    }
+
     /// Where tokens are shared with other nodes (the state directory's `challenges/`).
     pub fn share(&self, dir: Option<PathBuf>) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).shared = dir;
@@ -62,7 +78,7 @@ impl Challenges {
             warn!("sharing an ACME challenge with other nodes: {e:#}");
         }
         inner.tokens.insert(token.clone(), key_authorization);
-        Served { challenges: self.clone(), token, file }
+        Served { challenges: self.clone(), token, alpn: None, file }
     }
 }
 
@@ -70,12 +86,18 @@ impl Challenges {
 pub struct Served {
     challenges: Challenges,
     token: String,
+    alpn: Option<String>,
     file: Option<PathBuf>,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.challenges.0.write().unwrap_or_else(|e| e.into_inner()).tokens.remove(&self.token);
+        let mut inner = self.challenges.0.write().unwrap_or_else(|e| e.into_inner());
+        inner.tokens.remove(&self.token);
+        if let Some(name) = &self.alpn {
+            inner.alpn.remove(name);
+        }
+        drop(inner);
         if let Some(f) = &self.file {
             let _ = std::fs::remove_file(f);
         }

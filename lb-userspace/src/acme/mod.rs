@@ -29,7 +29,14 @@ use tokio::sync::watch;
 
 use self::schedule::{Statuses, Wanted};
 pub use self::{challenge::Challenges, schedule::CertStatus};
-use crate::config::{Config, acme::Acme as Settings};
+use crate::{
+    config::{
+        Config,
+        acme::{Acme as Settings, dns_name},
+        http::HostPattern,
+    },
+    plan::ServiceView,
+};
 
 /// The certificate keeper: a task started once, told what to keep after every config
 /// load; it orders, renews and retries on its own.
@@ -64,7 +71,15 @@ impl Acme {
     }
 }
 
-/// The names to keep certificates for: those `acme.names` lists.
-pub fn names(config: &Config) -> BTreeSet<String> {
-    config.acme.iter().flat_map(|a| a.names.iter().cloned()).collect()
+/// The names to keep certificates for: those `acme.names` lists, and the exact host names
+/// of every TLS listener (`http.tls`, or the `xlb.tls` label beside `xlb.host`). Wildcards
+/// are left out: HTTP-01 cannot prove them.
+pub fn names(config: &Config, http: &[ServiceView]) -> BTreeSet<String> {
+    let Some(acme) = &config.acme else { return BTreeSet::new() };
+    let tls_hosts = http.iter().filter(|v| v.tls).flat_map(|v| v.options.hosts.iter().chain(v.backends.iter().flat_map(|b| &b.hosts)));
+    let exact = tls_hosts.filter_map(|h| match h {
+        HostPattern::Exact(name) => dns_name(name).ok(),
+        HostPattern::Wildcard(_) => None,
+    });
+    acme.names.iter().cloned().chain(exact).collect()
 }

@@ -142,8 +142,8 @@ impl Keeper {
             Some(a) => a.clone(),
             None => self.account.insert(account::load_or_create(&self.settings, &store).await?).clone(),
         };
-        info!(name, renewing, directory = %self.settings.directory, "ordering a certificate");
-        let issued = order::order(&account, name, &self.challenges).await?;
+        info!(name, renewing, challenge = ?self.settings.challenge, directory = %self.settings.directory, "ordering a certificate");
+        let issued = order::order(&account, name, self.settings.challenge, &self.challenges).await?;
         let held = store.save(name, &issued.chain_pem, &issued.key_pem)?;
         info!(name, expires = unix(held.not_after), file = %store.cert_path(name).display(), "certificate issued");
         self.set(name, |s| {

@@ -51,7 +51,7 @@ impl Store {
 
     /// Where the issued certificates are: a directory for the TLS layer's `tls.directory`.
     pub fn certs_dir(&self) -> PathBuf {
-        self.dir.join("certs")
+        self.dir.join(crate::config::acme::CERTS_DIR)
     }
 
     /// The account file for the CA at `directory` (one account per CA).

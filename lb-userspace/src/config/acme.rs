@@ -39,6 +39,29 @@ pub struct Acme {
     pub retry_min: Duration,
     #[serde(deserialize_with = "duration")]
     pub retry_max: Duration,
+    /// How the CA checks that xlb serves a name.
+    pub challenge: Challenge,
+}
+
+/// RFC 8555's HTTP-01 (port 80) or RFC 8737's TLS-ALPN-01 (port 443, a TLS listener).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Challenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// The state directory's subdirectory of issued certificates (`NAME.crt` with `NAME.key`).
+pub const CERTS_DIR: &str = "certs";
+
+impl Acme {
+    /// Where the certificates ordered are kept: a certificate directory the TLS listeners
+    /// serve from (`Config::certificate_files`).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.state_dir.join(CERTS_DIR)
+    }
 }
 
 impl Default for Acme {
@@ -52,6 +75,7 @@ impl Default for Acme {
             names: Vec::new(),
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(6 * 3600),
+            challenge: Challenge::Http01,
         }
     }
 }
@@ -141,6 +165,23 @@ mod tests {
             let got = Config::parse(text, Path::new("x.yaml")).unwrap_err().to_string();
             assert!(got.starts_with(want), "got {got:?}, want {want:?}");
         }
+    }
+
+    /// What ACME keeps is served like a `tls.directory`: its pairs are certificate files, its
+    /// directory is watched.
+    #[test]
+    fn the_certificates_ordered_are_served() {
+        let dir = std::env::temp_dir().join(format!("xlb-acme-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        for f in ["a.example.com.crt", "a.example.com.key", "b.example.com.crt"] {
+            std::fs::write(dir.join("certs").join(f), "").unwrap();
+        }
+        let c = Config::parse(&format!("acme:\n  state_dir: {}\n", dir.display()), Path::new("x")).unwrap();
+        let files = c.certificate_files();
+        let certs: Vec<_> = files.iter().map(|f| f.cert.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(certs, ["a.example.com.crt"], "pairs only");
+        assert_eq!(c.certificate_dirs(), [dir.join("certs")]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -125,6 +125,19 @@ impl Config {
         Ok(config)
     }
 
+    /// Every certificate the TLS listeners serve: `tls:`'s files and directory, then those
+    /// ACME keeps (`acme.state_dir/certs`).
+    pub fn certificate_files(&self) -> Vec<tls::CertFiles> {
+        let mut files = self.tls.files();
+        files.extend(self.acme.iter().flat_map(|a| tls::directory_pairs(&a.certs_dir())));
+        files
+    }
+
+    /// The certificate directories, whose changes (a pair added or removed) reload them.
+    pub fn certificate_dirs(&self) -> Vec<PathBuf> {
+        self.tls.directory.iter().cloned().chain(self.acme.iter().map(acme::Acme::certs_dir)).collect()
+    }
+
     /// Adds CLI SPECs to the services of the file.
     pub fn with_specs(mut self, specs: &[Spec]) -> anyhow::Result<Self> {
         self.services.extend(specs.iter().map(Spec::to_service));

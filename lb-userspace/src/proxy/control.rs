@@ -59,9 +59,15 @@ struct State {
 impl Proxy {
     pub fn new(sink: Arc<dyn FailureSink>) -> Self {
         let provider = tls::provider();
-        let certs = Arc::new(CertStore::new(provider.clone()));
+        let challenges = Challenges::default();
+        let certs = Arc::new(CertStore::with_challenges(provider.clone(), challenges.clone()));
         let acceptor = TlsAcceptor::from(tls::server_config(provider, certs.clone()));
-        Self { sink, metrics: Arc::default(), challenges: Challenges::default(), state: Mutex::default(), certs, acceptor }
+        Self { sink, metrics: Arc::default(), challenges, state: Mutex::default(), certs, acceptor }
+    }
+
+    /// The ACME HTTP-01 answers every listener serves; the certificate keeper writes them.
+    pub fn challenges(&self) -> &Challenges {
+        &self.challenges
     }
 
     /// (Re)loads the certificates TLS listeners serve; a source that fails keeps its
@@ -78,11 +84,6 @@ impl Proxy {
     /// Each certificate source's state, for the status.
     pub fn certificates(&self) -> Vec<CertStatus> {
         self.certs.status()
-    }
-
-    /// The ACME HTTP-01 answers every listener serves; the certificate keeper writes them.
-    pub fn challenges(&self) -> &Challenges {
-        &self.challenges
     }
 
     /// The requests answered, for `/metrics` and the status.

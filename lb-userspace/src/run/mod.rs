@@ -356,7 +356,7 @@ impl Controller {
             Ok(()) => {}
         }
         self.http_plan = plan.http;
-        self.acme.want(self.config.acme.as_ref(), acme::names(&self.config));
+        self.acme.want(self.config.acme.as_ref(), acme::names(&self.config, &self.http_plan));
         // Every planned backend of every service, kernel or proxy, by service name.
         let backends: Vec<(&str, SocketAddr)> = plan
             .services

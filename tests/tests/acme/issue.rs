@@ -102,3 +102,57 @@ fn an_expiring_certificate_is_renewed() {
     assert!(issuer.contains("Pebble"), "pebble's certificate replaced the expiring one: {issuer}");
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// With TLS termination: the host of a service served over TLS is ordered without being
+/// listed in `acme.names`, the TLS listener picks the certificate up from the state
+/// directory, and curl, trusting pebble's root alone, gets the backend over HTTPS.
+#[test]
+fn a_tls_host_is_ordered_and_served_over_https() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    let xlb = ordered_and_served_over_https("");
+    assert!(xlb.log().contains("challenge=Http01"), "{}", xlb.log());
+}
+
+/// The same with `challenge: tls-alpn-01`: pebble checks on port 443, where xlb's TLS
+/// listener presents the challenge certificate to a ClientHello offering `acme-tls/1`.
+#[test]
+fn tls_alpn_01_is_answered_by_the_tls_listener() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    let xlb = ordered_and_served_over_https("  challenge: tls-alpn-01\n");
+    assert!(xlb.log().contains("challenge=TlsAlpn01"), "{}", xlb.log());
+}
+
+/// Orders `NAME` as the host of a TLS service (with `acme_extra` in the `acme:` block) and
+/// checks curl gets the backend over HTTPS with it; returns xlb, stopped.
+fn ordered_and_served_over_https(acme_extra: &str) -> xlb_tests::Xlb {
+    let ca = Ca::start();
+    let b = &ca.topo.backends[0];
+    let yaml = format!(
+        "services:\n  - name: web\n    port: 80\n    protocol: http\n    backends: [{{ address: \"{}\", port: {} }}]\n    http: {{ hosts: [{NAME}], tls: {{ port: 443 }} }}\n{}",
+        b.v4,
+        xlb_tests::topology::TESTD_PORT,
+        ca.acme_yaml(&[]) + acme_extra
+    );
+    let cfg = TempFile::new(".yaml", &yaml);
+    let mut xlb = ca.topo.start_xlb(Some(cfg.path()), &[]);
+    let issued = wait_status(&ca.topo.lb, &xlb, ca.pebble.as_ref(), NAME, ISSUE_TIMEOUT, |s| s.state == "issued");
+    assert_eq!(issued.orders, 1, "{issued:?}");
+    let root = TempFile::new(".pem", &ca.pebble().issuing_root(&ca.topo.client));
+    let resolve = format!("{NAME}:443:{}", xlb_tests::topology::LB_CLIENT_V4);
+    let url = format!("https://{NAME}/");
+    let args = ["-sS", "--fail", "--max-time", "5", "--cacert", root.path().to_str().unwrap(), "--resolve", &resolve, &url];
+    let mut last = String::new();
+    let got = xlb_tests::util::wait_for(Duration::from_secs(10), Duration::from_millis(250), || match ca.topo.client.try_run("curl", &args) {
+        Ok(body) => Some(body),
+        Err(e) => {
+            last = e;
+            None
+        }
+    });
+    assert_eq!(got.as_deref().map(str::trim), Some("b1"), "curl over HTTPS: {last}\n{}", xlb.log());
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("pebble's validation: {:?}", ca.pebble().log().lines().filter(|l| l.contains("alidat")).collect::<Vec<_>>());
+    xlb
+}

@@ -4,6 +4,8 @@
 //!
 //! - `issue.rs`: an order, files 0600 in 0700 directories, the chain verified by openssl
 //!   against pebble's root; a restart orders nothing; an expiring certificate is renewed;
+//!   a TLS service's host is ordered and served (curl over HTTPS, trusting pebble's root),
+//!   also with TLS-ALPN-01 answered by xlb's TLS listener;
 //! - `nodes.rs`: a name whose lock another process holds is not ordered; two xlb sharing
 //!   the state directory order it once; a node answers the challenges of another;
 //! - `failures.rs`: the CA down, then a name it refuses: `failed` with the error, retried

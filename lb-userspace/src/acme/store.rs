@@ -21,10 +21,11 @@ use std::{
         unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     },
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::{Context as _, bail};
+use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 
 /// The state directory of one CA account.
 #[derive(Debug, Clone)]
@@ -124,19 +125,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// The expiry of the first certificate (the leaf) of a PEM chain.
 fn not_after(pem: &[u8]) -> anyhow::Result<SystemTime> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| anyhow::anyhow!("no PEM certificate: {e}"))?;
-    if block.label != "CERTIFICATE" {
-        bail!("the first PEM block is a {}, not a CERTIFICATE", block.label);
-    }
-    let cert = block.parse_x509().map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
-    let secs = cert.validity().not_after.timestamp();
-    let secs = u64::try_from(secs).context("expiry before 1970")?;
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    let Some(first) = CertificateDer::pem_slice_iter(pem).next() else {
+        bail!("no PEM CERTIFICATE block");
+    };
+    let first = first.map_err(|e| anyhow::anyhow!("bad PEM: {e}"))?;
+    Ok(crate::x509::leaf(&first).context("not an X.509 certificate xlb can read")?.not_after)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt as _;
+    use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
     use super::*;
 

@@ -3,7 +3,6 @@
 //! connection is served like a plain one (`listen/transport.rs`).
 
 pub mod store;
-pub mod x509;
 
 use std::sync::Arc;
 

@@ -28,10 +28,10 @@ use rustls::{
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use super::x509;
 use crate::{
     acme::{Challenges, challenge},
     config::tls::CertFiles,
+    x509,
 };
 
 /// A certificate source as `xlb status` shows it.

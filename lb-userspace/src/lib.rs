@@ -1,7 +1,10 @@
 //! xlb's control plane and HTTP proxy. Each folder is one role, and imports run one
 //! way: `config` <- `discovery` <- `plan` -> `dataplane` / `proxy`; `health` feeds the
-//! plan; `observe` only reads; `run` wires them together; `import` writes configs from
-//! other balancers' (checked by `cargo xtask layers`).
+//! plan; `acme` keeps certificates (it reads the config and the plan; the proxy answers
+//! its HTTP-01 tokens); `observe` only reads; `run` wires them together; `import` writes
+//! configs from other balancers'; `x509` reads certificates for the TLS store and ACME
+//! (checked by `cargo xtask layers`).
+pub mod acme;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
@@ -12,3 +15,4 @@ pub mod observe;
 pub mod plan;
 pub mod proxy;
 pub mod run;
+pub mod x509;

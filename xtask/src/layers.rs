@@ -19,12 +19,14 @@ const CRATES: &[&str] = &["lb-userspace/src", "lb-common/src", "lb-ebpf/src", "x
 const ROOMS: &[(&str, &[&str])] = &[
     ("config", &[]),
     ("netdev", &[]),
+    ("x509", &[]),
     ("discovery", &["config", "netdev"]),
     ("health", &["config"]),
+    ("acme", &["config", "plan", "x509"]),
     ("plan", &["config", "discovery", "netdev"]),
     ("dataplane", &["config", "netdev", "plan"]),
-    ("proxy", &["config", "plan", "health"]),
-    ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy"]),
+    ("proxy", &["config", "plan", "health", "acme", "x509"]),
+    ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy", "acme"]),
     ("import", &["config"]),
 ];
 

@@ -17,6 +17,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets (fuzz/).
     ("c++", "g++"),
+    // tests/tests/acme/: a local ACME CA, and the checks of what it issued.
+    ("pebble", "pebble"),
+    ("openssl", "openssl"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

@@ -3,6 +3,7 @@
 //! Values are checked while they are deserialized, so serde_yaml can name the line
 //! and column of a bad one; unknown keys are rejected the same way.
 
+pub mod acme;
 pub mod http;
 mod service;
 mod socket_lb;
@@ -38,6 +39,8 @@ pub struct Config {
     pub tls: tls::Tls,
     #[serde(default, deserialize_with = "services")]
     pub services: Vec<Service>,
+    /// Automatic certificates; absent: none are ordered.
+    pub acme: Option<acme::Acme>,
 }
 
 /// The admin HTTP endpoint (`/api/v1/services`, `/metrics`) that `xlb status` reads.
@@ -120,6 +123,19 @@ impl Config {
         let config: Config = serde_yaml::from_str(text).map_err(|e| positioned(path, &e))?;
         config.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(config)
+    }
+
+    /// Every certificate the TLS listeners serve: `tls:`'s files and directory, then those
+    /// ACME keeps (`acme.state_dir/certs`).
+    pub fn certificate_files(&self) -> Vec<tls::CertFiles> {
+        let mut files = self.tls.files();
+        files.extend(self.acme.iter().flat_map(|a| tls::directory_pairs(&a.certs_dir())));
+        files
+    }
+
+    /// The certificate directories, whose changes (a pair added or removed) reload them.
+    pub fn certificate_dirs(&self) -> Vec<PathBuf> {
+        self.tls.directory.iter().cloned().chain(self.acme.iter().map(acme::Acme::certs_dir)).collect()
     }
 
     /// Adds CLI SPECs to the services of the file.

@@ -61,7 +61,7 @@ fn certificates<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CertFiles>, D::Er
 
 /// The pairs of a certificate directory, by file name: `NAME.crt` or `NAME.pem` with
 /// `NAME.key`. A directory that cannot be read gives none here; loading reports it.
-fn directory_pairs(dir: &std::path::Path) -> Vec<CertFiles> {
+pub(super) fn directory_pairs(dir: &std::path::Path) -> Vec<CertFiles> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

@@ -84,7 +84,7 @@ pub fn is_prime(n: u32) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
-/// Durations as `500ms`, `30s`, `5m`, `1h`.
+/// Durations as `500ms`, `30s`, `5m`, `1h`, `30d`.
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl de::Visitor<'_> for V {
@@ -113,8 +113,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(24 * 3600)),
         _ => {
-            return Err(format!("bad duration {s:?}: expected a unit of ms, s, m or h"));
+            return Err(format!("bad duration {s:?}: expected a unit of ms, s, m, h or d"));
         }
     };
     // Deadlines are `Instant + duration`: bounded here, they can never overflow.

@@ -8,6 +8,7 @@ use std::{
 
 use super::{BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, snapshot::service_state, unix_ms};
 use crate::{
+    acme::CertStatus,
     config::{BackendState, Config, HealthCheck, Service},
     dataplane::Stats,
     discovery::{Discovered, Registry},
@@ -36,6 +37,8 @@ pub struct Inputs<'a> {
     pub unroutable: &'a BTreeMap<IpAddr, String>,
     pub discovery_events: &'a HashMap<String, u64>,
     pub reloads: &'a Reloads,
+    /// Each ACME name's certificate.
+    pub acme: Vec<CertStatus>,
 }
 
 /// Builds the status snapshot from the config, the last plan, discovery, health
@@ -62,6 +65,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         recent_health: inp.backend_transitions.recent(),
         reloads: inp.reloads.list(),
         certificates: inp.proxy.certificates(),
+        acme: inp.acme.clone(),
     }
 }
 

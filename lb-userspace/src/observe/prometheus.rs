@@ -55,6 +55,13 @@ impl Snapshot {
         for (source, n) in sources {
             m.add("xlb_discovery_events_total", "counter", "Discovery updates received.", &format!("source=\"{source}\""), *n as f64);
         }
+        for c in &self.acme {
+            let name = format!("name=\"{}\"", c.name);
+            if let Some(expires) = c.expires {
+                m.add("xlb_acme_certificate_expiry_timestamp_seconds", "gauge", "Expiry of the certificate held for an ACME name (Unix time).", &name, expires as f64);
+            }
+            m.add("xlb_acme_order_failures", "gauge", "Failed orders in a row for an ACME name (0 once one succeeds).", &name, f64::from(c.failures));
+        }
         http_series(http, &mut m);
         m.render()
     }

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acme::CertStatus;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub services: Vec<ServiceStatus>,
@@ -29,6 +31,9 @@ pub struct Snapshot {
     /// TLS certificate sources: names, expiry, the last load's error.
     #[serde(default)]
     pub certificates: Vec<crate::proxy::tls::CertStatus>,
+    /// Certificates ordered by ACME, by name.
+    #[serde(default)]
+    pub acme: Vec<CertStatus>,
 }
 
 /// One backend's health change.

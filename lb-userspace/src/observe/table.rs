@@ -70,6 +70,15 @@ impl Snapshot {
                 let _ = writeln!(out, "  error: {e}");
             }
         }
+        if !self.acme.is_empty() {
+            let _ = writeln!(out, "certificates (ACME):\n  {:<32} {:<9} {:<12} {:>8}  ERROR", "NAME", "STATE", "EXPIRES IN", "FAILURES");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            for c in &self.acme {
+                let expires = c.expires.map_or_else(|| "-".to_owned(), |e| format!("{:.1}d", e.saturating_sub(now) as f64 / 86400.0));
+                let error = c.error.as_deref().unwrap_or("");
+                let _ = writeln!(out, "  {:<32} {:<9} {:<12} {:>8}  {error}", c.name, c.state, expires, c.failures);
+            }
+        }
         out
     }
 }

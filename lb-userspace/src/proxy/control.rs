@@ -27,6 +27,7 @@ use super::{
     upstream::Upstream,
 };
 use crate::{
+    acme::Challenges,
     config::{http::Method, tls::CertFiles},
     plan::ServiceView,
 };
@@ -38,6 +39,7 @@ pub type BackendCounters = HashMap<String, (u32, u64)>;
 pub struct Proxy {
     sink: Arc<dyn FailureSink>,
     metrics: Arc<HttpMetrics>,
+    challenges: Challenges,
     state: Mutex<State>,
     /// Every TLS listener's certificates, and the acceptor that reads them.
     certs: Arc<CertStore>,
@@ -57,9 +59,15 @@ struct State {
 impl Proxy {
     pub fn new(sink: Arc<dyn FailureSink>) -> Self {
         let provider = tls::provider();
-        let certs = Arc::new(CertStore::new(provider.clone()));
+        let challenges = Challenges::default();
+        let certs = Arc::new(CertStore::with_challenges(provider.clone(), challenges.clone()));
         let acceptor = TlsAcceptor::from(tls::server_config(provider, certs.clone()));
-        Self { sink, metrics: Arc::default(), state: Mutex::default(), certs, acceptor }
+        Self { sink, metrics: Arc::default(), challenges, state: Mutex::default(), certs, acceptor }
+    }
+
+    /// The ACME HTTP-01 answers every listener serves; the certificate keeper writes them.
+    pub fn challenges(&self) -> &Challenges {
+        &self.challenges
     }
 
     /// (Re)loads the certificates TLS listeners serve; a source that fails keeps its
@@ -120,7 +128,7 @@ impl Proxy {
             }
             let client = ClientLimits::of(views.iter().map(|v| &v.options));
             let drain = views.iter().map(|v| v.options.timeouts.drain).max().unwrap_or_default();
-            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), drain, tls }));
+            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), drain, tls, challenges: self.challenges.clone() }));
         }
         st.stats = stats;
         st.clients = clients;

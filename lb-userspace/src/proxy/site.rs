@@ -17,7 +17,7 @@ use super::{
         route::{BackendHosts, Router},
     },
 };
-use crate::config::http::HttpOptions;
+use crate::{acme::Challenges, config::http::HttpOptions};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -46,6 +46,8 @@ pub struct Site {
     pub services: Vec<Arc<ServiceRt>>,
     pub client: ClientLimits,
     pub metrics: Arc<HttpMetrics>,
+    /// ACME HTTP-01 tokens in progress, answered before routing (the proxy's own store).
+    pub challenges: Challenges,
     /// How long connections may take to finish once the listener closes (the longest
     /// of its services' `timeouts.drain`).
     pub drain: Duration,

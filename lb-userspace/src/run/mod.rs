@@ -25,6 +25,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    acme::{self, Acme},
     config::{Config, HealthCheck, Source},
     dataplane::{
         Dataplane, Limits, Timeouts, features, monotonic_ns,
@@ -95,6 +96,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         dp,
         registry: Registry::default(),
         health: Health::new(health_tx),
+        acme: Acme::start(proxy.challenges().clone()),
         proxy,
         first_seen: HashMap::new(),
         reply_ifaces: BTreeSet::new(),
@@ -242,6 +244,8 @@ struct Controller {
     health: Health,
     /// Serves the HTTP services.
     proxy: Proxy,
+    /// Keeps the certificates of `acme::names` (follows every plan).
+    acme: Acme,
     /// When each discovered backend was first seen: slow start's clock for backends
     /// without health probes.
     first_seen: HashMap<(String, IpAddr), Instant>,
@@ -352,6 +356,7 @@ impl Controller {
             Ok(()) => {}
         }
         self.http_plan = plan.http;
+        self.acme.want(self.config.acme.as_ref(), acme::names(&self.config, &self.http_plan));
         // Every planned backend of every service, kernel or proxy, by service name.
         let backends: Vec<(&str, SocketAddr)> = plan
             .services

@@ -75,7 +75,7 @@ impl Controller {
     /// keeps its previous certificate. Open TLS connections are untouched.
     pub(super) fn load_certificates(&mut self) {
         self.cert_stamps = cert_stamps(&self.config);
-        let files = self.config.tls.files();
+        let files = self.config.certificate_files();
         if files.is_empty() && self.proxy.certificates().is_empty() {
             return;
         }

@@ -1,6 +1,9 @@
 //! What tells that a watched file changed: its modification time and size.
 
-use std::{path::Path, time::SystemTime};
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use crate::config::Config;
 
@@ -13,7 +16,7 @@ pub fn stamp(path: Option<&Path>) -> Option<(SystemTime, u64)> {
 /// The stamps of every certificate and key file, and of the certificate directory
 /// (a pair added or removed changes its modification time).
 pub fn cert_stamps(config: &Config) -> Vec<Option<(SystemTime, u64)>> {
-    let files = config.tls.files();
-    let paths = files.iter().flat_map(|f| [f.cert.as_path(), f.key.as_path()]).chain(config.tls.directory.as_deref());
+    let (files, dirs) = (config.certificate_files(), config.certificate_dirs());
+    let paths = files.iter().flat_map(|f| [f.cert.as_path(), f.key.as_path()]).chain(dirs.iter().map(PathBuf::as_path));
     paths.map(|p| stamp(Some(p))).collect()
 }

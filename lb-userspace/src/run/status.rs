@@ -21,6 +21,7 @@ impl Controller {
             unroutable: &self.unroutable,
             discovery_events: &self.discovery_events,
             reloads: &self.reloads,
+            acme: self.acme.status(),
         });
         let now = Instant::now();
         if let Some((at, prev)) = &self.last_status {

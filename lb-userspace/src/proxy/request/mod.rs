@@ -1,5 +1,7 @@
 //! One request through the proxy, as a sequence of phases (in the manner of pingora's):
 //!
+//! 0. an ACME HTTP-01 challenge in progress (`/.well-known/acme-challenge/TOKEN`) is
+//!    answered from `Site::challenges` (`acme/challenge.rs`) before anything else;
 //! 1. route (`target.rs`): the target and `Host` choose a service of the listener;
 //! 2. client identity (`client.rs`): the peer, and the client behind trusted proxies;
 //! 3. body (`body.rs`): read whole within `max_body`, or streamed;
@@ -65,6 +67,10 @@ async fn proxy(
     exchange: &mut Exchange,
 ) -> Result<Response<BoxBody<Bytes, BoxError>>, u16> {
     let started = Instant::now();
+    // Before routing: a CA's HTTP-01 check must be answered whatever the host's routes.
+    if let Some(key_authorization) = site.challenges.answer(req.uri().path()) {
+        return Ok(respond::challenge(key_authorization));
+    }
     let target = target::route(&req, site)?;
     exchange.routed(&target.service);
     if let Some(r) = tls::redirect(&req, &target) {

@@ -67,6 +67,13 @@ pub fn page(status: u16, close: bool) -> Response<BoxBody<Bytes, BoxError>> {
     r
 }
 
+/// The key authorization of an ACME HTTP-01 challenge in progress (RFC 8555 8.3).
+pub fn challenge(key_authorization: String) -> Response<BoxBody<Bytes, BoxError>> {
+    let mut r = Response::new(full(key_authorization));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    r
+}
+
 /// `Set-Cookie` naming the backend.
 fn sticky_header(s: &StickyCookie, value: &str) -> HeaderValue {
     let mut c = format!("{}={value}; Path={}", s.name, s.path);

@@ -3,12 +3,13 @@
 //! connection is served like a plain one (`listen/transport.rs`).
 
 pub mod store;
-pub mod x509;
 
 use std::sync::Arc;
 
 use rustls::{ServerConfig, crypto::CryptoProvider, version};
 pub use store::{CertStatus, CertStore};
+
+use crate::acme::challenge::ALPN as ACME_TLS_ALPN;
 
 /// ring: already built for the rest of xlb (DNS); aws-lc-rs would add a cmake build of
 /// aws-lc. rustls 0.23.48 deprecates it for lacking post-quantum key exchange (X25519MLKEM768),
@@ -27,6 +28,7 @@ pub fn server_config(provider: Arc<CryptoProvider>, store: Arc<CertStore>) -> Ar
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(store);
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only a CA's TLS-ALPN-01 check offers it (`CertStore::resolve`).
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     Arc::new(c)
 }

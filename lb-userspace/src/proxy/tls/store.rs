@@ -28,8 +28,11 @@ use rustls::{
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
-use super::x509;
-use crate::config::tls::CertFiles;
+use crate::{
+    acme::{Challenges, challenge},
+    config::tls::CertFiles,
+    x509,
+};
 
 /// A certificate source as `xlb status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +90,8 @@ pub struct CertStore {
     sources: Mutex<Vec<(CertFiles, Option<Loaded>, CertStatus)>>,
     /// Certificates fed by another module, by name.
     fed: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// TLS-ALPN-01 certificates in progress (the certificate keeper's).
+    acme: Challenges,
 }
 
 /// rustls's resolver trait asks for `Debug`; the keys are not for printing.
@@ -98,7 +103,12 @@ impl std::fmt::Debug for CertStore {
 
 impl CertStore {
     pub fn new(provider: Arc<CryptoProvider>) -> Self {
-        Self { provider, names: RwLock::default(), sources: Mutex::default(), fed: Mutex::default() }
+        Self::with_challenges(provider, Challenges::default())
+    }
+
+    /// A store that also answers the TLS-ALPN-01 checks of `acme`'s orders.
+    pub fn with_challenges(provider: Arc<CryptoProvider>, acme: Challenges) -> Self {
+        Self { provider, names: RwLock::default(), sources: Mutex::default(), fed: Mutex::default(), acme }
     }
 
     /// Loads `files` (the config's sources, in order: the first certificate naming a
@@ -186,7 +196,15 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     /// `None` (no certificate, no default) makes rustls end the handshake with an alert.
+    /// A ClientHello offering `acme-tls/1` is a CA's TLS-ALPN-01 check: it gets the
+    /// challenge certificate in progress for its name, or nothing.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello.alpn().is_some_and(|mut p| p.any(|p| p == challenge::ALPN)) {
+            let (cert, key) = self.acme.alpn_certificate(hello.server_name()?)?;
+            // `new`, not `from_der`: webpki refuses the critical acmeIdentifier extension.
+            let key = self.provider.key_provider.load_private_key(PrivateKeyDer::try_from(key).ok()?).ok()?;
+            return Some(Arc::new(CertifiedKey::new(vec![CertificateDer::from(cert)], key)));
+        }
         self.lookup(hello.server_name())
     }
 }

@@ -1,5 +1,6 @@
-//! The two facts of a certificate the store needs and rustls does not expose: its DNS
-//! names (subjectAltName) and its validity period. A small DER walk, no X.509 library.
+//! The two facts of a certificate that rustls does not expose: its DNS names
+//! (subjectAltName) and its validity period. A small DER walk, no X.509 library; read by
+//! the TLS certificate store (`proxy/tls/store.rs`) and by ACME's renewal (`acme/store.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -134,19 +134,7 @@ fn server(l: &Directive, addr: &str, params: &[&str], health: &mut Option<Health
         notes.add(l, "an address xlb cannot use: expected HOST[:PORT]");
         return None;
     };
-    let mut s = Server {
-        host,
-        port,
-        weight: None,
-        max_fails: None,
-        fail_timeout: None,
-        backup: false,
-        down: false,
-        max_conns: None,
-        slow_start: None,
-        line: l.line,
-        text: l.text(),
-    };
+    let mut s = Server::new(host, port, l);
     let mut words = params.iter();
     while let Some(&p) = words.next() {
         let mut value = || words.next().copied().unwrap_or_default();

@@ -300,19 +300,7 @@ fn single(target: &str, d: &Directive, site: &Site, notes: &mut Notes) -> Option
         Host::Ip(ip) => ip.to_string(),
         Host::Name(n) => n.clone(),
     };
-    let server = upstream::Server {
-        host,
-        port,
-        weight: None,
-        max_fails: None,
-        fail_timeout: None,
-        backup: false,
-        down: false,
-        max_conns: None,
-        slow_start: None,
-        line: d.line,
-        text: d.text(),
-    };
+    let server = upstream::Server::new(host, port, d);
     Some(Upstream { name, balancing: None, servers: vec![server] })
 }
 

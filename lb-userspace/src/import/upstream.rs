@@ -29,6 +29,25 @@ pub struct Server {
     pub text: String,
 }
 
+impl Server {
+    /// `host:port` from directive `d`, with none of its parameters set yet.
+    pub fn new(host: Host, port: u16, d: &Directive) -> Self {
+        Server {
+            host,
+            port,
+            weight: None,
+            max_fails: None,
+            fail_timeout: None,
+            backup: false,
+            down: false,
+            max_conns: None,
+            slow_start: None,
+            line: d.line,
+            text: d.text(),
+        }
+    }
+}
+
 /// An upstream, or the one server a `proxy_pass` names directly.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -93,19 +112,7 @@ fn server(d: &Directive, notes: &mut Notes) -> Option<Server> {
         notes.add(d, "an address xlb cannot use (a UNIX socket?): expected HOST[:PORT]");
         return None;
     };
-    let mut s = Server {
-        host,
-        port,
-        weight: None,
-        max_fails: None,
-        fail_timeout: None,
-        backup: false,
-        down: false,
-        max_conns: None,
-        slow_start: None,
-        line: d.line,
-        text: d.text(),
-    };
+    let mut s = Server::new(host, port, d);
     for p in &d.args[1..] {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         let ok = match k {

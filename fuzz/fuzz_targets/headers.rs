@@ -1,7 +1,7 @@
 //! Header rewriting for the backend (`request::headers::upstream`): whatever the client
 //! sends, no hop-by-hop field and nothing its `Connection` names reaches the backend
-//! (except the forwarding fields xlb sets), and `X-Forwarded-For` from an untrusted peer
-//! is the peer alone.
+//! (except the forwarding fields xlb sets), and from an untrusted peer `X-Forwarded-For`
+//! is the peer alone and `X-Forwarded-Proto` says whether it came over TLS.
 #![no_main]
 
 use hyper::{
@@ -29,8 +29,8 @@ fuzz_target!(|data: &[u8]| {
     let trusted: Vec<Cidr> = if flags & 1 != 0 { vec!["10.0.0.0/8".parse().unwrap()] } else { Vec::new() };
     let client = Client::identify(&h, "10.1.2.3:4000".parse().unwrap(), &trusted);
     let raw_host = if flags & 2 != 0 { h.get(header::HOST).and_then(|v| v.to_str().ok()) } else { None };
-    let (upgrade, buffered) = (flags & 4 != 0, flags & 8 != 0);
-    let out = upstream(&h, raw_host, upgrade, &client, buffered);
+    let (upgrade, buffered, tls) = (flags & 4 != 0, flags & 8 != 0, flags & 16 != 0);
+    let out = upstream(&h, raw_host, upgrade, &client, buffered, tls);
     for hop in &HOP_BY_HOP {
         if upgrade && (hop == header::CONNECTION || hop == header::UPGRADE) {
             continue;
@@ -47,6 +47,8 @@ fuzz_target!(|data: &[u8]| {
     if flags & 1 == 0 {
         let got: Vec<&HeaderValue> = out.get_all(&xff).iter().collect();
         assert_eq!(got, [&HeaderValue::from_static("10.1.2.3")], "X-Forwarded-For from an untrusted peer");
+        let proto: Vec<&HeaderValue> = out.get_all("x-forwarded-proto").iter().collect();
+        assert_eq!(proto, [&HeaderValue::from_static(if tls { "https" } else { "http" })], "X-Forwarded-Proto from an untrusted peer");
     }
     if buffered {
         assert!(!out.contains_key(header::EXPECT));

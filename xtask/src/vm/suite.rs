@@ -22,10 +22,12 @@ impl Suite {
 
     /// Arguments the test binary always gets: the topology tests share the guest's root
     /// namespace and take a lock anyway; each fixture test has a namespace of its own, so they
-    /// run in parallel, as `cargo xtask test` runs them.
+    /// run in parallel, as `cargo xtask test` runs them. The SYN flood (a million test runs)
+    /// is left to the host: under QEMU's emulation it would take many minutes, and the
+    /// half-open table it exercises is in every other TCP fixture.
     pub fn harness_args(self) -> &'static str {
         match self {
-            Suite::Fixtures => "",
+            Suite::Fixtures => "--skip syn_flood::",
             Suite::Topology => "--test-threads=1",
         }
     }

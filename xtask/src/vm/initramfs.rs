@@ -202,8 +202,8 @@ mod tests {
     fn init_runs_each_suite_between_markers() {
         let s = init_script(&["veth".into()], &[Suite::Fixtures], &["it's".into()], 1);
         assert!(s.contains("insmod /lib/modules/xlb/veth.ko"));
-        assert!(s.contains("tests /xlb/tests/fixtures  'it'\\''s'\n"));
-        assert!(s.contains("tests /xlb/tests/fixtures  'it'\\''s' --exact $again\n"));
+        assert!(s.contains("tests /xlb/tests/fixtures --skip syn_flood:: 'it'\\''s'\n"));
+        assert!(s.contains("tests /xlb/tests/fixtures --skip syn_flood:: 'it'\\''s' --exact $again\n"));
         assert!(s.contains("[ $tries -lt 1 ]"));
         assert!(s.contains("XLB-VM-SUITE-END fixtures rc=$rc"));
         assert!(s.trim_end().ends_with("poweroff -f"));

@@ -85,7 +85,7 @@ impl Dataplane {
 
     /// The connection table's entries: read in batches of thousands where the kernel can
     /// (5.6 on), else one entry at a time.
-    fn conntrack_entries(&mut self) -> anyhow::Result<Vec<(ConnKey, Conn)>> {
+    pub(super) fn conntrack_entries(&mut self) -> anyhow::Result<Vec<(ConnKey, Conn)>> {
         let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map(names::CONNTRACK) else {
             anyhow::bail!("map {} missing or not an LRU hash map", names::CONNTRACK);
         };

@@ -24,7 +24,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapInfo, MapType},
     programs::{SchedClassifier, Xdp, cgroup_sock_addr::CgroupSockAddrLinkId, links::PinnedLink, tc::SchedClassifierLinkId, xdp::XdpLinkId},
 };
-use lb_common::{Backend as KBackend, BackendState as KState, Conn, ConnKey, Counters, Service as KService, ServiceKey, Settings, names, words_addr};
+use lb_common::{Backend as KBackend, BackendState as KState, Counters, Service as KService, ServiceKey, Settings, names, words_addr};
 
 use crate::{
     config::{self, BackendState},
@@ -305,10 +305,9 @@ impl Dataplane {
         self.free_tables.retain(|t| !used_tables.contains(t));
         // What the kept plane's entries count so far is not this run's to call evictions;
         // the ids its flows name for rev-NAT wait, as after a removal, if no service has them.
-        let ct: BpfHashMap<_, ConnKey, Conn> = map(&mut self.ebpf, names::CONNTRACK)?;
-        let mut live = 0;
-        for (_, conn) in ct.iter().filter_map(Result::ok) {
-            live += 1;
+        let entries = self.conntrack_entries()?;
+        let live = entries.len() as u64;
+        for (_, conn) in entries {
             if !used_ids.contains(&conn.rev_nat) {
                 self.retired_services.insert(conn.rev_nat);
             }

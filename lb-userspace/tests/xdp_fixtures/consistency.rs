@@ -8,8 +8,8 @@ use xlb::dataplane::{Timeouts, monotonic_ns};
 
 use crate::{
     harness::{Fixture, LIMITS, conn_keys},
-    net::{B4A, B4B, VIP4},
-    packet::Seg,
+    net::{B4A, B4B, CLIENT4, VIP4},
+    packet::{Seg, tcp},
     runner::{LONG, dropped},
     services::{WEB_PORT, svc, web4},
 };
@@ -76,4 +76,20 @@ fn a_removed_services_id_waits_for_its_flows() {
     fx.sync(&[other.clone(), web.clone()]);
     let ids = [&other, &web].map(|d| services_map(&mut fx).get(&d.key, 0).unwrap().id);
     assert!(ids.contains(&web_id), "the id is free again once its flows expired: {ids:?}, was {web_id}");
+}
+
+/// Two services (VIP4:80 and VIP4:81) over one backend address:port: each flow's reply
+/// entry names the service the flow came through, so its replies leave from that VIP.
+#[test]
+fn two_services_share_a_backend() {
+    let (web, other) = (svc(VIP4, 80, IPPROTO_TCP, &[(&B4A, WEB_PORT)]), svc(VIP4, 81, IPPROTO_TCP, &[(&B4A, WEB_PORT)]));
+    let mut fx = Fixture::new(&[web.clone(), other.clone()]);
+    let ids = [&web, &other].map(|d| services_map(&mut fx).get(&d.key, 0).unwrap().id);
+    assert_ne!(ids[0], ids[1], "two services, one id");
+    let syns = [web4(40204), tcp(CLIENT4, 40205, VIP4, 81)];
+    for (syn, id) in syns.iter().zip(ids) {
+        fx.establish("handshake", syn, &[&B4A]);
+        let reply = fx.conntrack().get(&conn_keys(syn, &B4A, WEB_PORT)[1], 0).expect("the flow's reply entry");
+        assert_eq!(reply.rev_nat, id, "the reply entry of {}:{} names another service", syn.dst, syn.dport);
+    }
 }

@@ -14,6 +14,7 @@ const MAX_BODY_BYTES: u64 = 1024 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_STREAM_SECS: u64 = 3600;
 const MAX_DELAY_MS: u64 = 600_000;
+const MAX_BYTES: usize = 16 << 20;
 
 pub struct State {
     pub name: String,
@@ -170,6 +171,10 @@ pub fn serve_conn(stream: TcpStream, state: &State) -> io::Result<()> {
             ("GET", p) if p.starts_with("/status/") => match p["/status/".len()..].parse::<u16>() {
                 Ok(code) if (400..=599).contains(&code) => respond(&mut w, code, &format!("{}\n", state.name), ka)?,
                 _ => respond(&mut w, 400, "bad status\n", ka)?,
+            },
+            ("GET", p) if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<usize>() {
+                Ok(n) if n <= MAX_BYTES => respond(&mut w, 200, &"x".repeat(n), ka)?,
+                _ => respond(&mut w, 400, "bad length\n", ka)?,
             },
             ("GET", "/stream") => {
                 let secs = match query_param(query, "secs").map(str::parse::<u64>) {

@@ -27,6 +27,8 @@
 //! - `GET /echo`             200, body `NAME\n` then the request head exactly as received
 //!   (request line and header lines, CRLF included, without the blank line)
 //! - `GET /status/<code>`    answers that status (400-599), body `NAME\n`
+//! - `GET /bytes/<n>`        200, a body of `n` bytes (`x`), at most 16 MiB: a response
+//!   large enough for full-sized segments (the path MTU test)
 //! - `GET /stream?secs=N`    200, `Connection: close`, one line `NAME <i>\n` every 100 ms
 //!   for N seconds (default 10), then `NAME done\n`, then close
 //!

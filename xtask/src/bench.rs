@@ -170,7 +170,7 @@ fn rounds(
             };
             for mode in Mode::ALL {
                 done += 1;
-                let result = measure(ctx, &running, &scripts.for_kind(kind), &url(&ctx.topo, kind), mode, plan, round);
+                let result = measure(ctx, &running, &scripts.for_kind(kind), &kind.url(&ctx.topo), mode, plan, round);
                 match result {
                     Ok(run) => {
                         progress(clock, done, total, &format!("round {}/{} {}", round + 1, plan.rounds, kind.label()), mode, &run);
@@ -318,15 +318,6 @@ impl Scripts {
         if kind.is_direct() { self.direct.clone() } else { self.vip.clone() }
     }
 }
-
-fn url(topo: &Topo, kind: Kind) -> String {
-    match kind {
-        // The script sets each thread's address; the URL gives the Host header and path.
-        Kind::Direct | Kind::DirectXdp => format!("http://{}:{BACKEND_PORT}/", topo.backends[0].addr),
-        _ => topo.vip_url(kind.is_tls()),
-    }
-}
-
 
 fn progress(clock: Instant, done: usize, total: usize, what: &str, mode: Mode, run: &Run) {
     let t = clock.elapsed().as_secs();

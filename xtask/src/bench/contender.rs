@@ -10,12 +10,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
+use xlb_tests::cgroup::Cgroup;
 
 use super::{
     measure::BpfStats,
     sys::{self, Proc},
     xdp_pass::{self, XdpPass},
-    topo::{self, BACKEND_PORT, TLS_PORT, Topo, VIP, VIP_PORT},
+    topo::{self, BACKEND_PORT, SOCKET_VIP, TLS_PORT, Topo, VIP, VIP_PORT},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -35,10 +36,14 @@ pub enum Kind {
     /// The HTTP proxies again, terminating TLS on VIP:443 with the same certificate.
     XlbHttps,
     NginxHttps,
+    /// xlb's socket-level balancing (issue 16): wrk runs in a cgroup v2 child that xlb's
+    /// connect() hook is attached to, as a container on the host would, so its connects to
+    /// the socket VIP go straight to a backend and no packet is translated.
+    XlbSocket,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Direct,
         Kind::DirectXdp,
         Kind::XlbL4,
@@ -52,6 +57,7 @@ impl Kind {
         Kind::HaproxyTcp,
         Kind::XlbHttps,
         Kind::NginxHttps,
+        Kind::XlbSocket,
     ];
 
     pub fn id(self) -> &'static str {
@@ -69,6 +75,7 @@ impl Kind {
             Kind::HaproxyTcp => "haproxy-tcp",
             Kind::XlbHttps => "xlb-https",
             Kind::NginxHttps => "nginx-https",
+            Kind::XlbSocket => "xlb-socket",
         }
     }
 
@@ -87,6 +94,7 @@ impl Kind {
             Kind::HaproxyTcp => "HAProxy tcp mode",
             Kind::XlbHttps => "xlb HTTP proxy, TLS",
             Kind::NginxHttps => "nginx HTTP proxy, TLS",
+            Kind::XlbSocket => "xlb socket LB (caller in its cgroup)",
         }
     }
 
@@ -121,11 +129,22 @@ impl Kind {
             Kind::HaproxyTcp => "HAProxy tcp",
             Kind::XlbHttps => "xlb HTTPS",
             Kind::NginxHttps => "nginx HTTPS",
+            Kind::XlbSocket => "xlb socket",
         }
     }
 
     pub fn from_id(id: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.id() == id)
+    }
+
+    /// What wrk asks for. Direct: the script sets each thread's address; the URL gives the
+    /// Host header and path.
+    pub fn url(self, topo: &Topo) -> String {
+        match self {
+            Kind::Direct | Kind::DirectXdp => format!("http://{}:{BACKEND_PORT}/", topo.backends[0].addr),
+            Kind::XlbSocket => format!("http://{SOCKET_VIP}:{VIP_PORT}/"),
+            _ => topo.vip_url(self.is_tls()),
+        }
     }
 }
 
@@ -146,11 +165,13 @@ pub struct Running {
     pub xlb_pid: Option<u32>,
     _stats: Option<BpfStats>,
     _xdp: Option<XdpPass>,
+    /// The cgroup wrk runs in (socket-level balancing); removed after the processes stop.
+    caller: Option<Cgroup>,
 }
 
 impl Running {
     fn procs(procs: Vec<Proc>) -> Running {
-        Running { procs, xlb_pid: None, _stats: None, _xdp: None }
+        Running { procs, xlb_pid: None, _stats: None, _xdp: None, caller: None }
     }
 
     pub fn stop(mut self) -> Result<()> {
@@ -158,6 +179,11 @@ impl Running {
             p.stop(Duration::from_secs(10))?;
         }
         Ok(())
+    }
+
+    /// The cgroup directory wrk must run in, if any.
+    pub fn caller(&self) -> Option<&Path> {
+        self.caller.as_ref().map(Cgroup::path)
     }
 
     /// Everything the contender's processes logged (for error messages).
@@ -176,7 +202,7 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
         Kind::DirectXdp => {
             let xdp = xdp_pass::attach(&topo.lb, &topo.lb_iface)?;
             // Direct traffic still flows: the program passes everything.
-            topo.wait_serving(&format!("http://{}:{BACKEND_PORT}/", topo.backends[0].addr), Duration::from_secs(5))?;
+            topo.wait_serving(&Kind::Direct.url(topo), Duration::from_secs(5), None)?;
             return Ok(Running { _xdp: Some(xdp), ..Running::procs(Vec::new()) });
         }
         Kind::XlbL4 => {
@@ -189,12 +215,18 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
         }
         Kind::NginxHttp | Kind::NginxStream | Kind::NginxHttps => start_nginx(kind, ctx, &dir)?,
         Kind::HaproxyHttp | Kind::HaproxyTcp => start_haproxy(kind, ctx, &dir)?,
+        Kind::XlbSocket => start_xlb_socket(ctx, &dir)?,
     };
-    let url = topo.vip_url(kind.is_tls());
-    let check = topo.wait_serving(&url, Duration::from_secs(10)).and_then(|_| {
-        let n = topo.spread(&url, 9)?;
+    let url = kind.url(topo);
+    let caller = running.caller();
+    let check = topo.wait_serving(&url, Duration::from_secs(10), caller).and_then(|_| {
+        let n = topo.spread(&url, 9, caller)?;
         if n < 2 {
             bail!("9 new connections to {url} all reached the same backend");
+        }
+        // Only the connect() hook makes the socket VIP answer: from outside the cgroup it must not.
+        if caller.is_some() && topo.get(&url, None).is_ok() {
+            bail!("{url} answered a caller outside xlb's cgroup: the row would not measure socket-level balancing");
         }
         Ok(())
     });
@@ -210,12 +242,15 @@ fn backend_list(topo: &Topo, sep: &str) -> String {
     topo.backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>().join(sep)
 }
 
-/// `xlb run ARGS` in the LB namespace, with BPF run-time statistics on while it runs.
-pub fn start_xlb(ctx: &Ctx, dir: &Path, args: Vec<OsString>) -> Result<Running> {
+/// `xlb run --socket-lb=false ARGS` in the LB namespace, with BPF run-time statistics on
+/// while it runs: socket-level balancing would attach to the whole host's cgroup and take
+/// wrk's connects.
+pub fn start_xlb(ctx: &Ctx, dir: &Path, mut args: Vec<OsString>) -> Result<Running> {
+    args.insert(0, "--socket-lb=false".into());
     start_xlb_logging(ctx, dir, args, "info")
 }
 
-/// [`start_xlb`] with `RUST_LOG=filter`.
+/// `xlb run ARGS` with `RUST_LOG=filter`.
 pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &str) -> Result<Running> {
     let stats = if ctx.bpf_stats {
         Some(BpfStats::enable().context("turning on BPF run-time statistics")?)
@@ -223,11 +258,31 @@ pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &st
         None
     };
     let mut cmd = ctx.topo.lb.cmd(&ctx.xlb);
-    // Socket-level balancing would attach to the whole host's cgroup and take wrk's connects.
-    cmd.arg("run").arg("--socket-lb=false").args(args).env("RUST_LOG", filter).env("NO_COLOR", "1");
+    cmd.arg("run").args(args).env("RUST_LOG", filter).env("NO_COLOR", "1");
     let mut xlb = Proc::spawn("xlb", cmd, &dir.join("xlb.log"))?;
     xlb.wait_log(" ready", Duration::from_secs(30))?;
     Ok(Running { xlb_pid: Some(xlb.pid()), _stats: stats, ..Running::procs(vec![xlb]) })
+}
+
+/// xlb with socket-level balancing for a cgroup v2 child made for wrk, the bench's backends
+/// behind [`SOCKET_VIP`]:80. Its XDP program goes on an interface no traffic crosses, so
+/// that nothing but the connect() hook can serve the client (its reply program still goes
+/// on the backends' links, as on a Docker host).
+fn start_xlb_socket(ctx: &Ctx, dir: &Path) -> Result<Running> {
+    let caller = std::panic::catch_unwind(Cgroup::new)
+        .map_err(|_| anyhow::anyhow!("no cgroup v2 child for the caller (the reason is printed above)"))?;
+    let backends: Vec<String> =
+        ctx.topo.backends.iter().map(|b| format!("{{ address: {}, port: {BACKEND_PORT} }}", b.addr)).collect();
+    let yaml = format!(
+        "dataplane:\n  interface: {}\n  socket_lb: {{ enabled: true, cgroup: {} }}\nservices:\n  - name: bench\n    vip: {SOCKET_VIP}\n    port: {VIP_PORT}\n    backends: [{}]\n",
+        ctx.topo.idle_iface,
+        caller.path().display(),
+        backends.join(", ")
+    );
+    let config = dir.join("xlb-socket.yaml");
+    fs::write(&config, yaml)?;
+    let running = start_xlb_logging(ctx, dir, vec!["--config".into(), config.into()], "info")?;
+    Ok(Running { caller: Some(caller), ..running })
 }
 
 /// Services that share the bench's VIP:port under Host names of their own, for the

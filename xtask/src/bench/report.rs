@@ -377,6 +377,10 @@ The VIP is an address of the LB namespace. Every contender serves the same backe
 namespace, routed by the kernel: the limit of this topology on this machine.
 - xlb L4: `xlb run --iface … VIP:80:b1,b2,b3:8080` (Maglev, native XDP on the veth). xlb HTTP: the same service with `protocol: http` \
 (the proxy's defaults), run only if `xlb check` accepts it and the VIP then answers; otherwise the row says why.
+- xlb socket LB: the service on a VIP no interface has, socket-level balancing attached to a cgroup v2 child, and wrk \
+started inside that child (as a container on the host would be): xlb's connect() hook sends each connection straight to \
+a backend, so the packets take direct's path (xlb's XDP program sits on an idle veth no packet crosses, its reply \
+program on the backends' links, as on a Docker host); its goal is 97% of direct.
 - nginx: Debian's package, `worker_processes` = cores, `worker_connections 8192`, `access_log off`, upstream `keepalive 64` with \
 HTTP/1.1 and the `Connection` header cleared, round robin; stream: the same upstreams in a `stream` block. HAProxy: Debian's \
 package, `nbthread` = cores, `balance roundrobin`, its defaults otherwise (keep-alive, `http-reuse safe`).

@@ -67,7 +67,7 @@ pub fn measure(ctx: &Ctx, running: &Running, script: &Path, url: &str, mode: Mod
     let topo = &ctx.topo;
     // --quick warms a contender up once after its start; the full run before every mode.
     if plan.warmup_seconds > 0 && (!plan.quick || mode == Mode::ALL[0]) {
-        wrk::run(topo, script, url, Load { seconds: plan.warmup_seconds, ..plan.load }, mode).context("warm-up")?;
+        wrk::run(topo, script, url, Load { seconds: plan.warmup_seconds, ..plan.load }, mode, running.caller()).context("warm-up")?;
     }
     let ours = topo.namespaces();
     let others0 = measure::foreign_ticks(&ours);
@@ -76,7 +76,7 @@ pub fn measure(ctx: &Ctx, running: &Running, script: &Path, url: &str, mode: Mod
     // Without BPF statistics the kernel keeps no run times: none rather than zero.
     let timed = running.xlb_pid.filter(|_| ctx.bpf_stats);
     let bpf0 = timed.map(measure::bpf_run_time);
-    let out = wrk::run(topo, script, url, plan.load, mode)?;
+    let out = wrk::run(topo, script, url, plan.load, mode, running.caller())?;
     let bpf1 = timed.map(measure::bpf_run_time);
     let lb1 = measure::ns_ticks(&topo.lb);
     let host = HostCpu::read()?.since(&host0);

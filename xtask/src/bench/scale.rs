@@ -190,8 +190,8 @@ pub fn start(ctx: &Ctx, config: &std::path::Path) -> Result<(contender::Running,
     let running = contender::start_xlb(ctx, &dir, vec!["--config".into(), config.into()])?;
     let ready = started.elapsed().as_secs_f64();
     let url = ctx.topo.vip_url(false);
-    ctx.topo.wait_serving(&url, Duration::from_secs(10))?;
-    if ctx.topo.spread(&url, 9)? < 2 {
+    ctx.topo.wait_serving(&url, Duration::from_secs(10), None)?;
+    if ctx.topo.spread(&url, 9, None)? < 2 {
         bail!("xlb with the scale config sends every connection to one backend");
     }
     Ok((running, ready))

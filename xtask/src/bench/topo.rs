@@ -18,6 +18,7 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -31,6 +32,9 @@ pub const VIP_PORT: u16 = 80;
 /// Where the TLS contenders listen, on the same VIP.
 pub const TLS_PORT: u16 = 443;
 pub const BACKEND_PORT: u16 = 8080;
+/// The socket-level contender's VIP: an address no interface has, so that only xlb's
+/// connect() hook, for the callers in its cgroup, makes it answer.
+pub const SOCKET_VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 2);
 /// A UDP port of the VIP that the scale test uses to fill xlb's connection table.
 pub const FILL_PORT: u16 = 9;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
@@ -64,6 +68,10 @@ pub struct Topo {
     pub dir: PathBuf,
     /// The LB namespace's client-facing interface (xlb's `--iface`).
     pub lb_iface: String,
+    /// One end of a veth pair within the LB namespace, which no traffic crosses: where the
+    /// socket-level contender's XDP program goes, out of every packet's way (a dummy
+    /// device would do, but not every kernel here has the module).
+    pub idle_iface: String,
     pub backends: Vec<Backend>,
     pub client: Ns,
     pub lb: Ns,
@@ -74,8 +82,15 @@ impl Topo {
         let lb_iface = format!("{}l", sys::tag());
         let client = Ns::new("c")?;
         let lb = Ns::new("l")?;
-        let mut topo =
-            Topo { dir: dir.to_owned(), lb_iface: lb_iface.clone(), backends: Vec::new(), client, lb };
+        let idle_iface = format!("{}d", sys::tag());
+        let mut topo = Topo {
+            dir: dir.to_owned(),
+            lb_iface: lb_iface.clone(),
+            idle_iface: idle_iface.clone(),
+            backends: Vec::new(),
+            client,
+            lb,
+        };
         let (client, lb) = (&topo.client, &topo.lb);
         sys::veth(client, "eth0", lb, &lb_iface)?;
         client.ip(&format!("addr add {CLIENT}/24 dev eth0"))?;
@@ -89,6 +104,9 @@ impl Topo {
         client.sysctls(&[("net.ipv4.ip_forward", "0")])?;
         lb.ip(&format!("addr add 10.200.1.1/24 dev {lb_iface}"))?;
         lb.ip(&format!("addr add {VIP}/32 dev lo"))?;
+        lb.ip(&format!("link add {idle_iface} type veth peer name {idle_iface}p"))?;
+        lb.ip(&format!("link set {idle_iface} up"))?;
+        lb.ip(&format!("link set {idle_iface}p up"))?;
         lb.sysctls(SYSCTLS)?;
         lb.sysctls(&[("net.ipv4.ip_forward", "1")])?;
         for i in 1..=backends {
@@ -109,7 +127,7 @@ impl Topo {
         topo.route_nowhere(UNUSED_NET)?;
         for b in &topo.backends {
             let url = format!("http://{}:{BACKEND_PORT}/", b.addr);
-            let got = topo.wait_serving(&url, Duration::from_secs(10))?;
+            let got = topo.wait_serving(&url, Duration::from_secs(10), None)?;
             if got != b.name {
                 bail!("backend {} answered {got:?} at {url}", b.name);
             }
@@ -143,7 +161,7 @@ impl Topo {
     pub fn certificate(&self) -> Result<(PathBuf, PathBuf)> {
         let (cert, key) = (self.dir.join("tls-cert.pem"), self.dir.join("tls-key.pem"));
         if !cert.exists() {
-            let mut c = std::process::Command::new("openssl");
+            let mut c = Command::new("openssl");
             c.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=bench.test"])
                 .args(["-addext", "subjectAltName=DNS:bench.test", "-keyout"])
                 .arg(&key)
@@ -154,19 +172,29 @@ impl Topo {
         Ok((cert, key))
     }
 
-    /// One `GET url` from the client namespace on a new connection: the body, trimmed.
-    pub fn get(&self, url: &str) -> Result<String> {
-        let mut curl = self.client.cmd("curl");
+    /// `prog` in the client namespace; with `caller`, inside that cgroup v2 directory: a shell
+    /// moves itself in and execs `prog`, so its first connect() is already the cgroup's.
+    pub fn client_cmd(&self, prog: &str, caller: Option<&Path>) -> Command {
+        let Some(cgroup) = caller else { return self.client.cmd(prog) };
+        let mut cmd = self.client.cmd("sh");
+        cmd.args(["-c", r#"echo $$ > "$0" && exec "$@""#]).arg(cgroup.join("cgroup.procs")).arg(prog);
+        cmd
+    }
+
+    /// One `GET url` from the client namespace (from `caller`, see [`Topo::client_cmd`]) on a
+    /// new connection: the body, trimmed.
+    pub fn get(&self, url: &str, caller: Option<&Path>) -> Result<String> {
+        let mut curl = self.client_cmd("curl", caller);
         // --insecure: the TLS contenders' certificate is self-signed.
         curl.args(["-sS", "--fail", "--insecure", "--max-time", "2", "-H", "Connection: close", url]);
         Ok(sys::sh(&mut curl)?.trim().to_owned())
     }
 
     /// Polls `url` from the client until it answers (at most `timeout`).
-    pub fn wait_serving(&self, url: &str, timeout: Duration) -> Result<String> {
+    pub fn wait_serving(&self, url: &str, timeout: Duration, caller: Option<&Path>) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.get(url) {
+            match self.get(url, caller) {
                 Ok(body) => return Ok(body),
                 Err(err) if Instant::now() >= deadline => {
                     return Err(err.context(format!("{url} did not answer within {timeout:?}")));
@@ -178,10 +206,10 @@ impl Topo {
 
     /// Asks `url` `n` times on new connections and counts the distinct backends that
     /// answered: a balancer that sends everything to one backend is no balancer.
-    pub fn spread(&self, url: &str, n: usize) -> Result<usize> {
+    pub fn spread(&self, url: &str, n: usize, caller: Option<&Path>) -> Result<usize> {
         let mut seen = Vec::new();
         for _ in 0..n {
-            let body = self.get(url)?;
+            let body = self.get(url, caller)?;
             if !seen.contains(&body) {
                 seen.push(body);
             }

@@ -129,10 +129,11 @@ end
     Ok(path)
 }
 
-/// Runs wrk against `url` from the client namespace for `load.seconds` (bounded: killed
-/// 30 s past that) and parses the script's line.
-pub fn run(topo: &Topo, script: &Path, url: &str, load: Load, mode: Mode) -> Result<Outcome> {
-    let mut cmd = topo.client.cmd("wrk");
+/// Runs wrk against `url` from the client namespace (from `caller`, see
+/// [`Topo::client_cmd`]) for `load.seconds` (bounded: killed 30 s past that) and parses the
+/// script's line.
+pub fn run(topo: &Topo, script: &Path, url: &str, load: Load, mode: Mode, caller: Option<&Path>) -> Result<Outcome> {
+    let mut cmd = topo.client_cmd("wrk", caller);
     cmd.arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{}s", load.seconds))

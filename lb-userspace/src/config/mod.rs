@@ -309,6 +309,14 @@ mod tests {
             ),
             ("services:\n  - name: a\n    port: 80\n    protocol: http\n    http: { tls: { hsts: forever } }\n", "xlb.yaml:5:26: services[0].http.tls.hsts: bad duration"),
             (
+                "services:\n  - name: a\n    port: 443\n    protocol: http\n    http: { tls: { port: 443, passthrough: true } }\n",
+                "xlb.yaml:2:5: services[0]: service \"a\": `http.tls.passthrough` routes by the ClientHello's server name: give `http.hosts`",
+            ),
+            (
+                "services:\n  - name: a\n    port: 80\n    protocol: http\n    http: { hosts: [a.test], tls: { passthrough: true } }\n",
+                "xlb.yaml:2:5: services[0]: service \"a\": with `http.tls.passthrough` the backends speak TLS, so plain HTTP on port 80 could only redirect: set `http.tls.redirect: true`, or `http.tls.port: 80`",
+            ),
+            (
                 "services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n",
                 "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice",
             ),

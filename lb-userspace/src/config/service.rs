@@ -223,6 +223,26 @@ impl Service {
         if self.http.is_some() && self.protocol != Protocol::Http {
             return Err(format!("service {:?}: `http` options need `protocol: http`", self.name));
         }
+        if let Some(http) = &self.http
+            && let Some(tls) = http.tls.as_ref().filter(|t| t.passthrough)
+        {
+            let name = &self.name;
+            if http.hosts.is_empty() {
+                return Err(format!("service {name:?}: `http.tls.passthrough` routes by the ClientHello's server name: give `http.hosts`"));
+            }
+            if !http.paths.is_empty() {
+                return Err(format!("service {name:?}: `http.paths` with `http.tls.passthrough`: the requests pass unread"));
+            }
+            if tls.hsts.is_some() {
+                return Err(format!("service {name:?}: `http.tls.hsts` with `passthrough`: the responses pass unread, set HSTS at the backends"));
+            }
+            if tls.port != self.port && !tls.redirect {
+                return Err(format!(
+                    "service {name:?}: with `http.tls.passthrough` the backends speak TLS, so plain HTTP on port {} could only redirect: set `http.tls.redirect: true`, or `http.tls.port: {}`",
+                    self.port, self.port
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for b in &self.backends {
             if let Some(vip) = self.vip

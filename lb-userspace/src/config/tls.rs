@@ -90,11 +90,14 @@ pub struct ServiceTls {
     pub hsts: Option<Duration>,
     /// Adds `; includeSubDomains` to the HSTS header.
     pub hsts_subdomains: bool,
+    /// The backends terminate TLS themselves: a connection whose ClientHello names one of
+    /// the service's `hosts` is passed to a backend unread (no certificate needed here).
+    pub passthrough: bool,
 }
 
 impl Default for ServiceTls {
     fn default() -> Self {
-        Self { port: 443, redirect: false, hsts: None, hsts_subdomains: false }
+        Self { port: 443, redirect: false, hsts: None, hsts_subdomains: false, passthrough: false }
     }
 }
 

@@ -57,6 +57,13 @@ impl Closing {
             Err(_) => Instant::now(),
         }
     }
+
+    /// Resolves at the drain deadline: the end of a connection that cannot be asked to
+    /// finish early (a TLS passthrough tunnel knows no request boundaries).
+    pub async fn cut(&mut self) {
+        let deadline = self.started().await;
+        tokio::time::sleep_until(deadline).await;
+    }
 }
 
 /// Runs a client connection to its end; once its listener drains, asks it to finish

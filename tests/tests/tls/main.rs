@@ -2,6 +2,7 @@
 //! checked with real clients: curl and `openssl s_client`. Certificates come from a test
 //! CA made at test time (`certs.rs`).
 
+mod passthrough;
 mod reload;
 
 use std::{

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     conn::{raw_page, serve, write_all},
+    passthrough,
     guard::shared::ConnShared,
     transport::{SharedTcp, Tls},
 };
@@ -195,9 +196,25 @@ impl Limit {
 
 /// The TLS handshake, within the client header timeout, then the connection as any.
 /// A failed handshake (garbage, an unknown name without a default certificate, a
-/// protocol rustls refuses) is logged with the peer and closed.
+/// protocol rustls refuses) is logged with the peer and closed. A ClientHello naming a
+/// passthrough service's host is not answered here: the connection goes to its backend.
 async fn serve_tls(acceptor: TlsAcceptor, stream: TcpStream, conn: Arc<ConnShared>, slot: Slot, closing: Closing) {
-    let within = load(&slot).client.timeouts.header;
+    let site = load(&slot);
+    let within = site.client.timeouts.header;
+    if site.services.iter().any(|s| s.options.tls.as_ref().is_some_and(|t| t.passthrough)) {
+        let started = tokio::time::Instant::now();
+        let name = passthrough::server_name(&stream, within).await;
+        if let Some(rt) = name.as_deref().and_then(|n| passthrough::service(&site, n)) {
+            return passthrough::join(stream, conn.peer, rt, closing).await;
+        }
+        // The handshake gets what is left of the header timeout.
+        let within = within.saturating_sub(started.elapsed());
+        return handshake(acceptor, stream, conn, slot, closing, within).await;
+    }
+    handshake(acceptor, stream, conn, slot, closing, within).await
+}
+
+async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, conn: Arc<ConnShared>, slot: Slot, closing: Closing, within: Duration) {
     match tokio::time::timeout(within, acceptor.accept(SharedTcp(Arc::new(stream)))).await {
         Ok(Ok(tls)) => serve(Arc::new(Tls::new(tls)), conn, slot, closing).await,
         Ok(Err(e)) => info!(peer = %conn.peer, "tls handshake failed: {e}"),

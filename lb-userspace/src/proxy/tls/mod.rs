@@ -1,7 +1,8 @@
 //! TLS termination: the certificate store (SNI), and the rustls server configuration
-//! every TLS listener shares. The handshake itself is in `listen/accept.rs`; after it a
+//! every TLS listener shares; the ClientHello's server name for passthrough (`hello`). The handshake itself is in `listen/accept.rs`; after it a
 //! connection is served like a plain one (`listen/transport.rs`).
 
+pub mod hello;
 pub mod store;
 
 use std::sync::Arc;

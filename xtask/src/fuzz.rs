@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{build, cmd};
 
-pub const TARGETS: &[&str] = &["config", "docker_labels", "guard", "headers", "route"];
+pub const TARGETS: &[&str] = &["config", "docker_labels", "guard", "headers", "route", "tls_hello"];
 
 /// The instrumentation libFuzzer steers by, and `cfg(fuzzing)`.
 const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -82,9 +82,12 @@ fn host_name(data: &[u8]) -> Option<String> {
         let kind = list.u8()?;
         let name = list.vec16()?;
         if kind == HOST_NAME {
+            // One trailing dot (the root) is allowed; empty labels are not.
             let name = std::str::from_utf8(name).ok()?;
-            let valid = !name.is_empty() && name.len() <= 253 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-            return valid.then(|| name.trim_end_matches('.').to_ascii_lowercase());
+            let name = name.strip_suffix('.').unwrap_or(name);
+            let label_ok = |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let valid = name.len() <= 253 && name.split('.').all(label_ok);
+            return valid.then(|| name.to_ascii_lowercase());
         }
     }
     None
@@ -154,6 +157,22 @@ mod tests {
         // Any prefix of it asks for more.
         for n in [0, 1, 4, 5, hello.len() / 2, hello.len() - 1] {
             assert_eq!(read(&hello[..n]), Hello::Partial, "{n} of {} bytes", hello.len());
+        }
+    }
+
+    /// Names that are no DNS name (empty, a lone dot, empty labels) are none.
+    #[test]
+    fn only_dns_names_count() {
+        let with_name = |name: &[u8]| {
+            let mut hello = real_hello("abcdefgh.test");
+            let at = hello.windows(13).position(|w| w == b"abcdefgh.test").unwrap();
+            // Same length, so every length field stays right.
+            hello[at..at + 13].copy_from_slice(name);
+            read(&hello)
+        };
+        assert_eq!(with_name(b"abcdefgh.tes."), Hello::Name(Some("abcdefgh.tes".into())));
+        for bad in [b"............." as &[u8], b"abcdefgh..tes", b".bcdefgh.test", b"abcdefgh.t st", b"abcdefgh.t\xffst"] {
+            assert_eq!(with_name(bad), Hello::Name(None), "{}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -38,17 +38,17 @@ fn frames() {
 }
 
 /// A seeded xorshift64*: the same frames on every run, no dependency.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }
@@ -60,8 +60,7 @@ impl Rng {
 #[test]
 fn garbage_frames_pass_or_drop() {
     // No backend on the ingress interface: XDP_TX is never right here.
-    let services: Vec<Desired> =
-        services().into_iter().filter(|d| d.backends.iter().all(|b| b.addr != NEAR.ip)).collect();
+    let services: Vec<Desired> = services().into_iter().filter(|d| d.backends.iter().all(|b| b.addr != NEAR.ip)).collect();
     let mut fx = Fixture::new(&services);
     let templates: Vec<Vec<u8>> = all_cases().into_iter().map(|c| c.input).collect();
     let mut rng = Rng(0x786c_6221_5eed);
@@ -84,12 +83,7 @@ fn garbage_frames_pass_or_drop() {
         let counted = fx.drops_since(&before);
         match got {
             Err(errno) => {
-                assert!(
-                    len < 14 && errno == libc::EINVAL,
-                    "frame {i}: {}\n{}",
-                    io::Error::from_raw_os_error(errno),
-                    hex(&frame)
-                );
+                assert!(len < 14 && errno == libc::EINVAL, "frame {i}: {}\n{}", io::Error::from_raw_os_error(errno), hex(&frame));
                 refused += 1;
             }
             Ok(out) => {

@@ -60,7 +60,8 @@ impl Rng {
 #[test]
 fn garbage_frames_pass_or_drop() {
     // No backend on the ingress interface: XDP_TX is never right here.
-    let services: Vec<Desired> = services().into_iter().filter(|d| d.backends.iter().all(|b| b.addr != NEAR.ip)).collect();
+    let services: Vec<Desired> =
+        services().into_iter().filter(|d| d.backends.iter().all(|b| b.addr != NEAR.ip)).collect();
     let mut fx = Fixture::new(&services);
     let templates: Vec<Vec<u8>> = all_cases().into_iter().map(|c| c.input).collect();
     let mut rng = Rng(0x786c_6221_5eed);
@@ -83,7 +84,12 @@ fn garbage_frames_pass_or_drop() {
         let counted = fx.drops_since(&before);
         match got {
             Err(errno) => {
-                assert!(len < 14 && errno == libc::EINVAL, "frame {i}: {}\n{}", io::Error::from_raw_os_error(errno), hex(&frame));
+                assert!(
+                    len < 14 && errno == libc::EINVAL,
+                    "frame {i}: {}\n{}",
+                    io::Error::from_raw_os_error(errno),
+                    hex(&frame)
+                );
                 refused += 1;
             }
             Ok(out) => {

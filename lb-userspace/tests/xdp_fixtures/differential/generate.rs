@@ -8,86 +8,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, ServiceKey};
-use xlb::{
-    config::{BackendState, Method},
-    plan::{Desired, DesiredBackend},
-};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 
+use super::config::{ROUTER4, ROUTER6, Svc, TARGETS, universe};
 use crate::{
-    net::{B4A, B4B, B4C, B6A, CLIENT_MAC, Dev, NEAR, VIP4, VIP6},
+    net::{B4A, B6A, CLIENT_MAC, Dev, NEAR, VIP4, VIP6},
     ones,
     parsing::Rng,
 };
-
-/// A service of the configuration: VIP, port, protocol and backends (address, port,
-/// draining).
-#[derive(Clone, Debug)]
-pub struct Svc {
-    pub vip: IpAddr,
-    pub port: u16,
-    pub proto: u8,
-    pub backends: Vec<(IpAddr, u16, bool)>,
-}
-
-/// The configuration as the data plane takes it: every service chooses by Maglev.
-pub fn desired(config: &[Svc]) -> Vec<Desired> {
-    config
-        .iter()
-        .map(|s| Desired {
-            name: format!("{}:{}/{}", s.vip, s.port, s.proto),
-            key: ServiceKey::new(s.vip, s.port, s.proto),
-            method: Method::Maglev,
-            socket_lb: false,
-            backends: s
-                .backends
-                .iter()
-                .map(|&(addr, port, draining)| DesiredBackend {
-                    addr,
-                    port,
-                    weight: 1,
-                    state: if draining { BackendState::Draining } else { BackendState::Active },
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-const NONEIGH4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 251, 0, 77));
-const NONEIGH6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x251, 0, 0, 0, 0, 0, 0x77));
-const NOROUTE4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
-const BLACKHOLE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
-const ROUTER4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 250, 0, 50));
-const ROUTER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 0x50));
-
-/// Every service with every backend it may have: on the clients' interface (`XDP_TX`),
-/// behind TC, without a neighbour entry, without a route, in a blackhole, or none at all.
-fn universe() -> Vec<Svc> {
-    let s = |vip, port, proto, backends: &[(IpAddr, u16)]| Svc { vip, port, proto, backends: backends.iter().map(|&(a, p)| (a, p, false)).collect() };
-    vec![
-        s(VIP4, 80, IPPROTO_TCP, &[(B4A.ip, 8080), (B4B.ip, 8080), (NEAR.ip, 8080), (NONEIGH4, 8080)]),
-        s(VIP4, 53, IPPROTO_UDP, &[(B4A.ip, 5353), (B4C.ip, 5353), (NEAR.ip, 5353)]),
-        s(VIP6, 80, IPPROTO_TCP, &[(B6A.ip, 8080), (NONEIGH6, 8080)]),
-        s(VIP6, 53, IPPROTO_UDP, &[(B6A.ip, 5353), (NONEIGH6, 5353)]),
-        s(VIP4, 25, IPPROTO_TCP, &[]),
-        s(VIP4, 8000, IPPROTO_TCP, &[(NOROUTE4, 80), (BLACKHOLE, 80), (B4A.ip, 80)]),
-        s(VIP4, 8053, IPPROTO_UDP, &[(BLACKHOLE, 53), (B4B.ip, 53)]),
-    ]
-}
-
-/// Where flows go: the services, and ports and protocols that are no service's.
-const TARGETS: &[(IpAddr, u16, u8)] = &[
-    (VIP4, 80, IPPROTO_TCP),
-    (VIP4, 53, IPPROTO_UDP),
-    (VIP6, 80, IPPROTO_TCP),
-    (VIP6, 53, IPPROTO_UDP),
-    (VIP4, 25, IPPROTO_TCP),
-    (VIP4, 8000, IPPROTO_TCP),
-    (VIP4, 8053, IPPROTO_UDP),
-    (VIP4, 81, IPPROTO_TCP),
-    (VIP4, 53, IPPROTO_TCP),
-    (VIP6, 443, IPPROTO_TCP),
-];
 
 #[derive(Clone, Copy)]
 struct GenFlow {
@@ -99,7 +27,10 @@ struct GenFlow {
 }
 
 pub enum Step {
+    /// A frame for `xlb_xdp`, on the clients' side.
     Frame(Vec<u8>),
+    /// A frame for `xlb_reply`, on the backends' side.
+    Reply(Vec<u8>),
     Sync(Vec<Svc>),
 }
 
@@ -184,7 +115,9 @@ impl Gen {
             let i = self.rng.below(self.flows.len());
             self.flows[i] = self.flow();
         }
+        let reply = self.chance(25);
         let built = match self.rng.below(100) {
+            _ if reply => self.reply(),
             0..45 => self.segment(),
             45..55 => self.icmp_error(),
             55..62 => self.fragment(),
@@ -203,10 +136,47 @@ impl Gen {
         if self.chance(15) && f.len() > built.l3 + 8 {
             self.mutate(&mut f, built.l3);
         }
+        if reply {
+            return Step::Reply(f);
+        }
         if f.len() >= 14 {
             self.last = f.clone();
         }
         Step::Frame(f)
+    }
+
+    /// What the backends' side carries: a flow's reply from one of its service's backends
+    /// (the right one or not), or an ICMP error about a packet forwarded to it (from the
+    /// backend or a router), and now and then anything else.
+    fn reply(&mut self) -> Built {
+        let fl = self.pick(&self.flows.clone());
+        let mut backends: Vec<(IpAddr, u16)> = universe()
+            .into_iter()
+            .filter(|s| (s.vip, s.port, s.proto) == (fl.vip, fl.vport, fl.proto))
+            .flat_map(|s| s.backends)
+            .map(|(a, p, _)| (a, p))
+            .collect();
+        if backends.is_empty() {
+            backends.push(if fl.vip.is_ipv4() { (B4A.ip, 8080) } else { (B6A.ip, 8080) });
+        }
+        let (backend, port) = self.pick(&backends);
+        let mut b = match self.rng.below(100) {
+            0..75 => {
+                let flags = self.pick(&[0x12, 0x10, 0x10, 0x18, 0x11, 0x04, 0x14, 0x02]);
+                let l4 = self.l4(fl.proto, backend, fl.client, port, fl.cport, flags);
+                self.ip(backend, fl.client, fl.proto, l4)
+            }
+            75..95 => {
+                let l4 = self.l4(fl.proto, fl.client, backend, fl.cport, port, 0x10);
+                let router =
+                    if backend.is_ipv4() { IpAddr::V4(Ipv4Addr::new(10, 251, 0, 50)) } else { IpAddr::V6(Ipv6Addr::new(0xfd00, 0x251, 0, 0, 0, 0, 0, 0x50)) };
+                let from = if self.chance(50) { backend } else { router };
+                self.error_about(fl.client, backend, fl.proto, l4, from, fl.client)
+            }
+            _ => self.other(),
+        };
+        b.bytes[0..6].copy_from_slice(&Dev::Fx1.mac());
+        b
     }
 
     /// A packet of one of the flows: from the client mostly, a reply now and then.
@@ -304,13 +274,25 @@ impl Gen {
     fn icmp_error(&mut self) -> Built {
         let fl = self.pick(&self.flows.clone());
         let l4 = self.l4(fl.proto, fl.vip, fl.client, fl.vport, fl.cport, 0x12);
-        let v4 = fl.vip.is_ipv4();
-        let quoted = match (fl.vip, fl.client) {
+        let router = if fl.vip.is_ipv4() { ROUTER4 } else { ROUTER6 };
+        let (from, to) = match self.rng.below(10) {
+            0 => (router, if fl.vip.is_ipv4() { B4A.ip } else { B6A.ip }),
+            1 => (fl.client, fl.vip),
+            _ => (router, fl.vip),
+        };
+        self.error_about(fl.vip, fl.client, fl.proto, l4, from, to)
+    }
+
+    /// An ICMP error from `from` to `to` quoting a `src` -> `dst` packet with this L4 part
+    /// (cut to any length), or a message that is no error.
+    fn error_about(&mut self, src: IpAddr, dst: IpAddr, proto: u8, l4: Vec<u8>, from: IpAddr, to: IpAddr) -> Built {
+        let v4 = src.is_ipv4();
+        let quoted = match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let options = if self.chance(10) { self.options() } else { Vec::new() };
-                ipv4(s, d, fl.proto, 63, &options, if self.chance(3) { 0x2000 } else { 0 }, &l4)
+                ipv4(s, d, proto, 63, &options, if self.chance(3) { 0x2000 } else { 0 }, &l4)
             }
-            (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s, d, fl.proto, 63, &l4),
+            (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s, d, proto, 63, &l4),
             _ => unreachable!(),
         };
         let header = if v4 { (quoted[0] & 0x0f) as usize * 4 } else { 40 };
@@ -321,12 +303,6 @@ impl Gen {
             _ => quoted.len(),
         };
         let quote = &quoted[..cut.min(quoted.len())];
-        let router = if v4 { ROUTER4 } else { ROUTER6 };
-        let (from, to) = match self.rng.below(10) {
-            0 => (router, if v4 { B4A.ip } else { B6A.ip }),
-            1 => (fl.client, fl.vip),
-            _ => (router, fl.vip),
-        };
         let kind = if v4 { self.pick(&[3, 3, 3, 11, 12, 0, 8, 5]) } else { self.pick(&[1, 2, 2, 3, 4, 128, 129, 135]) };
         let mut msg = vec![kind, self.rng.below(5) as u8, 0, 0, 0, 0, 0x05, 0x78];
         msg.extend(quote);

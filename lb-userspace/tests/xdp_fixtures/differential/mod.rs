@@ -1,8 +1,10 @@
 //! Differential test of the data plane: frames from a seeded generator (`generate`) go
-//! through the real `xlb_xdp` (`BPF_PROG_TEST_RUN`, one frame per run) and through a
-//! reference model written apart from the kernel code (`model`); every verdict and output
-//! frame must be the model's, and so must the drop counters, the services' new flows and,
-//! at the end, the connection and half-open tables.
+//! through the real programs (`BPF_PROG_TEST_RUN`, one frame per run: `xlb_xdp` on the
+//! clients' side, `xlb_reply` on the backends') and through a reference model written
+//! apart from the kernel code (`model`), while the configuration changes (`config`:
+//! backends draining, removed, back); every verdict, output frame and metadata must be the
+//! model's, and so must the drop counters, the services' new flows and, at the end, the
+//! connection and half-open tables (keys, backends, closed flags).
 //!
 //! Checksums are judged by what they cover: a rewritten frame must leave every checksum
 //! exactly as valid as it came (a wrong one stays wrong by as much), which is what an
@@ -14,6 +16,7 @@
 //! mismatch names the seed and frame index; `XLB_DIFFERENTIAL_SEED` and
 //! `XLB_DIFFERENTIAL_FRAMES` replay them.
 
+mod config;
 mod generate;
 mod model;
 mod sums;
@@ -32,7 +35,8 @@ use lb_common::{Backend, Conn, ConnKind, FwdMeta, ServiceKey, words_addr};
 use xlb::dataplane::Limits;
 
 use self::{
-    generate::{Gen, Step, desired},
+    config::desired,
+    generate::{Gen, Step},
     model::{Expect, Model, To},
     sums::Sum,
 };
@@ -52,6 +56,16 @@ const FRAMES_PER_SEED: usize = 200_000;
 const COUNTER_EVERY: usize = 4096;
 
 const XDP_TX: u32 = 3;
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+const TC_ACT_REDIRECT: u32 = 7;
+
+fn tc_action_name(a: u32) -> String {
+    match a {
+        TC_ACT_UNSPEC => "TC_ACT_UNSPEC".into(),
+        TC_ACT_REDIRECT => "TC_ACT_REDIRECT".into(),
+        a => format!("TC action {}", a as i32),
+    }
+}
 
 /// Outcomes and drop reasons every run of this many frames reaches.
 const MIN_FRAMES_FOR_COVERAGE: usize = 20_000;
@@ -63,6 +77,10 @@ const OUTCOMES: &[&str] = &[
     "to TC",
     "to TC, partial checksum",
     "ICMP error translated",
+    "reply: passed",
+    "reply: redirected",
+    "reply: rewritten, to the stack",
+    "reply: ICMP error translated",
     "fragment",
     "no_flow",
     "ttl_expired",
@@ -131,17 +149,19 @@ fn run(seed: u64, n: usize, deadline: Option<Instant>) -> Result<usize, String> 
                 model.sync(&config);
                 continue;
             }
-            Step::Frame(f) => f,
+            Step::Frame(f) => (false, f),
+            Step::Reply(f) => (true, f),
         };
-        let want = model.xdp(&frame);
-        let got = fx.run(&frame);
-        if let Err(why) = agree(&want, &frame, &got) {
+        let (reply, frame) = frame;
+        let (want, got) = if reply { (model.reply(&frame), fx.run_reply(&frame)) } else { (model.xdp(&frame), fx.run(&frame)) };
+        if let Err(why) = agree(&want, &frame, &got, reply) {
             let got = match &got {
-                Ok(o) => format!("{} meta [{}]\n   out: {}", action_name(o.action), hex(&o.meta), hex(&o.frame)),
+                Ok(o) => format!("{} meta [{}]\n   out: {}", if reply { tc_action_name(o.action) } else { action_name(o.action) }, hex(&o.meta), hex(&o.frame)),
                 Err(e) => format!("errno {e}"),
             };
             return Err(format!(
-                "seed {seed:#x}, frame {i}: {why}\n    in: {}\n model: {}\nkernel: {got}\nreplay: XLB_DIFFERENTIAL_SEED={seed} XLB_DIFFERENTIAL_FRAMES={}",
+                "seed {seed:#x}, frame {i} ({}): {why}\n    in: {}\n model: {}\nkernel: {got}\nreplay: XLB_DIFFERENTIAL_SEED={seed} XLB_DIFFERENTIAL_FRAMES={}",
+                if reply { "xlb_reply" } else { "xlb_xdp" },
                 hex(&frame),
                 describe(&want),
                 i + 1
@@ -175,19 +195,20 @@ fn describe(want: &Expect) -> String {
     }
 }
 
-/// Whether the kernel's outcome is the model's.
-fn agree(want: &Expect, input: &[u8], got: &Result<Outcome, i32>) -> Result<(), String> {
+/// Whether the kernel's outcome is the model's; `tc`: of the reply program.
+fn agree(want: &Expect, input: &[u8], got: &Result<Outcome, i32>, tc: bool) -> Result<(), String> {
     let out = match (want, got) {
-        (Expect::Refused, Err(e)) if *e == libc::EINVAL => return Ok(()),
+        (Expect::Refused | Expect::RefusedOrPass, Err(e)) if *e == libc::EINVAL => return Ok(()),
         (_, Err(e)) => return Err(format!("the test run failed (errno {e})")),
         (Expect::Refused, Ok(_)) => return Err("ran a frame the kernel should refuse".into()),
         (_, Ok(o)) => o,
     };
-    let action = |a: u32| if out.action == a { Ok(()) } else { Err(format!("{}, want {}", action_name(out.action), action_name(a))) };
+    let name = |a: u32| if tc { tc_action_name(a) } else { action_name(a) };
+    let action = |a: u32| if out.action == a { Ok(()) } else { Err(format!("{}, want {}", name(out.action), name(a))) };
     match want {
         Expect::Refused => unreachable!(),
-        Expect::Pass => {
-            action(XDP_PASS)?;
+        Expect::Pass | Expect::RefusedOrPass => {
+            action(if tc { TC_ACT_UNSPEC } else { XDP_PASS })?;
             if !out.meta.is_empty() || out.frame != input {
                 return Err("passed, but changed or with metadata".into());
             }
@@ -195,6 +216,8 @@ fn agree(want: &Expect, input: &[u8], got: &Result<Outcome, i32>) -> Result<(), 
         Expect::Drop => action(XDP_DROP)?,
         Expect::Out { frame, sums, to, partial } => {
             match to {
+                To::Redirect => action(TC_ACT_REDIRECT)?,
+                To::Stack => action(TC_ACT_UNSPEC)?,
                 To::Tx => {
                     action(XDP_TX)?;
                     if !out.meta.is_empty() {
@@ -307,8 +330,8 @@ fn tables(fx: &mut Fixture, m: &Model) -> Result<(), String> {
     // The backend entries name the backend in their key; what they hold is the flow's
     // entry at the time it was written, its backend included: compared by key and flag.
     let strip = |s: &BTreeSet<Row>| -> BTreeSet<Row> { s.iter().map(|(k, b, c)| if k.5 == be { (*k, None, *c) } else { (*k, *b, *c) }).collect() };
-    model_ct.extend(m.to_backend.iter().map(|(&(f, addr, port), &closed)| ((f.client, f.cport, addr, port, f.proto, be), None, closed)));
-    model_ho.extend(m.half_open_backend.iter().map(|&(f, addr, port)| ((f.client, f.cport, addr, port, f.proto, be), None, false)));
+    model_ct.extend(m.to_backend.iter().map(|(&(c, cp, b, bp, proto), &(_, closed))| ((c, cp, b, bp, proto, be), None, closed)));
+    model_ho.extend(m.half_open_backend.keys().map(|&(c, cp, b, bp, proto)| ((c, cp, b, bp, proto, be), None, false)));
     for (name, kernel, model) in [("connection", strip(&kernel_ct), model_ct), ("half-open", strip(&kernel_ho), model_ho)] {
         if kernel != model {
             let extra: Vec<_> = kernel.difference(&model).take(5).collect();

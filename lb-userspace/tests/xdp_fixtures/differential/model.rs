@@ -31,33 +31,38 @@
 //! removed backend chooses afresh. A backend that is removed and comes back is a new one.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 use xlb::dataplane::{Limits, maglev};
 
+mod reply;
+mod route;
+mod translate;
+
+pub use self::route::BLACKHOLE4;
+use self::{
+    route::{Route, route},
+    translate::{Side, addr_at, hop, icmp_quote, translate},
+};
 use super::{
-    generate::Svc,
+    config::Svc,
     sums::{Sum, addr, put_addr},
 };
-use crate::{
-    net::{Dev, HOSTS},
-    ones,
-};
+use crate::{net::Dev, ones};
 
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
-
-/// Addresses of the routes the differential test adds to the namespace.
-pub const BLACKHOLE4: &str = "198.51.100.0/24";
 
 /// What the model says the program must do with a frame.
 #[derive(Debug)]
 pub enum Expect {
     /// The kernel refuses the test run (shorter than Ethernet).
     Refused,
+    /// The kernel may refuse the test run; if it runs it, `Pass`.
+    RefusedOrPass,
     /// `XDP_PASS`, untouched, no metadata (maybe counted as a drop reason).
     Pass,
     /// `XDP_DROP` (counted as a drop reason).
@@ -70,9 +75,14 @@ pub enum Expect {
 /// Where a rewritten frame goes.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum To {
+    /// `XDP_TX`.
     Tx,
     /// `XDP_PASS` with `FwdMeta` naming this interface (0: the stack's choice).
     Tc(u32),
+    /// TC: `TC_ACT_REDIRECT`.
+    Redirect,
+    /// TC: `TC_ACT_UNSPEC`, the stack takes it as rewritten.
+    Stack,
 }
 
 /// An IP header as the model reads it.
@@ -136,6 +146,10 @@ pub struct Flow {
     pub proto: u8,
 }
 
+/// A client -> backend entry's key, as replies find it: client, its port, backend, its
+/// port, protocol.
+pub type BackendKey = (IpAddr, u16, IpAddr, u16, u8);
+
 /// One backend of one service from its addition to its removal.
 #[derive(Debug)]
 pub struct Instance {
@@ -165,27 +179,20 @@ struct Service {
     table: Vec<usize>,
 }
 
-/// Where the routes of the test namespace send an address.
-enum Route {
-    Neigh(Dev, [u8; 6]),
-    NoNeigh(Dev),
-    Blackhole,
-    Stack,
-}
-
 pub struct Model {
     limits: Limits,
     ifindex: [u32; 2],
     services: HashMap<(IpAddr, u16, u8), Service>,
     pub instances: Vec<Instance>,
     /// Established flows (the service entries of the connection table) and the
-    /// client -> backend entries for replies, by backend address and port (a backend that
-    /// comes back finds its entries), with whether they are closed.
+    /// client -> backend entries for replies (a backend that comes back finds its
+    /// entries), each with the flow that last wrote it (its VIP is what replies get) and
+    /// whether it is closed.
     pub established: HashMap<Flow, Entry>,
-    pub to_backend: HashMap<(Flow, IpAddr, u16), bool>,
+    pub to_backend: HashMap<BackendKey, (Flow, bool)>,
     /// Half-open flows and their client -> backend entries.
     pub half_open: HashMap<Flow, usize>,
-    pub half_open_backend: HashSet<(Flow, IpAddr, u16)>,
+    pub half_open_backend: HashMap<BackendKey, Flow>,
     /// Drop reasons counted, and new flows per service (VIP, port, protocol).
     pub drops: HashMap<&'static str, u64>,
     pub new_flows: HashMap<(IpAddr, u16, u8), u64>,
@@ -203,7 +210,7 @@ impl Model {
             established: HashMap::new(),
             to_backend: HashMap::new(),
             half_open: HashMap::new(),
-            half_open_backend: HashSet::new(),
+            half_open_backend: HashMap::new(),
             drops: HashMap::new(),
             new_flows: HashMap::new(),
             outcomes: BTreeMap::new(),
@@ -254,7 +261,7 @@ impl Model {
     pub fn xdp(&mut self, f: &[u8]) -> Expect {
         let e = self.decide(f);
         let outcome = match &e {
-            Expect::Refused => "refused",
+            Expect::Refused | Expect::RefusedOrPass => "refused",
             Expect::Pass => "passed",
             Expect::Drop => "dropped",
             Expect::Out { to: To::Tx, .. } => "sent back out (XDP_TX)",
@@ -311,7 +318,7 @@ impl Model {
         let none = p.proto == IPPROTO_UDP && !p.v6 && check == 0;
         let partial = !none && check == ones::pseudo_header(p.src, p.dst, p.proto, p.len);
         let mut out = f.to_vec();
-        put_addr(&mut out, p.l3 + if p.v6 { 24 } else { 16 }, addr);
+        put_addr(&mut out, addr_at(&p, Side::Dst), addr);
         out[p.l4 + 2..p.l4 + 4].copy_from_slice(&port.to_be_bytes());
         let mut sums = hop(&mut out, &p);
         if !none && !partial {
@@ -354,7 +361,7 @@ impl Model {
                 if closes && !e.closed {
                     self.established.insert(flow, Entry { closed: true, ..e });
                     if let Some(c) = self.to_backend.get_mut(&self.backend_key(flow, e.inst)) {
-                        *c = true;
+                        c.1 = true;
                     }
                 }
                 return Ok(Some(e.inst));
@@ -367,7 +374,7 @@ impl Model {
                 self.half_open.remove(&flow);
                 self.half_open_backend.remove(&self.backend_key(flow, h));
                 self.established.insert(flow, Entry { inst: h, closed: closes });
-                self.to_backend.insert(self.backend_key(flow, h), closes);
+                self.to_backend.insert(self.backend_key(flow, h), (flow, closes));
                 return Ok(Some(h));
             }
             if self.instances[h].state == State::Active {
@@ -393,105 +400,29 @@ impl Model {
         };
         if established.is_some() || !tcp {
             self.established.insert(flow, Entry { inst, closed: false });
-            self.to_backend.insert(self.backend_key(flow, inst), false);
+            self.to_backend.insert(self.backend_key(flow, inst), (flow, false));
         } else {
             self.half_open.insert(flow, inst);
-            self.half_open_backend.insert(self.backend_key(flow, inst));
+            self.half_open_backend.insert(self.backend_key(flow, inst), flow);
         }
         Ok(Some(inst))
     }
 
-    fn backend_key(&self, flow: Flow, inst: usize) -> (Flow, IpAddr, u16) {
-        (flow, self.instances[inst].addr, self.instances[inst].port)
+    fn backend_key(&self, flow: Flow, inst: usize) -> BackendKey {
+        (flow.client, flow.cport, self.instances[inst].addr, self.instances[inst].port, flow.proto)
     }
 
     /// An ICMP error to a VIP about one of its flows' replies, translated for the backend.
     fn icmp_error(&mut self, f: &[u8], outer: &Ip) -> Option<Expect> {
-        let kind = *f.get(outer.l4)?;
-        f.get(outer.l4 + 1)?;
-        let error = if outer.v6 { outer.proto == ICMPV6 && (1..=4).contains(&kind) } else { outer.proto == ICMP && matches!(kind, 3 | 11 | 12) };
-        if !error {
-            return None;
-        }
-        let q = ip(f, outer.l4 + 8, outer.v6)?;
-        if q.fragment || (q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP) || f.len() < q.l4 + 4 {
-            return None;
-        }
-        let (sport, dport) = (u16::from_be_bytes([f[q.l4], f[q.l4 + 1]]), u16::from_be_bytes([f[q.l4 + 2], f[q.l4 + 3]]));
-        if outer.dst != q.src || outer.ttl <= 1 || !self.services.contains_key(&(q.src, sport, q.proto)) {
+        let (q, sport, dport) = icmp_quote(f, outer)?;
+        if !self.services.contains_key(&(q.src, sport, q.proto)) {
             return None;
         }
         let flow = Flow { client: q.dst, cport: dport, vip: q.src, vport: sport, proto: q.proto };
         let inst = self.established.get(&flow).map(|e| e.inst).or_else(|| self.half_open.get(&flow).copied())?;
         let (addr, port) = (self.instances[inst].addr, self.instances[inst].port);
-        let mut out = f.to_vec();
-        put_addr(&mut out, outer.l3 + if outer.v6 { 24 } else { 16 }, addr);
-        put_addr(&mut out, q.l3 + if q.v6 { 8 } else { 12 }, addr);
-        out[q.l4..q.l4 + 2].copy_from_slice(&port.to_be_bytes());
-        let mut sums = hop(&mut out, outer);
-        if !q.v6 {
-            sums.push(Sum::Ip4 { l3: q.l3, len: q.l4 - q.l3 });
-        }
-        // The quoted L4 checksum, where the frame holds it (a UDP/IPv4 0 stays 0).
-        let field = q.l4 + if q.proto == IPPROTO_TCP { 16 } else { 6 };
-        if f.len() >= field + 2 && !(q.proto == IPPROTO_UDP && !q.v6 && f[field] == 0 && f[field + 1] == 0) {
-            sums.push(Sum::L4 { l3: q.l3, v6: q.v6, proto: q.proto, l4: q.l4, len: q.len, field, udp: q.proto == IPPROTO_UDP });
-        }
-        sums.push(if outer.v6 {
-            Sum::L4 { l3: outer.l3, v6: true, proto: ICMPV6, l4: outer.l4, len: outer.len, field: outer.l4 + 2, udp: false }
-        } else {
-            Sum::Icmp4 { l4: outer.l4 }
-        });
+        let (out, sums) = translate(f, outer, &q, Some(Side::Dst), Side::Src, addr, port);
         *self.outcomes.entry("ICMP error translated").or_default() += 1;
         Some(self.send(out, sums, outer.src, addr, None))
-    }
-}
-
-/// One hop less (and the IPv4 header checksum that covers it).
-fn hop(out: &mut [u8], p: &Ip) -> Vec<Sum> {
-    if p.v6 {
-        out[p.l3 + 7] -= 1;
-        Vec::new()
-    } else {
-        out[p.l3 + 8] -= 1;
-        vec![Sum::Ip4 { l3: p.l3, len: p.l4 - p.l3 }]
-    }
-}
-
-/// The test namespace's routes: fx0's and fx1's subnets (neighbours of `HOSTS` known), a
-/// blackhole, no default route. IPv6 never forwards from or to a multicast, link-local or
-/// loopback address (their scope is the link or the host).
-fn route(from: IpAddr, a: IpAddr) -> Route {
-    let scoped = |a: IpAddr| match a {
-        IpAddr::V6(a) => a.is_multicast() || a.is_unicast_link_local() || a.is_loopback(),
-        IpAddr::V4(_) => false,
-    };
-    if scoped(from) || scoped(a) {
-        return Route::Stack;
-    }
-    if let Some(h) = HOSTS.iter().find(|h| h.ip == a) {
-        return Route::Neigh(h.dev, h.mac);
-    }
-    let on = |dev: Dev| {
-        dev.addrs().iter().any(|net| {
-            let (net, bits) = net.split_once('/').unwrap();
-            within(a, net.parse().unwrap(), bits.parse().unwrap())
-        })
-    };
-    let (net, bits) = BLACKHOLE4.split_once('/').unwrap();
-    if within(a, net.parse().unwrap(), bits.parse().unwrap()) {
-        Route::Blackhole
-    } else if let Some(dev) = Dev::ALL.into_iter().find(|d| on(*d)) {
-        Route::NoNeigh(dev)
-    } else {
-        Route::Stack
-    }
-}
-
-fn within(a: IpAddr, net: IpAddr, bits: u32) -> bool {
-    match (a, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => u32::from(a).checked_shr(32 - bits).unwrap_or(0) == u32::from(n).checked_shr(32 - bits).unwrap_or(0),
-        (IpAddr::V6(a), IpAddr::V6(n)) => u128::from(a).checked_shr(128 - bits).unwrap_or(0) == u128::from(n).checked_shr(128 - bits).unwrap_or(0),
-        _ => false,
     }
 }

@@ -51,7 +51,8 @@ pub const ROUTER4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 250, 0, 50));
 pub const ROUTER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 0x50));
 
 /// Every service with every backend it may have: on the clients' interface (`XDP_TX`),
-/// behind TC, without a neighbour entry, without a route, in a blackhole, or none at all.
+/// behind TC, without a neighbour entry, without a route, in a blackhole, or none at all;
+/// B4A:8080 behind two services (each flow's reply entry names its own).
 pub fn universe() -> Vec<Svc> {
     let s = |vip, port, proto, backends: &[(IpAddr, u16)]| Svc { vip, port, proto, backends: backends.iter().map(|&(a, p)| (a, p, false)).collect() };
     vec![
@@ -60,7 +61,7 @@ pub fn universe() -> Vec<Svc> {
         s(VIP6, 80, IPPROTO_TCP, &[(B6A.ip, 8080), (NONEIGH6, 8080)]),
         s(VIP6, 53, IPPROTO_UDP, &[(B6A.ip, 5353), (NONEIGH6, 5353)]),
         s(VIP4, 25, IPPROTO_TCP, &[]),
-        s(VIP4, 8000, IPPROTO_TCP, &[(NOROUTE4, 80), (BLACKHOLE, 80), (B4A.ip, 80)]),
+        s(VIP4, 8000, IPPROTO_TCP, &[(NOROUTE4, 80), (BLACKHOLE, 80), (B4A.ip, 8080)]),
         s(VIP4, 8053, IPPROTO_UDP, &[(BLACKHOLE, 53), (B4B.ip, 53)]),
     ]
 }

@@ -376,18 +376,7 @@ impl Gen {
                 let body = self.bytes(n);
                 self.ip(IpAddr::V4(Ipv4Addr::new(10, 250, 0, 100)), VIP4, proto, body)
             }
-            3 => {
-                let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
-                arp.extend(CLIENT_MAC);
-                arp.extend([10, 250, 0, 100]);
-                arp.extend([0; 6]);
-                arp.extend([10, 250, 0, 1]);
-                let mut b = self.eth(0x0806, arp);
-                if b.l3 == 14 {
-                    b.bytes[0..6].copy_from_slice(&[0xff; 6]);
-                }
-                b
-            }
+            3 => self.neighbor(),
             4 => {
                 let kind = self.pick(&[0x88ccu16, 0x88a8, 0x8100, 0x0801, 0x86dc]);
                 let n = self.range(20, 80);
@@ -403,6 +392,46 @@ impl Gen {
                 b
             }
         }
+    }
+
+    /// An ARP request or IPv6 neighbor solicitation, mostly for a VIP, now and then
+    /// gratuitous, a reply, from ::, with another hop limit, without the address option.
+    fn neighbor(&mut self) -> Built {
+        let target = self.pick(&[VIP4, VIP6, VIP4, VIP6, NEAR.ip, IpAddr::V6(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 9))]);
+        let mut b = match target {
+            IpAddr::V4(t) => {
+                let mut arp = vec![0, 1, 8, 0, 6, 4, 0, if self.chance(90) { 1 } else { 2 }];
+                arp.extend(CLIENT_MAC);
+                arp.extend(if self.chance(95) { [10, 250, 0, 100] } else { t.octets() });
+                arp.extend([0; 6]);
+                arp.extend(t.octets());
+                self.eth(0x0806, arp)
+            }
+            IpAddr::V6(t) => {
+                let src = if self.chance(95) { Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 0x100) } else { Ipv6Addr::UNSPECIFIED };
+                let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+                m.extend(t.octets());
+                if self.chance(70) {
+                    m.extend([1, 1]);
+                    m.extend(CLIENT_MAC);
+                }
+                let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, t.segments()[7]);
+                let sum = ones::add(ones::pseudo_header(IpAddr::V6(src), IpAddr::V6(dst), 58, m.len()), ones::fold(super::sums::words(&m)));
+                m[2..4].copy_from_slice(&(!sum).to_be_bytes());
+                let hop = if self.chance(95) { 255 } else { 64 };
+                let packet = ipv6(src, dst, 58, hop, &m);
+                self.eth(0x86dd, packet)
+            }
+        };
+        if b.l3 == 14 {
+            b.bytes[0..6].copy_from_slice(&[0xff; 6]);
+        }
+        if self.chance(10) {
+            // Cut within the last bytes: the option, the target.
+            let n = b.bytes.len() - self.range(1, 12);
+            b.bytes.truncate(n);
+        }
+        b
     }
 
     fn segment_of(&mut self, fl: GenFlow) -> Built {

@@ -77,6 +77,7 @@ const OUTCOMES: &[&str] = &[
     "to TC",
     "to TC, partial checksum",
     "ICMP error translated",
+    "neighbor answered",
     "reply: passed",
     "reply: redirected",
     "reply: rewritten, to the stack",
@@ -136,6 +137,7 @@ fn run(seed: u64, n: usize, deadline: Option<Instant>) -> Result<usize, String> 
     let mut frames = Gen::new(seed);
     let config = frames.config();
     let mut fx = Fixture::with_limits(limits, &desired(&config));
+    fx.dp.answer_neighbors_on(Dev::Fx0.name()).expect("writing fx0's MAC");
     let out = Command::new("ip").args(["route", "add", "blackhole", model::BLACKHOLE4]).output().expect("ip route");
     assert!(out.status.success(), "adding the blackhole route: {}", String::from_utf8_lossy(&out.stderr));
     let mut model = Model::new(limits, [fx.ifindex(Dev::Fx0), fx.ifindex(Dev::Fx1)]);
@@ -188,6 +190,15 @@ fn run(seed: u64, n: usize, deadline: Option<Instant>) -> Result<usize, String> 
     Ok(ran)
 }
 
+/// The `FwdMeta` XDP left in front of the frame, if any.
+fn meta(m: &[u8]) -> Option<FwdMeta> {
+    if m.len() != mem::size_of::<FwdMeta>() {
+        return None;
+    }
+    let w = |i: usize| u32::from_ne_bytes(m[i * 4..i * 4 + 4].try_into().unwrap());
+    Some(FwdMeta { magic: w(0), ifindex: w(1), l4_addr_diff: w(2), l4_port_diff: w(3), flags: w(4) })
+}
+
 fn describe(want: &Expect) -> String {
     match want {
         Expect::Out { frame, sums, to, partial } => format!("{to:?}, partial checksum: {}, checksums {sums:?}\n   out: {}", partial.is_some(), hex(frame)),
@@ -217,6 +228,13 @@ fn agree(want: &Expect, input: &[u8], got: &Result<Outcome, i32>, tc: bool) -> R
         Expect::Out { frame, sums, to, partial } => {
             match to {
                 To::Redirect => action(TC_ACT_REDIRECT)?,
+                To::BackOut(ifindex) => {
+                    action(XDP_PASS)?;
+                    let want = FwdMeta { magic: FwdMeta::MAGIC, ifindex: *ifindex, flags: FwdMeta::F_BACK_OUT, ..Default::default() };
+                    if meta(&out.meta) != Some(want) {
+                        return Err(format!("metadata [{}], want {want:?}", hex(&out.meta)));
+                    }
+                }
                 To::Stack => action(TC_ACT_UNSPEC)?,
                 To::Tx => {
                     action(XDP_TX)?;
@@ -226,11 +244,7 @@ fn agree(want: &Expect, input: &[u8], got: &Result<Outcome, i32>, tc: bool) -> R
                 }
                 To::Tc(ifindex) => {
                     action(XDP_PASS)?;
-                    if out.meta.len() != mem::size_of::<FwdMeta>() {
-                        return Err(format!("metadata of {} bytes", out.meta.len()));
-                    }
-                    let w = |i: usize| u32::from_ne_bytes(out.meta[i * 4..i * 4 + 4].try_into().unwrap());
-                    let meta = FwdMeta { magic: w(0), ifindex: w(1), l4_addr_diff: w(2), l4_port_diff: w(3), flags: w(4) };
+                    let meta = meta(&out.meta).ok_or_else(|| format!("metadata of {} bytes", out.meta.len()))?;
                     let flags = if partial.is_some() { FwdMeta::F_FIX_L4 } else { 0 };
                     if (meta.magic, meta.ifindex, meta.flags) != (FwdMeta::MAGIC, *ifindex, flags) {
                         return Err(format!("metadata {meta:?}, want ifindex {ifindex}, flags {flags}"));

@@ -38,6 +38,7 @@ use std::{
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 use xlb::dataplane::{Limits, maglev};
 
+mod neighbor;
 mod reply;
 mod route;
 mod translate;
@@ -79,6 +80,8 @@ pub enum To {
     Tx,
     /// `XDP_PASS` with `FwdMeta` naming this interface (0: the stack's choice).
     Tc(u32),
+    /// `XDP_PASS` with `FwdMeta` sending it back out of this interface (an answer).
+    BackOut(u32),
     /// TC: `TC_ACT_REDIRECT`.
     Redirect,
     /// TC: `TC_ACT_UNSPEC`, the stack takes it as rewritten.
@@ -265,6 +268,7 @@ impl Model {
             Expect::Pass => "passed",
             Expect::Drop => "dropped",
             Expect::Out { to: To::Tx, .. } => "sent back out (XDP_TX)",
+            Expect::Out { to: To::BackOut(_), .. } => "neighbor answered",
             Expect::Out { partial: Some(_), .. } => "to TC, partial checksum",
             Expect::Out { .. } => "to TC",
         };
@@ -276,7 +280,7 @@ impl Model {
         if f.len() < 14 {
             return Expect::Refused;
         }
-        let Some(p) = outer_ip(f) else { return Expect::Pass };
+        let Some(p) = outer_ip(f) else { return self.neighbor(f).unwrap_or(Expect::Pass) };
         if p.fragment {
             self.count("fragment");
             return Expect::Pass;
@@ -287,7 +291,7 @@ impl Model {
             _ => false,
         };
         if !ports {
-            return self.icmp_error(f, &p).unwrap_or(Expect::Pass);
+            return self.neighbor(f).or_else(|| self.icmp_error(f, &p)).unwrap_or(Expect::Pass);
         }
         let (sport, dport) = (u16::from_be_bytes([f[p.l4], f[p.l4 + 1]]), u16::from_be_bytes([f[p.l4 + 2], f[p.l4 + 3]]));
         let key = (p.dst, dport, p.proto);

@@ -31,7 +31,7 @@ use std::{
 };
 
 use aya::maps::Array;
-use lb_common::{Backend, Conn, ConnKind, FwdMeta, ServiceKey, words_addr};
+use lb_common::{Backend, Conn, ConnKind, FwdMeta, words_addr};
 use xlb::dataplane::Limits;
 
 use self::{
@@ -298,17 +298,19 @@ fn partial_diffs(sum: Sum, input: &[u8], out: &[u8], meta: &FwdMeta) -> Result<(
     Ok(())
 }
 
-/// The drop counters and each service's new flows.
+/// The drop counters and each service's packets, bytes and new flows.
 fn counters(fx: &mut Fixture, m: &Model) -> Result<(), String> {
-    let kernel: BTreeMap<&str, u64> = fx.drops().into_iter().filter(|(_, n)| *n > 0).collect();
+    let stats = fx.dp.counters().expect("counters");
+    let kernel: BTreeMap<&str, u64> = stats.drops.into_iter().filter(|(_, n)| *n > 0).collect();
     let model: BTreeMap<&str, u64> = m.drops.iter().map(|(k, v)| (*k, *v)).collect();
     if kernel != model {
         return Err(format!("drop counters {kernel:?}, the model's {model:?}"));
     }
-    for (&(vip, port, proto), &n) in &m.new_flows {
-        let got = fx.new_flows(ServiceKey::new(vip, port, proto));
-        if got != n {
-            return Err(format!("{vip}:{port}/{proto}: {got} new flows, the model's {n}"));
+    for (key, c) in stats.services {
+        let (vip, port, proto) = (key.ip(), u16::from_be(key.port), key.proto);
+        let want = m.services_counted.get(&(vip, port, proto)).copied().unwrap_or_default();
+        if [c.packets, c.bytes, c.new_flows] != want {
+            return Err(format!("{vip}:{port}/{proto}: packets, bytes, new flows {:?}, the model's {want:?}", [c.packets, c.bytes, c.new_flows]));
         }
     }
     Ok(())

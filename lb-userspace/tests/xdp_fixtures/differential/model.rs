@@ -196,9 +196,10 @@ pub struct Model {
     /// Half-open flows and their client -> backend entries.
     pub half_open: HashMap<Flow, usize>,
     pub half_open_backend: HashMap<BackendKey, Flow>,
-    /// Drop reasons counted, and new flows per service (VIP, port, protocol).
+    /// Drop reasons counted, and per service (VIP, port, protocol) its packets, bytes and
+    /// new flows.
     pub drops: HashMap<&'static str, u64>,
-    pub new_flows: HashMap<(IpAddr, u16, u8), u64>,
+    pub services_counted: HashMap<(IpAddr, u16, u8), [u64; 3]>,
     /// How many frames met each outcome: what the generator reached.
     pub outcomes: BTreeMap<&'static str, u64>,
 }
@@ -215,7 +216,7 @@ impl Model {
             half_open: HashMap::new(),
             half_open_backend: HashMap::new(),
             drops: HashMap::new(),
-            new_flows: HashMap::new(),
+            services_counted: HashMap::new(),
             outcomes: BTreeMap::new(),
         }
     }
@@ -315,6 +316,9 @@ impl Model {
                 return Expect::Drop;
             }
         };
+        let counted = self.services_counted.entry(key).or_default();
+        counted[0] += 1;
+        counted[1] += f.len() as u64;
         let (addr, port) = (self.instances[inst].addr, self.instances[inst].port);
         let field = p.l4 + if p.proto == IPPROTO_TCP { 16 } else { 6 };
         let check = u16::from_be_bytes([f[field], f[field + 1]]);
@@ -398,7 +402,7 @@ impl Model {
                 let (src, dst) = (lb_common::addr_words(flow.client).0, lb_common::addr_words(flow.vip).0);
                 let hash = lb_common::flow_hash(&src, flow.cport.to_be(), &dst, flow.vport.to_be(), flow.proto, self.limits.hash_seed);
                 let i = svc.table[(hash % svc.table.len() as u32) as usize];
-                *self.new_flows.entry(key).or_default() += 1;
+                self.services_counted.entry(key).or_default()[2] += 1;
                 i
             }
         };

@@ -3,8 +3,8 @@
 //! clients' side, `xlb_reply` on the backends') and through a reference model written
 //! apart from the kernel code (`model`), while the configuration changes (`config`:
 //! backends draining, removed, back); every verdict, output frame and metadata must be the
-//! model's, and so must the drop counters, the services' new flows and, at the end, the
-//! connection and half-open tables (keys, backends, closed flags).
+//! model's, and so must the drop counters, each service's packets, bytes and new flows
+//! and, at the end, the connection and half-open tables (keys, backends, closed flags).
 //!
 //! Checksums are judged by what they cover: a rewritten frame must leave every checksum
 //! exactly as valid as it came (a wrong one stays wrong by as much), which is what an
@@ -134,8 +134,8 @@ fn fail(frames: usize, e: &str) -> ! {
 /// first disagreement.
 fn run(seed: u64, n: usize, deadline: Option<Instant>) -> Result<usize, String> {
     let limits = Limits { conntrack_size: 65536, table_size: 251, max_services: 8, hash_seed: seed as u32 | 1 };
-    let mut frames = Gen::new(seed);
-    let config = frames.config();
+    let mut steps = Gen::new(seed);
+    let config = steps.config();
     let mut fx = Fixture::with_limits(limits, &desired(&config));
     fx.dp.answer_neighbors_on(Dev::Fx0.name()).expect("writing fx0's MAC");
     let out = Command::new("ip").args(["route", "add", "blackhole", model::BLACKHOLE4]).output().expect("ip route");
@@ -145,7 +145,7 @@ fn run(seed: u64, n: usize, deadline: Option<Instant>) -> Result<usize, String> 
     let mut ran = 0;
     let mut i = 0;
     while ran < n && deadline.is_none_or(|d| ran % 1024 != 0 || Instant::now() < d) {
-        let frame = match frames.next() {
+        let frame = match steps.next() {
             Step::Sync(config) => {
                 fx.sync(&desired(&config));
                 model.sync(&config);

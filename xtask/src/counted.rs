@@ -27,8 +27,7 @@ pub fn run_counted(cargo: &mut Command, summary: &mut Vec<String>) -> Result<()>
         } else if let Some(result) = line.strip_prefix("test result: ") {
             let (passed, failed) = counts(result);
             summary.push(format!("{binary}: {} tests, {failed} failures", passed + failed));
-        } else if let Some((_, own)) = line.split_once("summary: ") {
-            // Printed past the harness's capture, maybe after another test's `test x ... `.
+        } else if let Some(own) = own_summary(&line) {
             summary.push(own.to_owned());
         }
     }
@@ -37,6 +36,12 @@ pub fn run_counted(cargo: &mut Command, summary: &mut Vec<String>) -> Result<()>
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+/// A suite's own summary, printed as `summary: ...` past the harness's capture, so maybe
+/// after another test's `test x ... ` on the same line.
+fn own_summary(line: &str) -> Option<&str> {
+    line.split_once("summary: ").map(|(_, own)| own)
 }
 
 /// `unittests src/lib.rs (target/debug/deps/lb_userspace-0123abcd)` as
@@ -68,5 +73,11 @@ mod tests {
         assert_eq!(super::counts("FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"), (3, 2));
         assert_eq!(super::binary_name("unittests src/lib.rs (target/debug/deps/lb_userspace-0123abcd)"), "lb_userspace unittests src/lib.rs");
         assert_eq!(super::binary_name("lb_common"), "lb_common doc-tests");
+        assert_eq!(
+            super::own_summary("summary: dataplane differential: 9 frames tried, 0 failures"),
+            Some("dataplane differential: 9 frames tried, 0 failures")
+        );
+        assert_eq!(super::own_summary("test parsing::frames ... summary: x: 1 frames tried, 0 failures"), Some("x: 1 frames tried, 0 failures"));
+        assert_eq!(super::own_summary("test parsing::frames ... ok"), None);
     }
 }

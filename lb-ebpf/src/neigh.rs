@@ -104,7 +104,9 @@ fn ndp(ctx: &XdpContext) -> Option<()> {
     }
     let lla = len == NS_LEN_WITH_LLA;
     if lla {
-        let o: *const [u8; 2] = ptr_at(ctx, icmp_off + NS_LEN)?;
+        // The whole option, before anything is rewritten: a frame cut inside it is passed on
+        // as it came, not half turned into an advertisement.
+        let o: *const [u8; 8] = ptr_at(ctx, icmp_off + NS_LEN)?;
         if unsafe { (*o)[0] != OPT_SOURCE_LLA || (*o)[1] != 1 } {
             return None;
         }

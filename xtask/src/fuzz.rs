@@ -4,6 +4,10 @@
 //! time from its committed seeds (`fuzz/corpus/TARGET`). Inputs found on the way go to
 //! `fuzz/target/corpus/TARGET` (not committed); a crash, a hang (10 s) or 1 GiB of memory
 //! leaves its input in `fuzz/target/artifacts/TARGET/` and fails the run.
+//!
+//! `--dataplane` runs the data plane's differential test instead (lb-userspace's
+//! `xdp_fixtures`, `differential`): generated frames through the real XDP program and a
+//! reference model, fresh seeds for `--seconds` (root, like every fixture).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -12,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cmd};
+use crate::{build, cmd, counted};
 
 pub const TARGETS: &[&str] = &["config", "docker_labels", "guard", "headers", "route", "tls_hello"];
 
@@ -27,12 +31,26 @@ pub struct Options {
     #[arg(long, default_value_t = 60)]
     seconds: u64,
     /// Only this target (config, docker_labels, guard, headers, route).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dataplane")]
     target: Option<String>,
+    /// The data plane's differential test (generated frames against a reference model)
+    /// with fresh seeds, instead of the libFuzzer targets.
+    #[arg(long)]
+    dataplane: bool,
 }
 
 pub fn fuzz(o: &Options) -> Result<()> {
-    run(o.seconds, o.target.as_deref(), &mut Vec::new())
+    if o.dataplane { dataplane(o.seconds, &mut Vec::new()) } else { run(o.seconds, o.target.as_deref(), &mut Vec::new()) }
+}
+
+/// Runs the differential data plane test with fresh seeds for `seconds`; its summary line
+/// goes to `summary`.
+fn dataplane(seconds: u64, summary: &mut Vec<String>) -> Result<()> {
+    let mut cargo = build::cargo();
+    cargo
+        .args(["test", "--package", "lb-userspace", "--test", "xdp_fixtures", "--", "--exact", "differential::kernel_agrees_with_the_model", "--nocapture"])
+        .env("XLB_DIFFERENTIAL_SECONDS", seconds.to_string());
+    counted::run_counted(&mut cargo, summary).context("the differential data plane test")
 }
 
 /// Builds the targets, then runs each (or `only`) for `seconds`, printing one summary line

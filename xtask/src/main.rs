@@ -7,6 +7,7 @@ mod apt;
 mod bench;
 mod build;
 mod cmd;
+mod counted;
 mod docker;
 mod fuzz;
 mod image;

@@ -169,4 +169,9 @@ impl Dataplane {
     pub fn xdp(&mut self) -> anyhow::Result<&mut Xdp> {
         program(&mut self.ebpf, names::PROG_XDP)
     }
+
+    /// The reply program (TC, backends' side), for `BPF_PROG_TEST_RUN`.
+    pub fn reply(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        program(&mut self.ebpf, names::PROG_REPLY)
+    }
 }

@@ -180,6 +180,28 @@ impl Fixture {
         }
     }
 
+    /// Runs the reply program (TC) on `frame` as received on fx1, the backends' side;
+    /// `Err(errno)` when the kernel refuses the run.
+    pub fn run_reply(&mut self, frame: &[u8]) -> Result<Outcome, i32> {
+        // struct __sk_buff up to ifindex: ingress_ifindex (word 9), the program's FIB
+        // lookup starts there; ifindex (word 10), the skb's device (its namespace).
+        let mut skb = [0u32; 11];
+        skb[9] = self.ifindex(Dev::Fx1);
+        skb[10] = self.ifindex(Dev::Fx1);
+        let ctx_in: Vec<u8> = skb.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut data = vec![0u8; frame.len() + 64];
+        let prog = self.dp.reply().expect("the reply program");
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut data), ctx_in: Some(&ctx_in), ..Default::default() };
+        match prog.test_run(opts) {
+            Ok(r) => {
+                data.truncate(r.data_size_out as usize);
+                Ok(Outcome { action: r.return_value, meta: Vec::new(), frame: data })
+            }
+            Err(ProgramError::SyscallError(e)) => Err(e.io_error.raw_os_error().unwrap_or(0)),
+            Err(e) => panic!("test run: {e}"),
+        }
+    }
+
     pub fn drops(&mut self) -> Vec<(&'static str, u64)> {
         self.dp.counters().expect("counters").drops
     }

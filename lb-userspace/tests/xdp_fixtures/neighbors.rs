@@ -112,6 +112,9 @@ fn vips_are_answered_for_arp_and_ndp() {
         ("ns for another address", solicit(v6(CLIENT6), v6("fd00:250::77".parse().unwrap()), 255, true)),
         ("ns with hop limit 64 (forwarded)", solicit(v6(CLIENT6), v6(VIP6), 64, true)),
         ("duplicate address detection", solicit([0; 16], v6(VIP6), 255, false)),
+        // The source link-layer option cut short: not answered, nor changed (the
+        // differential test found it passed half rewritten into an advertisement).
+        ("ns for a vip, its link-layer option cut short", solicit(v6(CLIENT6), v6(VIP6), 255, true)[..14 + 40 + 24 + 5].to_vec()),
     ] {
         expect(&mut fx, name, &ns, None);
     }

@@ -31,6 +31,9 @@ pub const SUITE_END: &str = "XLB-VM-SUITE-END";
 pub const RETRY: &str = "XLB-VM-RETRY";
 pub const DONE: &str = "XLB-VM-DONE";
 
+/// Frames the differential data plane test runs in a guest (a million on the host).
+const GUEST_DIFFERENTIAL_FRAMES: usize = 20_000;
+
 /// Writes the initramfs for `kernel` to `out`; returns the modules `/init` loads, in order.
 /// `retries`: how many times the tests that failed are run again (each time only those).
 pub fn write(
@@ -136,6 +139,8 @@ fn init_script(modules: &[String], suites: &[Suite], args: &[String], retries: u
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
 export RUST_BACKTRACE=1 XLB_BIN={GUEST_XLB} XLB_TESTD_BIN={GUEST_TESTD}
+# The differential data plane test: fewer frames than on the host under QEMU's emulation.
+export XLB_DIFFERENTIAL_FRAMES={GUEST_DIFFERENTIAL_FRAMES}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

@@ -16,7 +16,7 @@
 //!
 //! The cases, one file per feature: `forward`, `icmp`, `checksum`, `parsing` (with the garbage
 //! frames), `tcp_flows`, `ttl`, `removal`, `expiry`, `consistency`, `maglev`, `round_robin`, `random`,
-//! `syn_flood`, `neighbors`; `socket`: the socket-level programs pass this kernel's verifier.
+//! `syn_flood`, `neighbors`, `dsr` (direct server return: direct and tunnel forwarding, steering of unknown segments); `socket`: the socket-level programs pass this kernel's verifier.
 //!
 //! To add a feature's cases: a file here with `mod` below; a table of frames goes in its
 //! `pub fn cases() -> Vec<Case>` run by a `#[test] fn frames() { run_table(&cases()) }`
@@ -34,6 +34,7 @@ mod services;
 
 mod checksum;
 mod consistency;
+mod dsr;
 mod expiry;
 mod forward;
 mod icmp;

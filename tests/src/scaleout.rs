@@ -82,10 +82,7 @@ impl ScaleOut {
         client.ip("route add default via 10.210.1.1");
 
         let backend_ips: Vec<Ipv4Addr> = (1..=backends).map(|j| Ipv4Addr::new(10, 210, 0, 20 + j as u8)).collect();
-        let services = format!(
-            "dataplane: {{ hash_seed: 7 }}\nannounce: {{ table: {ANNOUNCE_TABLE} }}\nservices:\n  - name: web\n    vip: {VIP}\n    port: {PORT}\n    forwarding: direct\n    backends: [{}]\n",
-            backend_ips.iter().map(|ip| format!("{{ address: {ip} }}")).collect::<Vec<_>>().join(", ")
-        );
+        let services = config(&backend_ips, "active");
         let mut s = ScaleOut {
             nodes: Vec::new(),
             backends: Vec::new(),
@@ -129,6 +126,13 @@ impl ScaleOut {
         self.router.run("ethtool", &["-K", port, "gro", "on"]);
         ns.addr_add(IFACE, &format!("{ip}/24"));
         ns.ip(&format!("route add default via {ROUTER}"));
+    }
+
+    /// Rewrites the nodes' config with every backend in `state` (`active`, `draining`);
+    /// each xlb reloads it within a second (it watches the file).
+    pub fn set_backend_state(&self, state: &str) {
+        let ips: Vec<Ipv4Addr> = self.backends.iter().map(|b| b.ip).collect();
+        self.config.write(&config(&ips, state));
     }
 
     pub fn vip() -> SocketAddr {
@@ -182,6 +186,15 @@ impl ScaleOut {
         }
         out
     }
+}
+
+/// Every node's config: the VIP by direct server return over `backends`, all in `state`.
+fn config(backends: &[Ipv4Addr], state: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|ip| format!("{{ address: {ip}, state: {state} }}")).collect();
+    format!(
+        "dataplane: {{ hash_seed: 7 }}\nannounce: {{ table: {ANNOUNCE_TABLE} }}\nservices:\n  - name: web\n    vip: {VIP}\n    port: {PORT}\n    forwarding: direct\n    backends: [{}]\n",
+        list.join(", ")
+    )
 }
 
 impl Drop for ScaleOut {

@@ -135,18 +135,22 @@ fn ecmp_nodes_share_flows_and_keep_them_when_one_dies() {
     assert!(moved > 0, "the survivors steered no flow mid-stream: none moved");
     assert_eq!(s.paths().len(), NODES - 1, "the router's paths after the death");
 
-    // An orderly stop withdraws before the drain: the router hears it at once, not after a
-    // hold time.
+    withdrawals(&mut s);
+    drop(s);
+}
+
+/// The withdrawals that are no death: an orderly stop withdraws before the drain, so the
+/// router hears it at once, not after a hold time (node 3); a service with no backend taking
+/// new flows (all draining) is withdrawn too (node 1, the last one).
+fn withdrawals(s: &mut ScaleOut) {
     let mut third = s.nodes[2].xlb.take().expect("running");
     let stopped = third.stop_while(|| s.wait_paths(NODES - 2, Duration::from_secs(2 * HOLD_SECS))).unwrap_or_else(|e| panic!("{e}"));
     let stopped = stopped.unwrap_or_else(|e| panic!("after SIGTERM: {e}\n{}", s.logs()));
     eprintln!("SIGTERM: the router dropped the stopping node {stopped:?} after the signal");
     assert!(stopped < Duration::from_secs(HOLD_SECS), "withdrawal on SIGTERM took {stopped:?}, as long as a hold time");
-    // A service with no backend taking new flows (all draining) is withdrawn too.
     s.set_backend_state("draining");
     let drained = s.wait_paths(0, Duration::from_secs(10)).unwrap_or_else(|e| panic!("all backends draining: {e}\n{}", s.logs()));
     eprintln!("all backends draining: VIP withdrawn {drained:?} after the config was written");
     let table = s.nodes[0].ns.ip(&format!("route show table {ANNOUNCE_TABLE}"));
     assert!(!table.contains(&VIP.to_string()), "{}: announce table still holds the VIP: {table:?}", s.nodes[0].name);
-    drop(s);
 }

@@ -23,6 +23,7 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const DROPS: &str = "DROPS";
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
+    pub const TUNNEL_SOURCES: &str = "TUNNEL_SOURCES";
     pub const PROG_XDP: &str = "xlb_xdp";
     pub const PROG_FWD: &str = "xlb_fwd";
     pub const PROG_REPLY: &str = "xlb_reply";
@@ -59,6 +60,8 @@ pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// IPv4 in IPv4 (RFC 2003): the outer header of `Service::F_TUNNEL` forwarding.
+pub const IPPROTO_IPIP: u8 = 4;
 
 /// An IPv4 or IPv6 address as four network-order words; IPv4 uses word 0 only.
 pub type Addr = [u32; 4];
@@ -133,6 +136,16 @@ impl Service {
     /// Local callers in the socket-LB cgroup reach it by socket-level balancing (their
     /// connect() and sendmsg() go straight to a backend); without it they go the packet way.
     pub const F_SOCKET_LB: u8 = 1;
+    /// Direct server return on one L2 segment: the packet goes unchanged to the backend's
+    /// MAC, and the backend answers the client itself. A TCP segment of a flow the node
+    /// does not know is steered by the selection table like a new flow (several nodes
+    /// behind ECMP share flows). So with `F_TUNNEL`.
+    pub const F_DIRECT: u8 = 2;
+    /// Direct server return through IPIP: the unchanged packet inside an IPv4 header to
+    /// the backend.
+    pub const F_TUNNEL: u8 = 4;
+    /// Either: no reply passes this node.
+    pub const F_RETURNS_DIRECTLY: u8 = Self::F_DIRECT | Self::F_TUNNEL;
 }
 
 /// Backend lifecycle as the kernel sees it.
@@ -337,7 +350,8 @@ impl FwdMeta {
     pub const MAGIC: u32 = 0x786c_6221; // "xlb!"
     /// The L4 checksum still needs `l4_*_diff` folded in.
     pub const F_FIX_L4: u32 = 1;
-    /// An answer (ARP, NDP) to send back out of `ifindex` as it is: a TC redirect to
+    /// An answer (ARP, NDP), or a direct-server-return frame whose MACs are written, to
+    /// send out of `ifindex` as it is: a TC redirect to
     /// egress reaches any device, where `XDP_TX` into a veth is dropped unless the
     /// veth's peer runs an XDP program.
     pub const F_BACK_OUT: u32 = 2;

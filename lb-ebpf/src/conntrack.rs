@@ -47,7 +47,8 @@ pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Pac
 /// segment to the same backend completes it (see `complete`). A TCP segment of a flow
 /// with no entry, or whose backend's id is free again, is `None`, for the stack to answer
 /// (with a reset when the VIP is local), and counted as `NoFlow`. A FIN or RST marks both
-/// of the flow's entries closed.
+/// of the flow's entries closed. A service whose replies bypass xlb (`F_RETURNS_DIRECTLY`) steers such a segment by
+/// its table instead, into an established entry, and counts it as a new flow of this node.
 /// Returns the backend id, its entry and whether the flow is new.
 #[inline(always)]
 pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, Backend, bool)>, DropReason> {
@@ -102,7 +103,10 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
             }
         }
     }
-    if tcp && !syn {
+    // A tunnel service's nodes share flows (ECMP may bring any flow here mid-stream): the
+    // table, which every node holds alike, steers the segment as it steered the SYN.
+    let steer = svc.flags & Service::F_RETURNS_DIRECTLY != 0;
+    if tcp && !syn && !steer {
         count_drop(DropReason::NoFlow);
         return Ok(None);
     }
@@ -118,7 +122,8 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
     // A SYN without an established entry waits in the half-open table (a retransmitted
     // one rewrites its entries there); a SYN reusing an established 4-tuple, and UDP,
     // write the connection table.
-    let (table, slot) = if tcp && had_entry.is_none() { (&HALF_OPEN, CREATED_HALF_OPEN) } else { (&CONNTRACK, CREATED_ESTABLISHED) };
+    // A steered mid-flow segment (direct server return) belongs to an established flow.
+    let (table, slot) = if tcp && syn && had_entry.is_none() { (&HALF_OPEN, CREATED_HALF_OPEN) } else { (&CONNTRACK, CREATED_ESTABLISHED) };
     let written = if had_entry.is_some() { CONNTRACK.insert(&skey, &conn, BPF_ANY as u64) } else { insert_new(table, &skey, &conn, slot) };
     if written.is_err() || insert_new(table, &bkey, &conn, slot).is_err() {
         return Err(DropReason::ConntrackFull);

@@ -4,6 +4,8 @@
 //!   a backend (connection table, selection table), rewrites the destination and sends
 //!   the frame on, by `XDP_TX`, a devmap redirect, or through `xlb_fwd`; answers ARP
 //!   and NDP for VIPs (`neigh`, sent back out by `xlb_fwd`).
+//!   A service with direct server return (`Service::F_DIRECT`, `F_TUNNEL`) sends them
+//!   unchanged to the backend's MAC or inside IPIP instead (`dsr`).
 //! - `xlb_fwd` (TC ingress, same interface): finishes what XDP passed up: the L4
 //!   checksum when it may be partial, and the redirect to the backend's interface,
 //!   which skips netfilter so Docker's FORWARD policy does not see the flow.
@@ -29,6 +31,7 @@ mod nat;
 mod neigh;
 mod parse;
 mod select;
+mod dsr;
 mod sock;
 
 use core::{mem, ptr::read_unaligned};
@@ -41,7 +44,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{AF_INET, AF_INET6, Conn, ConnKind, DropReason, FwdMeta, IPPROTO_UDP, ServiceKey};
+use lb_common::{AF_INET, AF_INET6, Backend, Conn, ConnKind, DropReason, FwdMeta, IPPROTO_UDP, Service, ServiceKey};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -75,6 +78,13 @@ pub fn xlb_xdp(ctx: XdpContext) -> u32 {
     count(&BACKEND_STATS, id, bytes, new);
     if new {
         debug!(&ctx, "new flow for service {} to backend {}", svc.id, id);
+    }
+    if svc.flags & Service::F_TUNNEL != 0 {
+        let Some(outer) = dsr::encapsulate(&ctx, &p, id, &backend) else { return xdp_action::XDP_PASS };
+        return send(&ctx, &outer, &backend.addr, 0, 0, None);
+    }
+    if svc.flags & Service::F_DIRECT != 0 {
+        return send_direct(&ctx, &p, &backend);
     }
 
     // A partial checksum holds just the pseudo-header sum; judge before the rewrite.
@@ -148,6 +158,25 @@ fn send(ctx: &XdpContext, p: &Packet, dst: &lb_common::Addr, sport: u16, dport: 
         meta.l4_port_diff = diff.port;
     }
     pass_to_tc(ctx, &meta)
+}
+
+/// Sends the unchanged frame to `backend`'s MAC, out of its interface as it is, by
+/// `xlb_fwd`'s plain redirect: the skb keeps a partial checksum partial (a veth's packets
+/// carry one, which `XDP_TX` would send unfinished), and a veth peer without an XDP program
+/// takes it (where `XDP_TX` is dropped). The next hop must be resolved: the stack would
+/// route the packet by its destination, the VIP, and a neighbour lookup for it would ask
+/// for the VIP's MAC. So an unresolved backend drops (`fib_unreachable`); user space has its
+/// neighbour entry made when it syncs it.
+#[inline(always)]
+fn send_direct(ctx: &XdpContext, p: &Packet, backend: &Backend) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    match fib::route(ctx.as_ptr(), ctx, p, &p.src, &backend.addr, p.sport, p.dport, ingress) {
+        Route::Resolved { ifindex } => pass_to_tc(ctx, &FwdMeta { magic: FwdMeta::MAGIC, ifindex, flags: FwdMeta::F_BACK_OUT, ..Default::default() }),
+        Route::NoNeigh { .. } | Route::Unreachable | Route::Stack => {
+            count_drop(DropReason::FibUnreachable);
+            xdp_action::XDP_DROP
+        }
+    }
 }
 
 /// Leaves `meta` in front of the frame for `xlb_fwd` and passes the frame up.

@@ -50,6 +50,12 @@ pub const CREATED_HALF_OPEN: u32 = lb_common::CONN_CREATED_HALF_OPEN;
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
+/// Per backend id, the IPv4 source address (network order) of the outer header that
+/// `tunnel` puts around packets to it: the address this host sends from towards it.
+/// Written only for backends of `Service::F_TUNNEL` services.
+#[map]
+pub static TUNNEL_SOURCES: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Interfaces that accept XDP frames (`ndo_xdp_xmit`), keyed by ifindex. A packet for
 /// any other interface goes through the stack, finished by `xlb_fwd`.
 #[map]

@@ -2,9 +2,10 @@
 //! way: `config` <- `discovery` <- `plan` -> `dataplane` / `proxy`; `health` feeds the
 //! plan; `acme` keeps certificates (it reads the config and the plan; the proxy answers
 //! its HTTP-01 tokens); `observe` only reads; `run` wires them together; `import` writes
-//! configs from other balancers'; `x509` reads certificates for the TLS store and ACME
-//! (checked by `cargo xtask layers`).
+//! configs from other balancers'; `x509` reads certificates for the TLS store and ACME;
+//! `announce` writes the VIP routes a routing daemon exports (checked by `cargo xtask layers`).
 pub mod acme;
+pub mod announce;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;

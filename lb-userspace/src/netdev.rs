@@ -54,19 +54,33 @@ pub fn first_address(iface: &str, v6: bool) -> anyhow::Result<IpAddr> {
 
 /// The interface the kernel routes `dst` out of: where replies from it come in.
 ///
-/// A connected UDP socket makes the kernel choose a source address for `dst` without
-/// sending anything; the interface holding that address is the egress interface for
-/// directly connected backends (bridges, veths), which is where xlb meets them.
+/// The interface holding the source address for `dst` ([`route_source`]) is the egress
+/// interface for directly connected backends (bridges, veths), which is where xlb meets them.
 pub fn route_interface(dst: IpAddr) -> anyhow::Result<String> {
-    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
-    let sock = UdpSocket::bind(bind).context("binding a probe socket")?;
-    sock.connect(SocketAddr::new(dst, 9)).with_context(|| format!("no route to backend {dst}"))?;
-    let src = sock.local_addr()?.ip();
+    let src = route_source(dst)?;
     addresses()?
         .into_iter()
         .find(|(_, a)| *a == src)
         .map(|(name, _)| name)
         .with_context(|| format!("no interface holds {src}, the source address for backend {dst}"))
+}
+
+/// The source address the kernel picks for packets to `dst`: a connected UDP socket makes
+/// it choose without sending anything.
+pub fn route_source(dst: IpAddr) -> anyhow::Result<IpAddr> {
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let sock = UdpSocket::bind(bind).context("binding a probe socket")?;
+    sock.connect(SocketAddr::new(dst, 9)).with_context(|| format!("no route to backend {dst}"))?;
+    Ok(sock.local_addr()?.ip())
+}
+
+/// Has the kernel resolve `dst`'s MAC address (ARP, NDP) by sending it one empty datagram
+/// to the discard port (9); failures are only logged: the next sync tries again.
+pub fn solicit_neighbour(dst: IpAddr) {
+    let bind: SocketAddr = if dst.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    if let Err(e) = UdpSocket::bind(bind).and_then(|s| s.send_to(&[], SocketAddr::new(dst, 9))) {
+        tracing::debug!(%dst, "soliciting the neighbour entry: {e}");
+    }
 }
 
 pub fn ifindex(iface: &str) -> anyhow::Result<u32> {

@@ -12,11 +12,13 @@
 //! - [`socket`]: TCP connects that tell their source port, or use a chosen one;
 //! - [`config`]: SPECs and YAML configs;
 //! - [`dns`]: a DNS server answering one name with records the test switches;
-//! - [`cgroup`]: a cgroup v2 child for socket-level balancing, holding only the test's clients.
+//! - [`cgroup`]: a cgroup v2 child for socket-level balancing, holding only the test's clients;
+//! - [`scaleout`]: xlb nodes behind an ECMP router, VIPs announced by BGP ([`bird`]).
 //!
 //! The tests need root, iproute2, ethtool, curl, the `xlb` binary at `$XLB_BIN` (and Docker for
 //! tests/docker.rs); see [`preflight`].
 
+pub mod bird;
 pub mod cgroup;
 pub mod compose;
 pub mod config;
@@ -28,6 +30,7 @@ pub mod image;
 pub mod load;
 pub mod netns;
 pub mod outside;
+pub mod scaleout;
 pub mod socket;
 #[cfg(feature = "status")]
 pub mod status;

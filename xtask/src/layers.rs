@@ -25,6 +25,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("acme", &["config", "plan", "x509"]),
     ("plan", &["config", "discovery", "netdev"]),
     ("dataplane", &["config", "netdev", "plan"]),
+    ("announce", &["config", "netdev", "plan"]),
     ("proxy", &["config", "plan", "health", "acme", "x509"]),
     ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy", "acme"]),
     ("import", &["config"]),

@@ -20,6 +20,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // tests/tests/acme/: a local ACME CA, and the checks of what it issued.
     ("pebble", "pebble"),
     ("openssl", "openssl"),
+    // tests/tests/scaleout.rs: the router and the xlb nodes' BGP daemons.
+    ("bird", "bird2"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

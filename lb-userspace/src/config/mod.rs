@@ -4,6 +4,7 @@
 //! and column of a bad one; unknown keys are rejected the same way.
 
 pub mod acme;
+mod announce;
 pub mod http;
 mod service;
 mod socket_lb;
@@ -19,10 +20,11 @@ use std::{
     time::Duration,
 };
 
+pub use announce::Announce;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Deserializer, de};
 use service::RawService;
-pub use service::{Backend, BackendState, DnsSource, DockerSource, HealthCheck, Method, Protocol, Service};
+pub use service::{Backend, BackendState, DnsSource, DockerSource, Forwarding, HealthCheck, Method, Protocol, Service};
 pub use socket_lb::{SocketLb, Switch};
 pub use spec::{Spec, Targets};
 use units::duration;
@@ -41,6 +43,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Automatic certificates; absent: none are ordered.
     pub acme: Option<acme::Acme>,
+    /// VIP routes for a routing daemon to announce; absent: none are written.
+    pub announce: Option<Announce>,
 }
 
 /// The admin HTTP endpoint (`/api/v1/services`, `/metrics`) that `xlb status` reads.
@@ -324,6 +328,22 @@ mod tests {
                 "services:\n  - name: a\n    port: 80\n    backends:\n      - address: 10.0.0.1\n        weight: 0\n",
                 "xlb.yaml:6:17: services[0].backends[0].weight: weight 0 out of range",
             ),
+            ("announce:\n  table: 254\n", "xlb.yaml:2:10: announce.table: table 254 is one of the kernel's own"),
+            ("announce:\n  table: 0\n", "xlb.yaml:2:10: announce.table: table 0: expected a table number of 1 or more"),
+            ("announce:\n  tabel: 100\n", "xlb.yaml:2:3: announce: unknown field `tabel`"),
+            ("services:\n  - name: a\n    port: 80\n    forwarding: dsr\n", "xlb.yaml:4:17: services[0].forwarding: unknown variant `dsr`"),
+            (
+                "services:\n  - name: a\n    port: 80\n    method: round_robin\n    forwarding: tunnel\n",
+                "xlb.yaml:2:5: services[0]: service \"a\": `forwarding: tunnel` needs method maglev or source_hash",
+            ),
+            (
+                "services:\n  - name: a\n    port: 80\n    forwarding: direct\n    backends: [{ address: 10.0.0.1, port: 8080 }]\n",
+                "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1: `forwarding: direct` leaves the port as the client sent it",
+            ),
+            (
+                "services:\n  - name: a\n    vip: fd00::1\n    port: 80\n    forwarding: tunnel\n",
+                "xlb.yaml:2:5: services[0]: service \"a\": `forwarding: tunnel` is IPv4 only (IPIP), fd00::1 is IPv6",
+            ),
         ];
         for (text, want) in cases {
             let got = Config::parse(text, path).unwrap_err().to_string();
@@ -340,6 +360,15 @@ mod tests {
         assert_eq!(c.services[0].method, Method::RoundRobin);
         assert_eq!(c.services[0].backend_port(&c.services[0].backends[1]), 80);
         assert_eq!(c.services[0].backends[1].state, BackendState::Draining);
+    }
+
+    #[test]
+    fn announce_and_forwarding_modes() {
+        let text = "announce: { table: 100 }\nservices:\n  - { name: a, vip: 10.0.0.1, port: 80, forwarding: tunnel }\n  - { name: b, port: 81 }\n  - { name: c, vip: fd00::1, port: 80, forwarding: direct, backends: [{ address: \"fd00::2\", port: 80 }] }\n";
+        let c = Config::parse(text, Path::new("x")).unwrap();
+        assert_eq!(c.announce, Some(Announce { table: 100 }));
+        let modes: Vec<Forwarding> = c.services.iter().map(|s| s.forwarding).collect();
+        assert_eq!(modes, [Forwarding::Tunnel, Forwarding::Nat, Forwarding::Direct]);
     }
 
     #[test]

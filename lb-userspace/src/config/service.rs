@@ -67,6 +67,42 @@ impl From<Method> for lb_common::Method {
     }
 }
 
+/// How the kernel hands a flow to its backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Destination NAT: replies come back through xlb, which rewrites their source.
+    #[default]
+    Nat,
+    /// Direct server return on one L2 segment: the packet goes unchanged to the backend's
+    /// MAC; the backend holds the VIP itself (on `lo`, not answering ARP for it) and
+    /// answers the client directly.
+    Direct,
+    /// Direct server return through IPIP: the unchanged packet inside an IPv4 header to
+    /// the backend, which decapsulates it (an `ipip` device) and holds the VIP; backends
+    /// may be on any routed network.
+    Tunnel,
+}
+
+impl Forwarding {
+    /// Direct and tunnel: no reply passes xlb, so any node with the same tables can carry
+    /// any flow, and a TCP segment of a flow this node does not know is steered by the
+    /// selection table instead of being left to the stack (several nodes behind ECMP).
+    pub fn returns_directly(self) -> bool {
+        self != Self::Nat
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Nat => "nat",
+            Self::Direct => "direct",
+            Self::Tunnel => "tunnel",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: String,
@@ -87,6 +123,7 @@ pub struct Service {
     /// `false` leaves them to the packet path. A container label `xlb.socket_lb=false`
     /// on any of its backends turns it off too.
     pub socket_lb: bool,
+    pub forwarding: Forwarding,
 }
 
 /// Containers that join the service (see `discovery::DockerWatch`).
@@ -182,6 +219,8 @@ pub struct RawService {
     http: Option<http::HttpOptions>,
     #[serde(default = "yes")]
     socket_lb: bool,
+    #[serde(default)]
+    forwarding: Forwarding,
 }
 
 fn yes() -> bool {
@@ -209,6 +248,7 @@ impl TryFrom<RawService> for Service {
             slow_start: r.slow_start,
             http: r.http,
             socket_lb: r.socket_lb,
+            forwarding: r.forwarding,
         };
         s.validate()?;
         Ok(s)
@@ -243,6 +283,9 @@ impl Service {
                 ));
             }
         }
+        if self.forwarding.returns_directly() {
+            self.validate_direct()?;
+        }
         let mut seen = HashSet::new();
         for b in &self.backends {
             if let Some(vip) = self.vip
@@ -256,6 +299,31 @@ impl Service {
             if b.max_conns.is_some() && self.protocol != Protocol::Http {
                 return Err(format!("service {:?}: backend {}: `max_conns` needs `protocol: http`", self.name, b.address));
             }
+        }
+        Ok(())
+    }
+
+    /// Direct server return: the nodes must agree on a flow's backend without sharing
+    /// state (a hashed method), the packet keeps its destination port (the backend serves
+    /// the service's), and tunnels are IPv4 in IPv4.
+    fn validate_direct(&self) -> Result<(), String> {
+        let (name, mode) = (&self.name, self.forwarding);
+        if self.protocol == Protocol::Http {
+            return Err(format!("service {name:?}: `forwarding: {mode}` is for kernel services (tcp, udp), not http"));
+        }
+        if !matches!(self.method, Method::Maglev | Method::SourceHash) {
+            return Err(format!("service {name:?}: `forwarding: {mode}` needs method maglev or source_hash, which every node computes alike"));
+        }
+        if let Some(b) = self.backends.iter().find(|b| b.port.is_some_and(|p| p != self.port)) {
+            return Err(format!(
+                "service {name:?}: backend {}: `forwarding: {mode}` leaves the port as the client sent it, so a backend serves port {}",
+                b.address, self.port
+            ));
+        }
+        if mode == Forwarding::Tunnel
+            && let Some(a) = self.vip.iter().chain(self.backends.iter().map(|b| &b.address)).find(|a| a.is_ipv6())
+        {
+            return Err(format!("service {name:?}: `forwarding: tunnel` is IPv4 only (IPIP), {a} is IPv6"));
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 use std::{net::IpAddr, str::FromStr, time::Duration};
 
 use super::{
-    service::{Backend, BackendState, DnsSource, DockerSource, Method, Protocol, Service, one_second},
+    service::{Backend, BackendState, DnsSource, DockerSource, Forwarding, Method, Protocol, Service, one_second},
     units::Weight,
 };
 
@@ -60,6 +60,7 @@ impl Spec {
             slow_start: Duration::ZERO,
             http: None,
             socket_lb: true,
+            forwarding: Forwarding::Nat,
         }
     }
 

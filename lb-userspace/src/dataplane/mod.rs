@@ -37,7 +37,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 /// The maps a kept data plane keeps: all the programs read, write or count into. The
 /// kernel log's ring buffer and the programs' constants are made anew by each run.
-const KEPT_MAPS: [&str; 16] = [
+const KEPT_MAPS: [&str; 17] = [
     names::SERVICES,
     names::BACKENDS,
     names::REV_NAT,
@@ -54,6 +54,7 @@ const KEPT_MAPS: [&str; 16] = [
     names::BACKEND_STATS,
     names::DROPS,
     names::SOCK_REV_NAT,
+    names::TUNNEL_SOURCES,
 ];
 const PROGRAMS: [&str; 3] = [names::PROG_XDP, names::PROG_FWD, names::PROG_REPLY];
 

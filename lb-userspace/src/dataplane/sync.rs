@@ -13,6 +13,7 @@ use lb_common::{Backend as KBackend, BackendState as KState, Counters, RevNat, S
 use super::{BackendIdent, Dataplane, ServiceSlot, maglev, maglev::Entry, map, monotonic_ns, nr_cpus};
 use crate::{
     config::{self, BackendState},
+    netdev,
     plan::{Desired, DesiredBackend},
 };
 
@@ -99,9 +100,15 @@ impl Dataplane {
         };
         let (backends, drain_later) = self.write_backends(d, service)?;
 
-        let active: Vec<(u32, Entry)> = backends
-            .iter()
-            .filter(|(_, b)| b.state == BackendState::Active)
+        let mut active: Vec<&(u32, DesiredBackend)> = backends.iter().filter(|(_, b)| b.state == BackendState::Active).collect();
+        // Maglev resolves two backends' claims on a slot by their order: in address order,
+        // every node with the same backends builds the same table, whatever order discovery
+        // found them in and whatever ids they got here.
+        if matches!(d.method, config::Method::Maglev | config::Method::SourceHash) {
+            active.sort_by_key(|(_, b)| (b.addr, b.port));
+        }
+        let active: Vec<(u32, Entry)> = active
+            .into_iter()
             .map(|(id, b)| {
                 let (a, _) = addr_words(b.addr);
                 (*id, Entry { identity: [a[0], a[1], a[2], a[3], b.port as u32], weight: b.weight })
@@ -116,7 +123,13 @@ impl Dataplane {
         let table_ids: Vec<u32> = picks.iter().map(|&i| active[i as usize].0).collect();
 
         let method = lb_common::Method::from(d.method) as u8;
-        let mut entry = KService { id: service, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, flags: if d.socket_lb { KService::F_SOCKET_LB } else { 0 }, _pad: [0; 2] };
+        let forwarding = match d.forwarding {
+            config::Forwarding::Nat => 0,
+            config::Forwarding::Direct => KService::F_DIRECT,
+            config::Forwarding::Tunnel => KService::F_TUNNEL,
+        };
+        let flags = if d.socket_lb { KService::F_SOCKET_LB } else { 0 } | forwarding;
+        let mut entry = KService { id: service, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, flags, _pad: [0; 2] };
         if old_table.is_none() || table_ids != old_ids {
             let slot = self.free_tables.pop().context("no spare selection table")?;
             self.tables.write(slot as usize * size as usize, &table_ids);
@@ -163,6 +176,12 @@ impl Dataplane {
                 BackendState::Active => KState::Active,
                 BackendState::Draining => KState::Draining,
             };
+            match d.forwarding {
+                config::Forwarding::Tunnel => self.write_tunnel_source(id, b.addr)?,
+                // The kernel sends to the backend's MAC and cannot resolve it itself.
+                config::Forwarding::Direct => netdev::solicit_neighbour(b.addr),
+                config::Forwarding::Nat => {}
+            }
             let (addr, family) = addr_words(b.addr);
             let entry = KBackend { addr, port: b.port.to_be(), family, state: state as u8, service };
             if b.state == BackendState::Draining {
@@ -174,6 +193,14 @@ impl Dataplane {
             backends.push((id, *b));
         }
         Ok((backends, drain_later))
+    }
+
+    /// The outer source address of tunnelled packets to backend `id` at `addr`: the one
+    /// this host sends from towards it. Before the backend is in any table.
+    fn write_tunnel_source(&mut self, id: u32, addr: IpAddr) -> anyhow::Result<()> {
+        let IpAddr::V4(src) = netdev::route_source(addr)? else { bail!("backend {addr}: tunnel forwarding is IPv4 only") };
+        let mut sources: Array<_, u32> = map(&mut self.ebpf, names::TUNNEL_SOURCES)?;
+        sources.set(id, u32::from_ne_bytes(src.octets()), 0).context("writing a tunnel source")
     }
 
     /// Takes the id a kept data plane gave this backend, if it is still unclaimed.

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use lb_common::ServiceKey;
 
-use crate::config::{BackendState, Method};
+use crate::config::{BackendState, Forwarding, Method};
 
 /// A service as the data plane needs it: addresses resolved, ports chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,7 @@ pub struct Desired {
     /// Local callers are balanced at the socket (the service's `socket_lb`, unless one of
     /// its containers says `xlb.socket_lb=false`).
     pub socket_lb: bool,
+    pub forwarding: Forwarding,
     pub backends: Vec<DesiredBackend>,
 }
 

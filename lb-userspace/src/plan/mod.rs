@@ -18,7 +18,7 @@ use anyhow::bail;
 use lb_common::ServiceKey;
 
 use crate::{
-    config::{BackendState, Config, Service, http::HostPattern},
+    config::{BackendState, Config, Forwarding, Service, http::HostPattern},
     discovery::Registry,
     netdev,
 };
@@ -69,6 +69,9 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
         if let Some(b) = backends.iter().find(|b| b.addr.ip().is_ipv4() != vip.is_ipv4()) {
             bail!("service {:?}: backend {} is not of the VIP's family ({vip})", s.name, b.addr);
         }
+        if s.forwarding == Forwarding::Tunnel && vip.is_ipv6() {
+            bail!("service {:?}: `forwarding: tunnel` is IPv4 only, its VIP is {vip} (the address of {iface})", s.name);
+        }
         match s.http_options() {
             Some(options) => plan.http.extend(http::views(s, vip, options, backends.into_iter().map(Planned::into_view).collect(), config.tls.port)),
             None => plan.services.push(Desired {
@@ -76,6 +79,7 @@ pub fn plan(config: &Config, iface: &str, registry: &Registry, now: Instant, vit
                 key: ServiceKey::new(vip, s.port, s.protocol.number()),
                 method: s.method,
                 socket_lb: s.socket_lb && registry.backends(&s.name).iter().all(|d| d.socket_lb),
+                forwarding: s.forwarding,
                 backends: backends.iter().map(Planned::to_kernel).collect(),
             }),
         }

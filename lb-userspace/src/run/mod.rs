@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     acme::{self, Acme},
+    announce::{self, Announcer},
     config::{Config, HealthCheck, Source},
     dataplane::{
         Dataplane, Limits, Timeouts, features, monotonic_ns,
@@ -115,6 +116,7 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         admin_address: config.admin.address,
         admin_token,
         cert_stamps: Vec::new(),
+        announcer: config.announce.as_ref().map(Announcer::new).transpose()?,
         iface,
         config,
     };
@@ -196,6 +198,14 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
             }
         }
     }
+    // Withdrawn first, so the routers move new flows elsewhere while this node drains; a
+    // kept data plane forwards on, and its routes stay for the xlb that adopts it.
+    if !keep_dataplane && let Some(a) = &mut ctl.announcer {
+        match a.withdraw_all() {
+            Ok(()) => info!("stopping: VIPs withdrawn"),
+            Err(e) => error!("withdrawing VIPs: {e:#}"),
+        }
+    }
     stop::drain_http(&ctl.proxy, &mut int, &mut term).await;
     if keep_dataplane {
         match Scope::create(bpffs, &scope_name).and_then(|scope| ctl.dp.keep(&scope).map(|links| (scope, links))) {
@@ -275,6 +285,8 @@ struct Controller {
     admin_token: watch::Sender<Option<String>>,
     /// The certificate files as last loaded (`stamp::cert_stamps`), to load them on change.
     cert_stamps: Vec<Option<(std::time::SystemTime, u64)>>,
+    /// Keeps the VIP routes of `announce.table` (fixed at start).
+    announcer: Option<Announcer>,
 }
 
 impl Controller {
@@ -393,6 +405,10 @@ impl Controller {
             .collect();
         self.dp.sync(&reachable)?;
         debug!(elapsed_us = started.elapsed().as_micros() as u64, "maps synced");
+        // After the maps: a VIP is announced once this node can serve it.
+        if let Some(Err(e)) = self.announcer.as_mut().map(|a| a.sync(&announce::wanted(&reachable))) {
+            warn!("announcing VIPs: {e:#}");
+        }
         self.plan = plan.services;
         Ok(plan.ramping)
     }

@@ -11,6 +11,7 @@ use super::{
     stamp::{cert_stamps, stamp},
 };
 use crate::{
+    announce::Announcer,
     config::{Config, Source},
     dataplane::Limits,
     observe::{admin, reloads::Outcome},
@@ -93,7 +94,7 @@ impl Controller {
     }
 
     /// Says which changes of a reloaded config wait for a restart: the data plane's
-    /// sizes, its interface and the admin address are fixed at start.
+    /// sizes, its interface, the announce table and the admin address are fixed at start.
     fn restart_needed(&self) {
         let new = &self.config;
         if Limits::from(&new.dataplane) != self.limits {
@@ -105,6 +106,9 @@ impl Controller {
         }
         if new.dataplane.socket_lb != *self.dp.socket_lb_config() {
             warn!("dataplane.socket_lb changed: it applies at the next start");
+        }
+        if new.announce.map(|a| a.table) != self.announcer.as_ref().map(Announcer::table) {
+            warn!("announce changed: it applies at the next start");
         }
         if new.admin.address != self.admin_address {
             warn!(running = %self.admin_address, wanted = %new.admin.address, "admin.address changed: the admin endpoint stays on {}, restart xlb to move it", self.admin_address);

@@ -16,8 +16,9 @@
 //!
 //! The cases, one file per feature: `forward`, `icmp`, `checksum`, `parsing` (with the garbage
 //! frames), `tcp_flows`, `ttl`, `removal`, `expiry`, `consistency`, `maglev`, `round_robin`, `random`,
-//! `syn_flood`, `neighbors`; `differential`: a million generated frames through `xlb_xdp` and
-//! `xlb_reply` against a reference model; `socket`: the socket-level programs pass this kernel's verifier.
+//! `syn_flood`, `neighbors`, `dsr` (direct server return: direct and tunnel forwarding, steering of unknown segments);
+//! `differential`: a million generated frames through `xlb_xdp` and `xlb_reply` against a reference model;
+//! `socket`: the socket-level programs pass this kernel's verifier.
 //!
 //! To add a feature's cases: a file here with `mod` below; a table of frames goes in its
 //! `pub fn cases() -> Vec<Case>` run by a `#[test] fn frames() { run_table(&cases()) }`
@@ -36,6 +37,7 @@ mod services;
 mod checksum;
 mod consistency;
 mod differential;
+mod dsr;
 mod expiry;
 mod forward;
 mod icmp;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, ServiceKey, addr_words, flow_hash, source_hash};
 use xlb::{
-    config::{BackendState, Method},
+    config::{BackendState, Forwarding, Method},
     dataplane::{
         Limits,
         maglev::{self, Entry},
@@ -49,7 +49,7 @@ pub fn web(method: Method, backends: &[(&Host, u32)]) -> Desired {
 /// A service whose backends (host, port, weight) are all active.
 fn service<'a>(name: String, key: ServiceKey, method: Method, backends: impl Iterator<Item = (&'a Host, u16, u32)>) -> Desired {
     let backends = backends.map(|(h, port, weight)| DesiredBackend { addr: h.ip, port, weight, state: BackendState::Active });
-    Desired { name, key, method, socket_lb: true, backends: backends.collect() }
+    Desired { name, key, method, socket_lb: true, forwarding: Forwarding::Nat, backends: backends.collect() }
 }
 
 /// `web` with weight 1 each.
@@ -68,7 +68,9 @@ pub fn web_flows(n: u16) -> Vec<Pkt> {
 /// so every node with the same seed and backends chooses alike, and a flow whose entry is
 /// lost chooses again what it had.
 pub fn predict(d: &Desired, limits: &Limits, p: &Pkt) -> IpAddr {
-    let active: Vec<&DesiredBackend> = d.backends.iter().filter(|b| b.state == BackendState::Active).collect();
+    let mut active: Vec<&DesiredBackend> = d.backends.iter().filter(|b| b.state == BackendState::Active).collect();
+    // The data plane builds hashed tables in address order (`Dataplane::sync`).
+    active.sort_by_key(|b| (b.addr, b.port));
     let entries: Vec<Entry> = active
         .iter()
         .map(|b| {

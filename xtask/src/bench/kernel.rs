@@ -26,7 +26,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use serde_json::{Value, json};
 use lb_common::ServiceKey;
 use xlb::{
-    config::{BackendState, Method},
+    config::{BackendState, Forwarding, Method},
     dataplane::{
         Dataplane, Limits,
         maglev::{self, Entry},
@@ -154,7 +154,7 @@ impl Bench {
             .map(|b| DesiredBackend { addr: IpAddr::V4(*b), port: 8080, weight: WEIGHT, state: BackendState::Active })
             .collect();
         let key = ServiceKey::new(IpAddr::V4(VIP), 80, IPPROTO_TCP);
-        dp.sync(&[Desired { name: "bench".into(), key, method: Method::Maglev, backends, socket_lb: false }])?;
+        dp.sync(&[Desired { name: "bench".into(), key, method: Method::Maglev, backends, socket_lb: false, forwarding: Forwarding::Nat }])?;
         let name = std::ffi::CString::new("fx0")?;
         // SAFETY: a valid C string.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -370,7 +370,7 @@ fn sync_times() -> Result<Vec<Value>> {
                     state: BackendState::Active,
                 })
                 .collect();
-            Desired { name: format!("s{j}"), key: ServiceKey::new(vip, 80, IPPROTO_TCP), method: Method::Maglev, backends, socket_lb: false }
+            Desired { name: format!("s{j}"), key: ServiceKey::new(vip, 80, IPPROTO_TCP), method: Method::Maglev, backends, socket_lb: false, forwarding: Forwarding::Nat }
         })
         .collect();
     let mut out = Vec::new();

@@ -20,6 +20,11 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // tests/tests/acme/: a local ACME CA, and the checks of what it issued.
     ("pebble", "pebble"),
     ("openssl", "openssl"),
+    // tests/tests/proxy/slow_clients.rs: slowloris and slow bodies, and many HTTP/2 streams.
+    ("slowhttptest", "slowhttptest"),
+    ("h2load", "nghttp2-client"),
+    // Faults under a bounded load (proxy/faults.rs, dns.rs, restart.rs, acme/failures.rs).
+    ("wrk", "wrk"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

@@ -5,4 +5,5 @@ pub mod accept;
 pub mod conn;
 pub mod guard;
 pub mod h2c;
+pub mod limits;
 pub mod transport;

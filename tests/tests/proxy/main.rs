@@ -10,7 +10,7 @@
 //! a file per feature: `balancing`, `routing`, `failures`, `headers`, `bad_input`,
 //! `binary`, `differential` (the same bytes through xlb and nginx), `idle_limits` (HTTP/2
 //! and tunnels), `slow_clients` (slowloris, slow bodies, per-address limits, greedy
-//! bodies). A new feature's tests go in a file of their own, declared below.
+//! bodies), `faults` (a backend paused or resetting under wrk). A new feature's tests go in a file of their own, declared below.
 
 mod backends;
 mod client;
@@ -21,6 +21,7 @@ mod bad_input;
 mod balancing;
 mod binary;
 mod differential;
+mod faults;
 mod failures;
 mod headers;
 mod idle_limits;

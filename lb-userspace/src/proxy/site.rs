@@ -72,6 +72,7 @@ pub struct ClientLimits {
     /// The largest of the services' `max_body`: what the guard holds a body to until
     /// the request's service is known (`ConnShared::limit_body`).
     pub max_body: u64,
+    pub max_buffered_bodies: u64,
 }
 
 impl ClientLimits {
@@ -94,6 +95,7 @@ impl ClientLimits {
                 max_connections_per_ip: l.max_connections_per_ip,
                 max_headers: l.max_headers as usize,
                 max_body: l.max_body,
+                max_buffered_bodies: l.max_buffered_bodies,
             };
             out = Some(match out {
                 None => this,
@@ -114,6 +116,7 @@ impl ClientLimits {
                     max_connections_per_ip: o.max_connections_per_ip.min(this.max_connections_per_ip),
                     max_headers: o.max_headers.min(this.max_headers),
                     max_body: o.max_body.max(this.max_body),
+                    max_buffered_bodies: o.max_buffered_bodies.min(this.max_buffered_bodies),
                 },
             });
         }

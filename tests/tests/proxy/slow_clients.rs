@@ -328,3 +328,61 @@ fn http2_streams_get_the_body_limits_too() {
     eprintln!("backend got (bytes, complete): {summary:?}");
     assert_eq!(got.iter().filter(|r| r.complete).count(), 2, "only the bodies within the limits complete at the backend: {summary:?}");
 }
+
+/// A backend answering each request (`Content-Length` bodies) after `delay`, so that the
+/// requests of a test are in flight together.
+fn slow_backend(delay: Duration) -> SocketAddr {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for c in l.incoming().take(100) {
+            let Ok(c) = c else { continue };
+            thread::spawn(move || {
+                use std::io::BufRead;
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut w = c.try_clone().unwrap();
+                let mut r = std::io::BufReader::new(c);
+                loop {
+                    let mut len = 0;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    thread::sleep(delay);
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn buffered_bodies_of_a_listener_share_max_buffered_bodies() {
+    let backend_addr = slow_backend(Duration::from_millis(1500));
+    // Eight HTTP/2 streams of 300 KiB at once on one connection (before, each could hold
+    // max_body, 128 streams a connection, with no cap over them): 1 MiB holds three.
+    let eight = || (0..8).map(|_| Frames { left: 10, chunk: 30 * 1024, every: Duration::ZERO, sleep: None }).collect();
+    let lb = Lb::one("limits: { max_body: 409600, max_buffered_bodies: 1048576 }", vec![backend("slow", backend_addr, 1)]);
+    let statuses = h2_posts(&lb, eight());
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    eprintln!("8 x 300 KiB over HTTP/2 with max_buffered_bodies 1 MiB: {statuses:?}");
+    assert!((1..=3).contains(&ok) && statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
+    // Given back once the requests ended.
+    assert_eq!(h2_posts(&lb, eight().into_iter().take(3).collect()), [200, 200, 200]);
+    // Room for all eight: all answered.
+    let lb = Lb::one("limits: { max_body: 409600, max_buffered_bodies: 4194304 }", vec![backend("slow", backend_addr, 1)]);
+    assert_eq!(h2_posts(&lb, eight()), [200; 8]);
+}

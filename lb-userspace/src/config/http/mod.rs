@@ -243,6 +243,10 @@ pub struct Limits {
     pub max_headers: u32,
     /// Largest request body; larger: 413 (`client_max_body_size`), streamed or not.
     pub max_body: u64,
+    /// Request bodies read whole (`buffer_requests`) held in memory at once by one
+    /// listener, all its connections and HTTP/2 streams together; a body that would take
+    /// more is answered 503. At least `max_body`.
+    pub max_buffered_bodies: u64,
     /// Slowest request body, in bytes per second averaged from its first byte, once it
     /// has taken `timeouts.client_body`; slower: 408 (Apache's `mod_reqtimeout`
     /// `MinRate=500`). 0: no minimum. A body trickling a byte at a time within
@@ -263,6 +267,7 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body: 1024 * 1024,
+            max_buffered_bodies: 256 * 1024 * 1024,
             min_body_rate: 500,
             buffer_requests: true,
         }
@@ -295,6 +300,9 @@ impl HttpOptions {
         let l = &self.limits;
         if l.max_connections == 0 || l.max_connections_per_ip == 0 || l.max_request_line < 16 || l.max_header_bytes < l.max_request_line || l.max_headers == 0 {
             return Err("limits: max_connections, max_connections_per_ip and max_headers must be above 0, max_request_line at least 16 and max_header_bytes at least max_request_line".into());
+        }
+        if l.max_buffered_bodies < l.max_body {
+            return Err("limits: max_buffered_bodies must be at least max_body".into());
         }
         Ok(())
     }
@@ -379,5 +387,9 @@ mod tests {
         assert!(e.contains("bad method") && e.contains("line 1"), "{e}");
         assert!(HttpOptions::from_yaml("colour: red\n").unwrap_err().contains("unknown field"));
         assert!(HttpOptions::from_yaml("pin_header: 'a b'\n").unwrap_err().contains("pin_header"));
+        assert!(HttpOptions::from_yaml("limits: { max_body: 10, max_buffered_bodies: 5 }\n").unwrap_err().contains("max_buffered_bodies"));
+        assert!(HttpOptions::from_yaml("limits: { max_connections_per_ip: 0 }\n").unwrap_err().contains("max_connections_per_ip"));
+        let d = HttpOptions::default();
+        assert_eq!((d.timeouts.client_body, d.limits.min_body_rate, d.limits.max_connections_per_ip), (Duration::from_secs(30), 500, 1000));
     }
 }

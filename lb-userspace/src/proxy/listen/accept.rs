@@ -36,6 +36,8 @@ pub struct Listener {
     conns: Arc<Limit>,
     limit: u32,
     per_ip: Arc<PerIp>,
+    bodies: Arc<Limit>,
+    bodies_kib: u32,
     tasks: Vec<AbortHandle>,
     drain: Drain,
     /// Terminates TLS before HTTP (turning it on or off takes a new listener).
@@ -54,6 +56,8 @@ impl Listener {
         }
         let limit = site.client.max_connections;
         let per_ip = Arc::new(PerIp::new(site.client.max_connections_per_ip));
+        let bodies_kib = kib(site.client.max_buffered_bodies);
+        let bodies = Arc::new(Limit::new(bodies_kib));
         let slot: Slot = Arc::new(RwLock::new(site));
         let conns = Arc::new(Limit::new(limit));
         let (drain, closing) = Drain::new();
@@ -61,7 +65,7 @@ impl Listener {
             .into_iter()
             .zip(workers::handles())
             .map(|(sock, rt)| {
-                let limits = Limits { conns: conns.clone(), per_ip: per_ip.clone() };
+                let limits = Limits { conns: conns.clone(), per_ip: per_ip.clone(), bodies: bodies.clone() };
                 let (slot, closing, tls) = (slot.clone(), closing.clone(), tls.clone());
                 rt.spawn(async move {
                     match TcpListener::from_std(sock) {
@@ -72,7 +76,7 @@ impl Listener {
                 .abort_handle()
             })
             .collect();
-        Ok(Self { local, slot, conns, limit, per_ip, tasks, drain, tls: tls.is_some() })
+        Ok(Self { local, slot, conns, limit, per_ip, bodies, bodies_kib, tasks, drain, tls: tls.is_some() })
     }
 
     /// New requests read `site`; the connection limits follow it (connections over a
@@ -82,6 +86,9 @@ impl Listener {
         self.conns.resize(self.limit, limit);
         self.limit = limit;
         self.per_ip.limit.store(site.client.max_connections_per_ip, SeqCst);
+        let bodies_kib = kib(site.client.max_buffered_bodies);
+        self.bodies.resize(self.bodies_kib, bodies_kib);
+        self.bodies_kib = bodies_kib;
         *self.slot.write().unwrap_or_else(|e| e.into_inner()) = site;
     }
 
@@ -127,6 +134,12 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 struct Limits {
     conns: Arc<Limit>,
     per_ip: Arc<PerIp>,
+    bodies: Arc<Limit>,
+}
+
+/// Buffered body memory is counted in KiB.
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 async fn accept_loop(listener: TcpListener, slot: Slot, limits: Limits, closing: Closing, tls: Option<TlsAcceptor>) {
@@ -141,7 +154,7 @@ async fn accept_loop(listener: TcpListener, slot: Slot, limits: Limits, closing:
             }
         };
         // The address's slot first: a client over its own limit takes none of the listener's.
-        let permit = limits.per_ip.try_acquire(peer.ip()).and_then(|ip| Some(Permit::new(limits.conns.try_acquire()?, ip)));
+        let permit = limits.per_ip.try_acquire(peer.ip()).and_then(|ip| Some(Permit::new(limits.conns.try_acquire()?, ip, limits.bodies.clone())));
         match permit {
             Some(permit) => {
                 let _ = stream.set_nodelay(true);

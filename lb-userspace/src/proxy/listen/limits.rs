@@ -1,5 +1,6 @@
-//! A listener's connection limits: all clients (`Limit`), and each client address
-//! (`PerIp`); a connection holds a [`Permit`] of both.
+//! A listener's limits: its connections (`Limit`), each client address's (`PerIp`), and
+//! the memory its buffered request bodies take (a `Limit` in KiB); a connection holds a
+//! [`Permit`] of the first two and the way to the third.
 
 use std::{
     collections::HashMap,
@@ -17,11 +18,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct Permit {
     _conn: OwnedSemaphorePermit,
     _ip: IpPermit,
+    /// The listener's buffered body memory, in KiB.
+    pub bodies: Arc<Limit>,
 }
 
 impl Permit {
-    pub fn new(conn: OwnedSemaphorePermit, ip: IpPermit) -> Self {
-        Self { _conn: conn, _ip: ip }
+    pub fn new(conn: OwnedSemaphorePermit, ip: IpPermit, bodies: Arc<Limit>) -> Self {
+        Self { _conn: conn, _ip: ip, bodies }
     }
 }
 
@@ -86,6 +89,7 @@ impl Drop for IpPermit {
 /// hold them. Lowering it takes back the free permits at once and owes the rest (they are
 /// in use); each owed permit is forgotten as soon as it is free again, before a new
 /// connection may take it, so the limit never drifts above what is configured.
+#[derive(Debug)]
 pub struct Limit {
     permits: Arc<Semaphore>,
     owed: AtomicUsize,
@@ -111,6 +115,11 @@ impl Limit {
 
     /// A permit for a new connection, if the limit leaves one once the debt is paid.
     pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.try_acquire_many(1)
+    }
+
+    /// `n` permits at once, if the limit leaves them once the debt is paid.
+    pub fn try_acquire_many(&self, n: u32) -> Option<OwnedSemaphorePermit> {
         while self.owed.fetch_update(SeqCst, SeqCst, |o| o.checked_sub(1)).is_ok() {
             match self.permits.try_acquire() {
                 Ok(p) => p.forget(),
@@ -120,7 +129,7 @@ impl Limit {
                 }
             }
         }
-        self.permits.clone().try_acquire_owned().ok()
+        self.permits.clone().try_acquire_many_owned(n).ok()
     }
 }
 

@@ -16,7 +16,7 @@ use crate::{
     config::http::HttpOptions,
     proxy::{
         listen::guard::{
-            body::{ClientBody, refused},
+            body::{ClientBody, Held, refused},
             shared::ConnShared,
         },
         site::BoxError,
@@ -41,7 +41,8 @@ pub fn check_length(h: &HeaderMap, max_body: u64) -> Result<(), u16> {
 }
 
 pub enum ReqBody {
-    Buffered(Bytes),
+    /// Read whole; the memory it takes of the listener's is given back when it drops.
+    Buffered(Bytes, Held),
     /// Streamed: sent to the first backend tried, so never retried.
     Stream(Option<ClientBody>),
 }
@@ -52,14 +53,15 @@ impl ReqBody {
     /// guard refused answers its status.
     pub async fn read(incoming: Incoming, upgrade: bool, o: &HttpOptions, conn: &ConnShared) -> Result<Self, u16> {
         if upgrade || incoming.is_end_stream() {
-            return Ok(Self::Buffered(Bytes::new()));
+            return Ok(Self::Buffered(Bytes::new(), Held::default()));
         }
-        let body = ClientBody::new(incoming, o);
         if !o.limits.buffer_requests {
-            return Ok(Self::Stream(Some(body)));
+            return Ok(Self::Stream(Some(ClientBody::new(incoming, o, None))));
         }
+        let body = ClientBody::new(incoming, o, conn.bodies().cloned());
+        let held = body.held();
         match body.collect().await {
-            Ok(c) => Ok(Self::Buffered(c.to_bytes())),
+            Ok(c) => Ok(Self::Buffered(c.to_bytes(), held)),
             Err(e) => {
                 debug!(peer = %conn.peer, "request body: {e}");
                 conn.set_answered();
@@ -70,13 +72,13 @@ impl ReqBody {
 
     /// The whole body is here: a try can be repeated, and `Expect` means nothing.
     pub fn is_buffered(&self) -> bool {
-        matches!(self, Self::Buffered(_))
+        matches!(self, Self::Buffered(..))
     }
 
     /// The body for one try; `None` once a streamed body was sent.
     pub fn for_try(&mut self) -> Option<OutBody> {
         match self {
-            Self::Buffered(b) => Some(OutBody::Bytes(b.clone())),
+            Self::Buffered(b, _) => Some(OutBody::Bytes(b.clone())),
             Self::Stream(s) => s.take().map(OutBody::Stream),
         }
     }

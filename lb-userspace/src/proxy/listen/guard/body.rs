@@ -2,21 +2,24 @@
 //! HTTP/1 bytes made per stream, for HTTP/2 alike: more than `max_body` is 413, and
 //! waiting for the client longer than `client_body` at a time, or for longer in all than
 //! its bytes pay for at `min_body_rate`, is 408. Only time spent waiting for the client
-//! counts: a handler not reading (a slow backend) does not make the client slow.
+//! counts: a handler not reading (a slow backend) does not make the client slow. A body
+//! read whole also takes its bytes from the listener's `max_buffered_bodies` as they come,
+//! until the request ends ([`Held`]); none left: 503.
 
 use std::{
     error::Error,
     fmt,
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::Sleep;
+use tokio::{sync::OwnedSemaphorePermit, time::Sleep};
 
-use crate::config::http::HttpOptions;
+use crate::{config::http::HttpOptions, proxy::listen::limits::Limit};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -28,6 +31,7 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             413 => f.write_str("request body over max_body"),
+            503 => f.write_str("no room left in max_buffered_bodies"),
             _ => f.write_str("request body too slow"),
         }
     }
@@ -47,6 +51,10 @@ pub fn refused(e: &(dyn Error + 'static)) -> Option<u16> {
     None
 }
 
+/// The buffered body memory a request holds, given back when the last clone drops.
+#[derive(Debug, Clone, Default)]
+pub struct Held(Arc<Mutex<Vec<OwnedSemaphorePermit>>>);
+
 pub struct ClientBody {
     inner: Incoming,
     max: u64,
@@ -58,10 +66,14 @@ pub struct ClientBody {
     waiting_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     armed: Option<Instant>,
+    /// Where a body read whole takes its memory (KiB) from, and what it took.
+    budget: Option<Arc<Limit>>,
+    held: Held,
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, o: &HttpOptions) -> Self {
+    /// `budget`: the listener's buffered body memory, when the body is read whole.
+    pub fn new(inner: Incoming, o: &HttpOptions, budget: Option<Arc<Limit>>) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -73,6 +85,25 @@ impl ClientBody {
             waiting_since: None,
             timer: Box::pin(tokio::time::sleep_until(now.into())),
             armed: None,
+            budget,
+            held: Held::default(),
+        }
+    }
+
+    /// What the body takes of the buffered body memory, to keep until the request ends.
+    pub fn held(&self) -> Held {
+        self.held.clone()
+    }
+
+    /// Takes `bytes` of the budget, if there is one; false when it is spent.
+    fn take(&self, bytes: usize) -> bool {
+        let Some(budget) = &self.budget else { return true };
+        match budget.try_acquire_many(u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)) {
+            Some(p) => {
+                self.held.0.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+                true
+            }
+            None => false,
         }
     }
 
@@ -102,6 +133,9 @@ impl Body for ClientBody {
                     this.read += d.len() as u64;
                     if this.read > this.max {
                         return Poll::Ready(Some(Err(Box::new(Refused(413)))));
+                    }
+                    if !this.take(d.len()) {
+                        return Poll::Ready(Some(Err(Box::new(Refused(503)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::rules::Reject;
-use crate::proxy::listen::limits::Permit;
+use crate::proxy::listen::limits::{Limit, Permit};
 
 /// Upgrade outcomes (`ConnShared::upgrade`).
 const UPGRADE_NONE: u8 = 0;
@@ -38,7 +38,7 @@ pub struct ConnShared {
     read_waker: Mutex<Option<Waker>>,
     /// The client connection's slots (listener, address), freed when the connection (or
     /// its tunnel) ends.
-    _permit: Option<Permit>,
+    permit: Option<Permit>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -59,8 +59,13 @@ impl ConnShared {
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             read_waker: Mutex::new(None),
-            _permit: permit,
+            permit,
         })
+    }
+
+    /// The listener's buffered body memory (KiB), if the connection came through one.
+    pub fn bodies(&self) -> Option<&Arc<Limit>> {
+        self.permit.as_ref().map(|p| &p.bodies)
     }
 
     pub fn violation(&self) -> Option<Reject> {

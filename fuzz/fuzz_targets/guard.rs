@@ -10,7 +10,7 @@ const LIMITS: HeadLimits = HeadLimits { max_request_line: 256, max_head: 2048, m
 
 /// Feeds `input` in pieces of `step` bytes; the verdict and what passed.
 fn feed(input: &[u8], step: usize) -> (Framer, Result<(), xlb::proxy::listen::guard::rules::Reject>, Vec<u8>) {
-    let (mut f, mut out) = (Framer::new(LIMITS), Vec::new());
+    let (mut f, mut out) = (Framer::new(LIMITS, u64::MAX), Vec::new());
     for piece in input.chunks(step.max(1)) {
         if let Err(e) = f.feed(piece, &mut out) {
             return (f, Err(e), out);

@@ -38,6 +38,7 @@ pub mod status;
 pub mod tls;
 pub mod topology;
 pub mod util;
+pub mod wrk;
 pub mod xlb;
 
 use std::{

@@ -198,3 +198,39 @@ fn records_change_moves_traffic_within_two_intervals() {
     }
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The DNS server goes away under a bounded wrk load through the VIP: xlb keeps the
+/// backends it last resolved (a failed lookup is not an empty answer), so no request
+/// fails, and both backends keep answering. Prints `DNS-FIGURE server down: ...`.
+#[test]
+fn dns_server_down_keeps_the_last_backends_under_wrk() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    let topo = Topology::builder().backends(2).build();
+    let dns = DnsServer::start(&topo.lb, NAME, &[v4(&topo, "b1"), v4(&topo, "b2")]);
+    let cfg = TempFile::new(".yaml", &yaml(dns.addr()));
+    let args = XlbArgs { ns: Some(&topo.lb), iface: LB_CLIENT_IF, config: Some(cfg.path()), specs: vec![], other_ifaces: topo.lb_backend_ifaces() };
+    let mut xlb = Xlb::start(args);
+    let vip = Topology::vip4(80);
+    let both = wait_for(Duration::from_secs(5), Duration::from_millis(100), || (topo.spread(vip, 20).counts.len() == 2).then_some(()));
+    assert!(both.is_some(), "the VIP did not serve both backends within 5 s ({} DNS answers)", dns.answers());
+    let secs = 8;
+    let wrk = topo.client.exec("wrk", xlb_tests::wrk::args(&format!("http://{vip}/"), 8, secs));
+    let load = thread::spawn(move || xlb_tests::wrk::run(wrk));
+    thread::sleep(Duration::from_secs(2));
+    let answers = dns.answers();
+    drop(dns);
+    // Several lookups fail while the load runs.
+    thread::sleep(Duration::from_secs(secs as u64 - 2) + INTERVAL);
+    let w = load.join().unwrap();
+    let after = topo.spread(vip, 20);
+    println!(
+        "DNS-FIGURE server down: after {answers} answers the server stopped for {}s of a {secs}s wrk -c 8: {w:?}; spread after {:?}",
+        secs - 2,
+        after.counts
+    );
+    xlb.assert_running();
+    assert_eq!(w.failed(), 0, "{w:?}\n{}", xlb.log());
+    assert_eq!(after.counts.len(), 2, "the backends changed while DNS was down: {:?}\n{}", after.counts, xlb.log());
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}

@@ -126,6 +126,33 @@ fn kill_9_leaves_the_data_plane_forwarding() {
     assert!(!scope_dir(&topo).exists(), "an orderly stop left pins at {}", scope_dir(&topo).display());
 }
 
+/// kill -9 of xlb under a bounded wrk load through the VIP (keep-alive connections and
+/// new ones as wrk reconnects): the pinned data plane forwards while no xlb runs and after
+/// the next one adopts it, so no request fails. Prints `RESTART-FIGURE`.
+#[test]
+fn kill_9_under_wrk_fails_no_request() {
+    let _g = xlb_tests::serial();
+    let topo = setup();
+    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
+    let _down = Down(&topo);
+    let bpffs = ["--bpffs".to_owned(), BPFFS.to_owned()];
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
+    let secs = 8;
+    let wrk = topo.client.exec("wrk", xlb_tests::wrk::args(&format!("http://{}/", Topology::vip4(80)), 8, secs));
+    let load = std::thread::spawn(move || xlb_tests::wrk::run(wrk));
+    std::thread::sleep(Duration::from_secs(2));
+    xlb.kill_9();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
+    let adopted = killed.elapsed();
+    let w = load.join().unwrap();
+    println!("RESTART-FIGURE kill -9 under wrk -c 8 for {secs}s, the next xlb ready {adopted:?} later: {w:?}");
+    assert!(xlb.log().contains("adopted the kept data plane"), "no adoption after kill -9:\n{}", xlb.log());
+    assert_eq!(w.failed(), 0, "{w:?}\n{}", xlb.log());
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A draining backend is in no selection table, so the adopting xlb finds its id only in
 /// `BACKENDS`: the first sync must give that id back to it (not retire it), or the live
 /// connection it still serves would be re-balanced and reset. New connections keep

@@ -22,6 +22,11 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // tests/tests/scaleout.rs: the router and the xlb nodes' BGP daemons.
     ("bird", "bird2"),
+    // tests/tests/proxy/slow_clients.rs: slowloris and slow bodies, and many HTTP/2 streams.
+    ("slowhttptest", "slowhttptest"),
+    ("h2load", "nghttp2-client"),
+    // Faults under a bounded load (proxy/faults.rs, dns.rs, restart.rs, acme/failures.rs).
+    ("wrk", "wrk"),
 ];
 
 /// Installs whatever is missing; each step is skipped when its piece is already there.

@@ -11,16 +11,15 @@ use super::{
     failure::FailureSink,
     listen::guard::{io::ClientTimeouts, rules::HeadLimits},
     metrics::HttpMetrics,
-    upstream::Upstream,
     select::{
         balance::Balancer,
         route::{BackendHosts, Router},
     },
+    upstream::Upstream,
 };
 use crate::{acme::Challenges, config::http::HttpOptions};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 
 /// One service, as requests use it.
 pub struct ServiceRt {
@@ -68,7 +67,12 @@ pub struct ClientLimits {
     pub head: HeadLimits,
     pub timeouts: ClientTimeouts,
     pub max_connections: u32,
+    pub max_connections_per_ip: u32,
     pub max_headers: usize,
+    /// The largest of the services' `max_body`: what the guard holds a body to until
+    /// the request's service is known (`ConnShared::limit_body`).
+    pub max_body: u64,
+    pub max_buffered_bodies: u64,
 }
 
 impl ClientLimits {
@@ -80,9 +84,18 @@ impl ClientLimits {
             let t = &o.timeouts;
             let this = ClientLimits {
                 head: HeadLimits { max_request_line: l.max_request_line as usize, max_head: l.max_header_bytes as usize, max_headers: l.max_headers as usize },
-                timeouts: ClientTimeouts { header: t.client_header, keepalive: t.keepalive, body_idle: t.idle },
+                timeouts: ClientTimeouts {
+                    header: t.client_header,
+                    keepalive: t.keepalive,
+                    body: t.client_body,
+                    min_body_rate: l.min_body_rate,
+                    body_idle: t.idle,
+                },
                 max_connections: l.max_connections,
+                max_connections_per_ip: l.max_connections_per_ip,
                 max_headers: l.max_headers as usize,
+                max_body: l.max_body,
+                max_buffered_bodies: l.max_buffered_bodies,
             };
             out = Some(match out {
                 None => this,
@@ -95,10 +108,15 @@ impl ClientLimits {
                     timeouts: ClientTimeouts {
                         header: o.timeouts.header.min(this.timeouts.header),
                         keepalive: o.timeouts.keepalive.min(this.timeouts.keepalive),
+                        body: o.timeouts.body.min(this.timeouts.body),
+                        min_body_rate: o.timeouts.min_body_rate.min(this.timeouts.min_body_rate),
                         body_idle: o.timeouts.body_idle.min(this.timeouts.body_idle),
                     },
                     max_connections: o.max_connections.min(this.max_connections),
+                    max_connections_per_ip: o.max_connections_per_ip.min(this.max_connections_per_ip),
                     max_headers: o.max_headers.min(this.max_headers),
+                    max_body: o.max_body.max(this.max_body),
+                    max_buffered_bodies: o.max_buffered_bodies.min(this.max_buffered_bodies),
                 },
             });
         }

@@ -49,3 +49,62 @@ fn a_ca_outage_and_a_refused_name_fail_then_back_off() {
     assert!(std::fs::metadata(ca.cert_path(UNKNOWN)).is_err(), "nothing written for a refused name");
     drop(xlb);
 }
+
+/// The state directory on a full file system (a 256 KiB tmpfs filled up) while a bounded
+/// wrk load goes through xlb's HTTP listener: the order fails with the write error (the
+/// status says it), serving goes on without a failed request, and once space is freed
+/// the retry issues the certificate. Prints `ACME-FIGURE disk full: ...`.
+#[test]
+fn a_full_state_directory_fails_the_order_not_the_traffic() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    let ca = Ca::start();
+    let state = ca.state.path().to_path_buf();
+    let _mount = Tmpfs::mount(&state, "256k");
+    let filler = state.join("filler");
+    fill(&filler);
+    let (xlb, _cfg) = ca.start_xlb(&[NAME]);
+    let url = format!("http://{}/", xlb_tests::topology::LB_CLIENT_V4);
+    let secs = 8;
+    let wrk = ca.topo.client.exec("wrk", xlb_tests::wrk::args(&url, 4, secs));
+    let load = std::thread::spawn(move || xlb_tests::wrk::run(wrk));
+    let lb = &ca.topo.lb;
+    let full = wait_status(lb, &xlb, ca.pebble.as_ref(), NAME, Duration::from_secs(20), |s| s.state == "failed");
+    let w = load.join().unwrap();
+    eprintln!("ACME-FIGURE disk full: status {full:?}; wrk -c 4 for {secs}s meanwhile: {w:?}");
+    assert!(full.error.as_deref().is_some_and(|e| e.to_lowercase().contains("no space")), "{full:?}");
+    assert_eq!(w.failed(), 0, "{w:?}\n{}", xlb.log());
+    std::fs::remove_file(&filler).unwrap();
+    let back = wait_status(lb, &xlb, ca.pebble.as_ref(), NAME, ISSUE_TIMEOUT, |s| s.state == "issued");
+    eprintln!("ACME-FIGURE disk freed: {back:?}");
+    drop(xlb);
+}
+
+/// Writes `path` until the file system is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = [0u8; 4096];
+    let err = loop {
+        if let Err(e) = f.write_all(&block) {
+            break e;
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+}
+
+/// A tmpfs of a fixed size mounted over a directory; unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        xlb_tests::util::run(&mut xlb_tests::util::cmd("mount", ["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs", dir.to_str().unwrap()]));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = xlb_tests::util::try_run(&mut xlb_tests::util::cmd("umount", ["-l", self.0.to_str().unwrap()]));
+    }
+}

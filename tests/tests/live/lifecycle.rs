@@ -1,5 +1,5 @@
 //! b, c, e. A container's lifecycle under load: `docker stop`, `docker restart` of every
-//! backend, one at a time, and `docker kill`.
+//! backend, one at a time, and `docker kill`; and a container paused then resumed.
 
 use std::{
     net::IpAddr,
@@ -15,7 +15,7 @@ use xlb_tests::{
     util::delta_ms,
 };
 
-use crate::common::{LAME_DUCK, SUBNET, assert_zero_failures, figure, follow, labelled_trio, ms, setup, steady_load, xlb_reaction};
+use crate::common::{LAME_DUCK, PORT, SUBNET, assert_zero_failures, figure, follow, labelled_trio, ms, setup, steady_load, wait_vip_serves, xlb_reaction};
 
 #[test]
 fn docker_stop_one_backend() {
@@ -157,5 +157,36 @@ fn docker_kill_one_backend() {
     for r in in_flight.iter().chain(&during) {
         ensure!(r.end >= kill.called, &xlb, Some(&report), "a request that ended before docker kill was called failed: {}", report.describe(r));
     }
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A backend container paused (SIGSTOP to its init from the host) for 2 s, then resumed
+/// (SIGCONT), under a bounded wrk load through the VIP, every request on a new connection
+/// (`Connection: close`). The kernel data plane cannot retry: a connection it sends to the
+/// paused container waits in that container's accept queue until the resume, so the
+/// figure is how long the slowest request took and how many failed (wrk's 5 s timeout,
+/// over the pause); afterwards every backend answers again.
+#[test]
+fn docker_backend_paused_then_resumed_under_wrk() {
+    let _g = setup();
+    let (svc, cs, names) = labelled_trio("p", docker::build_image());
+    let out = Outside::new(SUBNET, Offload::On);
+    let (mut xlb, _) = follow(&out, &svc, None, &names);
+    let pid: i32 = cs[1].inspect("{{.State.Pid}}").parse().expect("the container's pid");
+    let secs = 8;
+    let mut args = xlb_tests::wrk::args(&format!("http://{}/", out.vip(PORT)), 8, secs);
+    args.extend(["-H".to_owned(), "Connection: close".to_owned()]);
+    let wrk = out.client.exec("wrk", args);
+    let load = thread::spawn(move || xlb_tests::wrk::run(wrk));
+    thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) of the init process of a container this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "kill -STOP {pid}");
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "kill -CONT {pid}");
+    let w = load.join().unwrap();
+    figure("docker-pause", &format!("{} paused 2 s under wrk -c 8 (new connection per request) for {secs} s: {w:?}", names[1]));
+    ensure!(w.latency_max >= Duration::from_millis(1500), &xlb, None, "no request waited for the paused container: {w:?}");
+    ensure!(w.failed() == 0, &xlb, None, "requests failed though the pause was shorter than wrk's timeout: {w:?}");
+    wait_vip_serves(&out, &xlb, &names);
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }

@@ -9,7 +9,8 @@
 //! The harness: `backends`, `client`, `lb` (the proxy under test), `websocket`. The tests,
 //! a file per feature: `balancing`, `routing`, `failures`, `headers`, `bad_input`,
 //! `binary`, `differential` (the same bytes through xlb and nginx), `idle_limits` (HTTP/2
-//! and tunnels). A new feature's tests go in a file of their own, declared below.
+//! and tunnels), `slow_clients` (slowloris, slow bodies, per-address limits, greedy
+//! bodies), `faults` (a backend paused or resetting under wrk). A new feature's tests go in a file of their own, declared below.
 
 mod backends;
 mod client;
@@ -20,7 +21,9 @@ mod bad_input;
 mod balancing;
 mod binary;
 mod differential;
+mod faults;
 mod failures;
 mod headers;
 mod idle_limits;
 mod routing;
+mod slow_clients;

@@ -156,6 +156,11 @@ pub struct Timeouts {
     /// (`client_header_timeout`): slow senders get 408 and are cut off.
     #[serde(deserialize_with = "duration")]
     pub client_header: Duration,
+    /// A request body may pause this long between two reads (`client_body_timeout`);
+    /// longer: 408. Shorter than nginx's 60 s: with `buffer_requests: false` a stalled
+    /// body holds a backend connection.
+    #[serde(deserialize_with = "duration")]
+    pub client_body: Duration,
     /// An idle keep-alive client connection is closed after this (`keepalive_timeout`).
     #[serde(deserialize_with = "duration")]
     pub keepalive: Duration,
@@ -174,6 +179,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             total: None,
             client_header: Duration::from_secs(10),
+            client_body: Duration::from_secs(30),
             keepalive: Duration::from_secs(60),
             drain: Duration::from_secs(30),
         }
@@ -223,14 +229,29 @@ impl Default for Retries {
 pub struct Limits {
     /// Client connections open at once; more are answered 503 and closed.
     pub max_connections: u32,
+    /// Client connections open at once from one address (an IPv6 client by its /64);
+    /// more are answered 503 and closed (nginx's `limit_conn` on `$binary_remote_addr`).
+    /// So one client (a slowloris) cannot take the whole listener; a tenth of it by
+    /// default, which many users behind one NAT still fit in. Raise it behind a CDN or
+    /// another proxy whose address every client shares.
+    pub max_connections_per_ip: u32,
     /// Longest request line; longer: 414.
     pub max_request_line: u32,
     /// Largest request head (request line and headers); larger: 431.
     pub max_header_bytes: u32,
     /// Most header fields; more: 431.
     pub max_headers: u32,
-    /// Largest request body; larger: 413 (`client_max_body_size`).
+    /// Largest request body; larger: 413 (`client_max_body_size`), streamed or not.
     pub max_body: u64,
+    /// Request bodies read whole (`buffer_requests`) held in memory at once by one
+    /// listener, all its connections and HTTP/2 streams together; a body that would take
+    /// more is answered 503. At least `max_body`.
+    pub max_buffered_bodies: u64,
+    /// Slowest request body, in bytes per second averaged from its first byte, once it
+    /// has taken `timeouts.client_body`; slower: 408 (Apache's `mod_reqtimeout`
+    /// `MinRate=500`). 0: no minimum. A body trickling a byte at a time within
+    /// `client_body` would otherwise hold the connection for ever.
+    pub min_body_rate: u32,
     /// Read the whole request body before choosing a backend (nginx's
     /// `proxy_request_buffering on`): a bad body never reaches a backend, and requests
     /// with a body can be retried. Off: bodies stream, and only connect failures retry.
@@ -241,10 +262,13 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             max_request_line: 8 * 1024,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body: 1024 * 1024,
+            max_buffered_bodies: 256 * 1024 * 1024,
+            min_body_rate: 500,
             buffer_requests: true,
         }
     }
@@ -274,10 +298,11 @@ impl HttpOptions {
             return Err("max_ejection_percent: expected 0 to 100".into());
         }
         let l = &self.limits;
-        if l.max_connections == 0 || l.max_request_line < 16 || l.max_header_bytes < l.max_request_line || l.max_headers == 0 {
-            return Err(
-                "limits: max_connections and max_headers must be above 0, max_request_line at least 16 and max_header_bytes at least max_request_line".into()
-            );
+        if l.max_connections == 0 || l.max_connections_per_ip == 0 || l.max_request_line < 16 || l.max_header_bytes < l.max_request_line || l.max_headers == 0 {
+            return Err("limits: max_connections, max_connections_per_ip and max_headers must be above 0, max_request_line at least 16 and max_header_bytes at least max_request_line".into());
+        }
+        if l.max_buffered_bodies < l.max_body {
+            return Err("limits: max_buffered_bodies must be at least max_body".into());
         }
         Ok(())
     }
@@ -362,5 +387,9 @@ mod tests {
         assert!(e.contains("bad method") && e.contains("line 1"), "{e}");
         assert!(HttpOptions::from_yaml("colour: red\n").unwrap_err().contains("unknown field"));
         assert!(HttpOptions::from_yaml("pin_header: 'a b'\n").unwrap_err().contains("pin_header"));
+        assert!(HttpOptions::from_yaml("limits: { max_body: 10, max_buffered_bodies: 5 }\n").unwrap_err().contains("max_buffered_bodies"));
+        assert!(HttpOptions::from_yaml("limits: { max_connections_per_ip: 0 }\n").unwrap_err().contains("max_connections_per_ip"));
+        let d = HttpOptions::default();
+        assert_eq!((d.timeouts.client_body, d.limits.min_body_rate, d.limits.max_connections_per_ip), (Duration::from_secs(30), 500, 1000));
     }
 }

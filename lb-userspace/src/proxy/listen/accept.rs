@@ -1,19 +1,16 @@
-//! Listeners: bound per VIP:port, each accepting connections within its limit: a
-//! socket per proxy worker (`SO_REUSEPORT`), each accepted on its worker's runtime.
+//! Listeners: bound per VIP:port, each accepting connections within its limits (all
+//! clients, and each client address): a socket per proxy worker (`SO_REUSEPORT`), each
+//! accepted on its worker's runtime.
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
+    sync::{Arc, RwLock, atomic::Ordering::SeqCst},
     time::Duration,
 };
 
 use anyhow::Context as _;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
 };
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +20,7 @@ use super::{
     conn::{raw_page, serve, write_all},
     passthrough,
     guard::shared::ConnShared,
+    limits::{Limit, PerIp, Permit},
     transport::{SharedTcp, Tls},
 };
 use crate::proxy::{
@@ -38,6 +36,9 @@ pub struct Listener {
     slot: Slot,
     conns: Arc<Limit>,
     limit: u32,
+    per_ip: Arc<PerIp>,
+    bodies: Arc<Limit>,
+    bodies_kib: u32,
     tasks: Vec<AbortHandle>,
     drain: Drain,
     /// Terminates TLS before HTTP (turning it on or off takes a new listener).
@@ -55,6 +56,9 @@ impl Listener {
             sockets.push(bind(local)?);
         }
         let limit = site.client.max_connections;
+        let per_ip = Arc::new(PerIp::new(site.client.max_connections_per_ip));
+        let bodies_kib = kib(site.client.max_buffered_bodies);
+        let bodies = Arc::new(Limit::new(bodies_kib));
         let slot: Slot = Arc::new(RwLock::new(site));
         let conns = Arc::new(Limit::new(limit));
         let (drain, closing) = Drain::new();
@@ -62,25 +66,30 @@ impl Listener {
             .into_iter()
             .zip(workers::handles())
             .map(|(sock, rt)| {
-                let (slot, conns, closing, tls) = (slot.clone(), conns.clone(), closing.clone(), tls.clone());
+                let limits = Limits { conns: conns.clone(), per_ip: per_ip.clone(), bodies: bodies.clone() };
+                let (slot, closing, tls) = (slot.clone(), closing.clone(), tls.clone());
                 rt.spawn(async move {
                     match TcpListener::from_std(sock) {
-                        Ok(l) => accept_loop(l, slot, conns, closing, tls).await,
+                        Ok(l) => accept_loop(l, slot, limits, closing, tls).await,
                         Err(e) => warn!("http listener: {e}"),
                     }
                 })
                 .abort_handle()
             })
             .collect();
-        Ok(Self { local, slot, conns, limit, tasks, drain, tls: tls.is_some() })
+        Ok(Self { local, slot, conns, limit, per_ip, bodies, bodies_kib, tasks, drain, tls: tls.is_some() })
     }
 
-    /// New requests read `site`; the connection limit follows it (connections over a
+    /// New requests read `site`; the connection limits follow it (connections over a
     /// lowered limit finish).
     pub fn replace(&mut self, site: Arc<Site>) {
         let limit = site.client.max_connections;
         self.conns.resize(self.limit, limit);
         self.limit = limit;
+        self.per_ip.limit.store(site.client.max_connections_per_ip, SeqCst);
+        let bodies_kib = kib(site.client.max_buffered_bodies);
+        self.bodies.resize(self.bodies_kib, bodies_kib);
+        self.bodies_kib = bodies_kib;
         *self.slot.write().unwrap_or_else(|e| e.into_inner()) = site;
     }
 
@@ -122,7 +131,19 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
-async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>, closing: Closing, tls: Option<TlsAcceptor>) {
+/// A listener's limits, shared by its accept tasks.
+struct Limits {
+    conns: Arc<Limit>,
+    per_ip: Arc<PerIp>,
+    bodies: Arc<Limit>,
+}
+
+/// Buffered body memory is counted in KiB.
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+async fn accept_loop(listener: TcpListener, slot: Slot, limits: Limits, closing: Closing, tls: Option<TlsAcceptor>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -133,7 +154,9 @@ async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>, closi
                 continue;
             }
         };
-        match conns.try_acquire() {
+        // The address's slot first: a client over its own limit takes none of the listener's.
+        let permit = limits.per_ip.try_acquire(peer.ip()).and_then(|ip| Some(Permit::new(limits.conns.try_acquire()?, ip, limits.bodies.clone())));
+        match permit {
             Some(permit) => {
                 let _ = stream.set_nodelay(true);
                 let conn = ConnShared::new(peer, Some(permit));
@@ -149,48 +172,6 @@ async fn accept_loop(listener: TcpListener, slot: Slot, conns: Arc<Limit>, closi
                 tokio::spawn(refuse(stream));
             }
         }
-    }
-}
-
-/// A listener's connection limit: a permit per connection, resizable while connections
-/// hold them. Lowering it takes back the free permits at once and owes the rest (they are
-/// in use); each owed permit is forgotten as soon as it is free again, before a new
-/// connection may take it, so the limit never drifts above what is configured.
-struct Limit {
-    permits: Arc<Semaphore>,
-    owed: AtomicUsize,
-}
-
-impl Limit {
-    fn new(limit: u32) -> Self {
-        Self { permits: Arc::new(Semaphore::new(limit as usize)), owed: AtomicUsize::new(0) }
-    }
-
-    fn resize(&self, from: u32, to: u32) {
-        if to > from {
-            // What is still owed was never taken back: cancel that first.
-            let more = (to - from) as usize;
-            let owed = self.owed.fetch_update(SeqCst, SeqCst, |o| Some(o.saturating_sub(more))).unwrap_or(0);
-            self.permits.add_permits(more - owed.min(more));
-        } else if to < from {
-            let less = (from - to) as usize;
-            let taken = self.permits.forget_permits(less);
-            self.owed.fetch_add(less - taken, SeqCst);
-        }
-    }
-
-    /// A permit for a new connection, if the limit leaves one once the debt is paid.
-    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
-        while self.owed.fetch_update(SeqCst, SeqCst, |o| o.checked_sub(1)).is_ok() {
-            match self.permits.try_acquire() {
-                Ok(p) => p.forget(),
-                Err(_) => {
-                    self.owed.fetch_add(1, SeqCst);
-                    break;
-                }
-            }
-        }
-        self.permits.clone().try_acquire_owned().ok()
     }
 }
 
@@ -226,42 +207,4 @@ async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, conn: Arc<ConnShare
 async fn refuse(stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_millis(200), write_all(&stream, &raw_page(503))).await;
     let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Limit;
-
-    /// How many connections the limit lets in now, holding them.
-    fn fill(l: &Limit) -> Vec<tokio::sync::OwnedSemaphorePermit> {
-        std::iter::from_fn(|| l.try_acquire()).take(100).collect()
-    }
-
-    #[test]
-    fn a_lowered_limit_holds_once_busy_connections_end() {
-        let l = Limit::new(4);
-        let busy = fill(&l);
-        assert_eq!(busy.len(), 4);
-        l.resize(4, 2);
-        drop(busy);
-        assert_eq!(fill(&l).len(), 2, "4 lowered to 2 while 4 were open, then all closed");
-    }
-
-    #[test]
-    fn raising_a_limit_cancels_what_is_owed() {
-        let l = Limit::new(4);
-        let busy = fill(&l);
-        l.resize(4, 1);
-        l.resize(1, 3);
-        drop(busy);
-        assert_eq!(fill(&l).len(), 3, "4 -> 1 -> 3 while 4 were open");
-        let l = Limit::new(2);
-        l.resize(2, 5);
-        assert_eq!(fill(&l).len(), 5, "raised while idle");
-        let half = Limit::new(4);
-        let two = [half.try_acquire(), half.try_acquire()];
-        half.resize(4, 1);
-        drop(two);
-        assert_eq!(fill(&half).len(), 1, "4 -> 1 with 2 open");
-    }
 }

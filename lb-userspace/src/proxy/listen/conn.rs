@@ -41,7 +41,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// listener's drain ends it.
 pub async fn serve<T: Transport>(stream: Arc<T>, conn: Arc<ConnShared>, slot: Slot, closing: Closing) {
     let limits = load(&slot).client;
-    let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, conn.clone());
+    let io = GuardedIo::new(stream.clone(), limits.head, limits.timeouts, limits.max_body, conn.clone());
     let svc = Handler { slot, conn: conn.clone(), closing: closing.clone() };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().half_close(true).header_read_timeout(None).timer(TokioTimer::new());

@@ -5,5 +5,6 @@ pub mod accept;
 pub mod conn;
 pub mod guard;
 pub mod h2c;
+pub mod limits;
 pub mod passthrough;
 pub mod transport;

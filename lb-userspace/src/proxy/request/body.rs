@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::{
     HeaderMap,
     body::{Body, Incoming},
@@ -13,9 +13,12 @@ use hyper::{
 use tracing::debug;
 
 use crate::{
-    config::http::Limits,
+    config::http::HttpOptions,
     proxy::{
-        listen::guard::shared::ConnShared,
+        listen::guard::{
+            body::{ClientBody, Held, refused},
+            shared::ConnShared,
+        },
         site::BoxError,
         upstream::OutBody,
     },
@@ -38,41 +41,44 @@ pub fn check_length(h: &HeaderMap, max_body: u64) -> Result<(), u16> {
 }
 
 pub enum ReqBody {
-    Buffered(Bytes),
+    /// Read whole; the memory it takes of the listener's is given back when it drops.
+    Buffered(Bytes, Held),
     /// Streamed: sent to the first backend tried, so never retried.
-    Stream(Option<Incoming>),
+    Stream(Option<ClientBody>),
 }
 
 impl ReqBody {
-    /// Reads the body whole within `max_body` (413 over it), unless `buffer_requests`
-    /// is off or the request upgrades. A body the guard refused answers its status.
-    pub async fn read(incoming: Incoming, upgrade: bool, limits: &Limits, conn: &ConnShared) -> Result<Self, u16> {
+    /// Reads the body whole, unless `buffer_requests` is off or the request upgrades;
+    /// either way within the client body limits ([`ClientBody`]: 413, 408). A body the
+    /// guard refused answers its status.
+    pub async fn read(incoming: Incoming, upgrade: bool, o: &HttpOptions, conn: &ConnShared) -> Result<Self, u16> {
         if upgrade || incoming.is_end_stream() {
-            return Ok(Self::Buffered(Bytes::new()));
+            return Ok(Self::Buffered(Bytes::new(), Held::default()));
         }
-        if !limits.buffer_requests {
-            return Ok(Self::Stream(Some(incoming)));
+        if !o.limits.buffer_requests {
+            return Ok(Self::Stream(Some(ClientBody::new(incoming, o, None))));
         }
-        match Limited::new(incoming, limits.max_body as usize).collect().await {
-            Ok(c) => Ok(Self::Buffered(c.to_bytes())),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(413),
+        let body = ClientBody::new(incoming, o, conn.bodies().cloned());
+        let held = body.held();
+        match body.collect().await {
+            Ok(c) => Ok(Self::Buffered(c.to_bytes(), held)),
             Err(e) => {
                 debug!(peer = %conn.peer, "request body: {e}");
                 conn.set_answered();
-                Err(conn.violation().map(|v| v.status()).unwrap_or(400))
+                Err(conn.violation().map(|v| v.status()).or_else(|| refused(&*e)).unwrap_or(400))
             }
         }
     }
 
     /// The whole body is here: a try can be repeated, and `Expect` means nothing.
     pub fn is_buffered(&self) -> bool {
-        matches!(self, Self::Buffered(_))
+        matches!(self, Self::Buffered(..))
     }
 
     /// The body for one try; `None` once a streamed body was sent.
     pub fn for_try(&mut self) -> Option<OutBody> {
         match self {
-            Self::Buffered(b) => Some(OutBody::Bytes(b.clone())),
+            Self::Buffered(b, _) => Some(OutBody::Bytes(b.clone())),
             Self::Stream(s) => s.take().map(OutBody::Stream),
         }
     }

@@ -52,7 +52,17 @@ pub async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: Arc<ConnShare
     let upgrade = Upgrade::of(&req);
     let resp = match proxy(req, &site, &conn, upgrade.forwarded, &mut exchange).await {
         Ok(r) => r,
-        Err(status) => respond::page(status, h1 && matches!(status, 400 | 408 | 413 | 414 | 431)),
+        Err(status) => {
+            // The guard cut this request's body (413, 408): its answer, not the failure it caused.
+            let status = match conn.violation() {
+                Some(v) if h1 => {
+                    conn.set_answered();
+                    v.status()
+                }
+                _ => status,
+            };
+            respond::page(status, h1 && matches!(status, 400 | 408 | 413 | 414 | 431))
+        }
     };
     upgrade.tell(&conn, &resp);
     log::finish(resp, in_flight, exchange)
@@ -79,9 +89,10 @@ async fn proxy(
     let o = &target.service.options;
     let client = Client::identify(req.headers(), conn.peer, &o.trusted_networks);
     body::check_length(req.headers(), o.limits.max_body)?;
+    conn.limit_body(o.limits.max_body);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (head, incoming) = req.into_parts();
-    let body = ReqBody::read(incoming, upgrade, &o.limits, conn).await?;
+    let body = ReqBody::read(incoming, upgrade, o, conn).await?;
     let affinity = Affinity::of(&head, o, client.ip);
     let headers = headers::upstream(&head.headers, target.raw_host.as_deref(), upgrade, &client, body.is_buffered(), site.tls);
     let deadline = o.timeouts.total.map(|t| started + t);

@@ -13,12 +13,13 @@ use crate::{
     config::http::{DEFAULT_EWMA_DECAY, FailOn, Method},
     proxy::{
         failure::{Failure, FailureKind},
+        listen::guard::body::refused,
         select::{
             balance::{Peer, Pick},
             ewma::InFlight,
         },
         site::ServiceRt,
-        upstream::{OutBody, Outgoing, body::RespBody, idempotent},
+        upstream::{OutBody, Outgoing, UpstreamError, body::RespBody, idempotent},
     },
 };
 
@@ -147,6 +148,12 @@ impl Tries<'_> {
                     return Ok(Tried::Again(None));
                 }
                 Tried::Answer(resp)
+            }
+            // The client's streamed body failed (over a limit, reset): not the backend's
+            // fault, and nothing to retry.
+            Ok(Err(e @ UpstreamError::Body(_))) => {
+                debug!(service = %svc.name, backend = %peer.name, "upstream: {e}");
+                Tried::Stop(refused(&e).unwrap_or(400))
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();

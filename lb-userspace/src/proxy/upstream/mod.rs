@@ -15,7 +15,7 @@ use std::{fmt, io, net::SocketAddr, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::{HeaderMap, Method, Response, body::Incoming, http::uri::Authority};
+use hyper::{HeaderMap, Method, Response, http::uri::Authority};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use self::{
@@ -23,7 +23,7 @@ use self::{
     h1::{Parsed, SendFraming},
     pool::{Conn, Home, Pool, checkout},
 };
-use super::workers::PerWorker;
+use super::{listen::guard::body::ClientBody, workers::PerWorker};
 
 /// Buffered bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
@@ -47,7 +47,7 @@ pub enum OutBody {
     /// Read whole (possibly empty): can be sent again.
     Bytes(Bytes),
     /// Streamed from the client: sent once.
-    Stream(Incoming),
+    Stream(ClientBody),
 }
 
 /// Why a request got no response head.
@@ -156,7 +156,14 @@ fn answer(head: h1::Head, conn: Conn, home: Home) -> Response<RespBody> {
 /// One request on `conn`: the head and body written, the response head read. `body`
 /// is taken only once its bytes go out (a buffered one is cloned, so it stays).
 /// `resend`: a pooled connection that ends before any answer counts as stale.
-async fn exchange(mut conn: Conn, head: &[u8], framing: SendFraming, body: &mut Option<OutBody>, head_request: bool, resend: bool) -> Result<(h1::Head, Conn), Failed> {
+async fn exchange(
+    mut conn: Conn,
+    head: &[u8],
+    framing: SendFraming,
+    body: &mut Option<OutBody>,
+    head_request: bool,
+    resend: bool,
+) -> Result<(h1::Head, Conn), Failed> {
     let io = |err: io::Error, stale: bool| Failed { err: UpstreamError::Io(err), stale };
     match body {
         Some(OutBody::Bytes(b)) if b.is_empty() => conn.stream.write_all(head).await.map_err(|e| io(e, true))?,
@@ -205,10 +212,10 @@ async fn exchange(mut conn: Conn, head: &[u8], framing: SendFraming, body: &mut 
 
 /// Copies a streamed client body to the backend: as it comes (the client's
 /// `Content-Length` framing) or chunked.
-async fn stream_body(stream: &mut TcpStream, mut incoming: Incoming, framing: SendFraming) -> Result<(), Failed> {
+async fn stream_body(stream: &mut TcpStream, mut incoming: ClientBody, framing: SendFraming) -> Result<(), Failed> {
     let io = |err: io::Error| Failed { err: UpstreamError::Io(err), stale: false };
     while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(|e| Failed { err: UpstreamError::Body(e.into()), stale: false })?;
+        let frame = frame.map_err(|e| Failed { err: UpstreamError::Body(e), stale: false })?;
         let Ok(data) = frame.into_data() else { continue };
         if data.is_empty() {
             continue;

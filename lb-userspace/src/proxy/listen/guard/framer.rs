@@ -54,11 +54,31 @@ pub struct Framer {
     blank: u32,
     /// Request heads passed so far.
     pub messages: u64,
+    /// Chunk data announced so far in the current message's body.
+    body: u64,
+    /// A chunked body announcing more data than this is refused (413) at the chunk-size
+    /// line, so what passed never ends in the last chunk. Each head resets it to
+    /// `default_max_body`; the owner lowers it once the request's service is known.
+    pub max_body: u64,
+    default_max_body: u64,
 }
 
 impl Framer {
-    pub fn new(limits: HeadLimits) -> Self {
-        Self { state: State::Detect, pending: Vec::new(), limits, lines: 0, line_start: 0, upgrade: false, blank: 0, messages: 0 }
+    /// `max_body`: a chunked body's limit until the owner sets the request's own.
+    pub fn new(limits: HeadLimits, max_body: u64) -> Self {
+        Self {
+            state: State::Detect,
+            pending: Vec::new(),
+            limits,
+            lines: 0,
+            line_start: 0,
+            upgrade: false,
+            blank: 0,
+            messages: 0,
+            body: 0,
+            max_body,
+            default_max_body: max_body,
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -116,6 +136,7 @@ impl Framer {
         self.line_start = 0;
         self.upgrade = false;
         self.blank = 0;
+        self.body = 0;
     }
 
     fn message_end(&mut self) {
@@ -202,6 +223,10 @@ impl Framer {
         let (used, done) = self.take_line(input, MAX_CHUNK_LINE, Reject::Bad("chunk size line too long"))?;
         if done {
             let size = chunk_size(&self.pending[..self.pending.len() - 2])?;
+            self.body = self.body.saturating_add(size);
+            if self.body > self.max_body {
+                return Err(Reject::BodyTooLarge);
+            }
             out.append(&mut self.pending);
             self.lines = 0;
             self.line_start = 0;
@@ -230,6 +255,7 @@ impl Framer {
         let framing = check_head(&section, &self.limits)?;
         out.extend_from_slice(&section);
         self.messages += 1;
+        self.max_body = self.default_max_body;
         self.upgrade = framing.upgrade;
         match framing.body {
             Body::None => self.message_end(),
@@ -324,7 +350,7 @@ pub mod tests {
     const LIMITS: HeadLimits = HeadLimits { max_request_line: 64, max_head: 512, max_headers: 8 };
 
     pub fn run(input: &[u8]) -> (Result<(), Reject>, Vec<u8>) {
-        let mut f = Framer::new(LIMITS);
+        let mut f = Framer::new(LIMITS, u64::MAX);
         let mut out = Vec::new();
         let r = f.feed(input, &mut out);
         (r, out)
@@ -333,7 +359,7 @@ pub mod tests {
     /// Also fed one byte at a time: the verdict must not depend on how reads split.
     pub fn verdict(input: &[u8]) -> Result<(), Reject> {
         let (whole, out) = run(input);
-        let mut f = Framer::new(LIMITS);
+        let mut f = Framer::new(LIMITS, u64::MAX);
         let mut bytewise = Vec::new();
         let mut r = Ok(());
         for b in input {
@@ -371,10 +397,28 @@ pub mod tests {
     }
 
     #[test]
+    fn a_chunked_body_over_max_body_stops_before_the_chunk_that_passes_it() {
+        let req = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n";
+        for (max, want) in [(7, Ok(())), (6, Err(Reject::BodyTooLarge))] {
+            let mut f = Framer::new(LIMITS, max);
+            let mut out = Vec::new();
+            assert_eq!(f.feed(req, &mut out), want, "max_body {max}");
+            if want.is_err() {
+                assert!(out.ends_with(b"abcd\r\n"), "{:?}", String::from_utf8_lossy(&out));
+            }
+        }
+        // The count starts again with each message.
+        let mut f = Framer::new(LIMITS, 4);
+        let mut out = Vec::new();
+        let one = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n";
+        assert_eq!(f.feed(&[&one[..], &one[..]].concat(), &mut out), Ok(()));
+    }
+
+    #[test]
     fn pipelined_requests_each_checked() {
         let two = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(verdict(two), Ok(()));
-        let mut f = Framer::new(LIMITS);
+        let mut f = Framer::new(LIMITS, u64::MAX);
         let mut out = Vec::new();
         f.feed(two, &mut out).unwrap();
         assert_eq!(f.messages, 2);
@@ -403,7 +447,7 @@ pub mod tests {
     fn upgrade_waits_for_the_answer() {
         let req = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
         for switched in [true, false] {
-            let mut f = Framer::new(LIMITS);
+            let mut f = Framer::new(LIMITS, u64::MAX);
             let mut out = Vec::new();
             f.feed(req, &mut out).unwrap();
             assert!(f.awaiting_upgrade());
@@ -415,7 +459,7 @@ pub mod tests {
             assert_eq!(f.is_passthrough(), switched);
         }
         // Declined: what follows is checked like any request.
-        let mut f = Framer::new(LIMITS);
+        let mut f = Framer::new(LIMITS, u64::MAX);
         let mut out = Vec::new();
         f.feed(req, &mut out).unwrap();
         f.feed(b"\x81\x85frame\r\n\r\n", &mut out).unwrap();
@@ -424,7 +468,7 @@ pub mod tests {
 
     #[test]
     fn phases() {
-        let mut f = Framer::new(LIMITS);
+        let mut f = Framer::new(LIMITS, u64::MAX);
         let mut out = Vec::new();
         assert_eq!(f.phase(), Phase::Idle);
         f.feed(b"POST / HTTP/1.1\r\nHo", &mut out).unwrap();

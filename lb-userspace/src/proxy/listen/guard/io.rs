@@ -1,5 +1,6 @@
 //! The client socket as hyper sees it: reads pass the framer, and the client timeouts
-//! (head, body, keep-alive, a client not reading) are enforced here.
+//! (head, body, keep-alive, a client not reading), the slowest body and the largest
+//! chunked body are enforced here.
 
 use std::{
     io,
@@ -14,7 +15,6 @@ use tokio::{
     time::Sleep,
 };
 
-
 use super::{
     framer::{Framer, Phase},
     rules::{HeadLimits, Reject},
@@ -26,6 +26,11 @@ use crate::proxy::listen::transport::Transport;
 pub struct ClientTimeouts {
     pub header: Duration,
     pub keepalive: Duration,
+    /// Longest pause between two reads of a request body.
+    pub body: Duration,
+    /// Bytes per second a body must average once it has taken `body`; 0: no minimum.
+    pub min_body_rate: u32,
+    /// A client reading nothing of a response; a tunnel with no byte either way.
     pub body_idle: Duration,
 }
 
@@ -43,6 +48,9 @@ pub struct GuardedIo<T> {
     timeouts: ClientTimeouts,
     accepted: Instant,
     head_started: Option<Instant>,
+    /// The current body's first read, and the bytes read of it since.
+    body_started: Option<Instant>,
+    body_read: u64,
     last_read: Instant,
     last_write: Instant,
     timer: Pin<Box<Sleep>>,
@@ -54,11 +62,13 @@ pub struct GuardedIo<T> {
 }
 
 impl<T: Transport> GuardedIo<T> {
-    pub fn new(stream: Arc<T>, limits: HeadLimits, timeouts: ClientTimeouts, conn: Arc<ConnShared>) -> Self {
+    /// `max_body`: a chunked body's limit until the request's service says its own
+    /// ([`ConnShared::limit_body`]).
+    pub fn new(stream: Arc<T>, limits: HeadLimits, timeouts: ClientTimeouts, max_body: u64, conn: Arc<ConnShared>) -> Self {
         let now = Instant::now();
         Self {
             stream,
-            framer: Framer::new(limits),
+            framer: Framer::new(limits, max_body),
             ready: Vec::new(),
             pos: 0,
             raw: vec![0; 16 * 1024].into_boxed_slice(),
@@ -67,6 +77,8 @@ impl<T: Transport> GuardedIo<T> {
             timeouts,
             accepted: now,
             head_started: None,
+            body_started: None,
+            body_read: 0,
             last_read: now,
             last_write: now,
             timer: Box::pin(tokio::time::sleep_until(now.into())),
@@ -82,13 +94,30 @@ impl<T: Transport> GuardedIo<T> {
         self.eof = true;
     }
 
-    fn after_read(&mut self, now: Instant) {
+    fn after_read(&mut self, now: Instant, n: usize) {
         self.last_read = now;
         match self.framer.phase() {
             Phase::Head => {
                 self.head_started.get_or_insert(now);
             }
             _ => self.head_started = None,
+        }
+        if self.framer.phase() == Phase::Body {
+            self.body_started.get_or_insert(now);
+            self.body_read += n as u64;
+        } else {
+            (self.body_started, self.body_read) = (None, 0);
+        }
+    }
+
+    /// When the body being read becomes too slow or has paused too long.
+    fn body_due(&self) -> Instant {
+        let paused = self.last_read + self.timeouts.body;
+        match (self.timeouts.min_body_rate, self.body_started) {
+            (0, _) | (_, None) => paused,
+            // Below the rate once more time passed than its bytes pay for (and not before
+            // the grace of `body`).
+            (rate, Some(t0)) => paused.min(t0 + self.timeouts.body.max(Duration::from_secs_f64(self.body_read as f64 / f64::from(rate)))),
         }
     }
 
@@ -100,7 +129,7 @@ impl<T: Transport> GuardedIo<T> {
             Phase::Idle if self.conn.in_flight() > 0 => Some((now + self.timeouts.keepalive, false)),
             Phase::Idle => Some((self.conn.idle_since() + self.timeouts.keepalive, false)),
             Phase::Head => Some((self.head_started.unwrap_or(now) + self.timeouts.header, true)),
-            Phase::Body => Some((self.last_read + self.timeouts.body_idle, true)),
+            Phase::Body => Some((self.body_due(), true)),
             Phase::Other if !self.framer.is_passthrough() => None,
             // HTTP/2 (by preface: no HTTP/1 head came first; or by h2c): idle as a
             // keep-alive connection is, by open streams, since pings flow both ways.
@@ -148,10 +177,13 @@ impl<T: Transport> AsyncRead for GuardedIo<T> {
                 Poll::Ready(Ok(0)) => this.eof = true,
                 Poll::Ready(Ok(n)) => {
                     let now = Instant::now();
+                    if let Some(max) = this.conn.body_limit(this.framer.messages) {
+                        this.framer.max_body = max;
+                    }
                     if let Err(r) = this.framer.feed(&this.raw[..n], &mut this.ready) {
                         this.reject(r);
                     }
-                    this.after_read(now);
+                    this.after_read(now, n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {

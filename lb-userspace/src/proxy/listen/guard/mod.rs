@@ -38,11 +38,15 @@
 //! request in flight is closed after `keepalive`, a tunnel with no byte either way
 //! after `idle`.
 //!
+//! `body.rs` makes the body checks again per request as the handler reads it, so that
+//! HTTP/2 streams get them too.
+//!
 //! `rules.rs` holds what a head, a header line and a chunk size must look like;
 //! `framer.rs` follows the message framing over them; `io.rs` is the socket hyper
 //! reads, with the client timeouts; `shared.rs` is what the guard and the request
 //! handler of one connection tell each other.
 
+pub mod body;
 pub mod framer;
 pub mod io;
 pub mod rules;

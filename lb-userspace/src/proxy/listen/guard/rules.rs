@@ -9,6 +9,7 @@ pub enum Reject {
     Bad(&'static str),
     UriTooLong,
     HeadTooLarge,
+    BodyTooLarge,
     Timeout,
 }
 
@@ -18,6 +19,7 @@ impl Reject {
             Self::Bad(_) => 400,
             Self::UriTooLong => 414,
             Self::HeadTooLarge => 431,
+            Self::BodyTooLarge => 413,
             Self::Timeout => 408,
         }
     }

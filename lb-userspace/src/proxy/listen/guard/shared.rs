@@ -5,15 +5,14 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     task::Waker,
     time::Instant,
 };
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::rules::Reject;
+use crate::proxy::listen::limits::{Limit, Permit};
 
 /// Upgrade outcomes (`ConnShared::upgrade`).
 const UPGRADE_NONE: u8 = 0;
@@ -27,14 +26,19 @@ pub struct ConnShared {
     violation: Mutex<Option<Reject>>,
     answered: AtomicBool,
     in_flight: AtomicUsize,
+    /// Requests begun on this connection.
+    requests: AtomicU64,
+    /// The `max_body` of the request numbered `.0`, once routed.
+    body_limit: Mutex<(u64, u64)>,
     idle_since: Mutex<Instant>,
     upgrade: AtomicU8,
     upgraded: AtomicBool,
     /// The connection switched to HTTP/2 by `Upgrade: h2c`.
     h2: AtomicBool,
     read_waker: Mutex<Option<Waker>>,
-    /// The client connection slot, freed when the connection (or its tunnel) ends.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// The client connection's slots (listener, address), freed when the connection (or
+    /// its tunnel) ends.
+    permit: Option<Permit>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,19 +46,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ConnShared {
-    pub fn new(peer: SocketAddr, permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
+    pub fn new(peer: SocketAddr, permit: Option<Permit>) -> Arc<Self> {
         Arc::new(Self {
             peer,
             violation: Mutex::new(None),
             answered: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            body_limit: Mutex::new((0, u64::MAX)),
             idle_since: Mutex::new(Instant::now()),
             upgrade: AtomicU8::new(UPGRADE_NONE),
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             read_waker: Mutex::new(None),
-            _permit: permit,
+            permit,
         })
+    }
+
+    /// The listener's buffered body memory (KiB), if the connection came through one.
+    pub fn bodies(&self) -> Option<&Arc<Limit>> {
+        self.permit.as_ref().map(|p| &p.bodies)
     }
 
     pub fn violation(&self) -> Option<Reject> {
@@ -118,8 +129,22 @@ impl ConnShared {
         self.h2.load(Ordering::Relaxed)
     }
 
+    /// The current request's service allows bodies up to `max`: the guard refuses a
+    /// chunked body growing past it (413), streamed or not.
+    pub fn limit_body(&self, max: u64) {
+        *lock(&self.body_limit) = (self.requests.load(Ordering::Relaxed), max);
+    }
+
+    /// The body limit of HTTP/1 request `n` (1-based, in the order heads arrived), if
+    /// its service is known yet.
+    pub fn body_limit(&self, n: u64) -> Option<u64> {
+        let (of, max) = *lock(&self.body_limit);
+        (of == n).then_some(max)
+    }
+
     /// A request is being handled until the returned guard drops.
     pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }

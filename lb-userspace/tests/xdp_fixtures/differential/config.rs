@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, ServiceKey};
 use xlb::{
-    config::{BackendState, Method},
+    config::{BackendState, Forwarding, Method},
     plan::{Desired, DesiredBackend},
 };
 
@@ -29,6 +29,7 @@ pub fn desired(config: &[Svc]) -> Vec<Desired> {
             key: ServiceKey::new(s.vip, s.port, s.proto),
             method: Method::Maglev,
             socket_lb: false,
+            forwarding: Forwarding::Nat,
             backends: s
                 .backends
                 .iter()

@@ -240,7 +240,9 @@ impl Model {
             for i in old.into_iter().filter(|i| !backends.contains(i)) {
                 self.instances[i].state = State::Removed;
             }
-            let active: Vec<usize> = backends.iter().copied().filter(|&i| self.instances[i].state == State::Active).collect();
+            // Ordered by address and port, not by configuration: every node builds the same table.
+            let mut active: Vec<usize> = backends.iter().copied().filter(|&i| self.instances[i].state == State::Active).collect();
+            active.sort_by_key(|&i| (self.instances[i].addr, self.instances[i].port));
             let entries: Vec<maglev::Entry> = active
                 .iter()
                 .map(|&i| {

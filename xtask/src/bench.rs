@@ -16,7 +16,9 @@
 mod chart;
 mod contender;
 mod docker_event;
+mod h2load;
 mod host;
+mod idle;
 mod measure;
 mod plan;
 mod report;
@@ -45,7 +47,7 @@ use self::{
     host::Host,
     plan::Plan,
     results::{Input, Measured, Results, Scale, ScaleRun, ScaleState},
-    sample::{Run, measure},
+    sample::{Loader, Run, measure},
     scale::Memory,
     topo::{BACKEND_PORT, Topo},
     wrk::Mode,
@@ -53,7 +55,8 @@ use self::{
 use crate::{apt, build, cmd};
 
 /// Debian packages the benchmark runs (the kernel tools come with `cargo xtask setup`).
-const PACKAGES: &[&str] = &["wrk", "nginx", "libnginx-mod-stream", "haproxy", "curl", "iproute2", "fonts-dejavu-core"];
+/// h2load (nghttp2-client) loads the HTTP/2 rows.
+const PACKAGES: &[&str] = &["wrk", "nghttp2-client", "nginx", "libnginx-mod-stream", "haproxy", "curl", "iproute2", "fonts-dejavu-core"];
 
 pub fn bench(opts: &Options) -> Result<()> {
     if !cmd::is_root() {
@@ -98,6 +101,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         Kind::ALL.into_iter().filter(|k| k.is_direct() || only.is_empty() || only.contains(k)).collect();
 
     let (runs, memory) = rounds(&ctx, &scripts, &plan, &kinds, &mut unavailable, clock);
+    let idle_tls = idle_tls(&ctx, &kinds, &unavailable);
 
     let scale = (!opts.no_scale).then(|| {
         run_scale(&ctx, &scripts, &plan, clock).unwrap_or_else(|err| {
@@ -118,6 +122,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         unavailable,
         runs,
         xlb_memory: memory,
+        idle_tls,
         micro,
         docker_events,
         scale,
@@ -148,14 +153,14 @@ fn rounds(
 ) -> (Vec<Measured>, Option<Memory>) {
     let mut runs: Vec<Measured> = Vec::new();
     let mut memory = None;
-    let total = plan.rounds * kinds.len() * Mode::ALL.len();
+    let total: usize = plan.rounds * kinds.iter().map(|k| k.modes().len()).sum::<usize>();
     let mut done = 0;
     for round in 0..plan.rounds {
         let mut order = kinds.to_vec();
         order.rotate_left(round % kinds.len());
         for kind in order {
             if unavailable.contains_key(&kind) {
-                done += Mode::ALL.len();
+                done += kind.modes().len();
                 continue;
             }
             let running = match contender::start(kind, ctx) {
@@ -164,13 +169,14 @@ fn rounds(
                     eprintln!("bench: {} could not be started: {err:#}", kind.label());
                     let why = if kind.is_xlb_http() { "not available" } else { "failed to start" };
                     unavailable.insert(kind, format!("{why}: {}", first_line(&format!("{err:#}"))));
-                    done += Mode::ALL.len();
+                    done += kind.modes().len();
                     continue;
                 }
             };
-            for mode in Mode::ALL {
+            for &mode in kind.modes() {
                 done += 1;
-                let result = measure(ctx, &running, &scripts.for_kind(kind), &url(&ctx.topo, kind), mode, plan, round);
+                let load = if kind.is_h2() { Loader::H2load } else { Loader::Wrk(scripts.for_kind(kind)) };
+                let result = measure(ctx, &running, &load, &url(&ctx.topo, kind), mode, plan, round);
                 match result {
                     Ok(run) => {
                         progress(clock, done, total, &format!("round {}/{} {}", round + 1, plan.rounds, kind.label()), mode, &run);
@@ -190,6 +196,26 @@ fn rounds(
     (runs, memory)
 }
 
+/// Memory per idle TLS connection, xlb's and nginx's, once both TLS contenders ran.
+fn idle_tls(ctx: &Ctx, kinds: &[Kind], unavailable: &HashMap<Kind, String>) -> Vec<idle::IdleTls> {
+    let pair = [Kind::XlbHttps, Kind::NginxHttps];
+    if !pair.iter().all(|k| kinds.contains(k) && !unavailable.contains_key(k)) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for kind in pair {
+        eprintln!("bench: {} idle TLS connections to {}", idle::CONNECTIONS, kind.label());
+        match idle::measure(ctx, kind) {
+            Ok(m) => {
+                eprintln!("bench: {}: {:.1} KiB per idle TLS connection (opened in {:.1} s)", kind.label(), m.kib_per_connection, m.open_seconds);
+                out.push(m);
+            }
+            Err(err) => eprintln!("bench: idle TLS connections to {}: {err:#}", kind.label()),
+        }
+    }
+    out
+}
+
 fn ids() -> String {
     Kind::ALL.map(Kind::id).join(", ")
 }
@@ -198,10 +224,11 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_owned()
 }
 
-/// Installs what is missing. Debian starts the nginx and HAProxy services it installs on
-/// hosts that run systemd: the benchmark runs its own instances in namespaces, so services
-/// it caused to be installed are stopped and disabled again.
-fn ensure_packages() -> Result<()> {
+/// Installs what is missing (also part of `cargo xtask setup`). Debian starts the nginx
+/// and HAProxy services it installs on hosts that run systemd: the benchmark runs its own
+/// instances in namespaces, so services it caused to be installed are stopped and
+/// disabled again.
+pub fn ensure_packages() -> Result<()> {
     let had = ["nginx", "haproxy"].map(|p| cmd::which(p).is_some());
     apt::ensure(PACKAGES)?;
     if Path::new("/run/systemd/system").exists() {
@@ -371,7 +398,7 @@ fn run_scale(ctx: &Ctx, scripts: &Scripts, plan: &Plan, clock: Instant) -> Resul
             }
             for mode in Mode::ALL {
                 done += 1;
-                let run = measure(ctx, &running, &scripts.vip, &ctx.topo.vip_url(false), mode, plan, round)?;
+                let run = measure(ctx, &running, &Loader::Wrk(scripts.vip.clone()), &ctx.topo.vip_url(false), mode, plan, round)?;
                 progress(clock, done, total, &format!("scale {}/{} xlb, {}", round + 1, plan.scale_rounds, state.label()), mode, &run);
                 out.runs.push(ScaleRun { state, mode, run });
             }

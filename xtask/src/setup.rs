@@ -38,6 +38,7 @@ pub fn setup() -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     apt::ensure(&packages)?;
+    crate::bench::ensure_packages()?;
     docker::ensure_running()?;
     eprintln!("setup: everything is in place");
     Ok(())

@@ -154,19 +154,26 @@ impl Topo {
         Ok((cert, key))
     }
 
-    /// One `GET url` from the client namespace on a new connection: the body, trimmed.
-    pub fn get(&self, url: &str) -> Result<String> {
+    /// One `GET url` from the client namespace on a new connection (h2c with prior
+    /// knowledge when `h2c`): the body, trimmed.
+    fn get_as(&self, url: &str, h2c: bool) -> Result<String> {
         let mut curl = self.client.cmd("curl");
         // --insecure: the TLS contenders' certificate is self-signed.
-        curl.args(["-sS", "--fail", "--insecure", "--max-time", "2", "-H", "Connection: close", url]);
+        curl.args(["-sS", "--fail", "--insecure", "--max-time", "2", url]);
+        curl.args(if h2c { ["--http2-prior-knowledge", "--no-keepalive"] } else { ["-H", "Connection: close"] });
         Ok(sys::sh(&mut curl)?.trim().to_owned())
     }
 
     /// Polls `url` from the client until it answers (at most `timeout`).
     pub fn wait_serving(&self, url: &str, timeout: Duration) -> Result<String> {
+        self.wait_serving_as(url, false, timeout)
+    }
+
+    /// [`Topo::wait_serving`], over h2c with prior knowledge when `h2c`.
+    pub fn wait_serving_as(&self, url: &str, h2c: bool, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.get(url) {
+            match self.get_as(url, h2c) {
                 Ok(body) => return Ok(body),
                 Err(err) if Instant::now() >= deadline => {
                     return Err(err.context(format!("{url} did not answer within {timeout:?}")));
@@ -179,9 +186,14 @@ impl Topo {
     /// Asks `url` `n` times on new connections and counts the distinct backends that
     /// answered: a balancer that sends everything to one backend is no balancer.
     pub fn spread(&self, url: &str, n: usize) -> Result<usize> {
+        self.spread_as(url, false, n)
+    }
+
+    /// [`Topo::spread`], over h2c with prior knowledge when `h2c`.
+    pub fn spread_as(&self, url: &str, h2c: bool, n: usize) -> Result<usize> {
         let mut seen = Vec::new();
         for _ in 0..n {
-            let body = self.get(url)?;
+            let body = self.get_as(url, h2c)?;
             if !seen.contains(&body) {
                 seen.push(body);
             }

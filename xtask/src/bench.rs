@@ -71,7 +71,10 @@ pub fn bench(opts: &Options) -> Result<()> {
     let building = Instant::now();
     ensure_packages()?;
     sys::remove_stale();
-    let xlb = build::build(true)?;
+    let xlb = match &opts.xlb {
+        Some(path) => path.canonicalize().with_context(|| format!("--xlb {}", path.display()))?,
+        None => build::build(true)?,
+    };
     // A kernel-bench that no longer builds (the xlb library moved on) costs the micro-figures,
     // not the whole benchmark.
     let kernel_bench = if opts.no_micro { None } else { Some(build_kernel_bench(&xlb)) };

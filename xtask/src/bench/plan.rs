@@ -28,6 +28,10 @@ pub struct Options {
     /// Skip the 1,000-service scale test.
     #[arg(long)]
     pub no_scale: bool,
+    /// Measure this xlb binary instead of building the working tree's (an A/B of two
+    /// builds on the same host, one run after the other).
+    #[arg(long, value_name = "PATH")]
+    pub xlb: Option<std::path::PathBuf>,
     /// Do not time xlb's BPF programs (timing costs two clock reads per program run; xlb's
     /// balancer CPU then shows its process alone).
     #[arg(long)]
@@ -82,6 +86,9 @@ impl Options {
         }
         if self.no_scale {
             c.push_str(" --no-scale");
+        }
+        if let Some(xlb) = &self.xlb {
+            c.push_str(&format!(" --xlb {}", xlb.display()));
         }
         if self.no_bpf_stats {
             c.push_str(" --no-bpf-stats");

@@ -2,6 +2,7 @@
 //! (head, body, keep-alive, a client not reading) are enforced here.
 
 use std::{
+    cell::RefCell,
     io,
     pin::Pin,
     sync::Arc,
@@ -22,6 +23,12 @@ use super::{
 };
 use crate::proxy::listen::transport::Transport;
 
+thread_local! {
+    /// Where a thread reads client bytes before the framer copies out what passes:
+    /// scratch shared by its connections, so an idle connection holds no read buffer.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientTimeouts {
     pub header: Duration,
@@ -37,7 +44,6 @@ pub struct GuardedIo<T> {
     framer: Framer,
     ready: Vec<u8>,
     pos: usize,
-    raw: Box<[u8]>,
     eof: bool,
     conn: Arc<ConnShared>,
     timeouts: ClientTimeouts,
@@ -61,7 +67,6 @@ impl<T: Transport> GuardedIo<T> {
             framer: Framer::new(limits),
             ready: Vec::new(),
             pos: 0,
-            raw: vec![0; 16 * 1024].into_boxed_slice(),
             eof: false,
             conn,
             timeouts,
@@ -144,15 +149,18 @@ impl<T: Transport> AsyncRead for GuardedIo<T> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            match this.stream.poll_read(cx, &mut this.raw) {
-                Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(n)) => {
-                    let now = Instant::now();
-                    if let Err(r) = this.framer.feed(&this.raw[..n], &mut this.ready) {
-                        this.reject(r);
-                    }
-                    this.after_read(now);
+            let read = SCRATCH.with_borrow_mut(|raw| {
+                let read = this.stream.poll_read(cx, raw);
+                if let Poll::Ready(Ok(n @ 1..)) = read
+                    && let Err(r) = this.framer.feed(&raw[..n], &mut this.ready)
+                {
+                    this.reject(r);
                 }
+                read
+            });
+            match read {
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(_)) => this.after_read(Instant::now()),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     this.conn.set_read_waker(cx.waker());
@@ -228,9 +236,11 @@ impl<T: Transport> AsyncWrite for GuardedIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // The owner answers a violation before closing; it shuts the stream down then.
-        if self.conn.violation().is_none() {
-            return self.stream.poll_close(cx);
+        if self.conn.violation().is_some() {
+            return Poll::Ready(Ok(()));
         }
-        Poll::Ready(Ok(()))
+        // An HTTP/1 connection ends here and its owner closes the socket next (or
+        // lingers, shutting it down itself); tunnels and HTTP/2 half-close.
+        if self.framer.is_passthrough() { self.stream.poll_close(cx) } else { self.stream.poll_close_before_drop(cx) }
     }
 }

@@ -32,6 +32,8 @@ pub struct ConnShared {
     upgraded: AtomicBool,
     /// The connection switched to HTTP/2 by `Upgrade: h2c`.
     h2: AtomicBool,
+    /// An HTTP/1 request said `Connection: close`: the client sends nothing after it.
+    last_request: AtomicBool,
     read_waker: Mutex<Option<Waker>>,
     /// The client connection slot, freed when the connection (or its tunnel) ends.
     _permit: Option<OwnedSemaphorePermit>,
@@ -52,6 +54,7 @@ impl ConnShared {
             upgrade: AtomicU8::new(UPGRADE_NONE),
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            last_request: AtomicBool::new(false),
             read_waker: Mutex::new(None),
             _permit: permit,
         })
@@ -116,6 +119,15 @@ impl ConnShared {
 
     pub fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
+    }
+
+    /// The client announced its last request (`Connection: close`).
+    pub fn set_last_request(&self) {
+        self.last_request.store(true, Ordering::Relaxed);
+    }
+
+    pub fn last_request(&self) -> bool {
+        self.last_request.load(Ordering::Relaxed)
     }
 
     /// A request is being handled until the returned guard drops.

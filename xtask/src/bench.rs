@@ -52,29 +52,18 @@ use self::{
     topo::{BACKEND_PORT, Topo},
     wrk::Mode,
 };
-use crate::{apt, build, cmd};
-
-/// Debian packages the benchmark runs (the kernel tools come with `cargo xtask setup`).
-/// h2load (nghttp2-client) loads the HTTP/2 rows.
-const PACKAGES: &[&str] = &["wrk", "nghttp2-client", "nginx", "libnginx-mod-stream", "haproxy", "curl", "iproute2", "fonts-dejavu-core"];
+use crate::{build, cmd, setup};
 
 pub fn bench(opts: &Options) -> Result<()> {
     if !cmd::is_root() {
         bail!("the benchmark needs root (network namespaces, XDP): run `cargo xtask bench` as root");
     }
-    let only: Vec<Kind> = opts
-        .only
-        .iter()
-        .map(|id| Kind::from_id(id).with_context(|| format!("--only: no contender {id:?} (one of: {})", ids())))
-        .collect::<Result<_>>()?;
+    let only = only(opts)?;
     let plan = Plan::new(opts);
     let building = Instant::now();
-    ensure_packages()?;
+    setup::ensure_bench_packages()?;
     sys::remove_stale();
-    let xlb = match &opts.xlb {
-        Some(path) => path.canonicalize().with_context(|| format!("--xlb {}", path.display()))?,
-        None => build::build(true)?,
-    };
+    let xlb = xlb_binary(opts)?;
     // A kernel-bench that no longer builds (the xlb library moved on) costs the micro-figures,
     // not the whole benchmark.
     let kernel_bench = if opts.no_micro { None } else { Some(build_kernel_bench(&xlb)) };
@@ -219,29 +208,25 @@ fn idle_tls(ctx: &Ctx, kinds: &[Kind], unavailable: &HashMap<Kind, String>) -> V
     out
 }
 
+/// The contenders of `--only`.
+fn only(opts: &Options) -> Result<Vec<Kind>> {
+    opts.only.iter().map(|id| Kind::from_id(id).with_context(|| format!("--only: no contender {id:?} (one of: {})", ids()))).collect()
+}
+
+/// `--xlb PATH`, else the working tree's release build.
+fn xlb_binary(opts: &Options) -> Result<PathBuf> {
+    match &opts.xlb {
+        Some(path) => path.canonicalize().with_context(|| format!("--xlb {}", path.display())),
+        None => build::build(true),
+    }
+}
+
 fn ids() -> String {
     Kind::ALL.map(Kind::id).join(", ")
 }
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_owned()
-}
-
-/// Installs what is missing (also part of `cargo xtask setup`). Debian starts the nginx
-/// and HAProxy services it installs on hosts that run systemd: the benchmark runs its own
-/// instances in namespaces, so services it caused to be installed are stopped and
-/// disabled again.
-pub fn ensure_packages() -> Result<()> {
-    let had = ["nginx", "haproxy"].map(|p| cmd::which(p).is_some());
-    apt::ensure(PACKAGES)?;
-    if Path::new("/run/systemd/system").exists() {
-        for (name, had) in ["nginx", "haproxy"].into_iter().zip(had) {
-            if !had {
-                let _ = cmd::probe(Command::new("systemctl").args(["disable", "--now", name]));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Builds `xlb-kernel-bench` (the xtask with `--features kernel-bench`, release), which

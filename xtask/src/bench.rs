@@ -16,7 +16,9 @@
 mod chart;
 mod contender;
 mod docker_event;
+mod h2load;
 mod host;
+mod idle;
 mod measure;
 mod plan;
 mod report;
@@ -45,30 +47,23 @@ use self::{
     host::Host,
     plan::Plan,
     results::{Input, Measured, Results, Scale, ScaleRun, ScaleState},
-    sample::{Run, measure},
+    sample::{Loader, Run, measure},
     scale::Memory,
     topo::{BACKEND_PORT, Topo},
     wrk::Mode,
 };
-use crate::{apt, build, cmd};
-
-/// Debian packages the benchmark runs (the kernel tools come with `cargo xtask setup`).
-const PACKAGES: &[&str] = &["wrk", "nginx", "libnginx-mod-stream", "haproxy", "curl", "iproute2", "fonts-dejavu-core"];
+use crate::{build, cmd, setup};
 
 pub fn bench(opts: &Options) -> Result<()> {
     if !cmd::is_root() {
         bail!("the benchmark needs root (network namespaces, XDP): run `cargo xtask bench` as root");
     }
-    let only: Vec<Kind> = opts
-        .only
-        .iter()
-        .map(|id| Kind::from_id(id).with_context(|| format!("--only: no contender {id:?} (one of: {})", ids())))
-        .collect::<Result<_>>()?;
+    let only = only(opts)?;
     let plan = Plan::new(opts);
     let building = Instant::now();
-    ensure_packages()?;
+    setup::ensure_bench_packages()?;
     sys::remove_stale();
-    let xlb = build::build(true)?;
+    let xlb = xlb_binary(opts)?;
     // A kernel-bench that no longer builds (the xlb library moved on) costs the micro-figures,
     // not the whole benchmark.
     let kernel_bench = if opts.no_micro { None } else { Some(build_kernel_bench(&xlb)) };
@@ -98,6 +93,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         Kind::ALL.into_iter().filter(|k| k.is_direct() || only.is_empty() || only.contains(k)).collect();
 
     let (runs, memory) = rounds(&ctx, &scripts, &plan, &kinds, &mut unavailable, clock);
+    let idle_tls = idle_tls(&ctx, &kinds, &unavailable);
 
     let scale = (!opts.no_scale).then(|| {
         run_scale(&ctx, &scripts, &plan, clock).unwrap_or_else(|err| {
@@ -118,6 +114,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         unavailable,
         runs,
         xlb_memory: memory,
+        idle_tls,
         micro,
         docker_events,
         scale,
@@ -148,14 +145,14 @@ fn rounds(
 ) -> (Vec<Measured>, Option<Memory>) {
     let mut runs: Vec<Measured> = Vec::new();
     let mut memory = None;
-    let total = plan.rounds * kinds.len() * Mode::ALL.len();
+    let total: usize = plan.rounds * kinds.iter().map(|k| k.modes().len()).sum::<usize>();
     let mut done = 0;
     for round in 0..plan.rounds {
         let mut order = kinds.to_vec();
         order.rotate_left(round % kinds.len());
         for kind in order {
             if unavailable.contains_key(&kind) {
-                done += Mode::ALL.len();
+                done += kind.modes().len();
                 continue;
             }
             let running = match contender::start(kind, ctx) {
@@ -164,13 +161,14 @@ fn rounds(
                     eprintln!("bench: {} could not be started: {err:#}", kind.label());
                     let why = if kind.is_xlb_http() { "not available" } else { "failed to start" };
                     unavailable.insert(kind, format!("{why}: {}", first_line(&format!("{err:#}"))));
-                    done += Mode::ALL.len();
+                    done += kind.modes().len();
                     continue;
                 }
             };
-            for mode in Mode::ALL {
+            for &mode in kind.modes() {
                 done += 1;
-                let result = measure(ctx, &running, &scripts.for_kind(kind), &kind.url(&ctx.topo), mode, plan, round);
+                let load = if kind.is_h2() { Loader::H2load } else { Loader::Wrk(scripts.for_kind(kind)) };
+                let result = measure(ctx, &running, &load, &kind.url(&ctx.topo), mode, plan, round);
                 match result {
                     Ok(run) => {
                         progress(clock, done, total, &format!("round {}/{} {}", round + 1, plan.rounds, kind.label()), mode, &run);
@@ -190,28 +188,45 @@ fn rounds(
     (runs, memory)
 }
 
+/// Memory per idle TLS connection, xlb's and nginx's, once both TLS contenders ran.
+fn idle_tls(ctx: &Ctx, kinds: &[Kind], unavailable: &HashMap<Kind, String>) -> Vec<idle::IdleTls> {
+    let pair = [Kind::XlbHttps, Kind::NginxHttps];
+    if !pair.iter().all(|k| kinds.contains(k) && !unavailable.contains_key(k)) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for kind in pair {
+        eprintln!("bench: {} idle TLS connections to {}", idle::CONNECTIONS, kind.label());
+        match idle::measure(ctx, kind) {
+            Ok(m) => {
+                eprintln!("bench: {}: {:.1} KiB per idle TLS connection (opened in {:.1} s)", kind.label(), m.kib_per_connection, m.open_seconds);
+                out.push(m);
+            }
+            Err(err) => eprintln!("bench: idle TLS connections to {}: {err:#}", kind.label()),
+        }
+    }
+    out
+}
+
+/// The contenders of `--only`.
+fn only(opts: &Options) -> Result<Vec<Kind>> {
+    opts.only.iter().map(|id| Kind::from_id(id).with_context(|| format!("--only: no contender {id:?} (one of: {})", ids()))).collect()
+}
+
+/// `--xlb PATH`, else the working tree's release build.
+fn xlb_binary(opts: &Options) -> Result<PathBuf> {
+    match &opts.xlb {
+        Some(path) => path.canonicalize().with_context(|| format!("--xlb {}", path.display())),
+        None => build::build(true),
+    }
+}
+
 fn ids() -> String {
     Kind::ALL.map(Kind::id).join(", ")
 }
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_owned()
-}
-
-/// Installs what is missing. Debian starts the nginx and HAProxy services it installs on
-/// hosts that run systemd: the benchmark runs its own instances in namespaces, so services
-/// it caused to be installed are stopped and disabled again.
-fn ensure_packages() -> Result<()> {
-    let had = ["nginx", "haproxy"].map(|p| cmd::which(p).is_some());
-    apt::ensure(PACKAGES)?;
-    if Path::new("/run/systemd/system").exists() {
-        for (name, had) in ["nginx", "haproxy"].into_iter().zip(had) {
-            if !had {
-                let _ = cmd::probe(Command::new("systemctl").args(["disable", "--now", name]));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Builds `xlb-kernel-bench` (the xtask with `--features kernel-bench`, release), which
@@ -362,7 +377,7 @@ fn run_scale(ctx: &Ctx, scripts: &Scripts, plan: &Plan, clock: Instant) -> Resul
             }
             for mode in Mode::ALL {
                 done += 1;
-                let run = measure(ctx, &running, &scripts.vip, &ctx.topo.vip_url(false), mode, plan, round)?;
+                let run = measure(ctx, &running, &Loader::Wrk(scripts.vip.clone()), &ctx.topo.vip_url(false), mode, plan, round)?;
                 progress(clock, done, total, &format!("scale {}/{} xlb, {}", round + 1, plan.scale_rounds, state.label()), mode, &run);
                 out.runs.push(ScaleRun { state, mode, run });
             }

@@ -1,5 +1,7 @@
 //! `cargo xtask setup`, and the checks the other tasks make before they start so that a
 //! missing piece shows up as one line saying what to do rather than deep in a build log.
+use std::{path::Path, process::Command};
+
 use anyhow::{Result, bail};
 
 use crate::{apt, cmd, docker, linker, toolchain};
@@ -45,6 +47,7 @@ pub fn setup() -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     apt::ensure(&packages)?;
+    ensure_bench_packages()?;
     docker::ensure_running()?;
     eprintln!("setup: everything is in place");
     Ok(())
@@ -77,6 +80,27 @@ pub fn check_test() -> Result<()> {
         bail!(
             "`docker info` failed, the Docker daemon does not answer: run `cargo xtask setup` as root to start it"
         );
+    }
+    Ok(())
+}
+
+/// Debian packages the benchmark runs (the kernel tools come with `cargo xtask setup`).
+/// h2load (nghttp2-client) loads the HTTP/2 rows.
+const BENCH_PACKAGES: &[&str] = &["wrk", "nghttp2-client", "nginx", "libnginx-mod-stream", "haproxy", "curl", "iproute2", "fonts-dejavu-core"];
+
+/// Installs what is missing for `cargo xtask bench` (also part of `cargo xtask setup`). Debian starts the nginx
+/// and HAProxy services it installs on hosts that run systemd: the benchmark runs its own
+/// instances in namespaces, so services it caused to be installed are stopped and
+/// disabled again.
+pub fn ensure_bench_packages() -> Result<()> {
+    let had = ["nginx", "haproxy"].map(|p| cmd::which(p).is_some());
+    apt::ensure(BENCH_PACKAGES)?;
+    if Path::new("/run/systemd/system").exists() {
+        for (name, had) in ["nginx", "haproxy"].into_iter().zip(had) {
+            if !had {
+                let _ = cmd::probe(Command::new("systemctl").args(["disable", "--now", name]));
+            }
+        }
     }
     Ok(())
 }

@@ -16,7 +16,8 @@ use super::{
     measure::BpfStats,
     sys::{self, Proc},
     xdp_pass::{self, XdpPass},
-    topo::{self, BACKEND_PORT, SOCKET_VIP, TLS_PORT, Topo, VIP, VIP_PORT},
+    topo::{self, Ask, BACKEND_PORT, SOCKET_VIP, TLS_PORT, Topo, VIP, VIP_PORT},
+    wrk::Mode,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -36,6 +37,11 @@ pub enum Kind {
     /// The HTTP proxies again, terminating TLS on VIP:443 with the same certificate.
     XlbHttps,
     NginxHttps,
+    /// HTTP/2 from h2load: h2c with prior knowledge on VIP:80, h2 over TLS on VIP:443.
+    XlbH2c,
+    NginxH2c,
+    XlbH2,
+    NginxH2,
     /// xlb's socket-level balancing (issue 16): wrk runs in a cgroup v2 child that xlb's
     /// connect() hook is attached to, as a container on the host would, so its connects to
     /// the socket VIP go straight to a backend and no packet is translated.
@@ -43,7 +49,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Direct,
         Kind::DirectXdp,
         Kind::XlbL4,
@@ -57,6 +63,10 @@ impl Kind {
         Kind::HaproxyTcp,
         Kind::XlbHttps,
         Kind::NginxHttps,
+        Kind::XlbH2c,
+        Kind::NginxH2c,
+        Kind::XlbH2,
+        Kind::NginxH2,
         Kind::XlbSocket,
     ];
 
@@ -75,6 +85,10 @@ impl Kind {
             Kind::HaproxyTcp => "haproxy-tcp",
             Kind::XlbHttps => "xlb-https",
             Kind::NginxHttps => "nginx-https",
+            Kind::XlbH2c => "xlb-h2c",
+            Kind::NginxH2c => "nginx-h2c",
+            Kind::XlbH2 => "xlb-h2",
+            Kind::NginxH2 => "nginx-h2",
             Kind::XlbSocket => "xlb-socket",
         }
     }
@@ -94,6 +108,10 @@ impl Kind {
             Kind::HaproxyTcp => "HAProxy tcp mode",
             Kind::XlbHttps => "xlb HTTP proxy, TLS",
             Kind::NginxHttps => "nginx HTTP proxy, TLS",
+            Kind::XlbH2c => "xlb HTTP proxy, h2c (h2load)",
+            Kind::NginxH2c => "nginx HTTP proxy, h2c (h2load)",
+            Kind::XlbH2 => "xlb HTTP proxy, h2 over TLS (h2load)",
+            Kind::NginxH2 => "nginx HTTP proxy, h2 over TLS (h2load)",
             Kind::XlbSocket => "xlb socket LB (caller in its cgroup)",
         }
     }
@@ -110,7 +128,18 @@ impl Kind {
 
     /// Whether clients reach it over TLS (`https://VIP:443/`).
     pub fn is_tls(self) -> bool {
-        matches!(self, Kind::XlbHttps | Kind::NginxHttps)
+        matches!(self, Kind::XlbHttps | Kind::NginxHttps | Kind::XlbH2 | Kind::NginxH2)
+    }
+
+    /// Whether h2load loads it over HTTP/2 (h2c or h2), rather than wrk over HTTP/1.1.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Kind::XlbH2c | Kind::NginxH2c | Kind::XlbH2 | Kind::NginxH2)
+    }
+
+    /// The connection modes it is measured in: HTTP/2 connections are long-lived (a
+    /// new connection per request would measure handshakes, which the HTTP/1.1 TLS rows do).
+    pub fn modes(self) -> &'static [Mode] {
+        if self.is_h2() { &[Mode::KeepAlive] } else { &Mode::ALL }
     }
 
     /// The chart's label.
@@ -129,6 +158,10 @@ impl Kind {
             Kind::HaproxyTcp => "HAProxy tcp",
             Kind::XlbHttps => "xlb HTTPS",
             Kind::NginxHttps => "nginx HTTPS",
+            Kind::XlbH2c => "xlb h2c",
+            Kind::NginxH2c => "nginx h2c",
+            Kind::XlbH2 => "xlb h2",
+            Kind::NginxH2 => "nginx h2",
             Kind::XlbSocket => "xlb socket",
         }
     }
@@ -202,30 +235,30 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
         Kind::DirectXdp => {
             let xdp = xdp_pass::attach(&topo.lb, &topo.lb_iface)?;
             // Direct traffic still flows: the program passes everything.
-            topo.wait_serving(&Kind::Direct.url(topo), Duration::from_secs(5), None)?;
+            topo.wait_serving(&Kind::Direct.url(topo), Duration::from_secs(5), Ask::default())?;
             return Ok(Running { _xdp: Some(xdp), ..Running::procs(Vec::new()) });
         }
         Kind::XlbL4 => {
             let spec = format!("{VIP}:{VIP_PORT}:{}:{BACKEND_PORT}", backend_list(topo, ","));
             start_xlb(ctx, &dir, vec!["--iface".into(), topo.lb_iface.clone().into(), spec.into()])?
         }
-        Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes | Kind::XlbHttps => {
+        Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes | Kind::XlbHttps | Kind::XlbH2c | Kind::XlbH2 => {
             let config = xlb_http_config(ctx, &dir, kind)?;
             start_xlb(ctx, &dir, vec!["--config".into(), config.into()])?
         }
-        Kind::NginxHttp | Kind::NginxStream | Kind::NginxHttps => start_nginx(kind, ctx, &dir)?,
+        Kind::NginxHttp | Kind::NginxStream | Kind::NginxHttps | Kind::NginxH2c | Kind::NginxH2 => start_nginx(kind, ctx, &dir)?,
         Kind::HaproxyHttp | Kind::HaproxyTcp => start_haproxy(kind, ctx, &dir)?,
         Kind::XlbSocket => start_xlb_socket(ctx, &dir)?,
     };
     let url = kind.url(topo);
-    let caller = running.caller();
-    let check = topo.wait_serving(&url, Duration::from_secs(10), caller).and_then(|_| {
-        let n = topo.spread(&url, 9, caller)?;
+    let ask = Ask { h2c: matches!(kind, Kind::XlbH2c | Kind::NginxH2c), caller: running.caller() };
+    let check = topo.wait_serving(&url, Duration::from_secs(10), ask).and_then(|_| {
+        let n = topo.spread(&url, 9, ask)?;
         if n < 2 {
             bail!("9 new connections to {url} all reached the same backend");
         }
         // Only the connect() hook makes the socket VIP answer: from outside the cgroup it must not.
-        if caller.is_some() && topo.get(&url, None).is_ok() {
+        if ask.caller.is_some() && topo.get(&url, Ask::default()).is_ok() {
             bail!("{url} answered a caller outside xlb's cgroup: the row would not measure socket-level balancing");
         }
         Ok(())
@@ -307,7 +340,7 @@ fn xlb_http_config(ctx: &Ctx, dir: &Path, kind: Kind) -> Result<PathBuf> {
         (VIP_PORT, String::new())
     };
     let http = match kind {
-        Kind::XlbHttps => "    http: { tls: { port: 443 } }\n".to_owned(),
+        Kind::XlbHttps | Kind::XlbH2 => "    http: { tls: { port: 443 } }\n".to_owned(),
         Kind::XlbHttpLeastTime => "    http: { method: least_time header }\n".to_owned(),
         Kind::XlbHttpCookie => "    http: { pin_cookie: srv, sticky_cookie: { name: route } }\n".to_owned(),
         Kind::XlbHttpRoutes => format!("    http: {{ hosts: [\"{VIP}\"] }}\n"),
@@ -372,15 +405,17 @@ fn start_nginx(kind: Kind, ctx: &Ctx, dir: &Path) -> Result<Running> {
     for b in &ctx.topo.backends {
         writeln!(servers, "        server {}:{BACKEND_PORT};", b.addr).unwrap();
     }
+    // nginx 1.22's way to HTTP/2: a `listen` parameter (h2c: prior knowledge only).
+    let http2 = if kind.is_h2() { " http2" } else { "" };
     let listen = if kind.is_tls() {
         let (cert, key) = ctx.topo.certificate()?;
         format!(
-            "listen {VIP}:{TLS_PORT} ssl reuseport backlog=4096;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;",
+            "listen {VIP}:{TLS_PORT} ssl{http2} reuseport backlog=4096;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;",
             cert.display(),
             key.display()
         )
     } else {
-        format!("listen {VIP}:{VIP_PORT} reuseport backlog=4096;")
+        format!("listen {VIP}:{VIP_PORT}{http2} reuseport backlog=4096;")
     };
     let body = if kind == Kind::NginxStream {
         if !Path::new(STREAM_MODULE).exists() {

@@ -18,7 +18,7 @@ pub struct Options {
     seconds: Option<u64>,
     /// Only these contenders, comma-separated; the two direct runs (the references) always
     /// run. Ids: direct, direct-xdp, xlb-l4, xlb-http, nginx-http, nginx-stream,
-    /// haproxy-http, haproxy-tcp, xlb-https, nginx-https.
+    /// haproxy-http, haproxy-tcp, xlb-https, nginx-https, xlb-h2c, nginx-h2c, xlb-h2, nginx-h2.
     #[arg(long, value_delimiter = ',', value_name = "ID,...")]
     pub only: Vec<String>,
     /// Skip the micro-benchmarks (kernel programs, Maglev, map sync, Docker event to map
@@ -28,6 +28,10 @@ pub struct Options {
     /// Skip the 1,000-service scale test.
     #[arg(long)]
     pub no_scale: bool,
+    /// Measure this xlb binary instead of building the working tree's (an A/B of two
+    /// builds on the same host, one run after the other).
+    #[arg(long, value_name = "PATH")]
+    pub xlb: Option<std::path::PathBuf>,
     /// Do not time xlb's BPF programs (timing costs two clock reads per program run; xlb's
     /// balancer CPU then shows its process alone).
     #[arg(long)]
@@ -82,6 +86,9 @@ impl Options {
         }
         if self.no_scale {
             c.push_str(" --no-scale");
+        }
+        if let Some(xlb) = &self.xlb {
+            c.push_str(&format!(" --xlb {}", xlb.display()));
         }
         if self.no_bpf_stats {
             c.push_str(" --no-bpf-stats");

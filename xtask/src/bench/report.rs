@@ -43,6 +43,26 @@ impl Results {
                 ));
             }
         }
+        let idle = |k: Kind| self.idle_tls.iter().find(|m| m.id == k.id()).map(|m| m.kib_per_connection);
+        if let (Some(x), Some(n)) = (idle(Kind::XlbHttps), idle(Kind::NginxHttps)) {
+            out.push(format!("ratio memory per idle TLS connection: xlb {x:.1} KiB, nginx {n:.1} KiB ({})", ratio(Some(x), Some(n))));
+        }
+        // Issue 13's TLS rows and the HTTP/2 rows, each against nginx doing the same.
+        for (xlb, nginx) in [(Kind::XlbHttps, Kind::NginxHttps), (Kind::XlbH2c, Kind::NginxH2c), (Kind::XlbH2, Kind::NginxH2)] {
+            for &mode in xlb.modes() {
+                let (Some(x), Some(n)) = (row(xlb.id(), mode), row(nginx.id(), mode)) else { continue };
+                out.push(format!(
+                    "ratio {}, {}: req/s {} {}; p99 {} ms (nginx {} ms); CPU per request {} nginx's",
+                    xlb.label(),
+                    mode.short(),
+                    ratio(med(&x.rps), med(&n.rps)),
+                    nginx.short(),
+                    med(&x.p99_ms).map_or("–".into(), fmt_ms),
+                    med(&n.p99_ms).map_or("–".into(), fmt_ms),
+                    ratio(med(&x.balancer_cpu_ms_per_1k), med(&n.balancer_cpu_ms_per_1k)),
+                ));
+            }
+        }
         out
     }
 
@@ -103,12 +123,47 @@ impl Results {
         }
         self.markdown_goals(&mut s);
         s.push('\n');
+        self.markdown_idle_tls(&mut s);
         self.markdown_micro(&mut s);
         self.markdown_docker(&mut s);
         self.markdown_scale(&mut s);
         s.push_str(METHOD);
         let _ = writeln!(s, "\nVersions: {}.", self.versions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
         s
+    }
+
+    /// Memory per idle TLS connection (`bench/idle.rs`).
+    fn markdown_idle_tls(&self, s: &mut String) {
+        if self.idle_tls.is_empty() {
+            return;
+        }
+        s.push_str(
+            "## Memory per idle TLS connection
+
+",
+        );
+        s.push_str(
+            "| contender | idle TLS connections | RSS before MiB | RSS with them MiB | KiB per connection | seconds to open them |\n\
+             |---|--:|--:|--:|--:|--:|\n",
+        );
+        let mib = |k: u64| format!("{:.1}", k as f64 / 1024.0);
+        for m in &self.idle_tls {
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} | {:.1} |",
+                m.label,
+                thousands(m.connections as f64),
+                mib(m.rss_before_kib),
+                mib(m.rss_after_kib),
+                m.kib_per_connection,
+                m.open_seconds
+            )
+            .unwrap();
+        }
+        s.push_str(
+            "\nEach connection: a TLS handshake (ECDSA P-256, the same certificate) and one `GET /` answered, then silent. \
+             RSS: VmRSS of the balancer's processes (nginx: master and workers).\n\n",
+        );
     }
 
     /// Title, command, host and load.

@@ -12,6 +12,7 @@ use super::{
     contender::Kind,
     docker_event::DockerEvents,
     host::Host,
+    idle::IdleTls,
     plan::Plan,
     sample::Run,
     scale::{self, Fill, Memory},
@@ -148,6 +149,7 @@ pub struct Input {
     pub unavailable: HashMap<Kind, String>,
     pub runs: Vec<Measured>,
     pub xlb_memory: Option<Memory>,
+    pub idle_tls: Vec<IdleTls>,
     pub micro: Option<Value>,
     pub docker_events: Option<DockerEvents>,
     pub scale: Option<Scale>,
@@ -176,6 +178,8 @@ pub struct Results {
     pub others_cpu_percent: Option<Spread>,
     /// xlb L4's memory with the 3-backend config (xlb's default sizes).
     pub xlb_memory: Option<Memory>,
+    /// Memory per idle TLS connection: xlb's and nginx's HTTPS proxies.
+    pub idle_tls: Vec<IdleTls>,
     pub micro: Option<Value>,
     pub docker_events: Option<DockerEvents>,
     pub scale: Option<Scale>,
@@ -187,7 +191,7 @@ pub struct Results {
 
 impl Results {
     pub fn new(input: Input) -> Results {
-        let Input { started, seconds, command, host, plan, versions, kinds, unavailable, runs, xlb_memory, micro, docker_events, mut scale } =
+        let Input { started, seconds, command, host, plan, versions, kinds, unavailable, runs, xlb_memory, idle_tls, micro, docker_events, mut scale } =
             input;
         let of = |kind: Kind, mode: Mode| -> Vec<&Run> {
             runs.iter().filter(|m| m.kind == kind && m.mode == mode).map(|m| &m.run).collect()
@@ -199,7 +203,7 @@ impl Results {
                 table.push(Row::empty(kind, None, note.clone()));
                 continue;
             }
-            for mode in Mode::ALL {
+            for &mode in kind.modes() {
                 let mine = of(kind, mode);
                 if mine.is_empty() {
                     table.push(Row::empty(kind, Some(mode), "no successful run".into()));
@@ -233,6 +237,7 @@ impl Results {
             goals,
             others_cpu_percent,
             xlb_memory,
+            idle_tls,
             micro,
             docker_events,
             scale,

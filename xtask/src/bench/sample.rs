@@ -1,11 +1,12 @@
 //! One measurement: a warm-up, then wrk with the CPU sampled around it.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{
     contender::{Ctx, Running},
+    h2load,
     measure::{self, HostCpu},
     plan::Plan,
     sys,
@@ -62,12 +63,30 @@ impl Run {
     }
 }
 
+/// The load generator of a run.
+pub enum Loader {
+    /// wrk with this script (HTTP/1.1).
+    Wrk(PathBuf),
+    /// h2load (HTTP/2; keep-alive only).
+    H2load,
+}
+
+impl Loader {
+    /// `caller`: the cgroup wrk runs in (see `Topo::client_cmd`); h2load rows have none.
+    fn run(&self, ctx: &Ctx, url: &str, load: Load, mode: Mode, caller: Option<&Path>) -> Result<wrk::Outcome> {
+        match self {
+            Loader::Wrk(script) => wrk::run(&ctx.topo, script, url, load, mode, caller),
+            Loader::H2load => h2load::run(&ctx.topo, url, load),
+        }
+    }
+}
+
 /// A warm-up run (results dropped), then the measured run with CPU samples around it.
-pub fn measure(ctx: &Ctx, running: &Running, script: &Path, url: &str, mode: Mode, plan: &Plan, round: usize) -> Result<Run> {
+pub fn measure(ctx: &Ctx, running: &Running, loader: &Loader, url: &str, mode: Mode, plan: &Plan, round: usize) -> Result<Run> {
     let topo = &ctx.topo;
     // --quick warms a contender up once after its start; the full run before every mode.
     if plan.warmup_seconds > 0 && (!plan.quick || mode == Mode::ALL[0]) {
-        wrk::run(topo, script, url, Load { seconds: plan.warmup_seconds, ..plan.load }, mode, running.caller()).context("warm-up")?;
+        loader.run(ctx, url, Load { seconds: plan.warmup_seconds, ..plan.load }, mode, running.caller()).context("warm-up")?;
     }
     let ours = topo.namespaces();
     let others0 = measure::foreign_ticks(&ours);
@@ -76,7 +95,7 @@ pub fn measure(ctx: &Ctx, running: &Running, script: &Path, url: &str, mode: Mod
     // Without BPF statistics the kernel keeps no run times: none rather than zero.
     let timed = running.xlb_pid.filter(|_| ctx.bpf_stats);
     let bpf0 = timed.map(measure::bpf_run_time);
-    let out = wrk::run(topo, script, url, plan.load, mode, running.caller())?;
+    let out = loader.run(ctx, url, plan.load, mode, running.caller())?;
     let bpf1 = timed.map(measure::bpf_run_time);
     let lb1 = measure::ns_ticks(&topo.lb);
     let host = HostCpu::read()?.since(&host0);

@@ -23,7 +23,7 @@ use super::{
     contender::{self, Ctx},
     measure::{self, BpfMemory, Rss},
     sys,
-    topo::{BACKEND_PORT, CLIENT, EXTRA_CLIENTS, FILL_PORT, VIP, VIP_PORT},
+    topo::{Ask, BACKEND_PORT, CLIENT, EXTRA_CLIENTS, FILL_PORT, VIP, VIP_PORT},
 };
 
 pub const SERVICES: usize = 1000;
@@ -190,8 +190,8 @@ pub fn start(ctx: &Ctx, config: &std::path::Path) -> Result<(contender::Running,
     let running = contender::start_xlb(ctx, &dir, vec!["--config".into(), config.into()])?;
     let ready = started.elapsed().as_secs_f64();
     let url = ctx.topo.vip_url(false);
-    ctx.topo.wait_serving(&url, Duration::from_secs(10), None)?;
-    if ctx.topo.spread(&url, 9, None)? < 2 {
+    ctx.topo.wait_serving(&url, Duration::from_secs(10), Ask::default())?;
+    if ctx.topo.spread(&url, 9, Ask::default())? < 2 {
         bail!("xlb with the scale config sends every connection to one backend");
     }
     Ok((running, ready))

@@ -55,6 +55,14 @@ const SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.tcp_max_syn_backlog", "4096"),
 ];
 
+/// How a check asks the client to fetch: over h2c with prior knowledge, and from within a
+/// cgroup (see [`Topo::client_cmd`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    pub h2c: bool,
+    pub caller: Option<&'a Path>,
+}
+
 pub struct Backend {
     pub name: String,
     pub addr: Ipv4Addr,
@@ -127,7 +135,7 @@ impl Topo {
         topo.route_nowhere(UNUSED_NET)?;
         for b in &topo.backends {
             let url = format!("http://{}:{BACKEND_PORT}/", b.addr);
-            let got = topo.wait_serving(&url, Duration::from_secs(10), None)?;
+            let got = topo.wait_serving(&url, Duration::from_secs(10), Ask::default())?;
             if got != b.name {
                 bail!("backend {} answered {got:?} at {url}", b.name);
             }
@@ -181,20 +189,21 @@ impl Topo {
         cmd
     }
 
-    /// One `GET url` from the client namespace (from `caller`, see [`Topo::client_cmd`]) on a
-    /// new connection: the body, trimmed.
-    pub fn get(&self, url: &str, caller: Option<&Path>) -> Result<String> {
-        let mut curl = self.client_cmd("curl", caller);
+    /// One `GET url` from the client namespace, asked as `ask` says, on a new connection:
+    /// the body, trimmed.
+    pub fn get(&self, url: &str, ask: Ask) -> Result<String> {
+        let mut curl = self.client_cmd("curl", ask.caller);
         // --insecure: the TLS contenders' certificate is self-signed.
-        curl.args(["-sS", "--fail", "--insecure", "--max-time", "2", "-H", "Connection: close", url]);
+        curl.args(["-sS", "--fail", "--insecure", "--max-time", "2", url]);
+        curl.args(if ask.h2c { ["--http2-prior-knowledge", "--no-keepalive"] } else { ["-H", "Connection: close"] });
         Ok(sys::sh(&mut curl)?.trim().to_owned())
     }
 
     /// Polls `url` from the client until it answers (at most `timeout`).
-    pub fn wait_serving(&self, url: &str, timeout: Duration, caller: Option<&Path>) -> Result<String> {
+    pub fn wait_serving(&self, url: &str, timeout: Duration, ask: Ask) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.get(url, caller) {
+            match self.get(url, ask) {
                 Ok(body) => return Ok(body),
                 Err(err) if Instant::now() >= deadline => {
                     return Err(err.context(format!("{url} did not answer within {timeout:?}")));
@@ -206,10 +215,10 @@ impl Topo {
 
     /// Asks `url` `n` times on new connections and counts the distinct backends that
     /// answered: a balancer that sends everything to one backend is no balancer.
-    pub fn spread(&self, url: &str, n: usize, caller: Option<&Path>) -> Result<usize> {
+    pub fn spread(&self, url: &str, n: usize, ask: Ask) -> Result<usize> {
         let mut seen = Vec::new();
         for _ in 0..n {
-            let body = self.get(url, caller)?;
+            let body = self.get(url, ask)?;
             if !seen.contains(&body) {
                 seen.push(body);
             }

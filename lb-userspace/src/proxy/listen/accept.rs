@@ -126,6 +126,8 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
         let _ = sock.set_freebind_v4(true);
     }
     sock.set_nonblocking(true)?;
+    // Accepted sockets inherit it: no `setsockopt` per connection.
+    sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
     sock.listen(1024).context("listen")?;
     Ok(sock.into())
@@ -158,7 +160,6 @@ async fn accept_loop(listener: TcpListener, slot: Slot, limits: Limits, closing:
         let permit = limits.per_ip.try_acquire(peer.ip()).and_then(|ip| Some(Permit::new(limits.conns.try_acquire()?, ip, limits.bodies.clone())));
         match permit {
             Some(permit) => {
-                let _ = stream.set_nodelay(true);
                 let conn = ConnShared::new(peer, Some(permit));
                 match &tls {
                     None => tokio::spawn(serve(Arc::new(stream), conn, slot.clone(), closing.clone())),

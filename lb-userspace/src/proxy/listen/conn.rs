@@ -70,8 +70,9 @@ pub async fn serve<T: Transport>(stream: Arc<T>, conn: Arc<ConnShared>, slot: Sl
         let _ = tokio::time::timeout(LINGER, write_all(&*stream, &raw_page(r.status()))).await;
     }
     // As nginx: linger only when the client may still be sending (after a violation,
-    // or with its bytes waiting); else close now (hyper has shut the write side down).
-    if violation.is_some() || pending(stream.tcp()) {
+    // or with its bytes waiting: no need to look after it said `Connection: close`);
+    // else close now.
+    if violation.is_some() || (!conn.last_request() && pending(stream.tcp())) {
         linger_close(stream.tcp()).await;
     }
 }

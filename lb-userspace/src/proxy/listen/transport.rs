@@ -24,6 +24,10 @@ pub trait Transport: Send + Sync + 'static {
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Ends the write side (TLS: `close_notify` first).
     fn poll_close(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// What must go out before the socket is closed (dropped) right after: TLS's
+    /// `close_notify`; nothing for TCP, whose close sends the FIN itself (a `shutdown`
+    /// first would be one more system call per connection).
+    fn poll_close_before_drop(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// The socket underneath, for lingering and peeking.
     fn tcp(&self) -> &TcpStream;
 }
@@ -63,6 +67,10 @@ impl Transport for TcpStream {
     fn poll_close(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // A peer already gone is no error of ours.
         let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close_before_drop(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
@@ -131,6 +139,10 @@ impl Transport for Tls {
 
     fn poll_close(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.with(|s| s.poll_shutdown(cx))
+    }
+
+    fn poll_close_before_drop(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_close(cx)
     }
 
     fn tcp(&self) -> &TcpStream {

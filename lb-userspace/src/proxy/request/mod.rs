@@ -40,6 +40,7 @@ use self::{
     tunnel::Upgrade,
 };
 use super::{
+    hop_by_hop::connection_has,
     listen::guard::shared::ConnShared,
     site::{BoxError, Site},
 };
@@ -49,6 +50,9 @@ pub async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: Arc<ConnShare
     let in_flight = conn.request();
     let mut exchange = Exchange::start(&site.metrics);
     let h1 = req.version() < Version::HTTP_2;
+    if h1 && connection_has(req.headers(), "close") {
+        conn.set_last_request();
+    }
     let upgrade = Upgrade::of(&req);
     let resp = match proxy(req, &site, &conn, upgrade.forwarded, &mut exchange).await {
         Ok(r) => r,

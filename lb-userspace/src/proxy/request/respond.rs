@@ -140,7 +140,7 @@ impl Body for UpstreamResponse {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done = None;
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
                 if this.idle_timer.as_mut().poll(cx).is_ready() {

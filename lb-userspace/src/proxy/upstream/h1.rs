@@ -193,7 +193,7 @@ fn framing(status: StatusCode, h: &HeaderMap, head_request: bool) -> Result<Fram
     match (te, length) {
         (true, Some(_)) => Err("content-length with transfer-encoding"),
         (true, None) => {
-            let last = h.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()).last();
+            let last = h.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()).next_back();
             Ok(if last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) { Framing::Chunked } else { Framing::Close })
         }
         (false, Some(n)) => Ok(Framing::Length(n)),

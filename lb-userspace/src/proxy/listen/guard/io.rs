@@ -3,6 +3,7 @@
 //! chunked body are enforced here.
 
 use std::{
+    cell::RefCell,
     io,
     pin::Pin,
     sync::Arc,
@@ -21,6 +22,12 @@ use super::{
     shared::ConnShared,
 };
 use crate::proxy::listen::transport::Transport;
+
+thread_local! {
+    /// Where a thread reads client bytes before the framer copies out what passes:
+    /// scratch shared by its connections, so an idle connection holds no read buffer.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientTimeouts {
@@ -42,7 +49,6 @@ pub struct GuardedIo<T> {
     framer: Framer,
     ready: Vec<u8>,
     pos: usize,
-    raw: Box<[u8]>,
     eof: bool,
     conn: Arc<ConnShared>,
     timeouts: ClientTimeouts,
@@ -71,7 +77,6 @@ impl<T: Transport> GuardedIo<T> {
             framer: Framer::new(limits, max_body),
             ready: Vec::new(),
             pos: 0,
-            raw: vec![0; 16 * 1024].into_boxed_slice(),
             eof: false,
             conn,
             timeouts,
@@ -173,18 +178,21 @@ impl<T: Transport> AsyncRead for GuardedIo<T> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            match this.stream.poll_read(cx, &mut this.raw) {
-                Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(n)) => {
-                    let now = Instant::now();
+            let read = SCRATCH.with_borrow_mut(|raw| {
+                let read = this.stream.poll_read(cx, raw);
+                if let Poll::Ready(Ok(n @ 1..)) = read {
                     if let Some(max) = this.conn.body_limit(this.framer.messages) {
                         this.framer.max_body = max;
                     }
-                    if let Err(r) = this.framer.feed(&this.raw[..n], &mut this.ready) {
+                    if let Err(r) = this.framer.feed(&raw[..n], &mut this.ready) {
                         this.reject(r);
                     }
-                    this.after_read(now, n);
                 }
+                read
+            });
+            match read {
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(n)) => this.after_read(Instant::now(), n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     this.conn.set_read_waker(cx.waker());
@@ -260,9 +268,11 @@ impl<T: Transport> AsyncWrite for GuardedIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // The owner answers a violation before closing; it shuts the stream down then.
-        if self.conn.violation().is_none() {
-            return self.stream.poll_close(cx);
+        if self.conn.violation().is_some() {
+            return Poll::Ready(Ok(()));
         }
-        Poll::Ready(Ok(()))
+        // An HTTP/1 connection ends here and its owner closes the socket next (or
+        // lingers, shutting it down itself); tunnels and HTTP/2 half-close.
+        if self.framer.is_passthrough() { self.stream.poll_close(cx) } else { self.stream.poll_close_before_drop(cx) }
     }
 }

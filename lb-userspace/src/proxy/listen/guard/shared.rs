@@ -35,6 +35,8 @@ pub struct ConnShared {
     upgraded: AtomicBool,
     /// The connection switched to HTTP/2 by `Upgrade: h2c`.
     h2: AtomicBool,
+    /// An HTTP/1 request said `Connection: close`: the client sends nothing after it.
+    last_request: AtomicBool,
     read_waker: Mutex<Option<Waker>>,
     /// The client connection's slots (listener, address), freed when the connection (or
     /// its tunnel) ends.
@@ -58,6 +60,7 @@ impl ConnShared {
             upgrade: AtomicU8::new(UPGRADE_NONE),
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            last_request: AtomicBool::new(false),
             read_waker: Mutex::new(None),
             permit,
         })
@@ -140,6 +143,15 @@ impl ConnShared {
     pub fn body_limit(&self, n: u64) -> Option<u64> {
         let (of, max) = *lock(&self.body_limit);
         (of == n).then_some(max)
+    }
+
+    /// The client announced its last request (`Connection: close`).
+    pub fn set_last_request(&self) {
+        self.last_request.store(true, Ordering::Relaxed);
+    }
+
+    pub fn last_request(&self) -> bool {
+        self.last_request.load(Ordering::Relaxed)
     }
 
     /// A request is being handled until the returned guard drops.

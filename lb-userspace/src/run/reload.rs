@@ -93,7 +93,7 @@ impl Controller {
     }
 
     /// Says which changes of a reloaded config wait for a restart: the data plane's
-    /// sizes, its interface and the admin address are fixed at start.
+    /// sizes, its interface, the admin address and the access log are fixed at start.
     fn restart_needed(&self) {
         let new = &self.config;
         if Limits::from(&new.dataplane) != self.limits {
@@ -105,6 +105,9 @@ impl Controller {
         }
         if new.dataplane.socket_lb != *self.dp.socket_lb_config() {
             warn!("dataplane.socket_lb changed: it applies at the next start");
+        }
+        if new.access_log.as_ref() != self.access_log.as_ref().map(|l| l.config()) {
+            warn!("access_log changed: it applies at the next start");
         }
         if new.admin.address != self.admin_address {
             warn!(running = %self.admin_address, wanted = %new.admin.address, "admin.address changed: the admin endpoint stays on {}, restart xlb to move it", self.admin_address);

@@ -134,17 +134,30 @@ impl Forwarding {
     /// them: a host configured by SLAAC would lose its default route, and with a crash
     /// never get it back. So where `accept_ra` was 1 (accept while not forwarding) it is
     /// set to 2 first, which keeps accepting them as the interface did before.
+    ///
+    /// Where `/proc/sys` is read-only (a container run without `systempaths=unconfined`,
+    /// which docker-compose 1.29 cannot ask for) and IPv6 forwarding is off, IPv4 still
+    /// works (Docker turns its forwarding on): a warning, not a failure.
     pub fn enable(&mut self, iface: &str) -> anyhow::Result<()> {
         let v6 = format!("/proc/sys/net/ipv6/conf/{iface}/forwarding");
         self.set(&format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), "1")?;
         if read(&v6).is_some_and(|v| v != "1") {
-            let accept_ra = format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra");
-            if read(&accept_ra).as_deref() == Some("1") {
-                self.set(&accept_ra, "2")?;
+            match self.enable_v6(iface, &v6) {
+                Err(e) if read_only(&e) => {
+                    tracing::warn!(%iface, "IPv6 forwarding is off and /proc/sys is read-only here: IPv6 through {iface} is not forwarded (IPv4 is)")
+                }
+                r => r?,
             }
-            self.set(&v6, "1")?;
         }
         Ok(())
+    }
+
+    fn enable_v6(&mut self, iface: &str, v6: &str) -> anyhow::Result<()> {
+        let accept_ra = format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra");
+        if read(&accept_ra).as_deref() == Some("1") {
+            self.set(&accept_ra, "2")?;
+        }
+        self.set(v6, "1")
     }
 
     /// Writes `value` to the sysctl at `path` if it holds another, remembering the old
@@ -165,6 +178,11 @@ impl Forwarding {
     pub fn keep(&mut self) {
         self.changed.clear();
     }
+}
+
+/// The error is a write to a read-only file system.
+fn read_only(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EROFS)))
 }
 
 /// A sysctl's value, trimmed; `None` when it cannot be read.

@@ -27,8 +27,10 @@ pub fn require_compose() {
 pub struct Compose {
     pub project: String,
     file: PathBuf,
+    /// Variables the compose file substitutes.
+    env: Vec<(String, String)>,
     // Dropped after `drop` ran `down` (fields drop after the Drop impl).
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl Compose {
@@ -69,7 +71,15 @@ impl Compose {
         let dir = TempDir::new();
         let file = dir.path().join("docker-compose.yml");
         fs::write(&file, yaml).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
-        Compose { project: format!("xt{}p", unique_id()), file, _dir: dir }
+        Compose { project: format!("xt{}p", unique_id()), file, env: Vec::new(), _dir: Some(dir) }
+    }
+
+    /// A project of the compose file in `dir` (which stays where it is: its relative paths
+    /// are the directory's), with `env` in docker-compose's environment.
+    pub fn at(dir: &Path, env: &[(&str, &str)]) -> Compose {
+        require_compose();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Compose { project: format!("xt{}p", unique_id()), file: dir.join("docker-compose.yml"), env, _dir: None }
     }
 
     /// The compose file's path.
@@ -81,7 +91,7 @@ impl Compose {
     pub fn cli(&self, args: &[&str]) -> Result<String, String> {
         let mut c = Command::new("docker-compose");
         c.arg("--no-ansi").args(["-p", &self.project, "-f"]).arg(&self.file).args(args);
-        c.env("DOCKER_BUILDKIT", "0").env("COMPOSE_HTTP_TIMEOUT", "120");
+        c.env("DOCKER_BUILDKIT", "0").env("COMPOSE_HTTP_TIMEOUT", "120").envs(self.env.iter().map(|(k, v)| (k, v)));
         try_run(&mut c)
     }
 

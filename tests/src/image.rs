@@ -5,11 +5,14 @@
 use std::fs;
 
 use crate::{
-    docker::{build_static, docker},
+    docker::{build_image, build_static, docker},
     util::{TempDir, try_run},
 };
 
 pub const IMAGE: &str = "xlb:latest";
+/// The backend of examples/: the tests' server (`xlb-testd`, answering with its `--name`),
+/// under a name that is not the tests'.
+pub const BACKEND: &str = "xlb-testd:latest";
 
 /// What `docker run` needs for `xlb run` (tests/image.rs runs the image with exactly these),
 /// `bpffs` being the host's BPF file system (/sys/fs/bpf on most hosts):
@@ -36,5 +39,11 @@ pub fn build() -> Result<(), String> {
     fs::copy(&bin, dir.path().join("xlb")).map_err(|e| format!("copy {}: {e}", bin.display()))?;
     fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY xlb /xlb\nENTRYPOINT [\"/xlb\"]\nCMD [\"--help\"]\n").map_err(|e| e.to_string())?;
     try_run(docker().args(["build", "--quiet", "--label", "org.opencontainers.image.title=xlb", "-t", IMAGE]).arg(dir.path()))?;
+    Ok(())
+}
+
+/// Builds [`BACKEND`]: the tests' server image (`docker::build_image`), tagged.
+pub fn build_backend() -> Result<(), String> {
+    try_run(docker().args(["tag", build_image(), BACKEND]))?;
     Ok(())
 }

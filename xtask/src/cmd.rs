@@ -6,6 +6,7 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -15,10 +16,20 @@ pub fn cargo_program() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
-/// Runs `cmd` with inherited stdio; fails unless it exits 0.
+/// A command that takes longer than this says when it is done, and after how long.
+const SLOW: Duration = Duration::from_secs(5);
+
+/// Runs `cmd` with inherited stdio; fails unless it exits 0. One that took over [`SLOW`]
+/// says so when it ends (a long build or download otherwise looks like a hang).
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = echo(cmd);
+    let started = Instant::now();
     let status = cmd.status().with_context(|| start_error(&line))?;
+    let took = started.elapsed();
+    if took > SLOW {
+        let program = cmd.get_program().to_string_lossy();
+        eprintln!("  ({program} {} after {:.0} s)", if status.success() { "done" } else { "failed" }, took.as_secs_f64());
+    }
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }

@@ -20,14 +20,15 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("config", &[]),
     ("netdev", &[]),
     ("x509", &[]),
+    ("access_log", &["config"]),
     ("discovery", &["config", "netdev"]),
     ("health", &["config"]),
     ("acme", &["config", "plan", "x509"]),
     ("plan", &["config", "discovery", "netdev"]),
     ("dataplane", &["config", "netdev", "plan"]),
     ("announce", &["config", "netdev", "plan"]),
-    ("proxy", &["config", "plan", "health", "acme", "x509"]),
-    ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy", "acme"]),
+    ("proxy", &["config", "plan", "health", "acme", "x509", "access_log"]),
+    ("observe", &["config", "discovery", "health", "plan", "dataplane", "proxy", "acme", "access_log"]),
     ("import", &["config"]),
 ];
 

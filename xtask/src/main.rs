@@ -59,7 +59,7 @@ enum Task {
     /// (root); results in bench/results/.
     Bench(bench::Options),
     /// Build the Docker image `xlb:latest`: FROM scratch, a static xlb (kernel programs
-    /// embedded); prints how to run it.
+    /// embedded); prints how to run it. Also `xlb-testd:latest`, the backend of examples/.
     Image,
     /// Run the data plane tests on other kernels (Debian packages) under QEMU.
     Vm(vm::Options),

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`, and the checks the other tasks make before they start so that a
 //! missing piece shows up as one line saying what to do rather than deep in a build log.
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Result, bail};
 
@@ -31,27 +31,44 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("wrk", "wrk"),
 ];
 
-/// Installs whatever is missing; each step is skipped when its piece is already there.
+/// Installs whatever is missing; each step is skipped when its piece is already there,
+/// and says what it does and how long it took.
 pub fn setup() -> Result<()> {
-    toolchain::ensure_rust_src()?;
-    if !linker::works() {
-        linker::install()?;
+    let started = Instant::now();
+    step(1, "rust-src (the BPF target builds core from source)", toolchain::ensure_rust_src)?;
+    step(2, "bpf-linker, built against this rustc's LLVM (minutes if missing)", || {
         if !linker::works() {
-            bail!("bpf-linker was installed but does not start: is cargo's bin directory on PATH?");
+            linker::install()?;
+            if !linker::works() {
+                bail!("bpf-linker was installed but does not start: is cargo's bin directory on PATH?");
+            }
         }
-    }
+        Ok(())
+    })?;
     // docker.io only when no docker client is there: it may come from another package.
     let packages: Vec<&str> = TEST_TOOLS
         .iter()
         .filter(|(tool, package)| *package != "docker.io" || cmd::which(tool).is_none())
         .map(|(_, package)| *package)
         .collect();
-    apt::ensure(&packages)?;
-    ensure_bench_packages()?;
-    docker::ensure_running()?;
-    eprintln!("setup: everything is in place");
+    step(3, "Debian packages the tests call (apt-get, if any is missing)", || apt::ensure(&packages))?;
+    step(4, "the benchmark's packages (wrk, nginx, HAProxy, h2load)", ensure_bench_packages)?;
+    step(5, "the Docker daemon", docker::ensure_running)?;
+    eprintln!("setup: everything is in place ({:.0} s)", started.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// One of setup's [`STEPS`] steps: a line before it (what it waits for) and one after it with
+/// how long it took.
+fn step(n: usize, what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    eprintln!("setup [{n}/{STEPS}] {what}");
+    let started = Instant::now();
+    let r = f();
+    eprintln!("setup [{n}/{STEPS}] {} in {:.1} s", if r.is_ok() { "done" } else { "failed" }, started.elapsed().as_secs_f64());
+    r
+}
+
+const STEPS: usize = 5;
 
 /// What building the kernel programs needs.
 pub fn check_build() -> Result<()> {

@@ -3,6 +3,7 @@
 //! Values are checked while they are deserialized, so serde_yaml can name the line
 //! and column of a bad one; unknown keys are rejected the same way.
 
+pub mod access_log;
 pub mod acme;
 mod announce;
 pub mod http;
@@ -45,6 +46,8 @@ pub struct Config {
     pub acme: Option<acme::Acme>,
     /// VIP routes for a routing daemon to announce; absent: none are written.
     pub announce: Option<Announce>,
+    /// Absent: no access log.
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 /// The admin HTTP endpoint (`/api/v1/services`, `/metrics`) that `xlb status` reads.
@@ -324,6 +327,9 @@ mod tests {
                 "services:\n  - name: a\n    port: 80\n    backends: [{ address: 10.0.0.1 }, { address: 10.0.0.1 }]\n",
                 "xlb.yaml:2:5: services[0]: service \"a\": backend 10.0.0.1 listed twice",
             ),
+            ("access_log:\n  format: apache\n", "xlb.yaml:2:11: access_log.format: unknown variant `apache`"),
+            ("access_log:\n  path: \"\"\n", "xlb.yaml:2:9: access_log.path: an empty path"),
+            ("access_log:\n  buffer: 0\n", "xlb.yaml:2:11: access_log.buffer: buffer 0: expected 1 to 1048576 lines"),
             (
                 "services:\n  - name: a\n    port: 80\n    backends:\n      - address: 10.0.0.1\n        weight: 0\n",
                 "xlb.yaml:6:17: services[0].backends[0].weight: weight 0 out of range",
@@ -384,6 +390,16 @@ mod tests {
         assert!(!b[1].backup && !b[1].down && b[1].max_conns.is_none());
         let e = Config::parse(&svc("tcp"), Path::new("x")).unwrap_err().to_string();
         assert!(e.contains("`max_conns` needs `protocol: http`"), "{e}");
+    }
+
+    #[test]
+    fn the_access_log_is_off_unless_configured() {
+        assert_eq!(Config::parse("services: []\n", Path::new("x")).unwrap().access_log, None);
+        let on = Config::parse("access_log: {}\n", Path::new("x")).unwrap().access_log.unwrap();
+        assert_eq!((on.path, on.format, on.l4_sample), (None, access_log::Format::Combined, 1));
+        let json = Config::parse("access_log: { path: /var/log/xlb.log, format: json, l4_sample: 10 }\n", Path::new("x")).unwrap().access_log.unwrap();
+        assert_eq!((json.path, json.format, json.l4_sample), (Some(PathBuf::from("/var/log/xlb.log")), access_log::Format::Json, 10));
+        assert_eq!(Config::parse("access_log: { path: \"-\" }\n", Path::new("x")).unwrap().access_log.unwrap().path, None);
     }
 
     #[test]

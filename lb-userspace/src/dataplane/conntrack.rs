@@ -1,12 +1,15 @@
 //! The connection table seen from user space: expiry of idle entries, and the counters
 //! read with it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+};
 
 use aya::maps::{Array, HashMap as BpfHashMap, PerCpuArray};
-use lb_common::{Addr, Backend as KBackend, Conn, ConnKey, ConnKind, Counters, DropReason, names};
+use lb_common::{Addr, Backend as KBackend, Conn, ConnKey, ConnKind, Counters, DropReason, names, words_addr};
 
-use super::{BackendStats, Conns, Dataplane, Stats, Timeouts, batch, map};
+use super::{BackendStats, Conns, Dataplane, Ended, Stats, Timeouts, batch, map};
 
 /// What a flow's two entries share: the kernel writes both from one `Conn`.
 type FlowId = (Addr, u16, u8, u8, u32, u32);
@@ -21,7 +24,34 @@ struct Flow {
     forward: bool,
 }
 
+impl Ended {
+    fn of(f: &Flow, drained: bool) -> Option<Self> {
+        let k = f.keys.first()?;
+        let at = |addr: &Addr, port: u16| SocketAddr::new(words_addr(addr, k.family), u16::from_be(port));
+        let peer = |kind: ConnKind| f.keys.iter().find(|k| k.kind == kind as u8).map(|k| at(&k.peer, k.peer_port));
+        Some(Self {
+            client: at(&k.client, k.client_port),
+            service: peer(ConnKind::Service),
+            backend: peer(ConnKind::Backend),
+            proto: k.proto,
+            closed: f.closed,
+            drained,
+            last_seen: f.last_seen,
+        })
+    }
+}
+
 impl Dataplane {
+    /// Whether the expiry passes keep the flows they remove, for [`Self::take_ended`].
+    pub fn record_ended(&mut self, yes: bool) {
+        self.ended = yes.then(Vec::new);
+    }
+
+    /// The flows removed since the last call (none unless [`Self::record_ended`]).
+    pub fn take_ended(&mut self) -> Vec<Ended> {
+        self.ended.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Deletes flows idle longer than their timeout (both entries of a flow together, by
     /// the later of their two refreshes) and flows on a backend removed longer ago than
     /// the drain timeout (their next segment finds no entry: the stack resets it); frees
@@ -54,6 +84,9 @@ impl Dataplane {
             };
             let drained = self.retired.get(&backend).is_some_and(|at| now_ns.saturating_sub(*at) > t.drain);
             if drained || now_ns.saturating_sub(f.last_seen) > limit {
+                if let Some(ended) = &mut self.ended {
+                    ended.extend(Ended::of(&f, drained));
+                }
                 idle.extend(f.keys);
             } else {
                 referenced.insert(backend);

@@ -15,7 +15,7 @@ use tables::Tables;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use anyhow::{Context as _, bail};
@@ -116,6 +116,23 @@ impl From<&config::Dataplane> for Limits {
     }
 }
 
+/// A flow whose entries an expiry pass removed (for the access log: `record_ended`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub client: SocketAddr,
+    /// The VIP and port, from the flow's forward entry (none if the LRU took it).
+    pub service: Option<SocketAddr>,
+    /// The backend, from the flow's reply entry (likewise).
+    pub backend: Option<SocketAddr>,
+    pub proto: u8,
+    /// A FIN or RST was seen.
+    pub closed: bool,
+    /// Cut because its backend's drain timeout passed.
+    pub drained: bool,
+    /// `bpf_ktime_get_ns` of its last packet.
+    pub last_seen: u64,
+}
+
 /// A backend id is owned by one (service, address, port): its state is per service.
 type BackendIdent = (ServiceKey, IpAddr, u16);
 
@@ -176,6 +193,8 @@ pub struct Dataplane {
     /// Where everything is pinned as it is attached (`keep_while_running`).
     pins: Option<Scope>,
     conns: Conns,
+    /// Flows removed by expiry passes, kept for the access log once asked for.
+    ended: Option<Vec<Ended>>,
     /// `dataplane.socket_lb` as the start applied it (fixed until a restart).
     socket_lb: config::SocketLb,
 }
@@ -244,6 +263,7 @@ impl Dataplane {
             active: HashMap::new(),
             pins: None,
             conns: Conns::default(),
+            ended: None,
             socket_lb: config::SocketLb::default(),
         };
         if kept.is_some() {

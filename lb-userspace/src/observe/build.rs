@@ -8,6 +8,7 @@ use std::{
 
 use super::{BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, snapshot::service_state, unix_ms};
 use crate::{
+    access_log::AccessLog,
     acme::CertStatus,
     config::{BackendState, Config, HealthCheck, Service},
     dataplane::Stats,
@@ -39,6 +40,7 @@ pub struct Inputs<'a> {
     pub reloads: &'a Reloads,
     /// Each ACME name's certificate.
     pub acme: Vec<CertStatus>,
+    pub access_log: Option<&'a AccessLog>,
 }
 
 /// Builds the status snapshot from the config, the last plan, discovery, health
@@ -66,6 +68,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         reloads: inp.reloads.list(),
         certificates: inp.proxy.certificates(),
         acme: inp.acme.clone(),
+        access_log_dropped: inp.access_log.map(AccessLog::dropped),
     }
 }
 

@@ -49,6 +49,9 @@ impl Snapshot {
         m.add("xlb_conntrack_entries", "gauge", "Entries in the kernel's connection table (two per flow) at the last expiry pass.", "", self.conntrack.entries as f64);
         m.add("xlb_conntrack_evictions_total", "counter", "Connection entries the full table pushed out to make room.", "", self.conntrack.evicted as f64);
         m.add("xlb_conntrack_half_open_created_total", "counter", "Entries added to the half-open table (two a SYN that opened a TCP flow).", "", self.conntrack.half_open_created as f64);
+        if let Some(n) = self.access_log_dropped {
+            m.add("xlb_access_log_dropped_total", "counter", "Access log lines dropped because the writer was behind (access_log.buffer).", "", n as f64);
+        }
         m.add("xlb_health_transitions_total", "counter", "Backend health changes, of backends gone since included.", "", self.health_transitions as f64);
         let mut sources: Vec<_> = self.discovery_events.iter().collect();
         sources.sort();

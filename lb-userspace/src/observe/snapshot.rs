@@ -34,6 +34,9 @@ pub struct Snapshot {
     /// Certificates ordered by ACME, by name.
     #[serde(default)]
     pub acme: Vec<CertStatus>,
+    /// Access log lines dropped because its writer was behind (none: no access log).
+    #[serde(default)]
+    pub access_log_dropped: Option<u64>,
 }
 
 /// One backend's health change.

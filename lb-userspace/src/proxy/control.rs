@@ -27,6 +27,7 @@ use super::{
     upstream::Upstream,
 };
 use crate::{
+    access_log::AccessLog,
     acme::Challenges,
     config::{http::Method, tls::CertFiles},
     plan::ServiceView,
@@ -44,6 +45,7 @@ pub struct Proxy {
     /// Every TLS listener's certificates, and the acceptor that reads them.
     certs: Arc<CertStore>,
     acceptor: TlsAcceptor,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 #[derive(Default)]
@@ -62,7 +64,13 @@ impl Proxy {
         let challenges = Challenges::default();
         let certs = Arc::new(CertStore::with_challenges(provider.clone(), challenges.clone()));
         let acceptor = TlsAcceptor::from(tls::server_config(provider, certs.clone()));
-        Self { sink, metrics: Arc::default(), challenges, state: Mutex::default(), certs, acceptor }
+        Self { sink, metrics: Arc::default(), challenges, state: Mutex::default(), certs, acceptor, access_log: None }
+    }
+
+    /// Every request gets a line in `log` (the access log is fixed at start).
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
+        self
     }
 
     /// The ACME HTTP-01 answers every listener serves; the certificate keeper writes them.
@@ -128,7 +136,8 @@ impl Proxy {
             }
             let client = ClientLimits::of(views.iter().map(|v| &v.options));
             let drain = views.iter().map(|v| v.options.timeouts.drain).max().unwrap_or_default();
-            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics: self.metrics.clone(), drain, tls, challenges: self.challenges.clone() }));
+            let (metrics, challenges, access_log) = (self.metrics.clone(), self.challenges.clone(), self.access_log.clone());
+            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics, drain, tls, challenges, access_log }));
         }
         st.stats = stats;
         st.clients = clients;

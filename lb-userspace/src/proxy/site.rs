@@ -17,7 +17,7 @@ use super::{
     },
     upstream::Upstream,
 };
-use crate::{acme::Challenges, config::http::HttpOptions};
+use crate::{access_log::AccessLog, acme::Challenges, config::http::HttpOptions};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,6 +52,7 @@ pub struct Site {
     pub drain: Duration,
     /// The listener terminates TLS.
     pub tls: bool,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// A listener's current [`Site`]: an update swaps it, a request reads the one it found.

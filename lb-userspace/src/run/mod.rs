@@ -1,6 +1,7 @@
 //! `xlb run`: load, attach, fill the maps, then follow discovery, health and signals
 //! until told to stop.
 
+mod access;
 mod fdlimit;
 mod privilege;
 mod reload;
@@ -25,6 +26,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    access_log::AccessLog,
     acme::{self, Acme},
     announce::{self, Announcer},
     config::{Config, HealthCheck, Source},
@@ -63,6 +65,8 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    // SIGUSR1 reopens the access log (logrotate's way); without one it is ignored.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     // Stamped before reading: a change made while xlb starts is then seen by the watcher.
     let mut file_stamp = stamp::stamp(source.file.as_deref());
     let config = source.load()?;
@@ -87,7 +91,8 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
     };
     let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (failures_tx, mut failures) = mpsc::unbounded_channel();
-    let proxy = Proxy::new(Arc::new(failures_tx));
+    let access_log = config.access_log.as_ref().map(AccessLog::start).transpose()?;
+    let proxy = Proxy::new(Arc::new(failures_tx)).with_access_log(access_log.clone());
     let (admin_token, token_rx) = watch::channel(config.admin.token.clone());
     tokio::spawn(admin::serve(admin, snapshot_rx, proxy.metrics().clone(), token_rx));
     let (updates_tx, mut updates) = mpsc::channel(256);
@@ -117,9 +122,11 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         admin_token,
         cert_stamps: Vec::new(),
         announcer: config.announce.as_ref().map(Announcer::new).transpose()?,
+        access_log,
         iface,
         config,
     };
+    ctl.dp.record_ended(ctl.access_log.is_some());
     ctl.load_certificates();
     ctl.forwarding.enable(&ctl.iface)?;
     ctl.dp.attach_client_side(&ctl.iface)?;
@@ -148,6 +155,10 @@ pub async fn run(source: Source, kernel_log: aya_log::Level, keep_dataplane: boo
         let changed = tokio::select! {
             _ = int.recv() => break,
             _ = term.recv() => break,
+            _ = usr1.recv() => {
+                ctl.access_log.iter().for_each(|l| l.reopen());
+                false
+            }
             // A reload replans itself: it must know whether its changes could be applied.
             _ = hup.recv() => {
                 ramping = ctl.reload(&source).unwrap_or(ramping);
@@ -287,6 +298,8 @@ struct Controller {
     cert_stamps: Vec<Option<(std::time::SystemTime, u64)>>,
     /// Keeps the VIP routes of `announce.table` (fixed at start).
     announcer: Option<Announcer>,
+    /// `access_log` as the start opened it (fixed until a restart).
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Controller {
@@ -462,10 +475,14 @@ impl Controller {
     }
 
     fn expire(&mut self) {
-        match self.dp.expire(monotonic_ns(), &Timeouts::from(&self.config.dataplane)) {
+        let now = monotonic_ns();
+        match self.dp.expire(now, &Timeouts::from(&self.config.dataplane)) {
             Ok(0) => {}
             Ok(n) => info!(expired = n, "idle connection entries removed"),
             Err(e) => warn!("expiring connection entries: {e:#}"),
+        }
+        if let Some(log) = &self.access_log {
+            access::log_ended(log, self.dp.take_ended(), now);
         }
     }
 }

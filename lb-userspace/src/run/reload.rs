@@ -94,7 +94,8 @@ impl Controller {
     }
 
     /// Says which changes of a reloaded config wait for a restart: the data plane's
-    /// sizes, its interface, the announce table and the admin address are fixed at start.
+    /// sizes, its interface, the announce table, the admin address and the access log are
+    /// fixed at start.
     fn restart_needed(&self) {
         let new = &self.config;
         if Limits::from(&new.dataplane) != self.limits {
@@ -109,6 +110,9 @@ impl Controller {
         }
         if new.announce.map(|a| a.table) != self.announcer.as_ref().map(Announcer::table) {
             warn!("announce changed: it applies at the next start");
+        }
+        if new.access_log.as_ref() != self.access_log.as_ref().map(|l| l.config()) {
+            warn!("access_log changed: it applies at the next start");
         }
         if new.admin.address != self.admin_address {
             warn!(running = %self.admin_address, wanted = %new.admin.address, "admin.address changed: the admin endpoint stays on {}, restart xlb to move it", self.admin_address);

@@ -22,6 +22,7 @@ impl Controller {
             discovery_events: &self.discovery_events,
             reloads: &self.reloads,
             acme: self.acme.status(),
+            access_log: self.access_log.as_deref(),
         });
         let now = Instant::now();
         if let Some((at, prev)) = &self.last_status {

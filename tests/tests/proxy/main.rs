@@ -7,7 +7,7 @@
 //! Figures (distributions, timings) are printed with `-- --nocapture`.
 //!
 //! The harness: `backends`, `client`, `lb` (the proxy under test), `websocket`. The tests,
-//! a file per feature: `balancing`, `routing`, `failures`, `headers`, `bad_input`,
+//! a file per feature: `access_log`, `balancing`, `routing`, `failures`, `headers`, `bad_input`,
 //! `binary`, `differential` (the same bytes through xlb and nginx), `idle_limits` (HTTP/2
 //! and tunnels), `slow_clients` (slowloris, slow bodies, per-address limits, greedy
 //! bodies), `faults` (a backend paused or resetting under wrk). A new feature's tests go in a file of their own, declared below.
@@ -17,6 +17,7 @@ mod client;
 mod lb;
 mod websocket;
 
+mod access_log;
 mod bad_input;
 mod balancing;
 mod binary;

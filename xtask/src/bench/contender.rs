@@ -30,6 +30,8 @@ pub enum Kind {
     XlbHttpLeastTime,
     XlbHttpCookie,
     XlbHttpRoutes,
+    /// The plain proxy with `access_log` on (nginx's `combined`, to a file).
+    XlbHttpAccessLog,
     NginxHttp,
     NginxStream,
     HaproxyHttp,
@@ -49,7 +51,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Direct,
         Kind::DirectXdp,
         Kind::XlbL4,
@@ -57,6 +59,7 @@ impl Kind {
         Kind::XlbHttpLeastTime,
         Kind::XlbHttpCookie,
         Kind::XlbHttpRoutes,
+        Kind::XlbHttpAccessLog,
         Kind::NginxHttp,
         Kind::NginxStream,
         Kind::HaproxyHttp,
@@ -79,6 +82,7 @@ impl Kind {
             Kind::XlbHttpLeastTime => "xlb-http-least-time",
             Kind::XlbHttpCookie => "xlb-http-cookie",
             Kind::XlbHttpRoutes => "xlb-http-routes",
+            Kind::XlbHttpAccessLog => "xlb-http-access-log",
             Kind::NginxHttp => "nginx-http",
             Kind::NginxStream => "nginx-stream",
             Kind::HaproxyHttp => "haproxy-http",
@@ -102,6 +106,7 @@ impl Kind {
             Kind::XlbHttpLeastTime => "xlb HTTP proxy, least_time",
             Kind::XlbHttpCookie => "xlb HTTP proxy, cookie pinning",
             Kind::XlbHttpRoutes => "xlb HTTP proxy, 1,000 Host routes",
+            Kind::XlbHttpAccessLog => "xlb HTTP proxy, access log on",
             Kind::NginxHttp => "nginx HTTP proxy",
             Kind::NginxStream => "nginx stream (L4)",
             Kind::HaproxyHttp => "HAProxy http mode",
@@ -118,7 +123,7 @@ impl Kind {
 
     /// xlb's HTTP proxy, in any of its configurations.
     pub fn is_xlb_http(self) -> bool {
-        matches!(self, Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes)
+        matches!(self, Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes | Kind::XlbHttpAccessLog)
     }
 
     /// Whether wrk talks to the backends themselves rather than to the VIP.
@@ -152,6 +157,7 @@ impl Kind {
             Kind::XlbHttpLeastTime => "xlb HTTP least_time",
             Kind::XlbHttpCookie => "xlb HTTP cookie",
             Kind::XlbHttpRoutes => "xlb HTTP 1k routes",
+            Kind::XlbHttpAccessLog => "xlb HTTP access log",
             Kind::NginxHttp => "nginx HTTP",
             Kind::NginxStream => "nginx stream",
             Kind::HaproxyHttp => "HAProxy http",
@@ -242,7 +248,7 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
             let spec = format!("{VIP}:{VIP_PORT}:{}:{BACKEND_PORT}", backend_list(topo, ","));
             start_xlb(ctx, &dir, vec!["--iface".into(), topo.lb_iface.clone().into(), spec.into()])?
         }
-        Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes | Kind::XlbHttps | Kind::XlbH2c | Kind::XlbH2 => {
+        Kind::XlbHttp | Kind::XlbHttpLeastTime | Kind::XlbHttpCookie | Kind::XlbHttpRoutes | Kind::XlbHttpAccessLog | Kind::XlbHttps | Kind::XlbH2c | Kind::XlbH2 => {
             let config = xlb_http_config(ctx, &dir, kind)?;
             start_xlb(ctx, &dir, vec!["--config".into(), config.into()])?
         }
@@ -326,8 +332,9 @@ const OTHER_ROUTES: usize = 999;
 /// (`protocol: http`, the proxy's default options), as `kind` varies it: over TLS on
 /// VIP:443 only, with the bench certificate as the default one (wrk sends no SNI to an
 /// address); `least_time` balancing; a pin cookie and a sticky cookie (wrk sends no
-/// cookie, so every request looks for both and every response sets one); or the service
-/// behind one of 1,000 exact Host routes (wrk's Host is the VIP).
+/// cookie, so every request looks for both and every response sets one); the service
+/// behind one of 1,000 exact Host routes (wrk's Host is the VIP); or with the access log
+/// on (a `combined` line per request to `DIR/access.log`).
 fn xlb_http_config(ctx: &Ctx, dir: &Path, kind: Kind) -> Result<PathBuf> {
     let mut backends = String::from("    backends:\n");
     for b in &ctx.topo.backends {
@@ -339,6 +346,10 @@ fn xlb_http_config(ctx: &Ctx, dir: &Path, kind: Kind) -> Result<PathBuf> {
     } else {
         (VIP_PORT, String::new())
     };
+    let access_log = match kind {
+        Kind::XlbHttpAccessLog => format!("access_log: {{ path: {} }}\n", dir.join("access.log").display()),
+        _ => String::new(),
+    };
     let http = match kind {
         Kind::XlbHttps | Kind::XlbH2 => "    http: { tls: { port: 443 } }\n".to_owned(),
         Kind::XlbHttpLeastTime => "    http: { method: least_time header }\n".to_owned(),
@@ -347,7 +358,7 @@ fn xlb_http_config(ctx: &Ctx, dir: &Path, kind: Kind) -> Result<PathBuf> {
         _ => String::new(),
     };
     let mut yaml = format!(
-        "dataplane:\n  interface: {}\n{tls_block}services:\n  - name: bench\n    vip: {VIP}\n    port: {port}\n    protocol: http\n{http}{backends}",
+        "dataplane:\n  interface: {}\n{tls_block}{access_log}services:\n  - name: bench\n    vip: {VIP}\n    port: {port}\n    protocol: http\n{http}{backends}",
         ctx.topo.lb_iface
     );
     if kind == Kind::XlbHttpRoutes {

@@ -48,7 +48,7 @@ use super::{
 /// The hyper service function: the phases, then the log.
 pub async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: Arc<ConnShared>) -> Response<ProxyBody> {
     let in_flight = conn.request();
-    let mut exchange = Exchange::start(&site.metrics);
+    let mut exchange = Exchange::start(&site, &req, conn.peer);
     let h1 = req.version() < Version::HTTP_2;
     if h1 && connection_has(req.headers(), "close") {
         conn.set_last_request();
@@ -100,7 +100,7 @@ async fn proxy(
     let affinity = Affinity::of(&head, o, client.ip);
     let headers = headers::upstream(&head.headers, target.raw_host.as_deref(), upgrade, &client, body.is_buffered(), site.tls);
     let deadline = o.timeouts.total.map(|t| started + t);
-    let tries = Tries { target: &target, head: &head, headers, body, affinity, upgrade, deadline };
+    let tries = Tries { target: &target, head: &head, headers, body, affinity, upgrade, deadline, trial: &mut exchange.trial };
     let answer = tries.run().await?;
     exchange.answered_by(&answer.peer);
     let mut resp = respond::respond(answer, &target.service, client_upgrade, deadline)?;

@@ -8,7 +8,7 @@ use std::{error::Error as _, sync::Arc, time::Instant};
 use hyper::{HeaderMap, Response, http::request::Parts};
 use tracing::{debug, warn};
 
-use super::{affinity::Affinity, body::ReqBody, target::Target};
+use super::{affinity::Affinity, body::ReqBody, log::Trial, target::Target};
 use crate::{
     config::http::{DEFAULT_EWMA_DECAY, FailOn, Method},
     proxy::{
@@ -19,7 +19,7 @@ use crate::{
             ewma::InFlight,
         },
         site::ServiceRt,
-        upstream::{OutBody, Outgoing, UpstreamError, body::RespBody, idempotent},
+        upstream::{Connected, OutBody, Outgoing, UpstreamError, body::RespBody, idempotent},
     },
 };
 
@@ -36,6 +36,8 @@ pub struct Tries<'a> {
     pub(super) upgrade: bool,
     /// The end of `timeouts.total`.
     pub(super) deadline: Option<Instant>,
+    /// Told each try, for the access log.
+    pub(super) trial: &'a mut Trial,
 }
 
 /// The backend response that goes to the client.
@@ -87,8 +89,14 @@ impl Tries<'_> {
                 break;
             };
             let more = attempt + 1 < max_tries;
+            let sent = Instant::now();
+            (self.trial.tries, self.trial.upstream, self.trial.connect, self.trial.header) = (attempt as u32 + 1, Some(peer.clone()), None, None);
             match self.send(idx, &peer, body, now, more, tried.len()).await? {
-                Tried::Answer(resp) => return Ok(Answer { resp, peer, inflight, by_cookie }),
+                Tried::Answer(resp) => {
+                    self.trial.header = Some(sent.elapsed());
+                    self.trial.connect = resp.extensions().get::<Connected>().map(|c| c.0);
+                    return Ok(Answer { resp, peer, inflight, by_cookie });
+                }
                 Tried::Again(status) => last_error = status.or(last_error),
                 Tried::Stop(status) => return Err(status),
             }

@@ -11,7 +11,11 @@ pub mod body;
 pub mod h1;
 pub mod pool;
 
-use std::{fmt, io, net::SocketAddr, time::Duration};
+use std::{
+    fmt, io,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -49,6 +53,11 @@ pub enum OutBody {
     /// Streamed from the client: sent once.
     Stream(ClientBody),
 }
+
+/// On a response that came on a new connection: how long opening it took (the access
+/// log's `connect_time`; a pooled connection's response has none).
+#[derive(Debug, Clone, Copy)]
+pub struct Connected(pub Duration);
 
 /// Why a request got no response head.
 #[derive(Debug)]
@@ -130,9 +139,15 @@ impl Upstream {
                 Err(f) => return Err(f.err),
             }
         }
+        let opening = Instant::now();
         let conn = self.open(addr).await?;
+        let connected = Connected(opening.elapsed());
         match exchange(conn, &head, framing, &mut body, head_request, false).await {
-            Ok((head, conn)) => Ok(answer(head, conn, home())),
+            Ok((head, conn)) => {
+                let mut resp = answer(head, conn, home());
+                resp.extensions_mut().insert(connected);
+                Ok(resp)
+            }
             Err(f) => Err(f.err),
         }
     }

@@ -1,5 +1,7 @@
 //! The contenders: how each balancer is configured, started in the LB namespace, checked
 //! and stopped. All of them get the same three backends and listen on the same VIP:80.
+// long: each contender has one line in each of `Kind`'s tables and an arm in `start`; nginx's
+// and HAProxy's configs sit beside xlb's so that a reader compares them in one place.
 use std::{
     ffi::OsString,
     fmt::Write as _,

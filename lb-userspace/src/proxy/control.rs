@@ -137,7 +137,7 @@ impl Proxy {
             let client = ClientLimits::of(views.iter().map(|v| &v.options));
             let drain = views.iter().map(|v| v.options.timeouts.drain).max().unwrap_or_default();
             let (metrics, challenges, access_log) = (self.metrics.clone(), self.challenges.clone(), self.access_log.clone());
-            sites.insert(listen, Arc::new(Site { router, services: rts, client, metrics, drain, tls, challenges, access_log }));
+            sites.insert(listen, Arc::new(Site { passthrough: tls && rts.iter().any(|rt| rt.options.tls.as_ref().is_some_and(|t| t.passthrough)), router, services: rts, client, metrics, drain, tls, challenges, access_log }));
         }
         st.stats = stats;
         st.clients = clients;

@@ -52,6 +52,8 @@ pub struct Site {
     pub drain: Duration,
     /// The listener terminates TLS.
     pub tls: bool,
+    /// Some of its services pass TLS through by SNI: each ClientHello is peeked first.
+    pub passthrough: bool,
     pub access_log: Option<Arc<AccessLog>>,
 }
 

@@ -183,7 +183,7 @@ async fn accept_loop(listener: TcpListener, slot: Slot, limits: Limits, closing:
 async fn serve_tls(acceptor: TlsAcceptor, stream: TcpStream, conn: Arc<ConnShared>, slot: Slot, closing: Closing) {
     let site = load(&slot);
     let within = site.client.timeouts.header;
-    if site.services.iter().any(|s| s.options.tls.as_ref().is_some_and(|t| t.passthrough)) {
+    if site.passthrough {
         let started = tokio::time::Instant::now();
         let name = passthrough::server_name(&stream, within).await;
         if let Some(rt) = name.as_deref().and_then(|n| passthrough::service(&site, n)) {

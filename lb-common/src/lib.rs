@@ -24,6 +24,7 @@ pub mod names {
     pub const DROPS: &str = "DROPS";
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
     pub const TUNNEL_SOURCES: &str = "TUNNEL_SOURCES";
+    pub const HANDOFF: &str = "HANDOFF";
     pub const PROG_XDP: &str = "xlb_xdp";
     pub const PROG_FWD: &str = "xlb_fwd";
     pub const PROG_REPLY: &str = "xlb_reply";
@@ -283,7 +284,8 @@ pub enum DropReason {
     ConntrackFull = 2,
     /// The route to the backend is a blackhole, unreachable or prohibited.
     FibUnreachable = 3,
-    /// No room for the metadata handed from XDP to TC.
+    /// No room for the metadata handed from XDP to TC, or (without XDP metadata) its
+    /// `HANDOFF` slot reused before TC read it.
     NoMetaRoom = 4,
     /// The kernel's L4 checksum helper refused the packet.
     ChecksumFailed = 5,
@@ -356,6 +358,30 @@ impl FwdMeta {
     /// veth's peer runs an XDP program.
     pub const F_BACK_OUT: u32 = 2;
 }
+
+/// Where XDP leaves a [`FwdMeta`] on kernels whose XDP programs may not call
+/// `bpf_xdp_adjust_meta` (some builds refuse it): a `HANDOFF` array slot, named by the
+/// frame's source MAC, which XDP overwrites with [`HANDOFF_MARK`], the slot's index and
+/// `seq` (big-endian, 2 and 3 bytes). A group bit in a source MAC never comes from a
+/// wire, so no other frame is taken for a hand-off; `xlb_fwd` writes `src` back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Handoff {
+    pub meta: FwdMeta,
+    /// The frame's source MAC as XDP left it.
+    pub src: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Which use of the slot this is (24 bits): a slot reused before TC read it is seen.
+    pub seq: u32,
+}
+
+/// First byte of a handed-off frame's source MAC: group and local bits set.
+pub const HANDOFF_MARK: u8 = 0xfb;
+/// `HANDOFF` slots per CPU, used in turn: more than the frames XDP can run ahead of TC
+/// on one CPU (a NAPI poll's budget of 64).
+pub const HANDOFF_SLOTS_PER_CPU: u32 = 256;
+/// CPUs the slot index (2 bytes: CPU and slot) can name.
+pub const HANDOFF_MAX_CPUS: u32 = 256;
 
 /// The flow hash, shared so user space and tests can predict the kernel's choices.
 ///
@@ -464,4 +490,5 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for Handoff {}
 }

@@ -25,6 +25,7 @@
 mod conntrack;
 mod csum;
 mod fib;
+mod handoff;
 mod icmp;
 mod maps;
 mod nat;
@@ -41,7 +42,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_vlan_pop, bpf_xdp_adjust_meta},
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
-    EbpfContext,
+    EbpfContext, Global,
 };
 use aya_log_ebpf::debug;
 use lb_common::{AF_INET, AF_INET6, Backend, Conn, ConnKind, DropReason, FwdMeta, IPPROTO_UDP, Service, ServiceKey};
@@ -179,9 +180,21 @@ fn send_direct(ctx: &XdpContext, p: &Packet, backend: &Backend) -> u32 {
     }
 }
 
-/// Leaves `meta` in front of the frame for `xlb_fwd` and passes the frame up.
+/// Whether XDP may put metadata in front of a frame: user space clears it on kernels that
+/// refuse `bpf_xdp_adjust_meta`, and the verifier then never sees that call.
+#[unsafe(no_mangle)]
+static XDP_METADATA: Global<u8> = Global::new(1);
+
+/// Leaves `meta` in front of the frame (or in a `handoff` slot) for `xlb_fwd` and passes
+/// the frame up.
 #[inline(always)]
 fn pass_to_tc(ctx: &XdpContext, meta: &FwdMeta) -> u32 {
+    if XDP_METADATA.load() == 0 {
+        return match handoff::stash(ctx, meta) {
+            Some(()) => xdp_action::XDP_PASS,
+            None => no_meta_room(meta),
+        };
+    }
     let len = mem::size_of::<FwdMeta>() as i32;
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
         return no_meta_room(meta);
@@ -207,13 +220,22 @@ fn no_meta_room(meta: &FwdMeta) -> u32 {
 #[classifier]
 pub fn xlb_fwd(ctx: TcContext) -> i32 {
     let start = unsafe { (*ctx.skb.skb).data_meta } as usize;
-    if start + mem::size_of::<FwdMeta>() > ctx.data() {
-        return TC_ACT_UNSPEC;
-    }
-    let meta = unsafe { (start as *const FwdMeta).read_unaligned() };
-    if meta.magic != FwdMeta::MAGIC {
-        return TC_ACT_UNSPEC;
-    }
+    let meta = if start + mem::size_of::<FwdMeta>() <= ctx.data() {
+        let meta = unsafe { (start as *const FwdMeta).read_unaligned() };
+        if meta.magic != FwdMeta::MAGIC {
+            return TC_ACT_UNSPEC;
+        }
+        meta
+    } else {
+        match handoff::take(&ctx) {
+            handoff::Found::Meta(meta) => meta,
+            handoff::Found::None => return TC_ACT_UNSPEC,
+            handoff::Found::Lost => {
+                count_drop(DropReason::NoMetaRoom);
+                return TC_ACT_SHOT;
+            }
+        }
+    };
     if meta.flags & FwdMeta::F_BACK_OUT != 0 {
         return unsafe { bpf_redirect(meta.ifindex, 0) as i32 };
     }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Conn, ConnKey, Counters, DEFAULT_CONNTRACK_SIZE, DEFAULT_HALF_OPEN_SIZE, DEFAULT_MAX_SERVICES,
-    DEFAULT_TABLE_SIZE, DropReason, MAX_BACKENDS, Mac, RevNat, SOCK_REV_NAT_SIZE, Service, ServiceKey, Settings,
+    DEFAULT_TABLE_SIZE, DropReason, HANDOFF_MAX_CPUS, HANDOFF_SLOTS_PER_CPU, Handoff, MAX_BACKENDS, Mac, RevNat, SOCK_REV_NAT_SIZE, Service, ServiceKey, Settings,
     SockRevKey,
 };
 
@@ -55,6 +55,15 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Written only for backends of `Service::F_TUNNEL` services.
 #[map]
 pub static TUNNEL_SOURCES: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// `FwdMeta`s handed from XDP to `xlb_fwd` where XDP metadata is refused (`handoff`),
+/// `HANDOFF_SLOTS_PER_CPU` per CPU; user space sizes it to the machine's CPUs.
+#[map]
+pub static HANDOFF: Array<Handoff> = Array::with_max_entries(HANDOFF_MAX_CPUS * HANDOFF_SLOTS_PER_CPU, 0);
+
+/// Per CPU, how many hand-offs it has made: its next slot and sequence number.
+#[map]
+pub static HANDOFF_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Interfaces that accept XDP frames (`ndo_xdp_xmit`), keyed by ifindex. A packet for
 /// any other interface goes through the stack, finished by `xlb_fwd`.

@@ -8,8 +8,8 @@ use aya::programs::{
     tc::{self, SchedClassifierLink},
     xdp::XdpLink,
 };
-use aya::maps::HashMap as BpfHashMap;
-use lb_common::{Mac, names};
+use aya::maps::{Array, HashMap as BpfHashMap};
+use lb_common::{Handoff, Mac, names};
 use tracing::{debug, info, warn};
 
 use super::{Attachment, Dataplane, KEPT_MAPS, LinkId, PROGRAMS, is_busy, map, pin::Scope, program};
@@ -168,6 +168,13 @@ impl Dataplane {
     /// The XDP program, for `BPF_PROG_TEST_RUN`.
     pub fn xdp(&mut self) -> anyhow::Result<&mut Xdp> {
         program(&mut self.ebpf, names::PROG_XDP)
+    }
+
+    /// A `HANDOFF` slot, to read what a `BPF_PROG_TEST_RUN` of the XDP program handed to
+    /// TC on a kernel without XDP metadata (see `lb_common::Handoff`).
+    pub fn handoff(&mut self, index: u32) -> anyhow::Result<Handoff> {
+        let slots: Array<_, Handoff> = map(&mut self.ebpf, names::HANDOFF)?;
+        slots.get(&index, 0).with_context(|| format!("reading handoff slot {index}"))
     }
 
     /// The reply program (TC, backends' side), for `BPF_PROG_TEST_RUN`.

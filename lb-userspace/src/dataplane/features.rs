@@ -46,11 +46,6 @@ pub const FEATURES: &[Feature] = &[
         probe: Probe::Helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_redirect_map),
     },
     Feature {
-        what: "XDP metadata (bpf_xdp_adjust_meta: XDP hands the packet to TC)",
-        since: "4.15",
-        probe: Probe::Helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_adjust_meta),
-    },
-    Feature {
         what: "bpf_fib_lookup from XDP (next hop of a rewritten packet)",
         since: "4.18",
         probe: Probe::Helper(ProgramType::Xdp, BpfHelper::BPF_FUNC_fib_lookup),
@@ -69,6 +64,14 @@ pub const FEATURES: &[Feature] = &[
         probe: Probe::Helper(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_redirect_neigh),
     },
 ];
+
+/// XDP metadata (`bpf_xdp_adjust_meta`, 4.15), how XDP hands a packet to TC. Optional:
+/// some kernels refuse XDP programs the helper (a build's choice, not the release's), and
+/// the programs then hand over through the `HANDOFF` map instead (see `lb_common::Handoff`).
+pub fn xdp_metadata() -> anyhow::Result<bool> {
+    is_helper_supported(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_adjust_meta)
+        .context("probing the kernel for XDP metadata (is xlb running as root?)")
+}
 
 /// What socket-level balancing needs beyond [`FEATURES`]; without it, local callers take
 /// the packet path. The hooks themselves are not probed (loading a program says nothing of

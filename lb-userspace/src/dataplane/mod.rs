@@ -234,7 +234,17 @@ impl Dataplane {
                 kept_links.insert((program, iface), link);
             }
         }
-        let mut ebpf = loader.override_global(aya_log::LEVEL, &level, true).load(OBJECT).context("loading the kernel programs")?;
+        let metadata = u8::from(features::xdp_metadata()?);
+        if metadata == 0 {
+            tracing::debug!("this kernel refuses XDP metadata: XDP hands packets to TC through the HANDOFF map");
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        loader.map_max_entries(names::HANDOFF, (cpus as u32).clamp(1, lb_common::HANDOFF_MAX_CPUS) * lb_common::HANDOFF_SLOTS_PER_CPU);
+        let mut ebpf = loader
+            .override_global(aya_log::LEVEL, &level, true)
+            .override_global("XDP_METADATA", &metadata, true)
+            .load(OBJECT)
+            .context("loading the kernel programs")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).context("opening the kernel log")?;
         let xdp: &mut Xdp = program(&mut ebpf, names::PROG_XDP)?;
         xdp.load().with_context(|| format!("verifying {}", names::PROG_XDP))?;

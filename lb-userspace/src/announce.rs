@@ -75,6 +75,11 @@ impl Announcer {
         self.table
     }
 
+    /// The VIPs whose routes are in the table now.
+    pub fn routes(&self) -> &BTreeSet<IpAddr> {
+        &self.routes
+    }
+
     /// Adds the routes of VIPs that are wanted and deletes the others. Each failure is
     /// reported; the rest is still done.
     pub fn sync(&mut self, wanted: &BTreeSet<IpAddr>) -> anyhow::Result<()> {

@@ -67,6 +67,21 @@ fn flows(s: &ScaleOut, i: usize) -> u64 {
     metrics.lines().filter(|l| l.starts_with("xlb_service_flows_total")).filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok()).sum::<f64>() as u64
 }
 
+/// Whether node `i`'s xlb says (`/metrics`, from its snapshot) that it announces the VIP,
+/// waiting up to `within` for the snapshot (refreshed every 2 s) to say `want`.
+fn says_announced(s: &ScaleOut, i: usize, want: bool, within: Duration) -> bool {
+    let line = format!("xlb_vip_announced{{vip=\"{VIP}\",table=\"{ANNOUNCE_TABLE}\"}} 1");
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let metrics = s.nodes[i].xlb.as_ref().expect("running").admin_get("/metrics").unwrap_or_else(|e| panic!("metrics of {}: {e}", s.nodes[i].name));
+        let says = metrics.lines().any(|l| l == line);
+        if says == want || std::time::Instant::now() > deadline {
+            return says;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn ecmp_nodes_share_flows_and_keep_them_when_one_dies() {
     let _g = xlb_tests::serial();
@@ -77,6 +92,9 @@ fn ecmp_nodes_share_flows_and_keep_them_when_one_dies() {
     for n in &s.nodes {
         let table = n.ns.ip(&format!("route show table {ANNOUNCE_TABLE}"));
         assert!(table.contains(&VIP.to_string()) && table.contains("proto 120"), "{}: announce table {table:?}", n.name);
+    }
+    for i in 0..NODES {
+        assert!(says_announced(&s, i, true, Duration::from_secs(5)), "{}: /metrics does not show the VIP announced", s.nodes[i].name);
     }
 
     // New connections spread over the nodes (the router's packets to each) and are all answered.
@@ -153,4 +171,5 @@ fn withdrawals(s: &mut ScaleOut) {
     eprintln!("all backends draining: VIP withdrawn {drained:?} after the config was written");
     let table = s.nodes[0].ns.ip(&format!("route show table {ANNOUNCE_TABLE}"));
     assert!(!table.contains(&VIP.to_string()), "{}: announce table still holds the VIP: {table:?}", s.nodes[0].name);
+    assert!(!says_announced(s, 0, false, Duration::from_secs(5)), "{}: /metrics still shows the VIP announced", s.nodes[0].name);
 }

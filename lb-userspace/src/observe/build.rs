@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, snapshot::service_state, unix_ms};
+use super::{Announced, BackendStatus, Conntrack, Drop, Reloads, ServiceStatus, Snapshot, Transitions, snapshot::service_state, unix_ms};
 use crate::{
     access_log::AccessLog,
     acme::CertStatus,
@@ -41,6 +41,7 @@ pub struct Inputs<'a> {
     /// Each ACME name's certificate.
     pub acme: Vec<CertStatus>,
     pub access_log: Option<&'a AccessLog>,
+    pub announced: Option<Announced>,
 }
 
 /// Builds the status snapshot from the config, the last plan, discovery, health
@@ -69,6 +70,7 @@ pub fn snapshot(inp: &Inputs) -> Snapshot {
         certificates: inp.proxy.certificates(),
         acme: inp.acme.clone(),
         access_log_dropped: inp.access_log.map(AccessLog::dropped),
+        announced: inp.announced.clone(),
     }
 }
 

@@ -11,5 +11,5 @@ mod table;
 pub mod transitions;
 
 pub use reloads::Reloads;
-pub use snapshot::{BackendStatus, Conntrack, Drop, HealthEvent, ReloadEvent, ServiceStatus, Snapshot, rates, unix_ms};
+pub use snapshot::{Announced, BackendStatus, Conntrack, Drop, HealthEvent, ReloadEvent, ServiceStatus, Snapshot, rates, unix_ms};
 pub use transitions::Transitions;

@@ -52,6 +52,10 @@ impl Snapshot {
         if let Some(n) = self.access_log_dropped {
             m.add("xlb_access_log_dropped_total", "counter", "Access log lines dropped because the writer was behind (access_log.buffer).", "", n as f64);
         }
+        for vip in self.announced.iter().flat_map(|a| a.vips.iter().map(move |v| (a.table, v))) {
+            let labels = format!("vip=\"{}\",table=\"{}\"", vip.1, vip.0);
+            m.add("xlb_vip_announced", "gauge", "VIPs whose route this node holds in the announce table (1 each).", &labels, 1.0);
+        }
         m.add("xlb_health_transitions_total", "counter", "Backend health changes, of backends gone since included.", "", self.health_transitions as f64);
         let mut sources: Vec<_> = self.discovery_events.iter().collect();
         sources.sort();

@@ -1,6 +1,6 @@
 //! The snapshot's types: what `/api/v1/services` serves and `xlb status` reads.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,16 @@ pub struct Snapshot {
     /// Access log lines dropped because its writer was behind (none: no access log).
     #[serde(default)]
     pub access_log_dropped: Option<u64>,
+    /// The VIPs whose routes xlb holds in the `announce` table (none: no announce table).
+    #[serde(default)]
+    pub announced: Option<Announced>,
+}
+
+/// What this node announces: the routing table a daemon exports, and the VIPs in it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Announced {
+    pub table: u32,
+    pub vips: Vec<IpAddr>,
 }
 
 /// One backend's health change.

@@ -62,6 +62,10 @@ impl Snapshot {
         let drops: Vec<String> = self.drops.iter().map(|d| format!("{}={}", d.reason, d.packets)).collect();
         let _ = writeln!(out, "drops: {}", drops.join(" "));
         let _ = writeln!(out, "conntrack: {} entries, {} evicted", self.conntrack.entries, self.conntrack.evicted);
+        if let Some(a) = &self.announced {
+            let vips: Vec<String> = a.vips.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "announced (table {}): {}", a.table, if vips.is_empty() { "none".to_owned() } else { vips.join(" ") });
+        }
         for c in &self.certificates {
             let expires = c.not_after.map_or("-".to_owned(), |t| format!("{t} (unix)"));
             let default = if c.default { " default" } else { "" };

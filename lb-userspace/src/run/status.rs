@@ -23,6 +23,7 @@ impl Controller {
             reloads: &self.reloads,
             acme: self.acme.status(),
             access_log: self.access_log.as_deref(),
+            announced: self.announcer.as_ref().map(|a| observe::Announced { table: a.table(), vips: a.routes().iter().copied().collect() }),
         });
         let now = Instant::now();
         if let Some((at, prev)) = &self.last_status {

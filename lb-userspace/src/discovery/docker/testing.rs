@@ -173,3 +173,19 @@ pub async fn next_update(
         }
     }
 }
+
+/// The host-wide lock of the integration tests (`xlb_tests::serial`), for a test that
+/// changes the Docker engine for everyone (swarm mode): held until dropped.
+pub struct EngineLock {
+    _file: std::fs::File,
+}
+
+impl EngineLock {
+    pub fn take() -> EngineLock {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/run/xlb-tests.lock").expect("opening /run/xlb-tests.lock");
+        // SAFETY: flock on a descriptor we own; blocks until the other test process is done.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0, "flock /run/xlb-tests.lock");
+        EngineLock { _file: f }
+    }
+}

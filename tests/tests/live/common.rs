@@ -15,7 +15,7 @@ use xlb_tests::{
     http,
     load::{Load, LoadOpts, Report},
     outside::Outside,
-    status::Status,
+    status::{ServiceLookup as _, Status},
     util::{TempFile, delta_ms, unique_id, wait_for},
     xlb::{Xlb, XlbArgs},
 };
@@ -164,6 +164,11 @@ fn docker_spec(out: &Outside, name: &str) -> String {
 /// xlb's status from its admin endpoint (`None`: no answer yet).
 pub fn admin_status(xlb: &Xlb) -> Option<Status> {
     Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()
+}
+
+/// The backend addresses xlb's status lists for `service`, sorted (`None`: no status yet).
+pub fn status_addresses(xlb: &Xlb, service: &str) -> Option<Vec<String>> {
+    Some(admin_status(xlb)?.service(service)?.addresses())
 }
 
 /// The time of the first line of `lines` at or after `at` containing `what`.

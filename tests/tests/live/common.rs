@@ -17,6 +17,7 @@ use xlb_tests::{
     outside::Outside,
     status::{ServiceLookup as _, Status},
     util::{TempFile, delta_ms, unique_id, wait_for},
+    wrk::Wrk,
     xlb::{Xlb, XlbArgs},
 };
 
@@ -149,6 +150,15 @@ pub fn steady_load(out: &Outside) -> Load {
     let load = Load::start(&out.client, out.vip(PORT), LoadOpts::default());
     thread::sleep(Duration::from_secs(1));
     load
+}
+
+/// A bounded wrk load through the VIP: 8 connections for `secs`, every request on a new
+/// connection (`Connection: close`), so each one is a flow the kernel data plane places.
+pub fn wrk_new_connections(out: &Outside, secs: u32) -> thread::JoinHandle<Wrk> {
+    let mut args = xlb_tests::wrk::args(&format!("http://{}/", out.vip(PORT)), 8, secs);
+    args.extend(["-H".to_owned(), "Connection: close".to_owned()]);
+    let wrk = out.client.exec("wrk", args);
+    thread::spawn(move || xlb_tests::wrk::run(wrk))
 }
 
 /// A unique `xlb.service` label value (a valid SPEC TARGET name).

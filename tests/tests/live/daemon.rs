@@ -15,7 +15,7 @@ use xlb_tests::{
 
 use crate::common::{
     LAME_DUCK, PORT, SUBNET, TESTD_PORT, assert_zero_failures, figure, first_log_after, follow, labelled_backends, labelled_trio, ms, service_label, setup,
-    start_xlb, status_addresses, steady_load, testd_name, wait_vip_serves,
+    start_xlb, status_addresses, steady_load, testd_name, wait_vip_serves, wrk_new_connections,
 };
 
 /// Restarting the Docker daemon while xlb runs: traffic keeps flowing, and the backend set
@@ -139,11 +139,8 @@ fn docker_daemon_restart_under_wrk() {
     let (mut xlb, _) = follow(&out, &svc, None, &names);
     let mut daemon = xlb_tests::dockerd::Daemon::take();
     let secs = 20;
-    let mut args = xlb_tests::wrk::args(&format!("http://{}/", out.vip(PORT)), 8, secs);
-    args.extend(["-H".to_owned(), "Connection: close".to_owned()]);
-    let wrk = out.client.exec("wrk", args);
     let began = Instant::now();
-    let load = thread::spawn(move || xlb_tests::wrk::run(wrk));
+    let load = wrk_new_connections(&out, secs);
     thread::sleep(Duration::from_secs(2));
     let stopped = daemon.stop();
     thread::sleep(Duration::from_secs(3));

@@ -321,7 +321,7 @@ mod tests {
     use super::*;
     use crate::discovery::docker::{
         labels::LABEL_SERVICE,
-        testing::{TestContainer, build_image, docker_async, docker_cli, next_update},
+        testing::{TestContainer, build_image, docker_async, docker_cli, next_update, timestamped},
     };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,15 +339,9 @@ mod tests {
 
         let w = DockerWatch { service: "web".into(), name: svc.clone(), project: None, network: None, port: None };
         let (wtx, wrx) = watch::channel(vec![w.clone()]);
-        let (tx, mut src_rx) = mpsc::channel(64);
+        let (tx, src_rx) = mpsc::channel(64);
         let task = tokio::spawn(run(wrx, tx));
-        // Timestamps each update as it arrives, whatever the test is doing.
-        let (ttx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(u) = src_rx.recv().await {
-                let _ = ttx.send((Instant::now(), u));
-            }
-        });
+        let mut rx = timestamped(src_rx);
 
         // The listing finds both.
         let (_, first) = next_update(&mut rx, Duration::from_secs(10), "both containers", |u| u.service == "web" && u.backends.len() == 2).await;
@@ -439,14 +433,9 @@ mod tests {
         let up = proxy(&sock);
         let w = DockerWatch { service: "web".into(), name: svc.clone(), project: None, network: None, port: None };
         let (wtx, wrx) = watch::channel(vec![w.clone()]);
-        let (tx, mut src_rx) = mpsc::channel(64);
+        let (tx, src_rx) = mpsc::channel(64);
         let task = tokio::spawn(run_on(Some(format!("unix://{}", sock.display())), wrx, tx));
-        let (ttx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(u) = src_rx.recv().await {
-                let _ = ttx.send((Instant::now(), u));
-            }
-        });
+        let mut rx = timestamped(src_rx);
         next_update(&mut rx, Duration::from_secs(10), "both containers", |u| u.backends.len() == 2).await;
 
         // The daemon goes away (for the source); a container dies meanwhile.

@@ -92,7 +92,7 @@ mod tests {
         docker::{
             labels::{LABEL_PORT, LABEL_SERVICE, LABEL_WEIGHT},
             run,
-            testing::{EngineLock, IMAGE, build_image, docker_async, docker_cli, next_update, simple},
+            testing::{EngineLock, IMAGE, build_image, docker_async, docker_cli, next_update, simple, timestamped},
         },
         update::{DockerWatch, Update},
     };
@@ -198,14 +198,9 @@ mod tests {
 
         let w = DockerWatch { service: "web".into(), name: svc.clone(), project: None, network: None, port: None };
         let (_wtx, wrx) = watch::channel(vec![w]);
-        let (tx, mut src_rx) = mpsc::channel(64);
+        let (tx, src_rx) = mpsc::channel(64);
         let task = tokio::spawn(run(wrx, tx));
-        let (ttx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(u) = src_rx.recv().await {
-                let _ = ttx.send((Instant::now(), u));
-            }
-        });
+        let mut rx = timestamped(src_rx);
         let wait = Duration::from_secs(20);
         let (_, u) = next_update(&mut rx, wait, "the two tasks", |u| u.backends.len() == 2).await;
         assert_eq!(names(&u), swarm.tasks());

@@ -156,6 +156,17 @@ impl Drop for TestContainer {
     }
 }
 
+/// The source's updates, each with its arrival time, whatever the test is doing meanwhile.
+pub fn timestamped(mut src_rx: mpsc::Receiver<Update>) -> mpsc::UnboundedReceiver<(Instant, Update)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(u) = src_rx.recv().await {
+            let _ = tx.send((Instant::now(), u));
+        }
+    });
+    rx
+}
+
 /// The next update (with its arrival time) that satisfies `pred`, within `limit`.
 pub async fn next_update(
     rx: &mut mpsc::UnboundedReceiver<(Instant, Update)>,

@@ -178,8 +178,10 @@ fn swarm_service_scaled_and_updated() {
         let called = Instant::now();
         swarm.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let took = called.elapsed();
-        tasks = swarm.tasks();
-        ensure!(tasks.len() == want, &xlb, None, "{what}: {} running tasks, want {want}: {tasks:?}", tasks.len());
+        // Converged; a task being stopped may still be in its lame-duck period.
+        let settled = wait_for(Duration::from_secs(20), Duration::from_millis(200), || Some(swarm.tasks()).filter(|t| t.len() == want));
+        ensure!(settled.is_some(), &xlb, None, "{what}: running tasks {:?}, want {want}", swarm.tasks());
+        tasks = settled.unwrap_or_default();
         let new: Vec<String> = names(&tasks).into_iter().filter(|n| !before.iter().any(|(b, _)| b == n)).collect();
         let served = load.wait_served_since(&new, called, Duration::from_secs(10));
         ensure!(served.is_ok(), &xlb, None, "{what}: a new task: {}", served.unwrap_err());

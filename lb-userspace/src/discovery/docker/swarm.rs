@@ -127,10 +127,11 @@ mod tests {
                 s => panic!("this test needs an engine out of swarm mode or a swarm manager, not {s:?}"),
             };
             let had_gwbridge = docker_cli(&["network", "inspect", "docker_gwbridge"]).is_ok();
+            // Made first: if a step below fails, dropping it undoes the ones before.
+            let s = TestSwarm { entered, had_gwbridge, service: format!("{prefix}s"), network: format!("{prefix}n"), config: format!("{prefix}c") };
             if entered {
                 docker_cli(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).unwrap();
             }
-            let s = TestSwarm { entered, had_gwbridge, service: format!("{prefix}s"), network: format!("{prefix}n"), config: format!("{prefix}c") };
             docker_cli(&["network", "create", "--config-only", "--subnet", "10.200.243.0/24", "--label", "xlb-tests", &s.config]).unwrap();
             docker_cli(&["network", "create", "-d", "bridge", "--scope", "swarm", "--config-from", &s.config, &s.network]).unwrap();
             s

@@ -15,8 +15,9 @@ use xlb_tests::{
     http,
     load::{Load, LoadOpts, Report},
     outside::Outside,
-    status::Status,
+    status::{ServiceLookup as _, Status},
     util::{TempFile, delta_ms, unique_id, wait_for},
+    wrk::Wrk,
     xlb::{Xlb, XlbArgs},
 };
 
@@ -151,6 +152,15 @@ pub fn steady_load(out: &Outside) -> Load {
     load
 }
 
+/// A bounded wrk load through the VIP: 8 connections for `secs`, every request on a new
+/// connection (`Connection: close`), so each one is a flow the kernel data plane places.
+pub fn wrk_new_connections(out: &Outside, secs: u32) -> thread::JoinHandle<Wrk> {
+    let mut args = xlb_tests::wrk::args(&format!("http://{}/", out.vip(PORT)), 8, secs);
+    args.extend(["-H".to_owned(), "Connection: close".to_owned()]);
+    let wrk = out.client.exec("wrk", args);
+    thread::spawn(move || xlb_tests::wrk::run(wrk))
+}
+
 /// A unique `xlb.service` label value (a valid SPEC TARGET name).
 pub fn service_label() -> String {
     format!("xt{}s", unique_id())
@@ -164,6 +174,11 @@ fn docker_spec(out: &Outside, name: &str) -> String {
 /// xlb's status from its admin endpoint (`None`: no answer yet).
 pub fn admin_status(xlb: &Xlb) -> Option<Status> {
     Status::parse(&xlb.admin_get("/api/v1/services").ok()?).ok()
+}
+
+/// The backend addresses xlb's status lists for `service`, sorted (`None`: no status yet).
+pub fn status_addresses(xlb: &Xlb, service: &str) -> Option<Vec<String>> {
+    Some(admin_status(xlb)?.service(service)?.addresses())
 }
 
 /// The time of the first line of `lines` at or after `at` containing `what`.

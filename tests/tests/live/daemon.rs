@@ -10,20 +10,13 @@ use xlb_tests::{
     Offload,
     docker::{self, Container},
     outside::Outside,
-    status::ServiceLookup as _,
     util::{TempFile, delta_ms, wait_for},
-    xlb::Xlb,
 };
 
 use crate::common::{
-    LAME_DUCK, PORT, SUBNET, TESTD_PORT, admin_status, assert_zero_failures, figure, first_log_after, labelled_backends, ms, service_label, setup, start_xlb,
-    steady_load, testd_name, wait_vip_serves,
+    LAME_DUCK, PORT, SUBNET, TESTD_PORT, assert_zero_failures, figure, first_log_after, follow, labelled_backends, labelled_trio, ms, service_label, setup,
+    start_xlb, status_addresses, steady_load, testd_name, wait_vip_serves, wrk_new_connections,
 };
-
-/// The backend addresses xlb's status lists for `service`, sorted (`None`: no status yet).
-fn status_addresses(xlb: &Xlb, service: &str) -> Option<Vec<String>> {
-    Some(admin_status(xlb)?.service(service)?.addresses())
-}
 
 /// Restarting the Docker daemon while xlb runs: traffic keeps flowing, and the backend set
 /// resynchronises afterwards. The machine's dockerd is stopped (SIGTERM, with live restore
@@ -129,5 +122,42 @@ fn docker_daemon_restart() {
     );
     ensure!(a_now.is_some(), &xlb, Some(&report), "{a}: xlb's status lists {:?}, want {a_want:?}", status_addresses(&xlb, a));
     drop(r1);
+    xlb.stop().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The Docker daemon stopped and started again (live restore on) under a bounded wrk load
+/// through the VIP, every request on a new connection (`Connection: close`), so that each
+/// one is a new flow placed by the kernel data plane while xlb's discovery has lost the
+/// daemon and reconnects. Promised: no request fails (the containers and xlb's last known
+/// set stay; nothing changes them meanwhile). Without live restore dockerd stops every
+/// container when it stops, and nothing is promised (docs/scale-out.md, "Docker Swarm").
+#[test]
+fn docker_daemon_restart_under_wrk() {
+    let _g = setup();
+    let (svc, _cs, names) = labelled_trio("w", docker::build_image());
+    let out = Outside::new(SUBNET, Offload::On);
+    let (mut xlb, _) = follow(&out, &svc, None, &names);
+    let mut daemon = xlb_tests::dockerd::Daemon::take();
+    let secs = 20;
+    let began = Instant::now();
+    let load = wrk_new_connections(&out, secs);
+    thread::sleep(Duration::from_secs(2));
+    let stopped = daemon.stop();
+    thread::sleep(Duration::from_secs(3));
+    let started = daemon.start();
+    let w = load.join().unwrap();
+    drop(daemon);
+    figure(
+        "dockerd-restart-wrk",
+        &format!(
+            "wrk -c 8 (new connection per request) for {secs} s; dockerd down {} ms (SIGTERM -> docker info answers again {} ms): {w:?}",
+            ms(started.answered - stopped.exited),
+            ms(started.answered - stopped.signalled)
+        ),
+    );
+    let covered = started.answered - began < Duration::from_secs(secs.into());
+    ensure!(covered, &xlb, None, "dockerd was not back before wrk ended ({} ms after wrk started)", ms(started.answered - began));
+    ensure!(w.failed() == 0, &xlb, None, "requests failed while dockerd restarted: {w:?}");
+    wait_vip_serves(&out, &xlb, &names);
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }

@@ -15,7 +15,9 @@ use xlb_tests::{
     util::delta_ms,
 };
 
-use crate::common::{LAME_DUCK, PORT, SUBNET, assert_zero_failures, figure, follow, labelled_trio, ms, setup, steady_load, wait_vip_serves, xlb_reaction};
+use crate::common::{
+    LAME_DUCK, SUBNET, assert_zero_failures, figure, follow, labelled_trio, ms, setup, steady_load, wait_vip_serves, wrk_new_connections, xlb_reaction,
+};
 
 #[test]
 fn docker_stop_one_backend() {
@@ -174,10 +176,7 @@ fn docker_backend_paused_then_resumed_under_wrk() {
     let (mut xlb, _) = follow(&out, &svc, None, &names);
     let pid: i32 = cs[1].inspect("{{.State.Pid}}").parse().expect("the container's pid");
     let secs = 8;
-    let mut args = xlb_tests::wrk::args(&format!("http://{}/", out.vip(PORT)), 8, secs);
-    args.extend(["-H".to_owned(), "Connection: close".to_owned()]);
-    let wrk = out.client.exec("wrk", args);
-    let load = thread::spawn(move || xlb_tests::wrk::run(wrk));
+    let load = wrk_new_connections(&out, secs);
     thread::sleep(Duration::from_secs(2));
     // SAFETY: kill(2) of the init process of a container this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "kill -STOP {pid}");

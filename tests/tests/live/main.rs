@@ -20,7 +20,12 @@
 //!   source port used before never reaches a draining backend;
 //! - g. (`daemon`) `docker_daemon_restart`: the machine's dockerd stopped (live restore on) and
 //!   started again under the load; a container killed while it was away leaves xlb's set at the
-//!   resynchronisation, and xlb follows the new daemon's events.
+//!   resynchronisation, and xlb follows the new daemon's events;
+//! - g2. (`daemon`) `docker_daemon_restart_under_wrk`: the same restart under a bounded wrk
+//!   load, a new connection per request (issue 17's fault under load);
+//! - h. (`swarm`) `swarm_service_scaled_and_updated`: a Docker Swarm service's tasks (on a
+//!   swarm-scoped bridge network, `xlb.service` set on the service) scaled 2 → 3 → 1 → 2 and
+//!   updated (start-first, stop-first); the engine enters swarm mode for it and leaves after.
 //!
 //! Each scenario counts the client's failed requests and asserts that there are none (in e,
 //! none among the requests started after `docker kill` returned; the ones in flight when the
@@ -45,4 +50,5 @@ mod daemon;
 mod health;
 mod lifecycle;
 mod reuse;
+mod swarm;
 mod testd;

@@ -10,7 +10,9 @@ use bollard::{
 };
 
 /// Actions followed; anything else (create, exec_*, attach, ...) is filtered by the daemon.
-const EVENTS: &[&str] = &["start", "die", "stop", "kill", "destroy", "pause", "unpause", "health_status", "rename", "connect", "disconnect"];
+/// `update` and `remove` are a swarm service's (its labels may have changed).
+const EVENTS: &[&str] =
+    &["start", "die", "stop", "kill", "destroy", "pause", "unpause", "health_status", "rename", "connect", "disconnect", "update", "remove"];
 
 /// What an event asks of the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub enum Change {
         id: String,
         signal: Option<i32>,
     },
+    /// A swarm service was updated or removed: read its labels again.
+    Service(String),
     Nothing,
 }
 
@@ -51,6 +55,7 @@ pub fn classify(ev: &EventMessage) -> Change {
             }
         }
         Some(EventMessageTypeEnum::NETWORK) if matches!(verb, "connect" | "disconnect") => attr("container").map_or(Change::Nothing, Change::InspectKnown),
+        Some(EventMessageTypeEnum::SERVICE) if matches!(verb, "update" | "remove") => actor.and_then(|a| a.id.clone()).map_or(Change::Nothing, Change::Service),
         _ => Change::Nothing,
     }
 }
@@ -83,7 +88,7 @@ pub fn stops_container(signal: Option<i32>, c: &ContainerInspectResponse) -> boo
 pub fn events_options(since: SystemTime) -> EventsOptions {
     let since = since.duration_since(UNIX_EPOCH).unwrap_or_default();
     let filters = HashMap::from([
-        ("type".to_owned(), vec!["container".to_owned(), "network".to_owned()]),
+        ("type".to_owned(), ["container", "network", "service"].map(str::to_owned).to_vec()),
         ("event".to_owned(), EVENTS.iter().map(|e| e.to_string()).collect()),
     ]);
     EventsOptions { since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())), until: None, filters: Some(filters) }
@@ -124,6 +129,16 @@ mod tests {
             "Actor": { "ID": "net", "Attributes": {"container": "abc", "name": "bridge", "type": "bridge"} }
         })));
         assert_eq!(n, Change::InspectKnown("abc".into()));
+        let s = |action: &str| {
+            classify(&event(json!({
+                "Type": "service", "Action": action, "scope": "swarm", "time": 1, "timeNano": 1,
+                "Actor": { "ID": "svc1", "Attributes": {"name": "web"} }
+            })))
+        };
+        assert_eq!(s("update"), Change::Service("svc1".into()));
+        assert_eq!(s("remove"), Change::Service("svc1".into()));
+        assert_eq!(s("create"), Change::Nothing);
+        assert_eq!(c("update", json!({})), Change::Nothing, "a container's resources changed");
     }
 
     #[test]
@@ -146,6 +161,6 @@ mod tests {
     fn since_is_seconds_and_nanoseconds() {
         let o = events_options(UNIX_EPOCH + Duration::new(1_700_000_000, 5));
         assert_eq!(o.since.as_deref(), Some("1700000000.000000005"));
-        assert_eq!(o.filters.unwrap()["type"], ["container", "network"]);
+        assert_eq!(o.filters.unwrap()["type"], ["container", "network", "service"]);
     }
 }

@@ -1,21 +1,25 @@
 //! Docker discovery: running containers join xlb services by label, compose service,
-//! container name or network alias (see [`DockerWatch`](crate::discovery::DockerWatch)).
+//! swarm service, container name or network alias (see
+//! [`DockerWatch`](crate::discovery::DockerWatch)).
 //!
 //! [`run`] lists the running containers once, then follows the daemon's event stream;
-//! an event touches only the container it names (one inspect, or none). After each
-//! change it sends, for every watched service whose set changed, that service's complete
-//! set. When the daemon goes away the last sets stay as they are; the source reconnects
-//! with exponential backoff and resynchronises with a full listing.
+//! a container's event touches only that container (one inspect, or none), a swarm
+//! service's update the service's tasks on this engine. After each change it sends, for
+//! every watched service whose set changed, that service's complete set. When the daemon
+//! goes away the last sets stay as they are; the source reconnects with exponential
+//! backoff and resynchronises with a full listing.
 //!
 //! The decisions (does a container join a watch, what its labels say, which network's
 //! address to use) are plain functions over bollard's model types, each tested beside it:
-//! `labels.rs`, `inspect.rs`, `select.rs`, `events.rs`; `source.rs` is the task.
+//! `labels.rs`, `inspect.rs`, `select.rs`, `events.rs`; `swarm.rs` adds a swarm service's
+//! labels to its tasks' containers; `source.rs` is the task.
 
 mod events;
 mod inspect;
 mod labels;
 mod select;
 mod source;
+mod swarm;
 #[cfg(test)]
 mod testing;
 

@@ -9,17 +9,22 @@ use bollard::models::ContainerInspectResponse;
 use super::{
     inspect::{Tracked, container_name, endpoint_address, exposed_port, health, is_paused, networks},
     labels::{COMPOSE_PROJECT, COMPOSE_SERVICE, LABEL_SERVICE, label},
+    swarm::SWARM_SERVICE_NAME,
 };
 use crate::discovery::update::{Discovered, DockerWatch};
 
-/// Whether the container joins `w`: `xlb.service` label, compose service (in `w.project`
-/// when set), container name, or a network alias equal to `w.name`.
+/// Whether the container joins `w`: `xlb.service` label (a swarm task's service's too),
+/// compose service (in `w.project` when set), swarm service, container name, or a network
+/// alias equal to `w.name`.
 pub fn matches(w: &DockerWatch, c: &ContainerInspectResponse) -> bool {
     let name = w.name.as_str();
     if label(c, LABEL_SERVICE) == Some(name) {
         return true;
     }
     if label(c, COMPOSE_SERVICE) == Some(name) && w.project.as_deref().is_none_or(|p| label(c, COMPOSE_PROJECT) == Some(p)) {
+        return true;
+    }
+    if label(c, SWARM_SERVICE_NAME) == Some(name) {
         return true;
     }
     if container_name(c) == name {
@@ -150,6 +155,10 @@ mod tests {
         let aliased = container("x", &[], &[Net { aliases: &["web", "0123abcd"], ..net("appnet", "172.18.0.2", "172.18.0.1") }], &[], json!({}));
         assert!(matches(&w, &aliased));
         assert!(!matches(&watch("api"), &aliased));
+
+        let task = simple("web.1.0123abcd", &[(SWARM_SERVICE_NAME, "web")]);
+        assert!(matches(&w, &task), "swarm service");
+        assert!(!matches(&watch("web.1"), &task));
     }
 
     #[test]

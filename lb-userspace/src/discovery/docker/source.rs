@@ -17,6 +17,7 @@ use super::{
     events::{Change, classify, events_options, stops_container},
     inspect::{Tracked, container_name, is_running, short_id, started_at},
     select::{Problem, service_sets},
+    swarm::{ServiceLabels, service_id},
 };
 use crate::discovery::update::{Discovered, DockerWatch, SourceKind, Update};
 
@@ -90,6 +91,8 @@ struct Source {
     synced_in_session: bool,
     /// Problems already logged (each is logged once while it lasts).
     problems: HashSet<Problem>,
+    /// The labels of the swarm services whose tasks were seen.
+    swarm: ServiceLabels,
 }
 
 impl Source {
@@ -104,6 +107,7 @@ impl Source {
             synced: false,
             synced_in_session: false,
             problems: HashSet::new(),
+            swarm: ServiceLabels::default(),
         }
     }
 
@@ -170,9 +174,11 @@ impl Source {
             .buffer_unordered(INSPECT_CONCURRENCY)
             .try_collect()
             .await?;
+        self.swarm.clear();
         let mut old = std::mem::take(&mut self.containers);
         for (id, info) in inspected {
-            if let Some(info) = info {
+            if let Some(mut info) = info {
+                self.swarm.add_to(docker, &mut info).await?;
                 self.track(id.clone(), info, old.remove(&id));
             }
         }
@@ -212,13 +218,29 @@ impl Source {
                 _ => false,
             },
             Change::InspectKnown(id) if !self.containers.contains_key(&id) => false,
-            Change::Inspect(id) | Change::InspectKnown(id) => match inspect(docker, &id).await? {
-                Some(info) => {
-                    let old = self.containers.remove(&id);
-                    self.track(id, info, old)
+            Change::Inspect(id) | Change::InspectKnown(id) => self.reinspect(docker, id).await?,
+            Change::Service(service) => {
+                self.swarm.forget(&service);
+                let tasks: Vec<String> = self.containers.iter().filter(|(_, t)| service_id(&t.info) == Some(&service)).map(|(id, _)| id.clone()).collect();
+                let mut changed = false;
+                for id in tasks {
+                    changed |= self.reinspect(docker, id).await?;
                 }
-                None => self.containers.remove(&id).is_some(),
-            },
+                changed
+            }
+        })
+    }
+
+    /// Inspects a container again (with its swarm service's labels); says whether the
+    /// followed containers changed.
+    async fn reinspect(&mut self, docker: &Docker, id: String) -> anyhow::Result<bool> {
+        Ok(match inspect(docker, &id).await? {
+            Some(mut info) => {
+                self.swarm.add_to(docker, &mut info).await?;
+                let old = self.containers.remove(&id);
+                self.track(id, info, old)
+            }
+            None => self.containers.remove(&id).is_some(),
         })
     }
 
@@ -299,7 +321,7 @@ mod tests {
     use super::*;
     use crate::discovery::docker::{
         labels::LABEL_SERVICE,
-        testing::{TestContainer, build_image, docker_async, docker_cli, next_update},
+        testing::{TestContainer, build_image, docker_async, docker_cli, next_update, timestamped},
     };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,15 +339,9 @@ mod tests {
 
         let w = DockerWatch { service: "web".into(), name: svc.clone(), project: None, network: None, port: None };
         let (wtx, wrx) = watch::channel(vec![w.clone()]);
-        let (tx, mut src_rx) = mpsc::channel(64);
+        let (tx, src_rx) = mpsc::channel(64);
         let task = tokio::spawn(run(wrx, tx));
-        // Timestamps each update as it arrives, whatever the test is doing.
-        let (ttx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(u) = src_rx.recv().await {
-                let _ = ttx.send((Instant::now(), u));
-            }
-        });
+        let mut rx = timestamped(src_rx);
 
         // The listing finds both.
         let (_, first) = next_update(&mut rx, Duration::from_secs(10), "both containers", |u| u.service == "web" && u.backends.len() == 2).await;
@@ -417,14 +433,9 @@ mod tests {
         let up = proxy(&sock);
         let w = DockerWatch { service: "web".into(), name: svc.clone(), project: None, network: None, port: None };
         let (wtx, wrx) = watch::channel(vec![w.clone()]);
-        let (tx, mut src_rx) = mpsc::channel(64);
+        let (tx, src_rx) = mpsc::channel(64);
         let task = tokio::spawn(run_on(Some(format!("unix://{}", sock.display())), wrx, tx));
-        let (ttx, mut rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(u) = src_rx.recv().await {
-                let _ = ttx.send((Instant::now(), u));
-            }
-        });
+        let mut rx = timestamped(src_rx);
         next_update(&mut rx, Duration::from_secs(10), "both containers", |u| u.backends.len() == 2).await;
 
         // The daemon goes away (for the source); a container dies meanwhile.

@@ -156,6 +156,17 @@ impl Drop for TestContainer {
     }
 }
 
+/// The source's updates, each with its arrival time, whatever the test is doing meanwhile.
+pub fn timestamped(mut src_rx: mpsc::Receiver<Update>) -> mpsc::UnboundedReceiver<(Instant, Update)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(u) = src_rx.recv().await {
+            let _ = tx.send((Instant::now(), u));
+        }
+    });
+    rx
+}
+
 /// The next update (with its arrival time) that satisfies `pred`, within `limit`.
 pub async fn next_update(
     rx: &mut mpsc::UnboundedReceiver<(Instant, Update)>,
@@ -171,5 +182,21 @@ pub async fn next_update(
             Ok(None) => panic!("the source stopped while waiting for {what}"),
             Err(_) => panic!("no update within {limit:?}: {what}"),
         }
+    }
+}
+
+/// The host-wide lock of the integration tests (`xlb_tests::serial`), for a test that
+/// changes the Docker engine for everyone (swarm mode): held until dropped.
+pub struct EngineLock {
+    _file: std::fs::File,
+}
+
+impl EngineLock {
+    pub fn take() -> EngineLock {
+        use std::os::fd::AsRawFd as _;
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/run/xlb-tests.lock").expect("opening /run/xlb-tests.lock");
+        // SAFETY: flock on a descriptor we own; blocks until the other test process is done.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0, "flock /run/xlb-tests.lock");
+        EngineLock { _file: f }
     }
 }

@@ -11,6 +11,7 @@ use std::{
 };
 
 use xlb_tests::{
+    Offload,
     docker::{self, Container, Timed},
     http,
     load::{Load, LoadOpts, Report},
@@ -118,6 +119,11 @@ pub fn labelled_backends(svc: &str, prefix: &str, n: usize, image: &str) -> Vec<
 /// The answer name of a [`labelled_backends`] container (its xlb-testd `--name`).
 pub fn testd_name(c: &Container) -> String {
     docker::inspect(&c.id, "{{index .Config.Cmd 1}}")
+}
+
+/// The client outside the host, on this suite's subnet, with offloads on as on a real NIC.
+pub fn outside() -> Outside {
+    Outside::new(SUBNET, Offload::On)
 }
 
 /// Three [`labelled_backends`] under a fresh label: the label, the containers and their

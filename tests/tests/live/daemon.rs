@@ -7,16 +7,14 @@ use std::{
 };
 
 use xlb_tests::{
-    Offload,
     docker::{self, Container},
-    outside::Outside,
     status::ServiceLookup as _,
     util::{TempFile, delta_ms, wait_for},
     xlb::Xlb,
 };
 
 use crate::common::{
-    LAME_DUCK, PORT, SUBNET, TESTD_PORT, admin_status, assert_zero_failures, figure, first_log_after, labelled_backends, ms, service_label, setup, start_xlb,
+    LAME_DUCK, PORT, TESTD_PORT, admin_status, assert_zero_failures, figure, first_log_after, labelled_backends, ms, outside, service_label, setup, start_xlb,
     steady_load, testd_name, wait_vip_serves,
 };
 
@@ -43,7 +41,7 @@ fn docker_daemon_restart() {
     let gs = labelled_backends(&svc_b, "g", 2, docker::build_image());
     let mut names: Vec<String> = cs.iter().map(testd_name).collect();
     let addr_of = |c: &Container| SocketAddr::from((c.ip(), TESTD_PORT)).to_string();
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let (a, b) = ("live-restart-a", "live-restart-b");
     let config = TempFile::new(
         ".yaml",

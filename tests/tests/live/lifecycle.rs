@@ -8,20 +8,18 @@ use std::{
 };
 
 use xlb_tests::{
-    Offload,
     docker::{self, Timed},
     load::Record,
-    outside::Outside,
     util::delta_ms,
 };
 
-use crate::common::{LAME_DUCK, PORT, SUBNET, assert_zero_failures, figure, follow, labelled_trio, ms, setup, steady_load, wait_vip_serves, xlb_reaction};
+use crate::common::{LAME_DUCK, PORT, assert_zero_failures, figure, follow, labelled_trio, ms, outside, setup, steady_load, wait_vip_serves, xlb_reaction};
 
 #[test]
 fn docker_stop_one_backend() {
     let _g = setup();
     let (svc, cs, names) = labelled_trio("s", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let (mut xlb, _) = follow(&out, &svc, None, &names);
     let load = steady_load(&out);
     let victim = &cs[1];
@@ -63,7 +61,7 @@ fn docker_stop_one_backend() {
 fn docker_restart_every_backend() {
     let _g = setup();
     let (svc, cs, names) = labelled_trio("r", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let (mut xlb, _) = follow(&out, &svc, None, &names);
     let load = steady_load(&out);
     let mut restarts = Vec::new();
@@ -109,7 +107,7 @@ fn docker_restart_every_backend() {
 fn docker_kill_one_backend() {
     let _g = setup();
     let (svc, cs, names) = labelled_trio("k", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let (mut xlb, _) = follow(&out, &svc, None, &names);
     let load = steady_load(&out);
     let victim = &cs[1];
@@ -170,7 +168,7 @@ fn docker_kill_one_backend() {
 fn docker_backend_paused_then_resumed_under_wrk() {
     let _g = setup();
     let (svc, cs, names) = labelled_trio("p", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let (mut xlb, _) = follow(&out, &svc, None, &names);
     let pid: i32 = cs[1].inspect("{{.State.Pid}}").parse().expect("the container's pid");
     let secs = 8;

@@ -150,6 +150,15 @@ pub fn follow(out: &Outside, svc: &str, service: Option<(&str, &str)>, names: &[
     (xlb, config)
 }
 
+/// The start of the lifecycle scenarios: three [`labelled_trio`] containers of `image`, the
+/// client outside, and xlb following the containers by a SPEC ([`follow`]).
+pub fn followed_trio(prefix: &str, image: &str) -> (Vec<Container>, Vec<String>, Outside, Xlb) {
+    let (svc, cs, names) = labelled_trio(prefix, image);
+    let out = outside();
+    let (xlb, _) = follow(&out, &svc, None, &names);
+    (cs, names, out, xlb)
+}
+
 /// Steady load through the VIP, one second in.
 pub fn steady_load(out: &Outside) -> Load {
     let load = Load::start(&out.client, out.vip(PORT), LoadOpts::default());

@@ -23,6 +23,11 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    // The kernel object is built from lb-common's shared types too: a change to them must
+    // rebuild it (aya-build watches lb-ebpf's own folder only).
+    let common = meta.packages.iter().find(|p| p.name.as_str() == "lb-common").ok_or_else(|| anyhow!("lb-common package not found"))?;
+    let common_dir = common.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", common.manifest_path))?;
+    println!("cargo:rerun-if-changed={common_dir}");
     // The toolchain building us (rustup sets RUSTUP_TOOLCHAIN), so the kernel object
     // is compiled by the same rustc whose LLVM bpf-linker links against.
     let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".to_owned());

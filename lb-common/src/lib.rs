@@ -272,61 +272,53 @@ pub struct Counters {
     pub new_flows: u64,
 }
 
-/// Why the data plane dropped a packet; the index into the per-CPU `DROPS` array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
+/// Declares [`DropReason`] from one list (variant, index, name in the metrics), so that
+/// `ALL`, `COUNT` and `name` cannot miss a reason.
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $variant:ident = $index:literal, $name:literal;)*) => {
+        /// Why the data plane dropped a packet; the index into the per-CPU `DROPS` array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum DropReason {
+            $($(#[$doc])* $variant = $index,)*
+        }
+
+        impl DropReason {
+            pub const COUNT: u32 = [$($name),*].len() as u32;
+            pub const ALL: [DropReason; Self::COUNT as usize] = [$(Self::$variant),*];
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
     /// A new flow for a service with no active backend.
-    NoBackend = 0,
+    NoBackend = 0, "no_backend";
     /// The selection table pointed at an id with no usable backend (a table being rebuilt).
-    BadTableEntry = 1,
+    BadTableEntry = 1, "bad_table_entry";
     /// The connection table refused an insert.
-    ConntrackFull = 2,
+    ConntrackFull = 2, "conntrack_full";
     /// The route to the backend is a blackhole, unreachable or prohibited.
-    FibUnreachable = 3,
+    FibUnreachable = 3, "fib_unreachable";
     /// No room for the metadata handed from XDP to TC, or (without XDP metadata) its
     /// `HANDOFF` slot reused before TC read it.
-    NoMetaRoom = 4,
+    NoMetaRoom = 4, "no_meta_room";
     /// The kernel's L4 checksum helper refused the packet.
-    ChecksumFailed = 5,
+    ChecksumFailed = 5, "checksum_failed";
     /// A TCP segment other than a SYN for a flow the connection table does not hold
     /// (closed, expired, evicted, or from before xlb): not steered anywhere new, but
     /// passed to the stack, which resets it when the VIP is a local address.
-    NoFlow = 6,
+    NoFlow = 6, "no_flow";
     /// A packet for a service whose TTL (hop limit) would reach 0 here: not steered, but
     /// passed to the stack, which answers it as a router or a host would.
-    TtlExpired = 7,
+    TtlExpired = 7, "ttl_expired";
     /// An IPv4 fragment, left to the stack: xlb balances whole datagrams only.
-    Fragment = 8,
-}
-
-impl DropReason {
-    pub const COUNT: u32 = 9;
-    pub const ALL: [DropReason; Self::COUNT as usize] = [
-        Self::NoBackend,
-        Self::BadTableEntry,
-        Self::ConntrackFull,
-        Self::FibUnreachable,
-        Self::NoMetaRoom,
-        Self::ChecksumFailed,
-        Self::NoFlow,
-        Self::TtlExpired,
-        Self::Fragment,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::NoBackend => "no_backend",
-            Self::BadTableEntry => "bad_table_entry",
-            Self::ConntrackFull => "conntrack_full",
-            Self::FibUnreachable => "fib_unreachable",
-            Self::NoMetaRoom => "no_meta_room",
-            Self::ChecksumFailed => "checksum_failed",
-            Self::NoFlow => "no_flow",
-            Self::TtlExpired => "ttl_expired",
-            Self::Fragment => "fragment",
-        }
-    }
+    Fragment = 8, "fragment";
 }
 
 /// Metadata the XDP program leaves in front of a packet it passes to the stack, for

@@ -25,7 +25,7 @@ use crate::{
 };
 
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_ICMPV6: u8 = 58;
 /// ICMP header: type, code, checksum, and 4 bytes the type defines; the quote follows.
 const ICMP_HDR_LEN: usize = 8;
 

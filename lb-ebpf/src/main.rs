@@ -335,53 +335,29 @@ fn fix_l4(ctx: &TcContext, p: &Packet, addr: u32, port: u32) -> Result<(), i64> 
     ctx.l4_csum_replace(off, 0, port as u64, udp)
 }
 
-// Socket-level balancing (`sock`). Each answers 1: the call goes on, its address maybe changed.
-#[cgroup_sock_addr(connect4)]
-pub fn xlb_connect4(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, AF_INET, false);
-    1
+/// One program per socket hook: `hook => program name: sock function(arguments)`.
+/// Each answers 1: the call goes on, its address maybe changed.
+macro_rules! sock_hooks {
+    ($($hook:ident => $name:ident: $f:ident($($arg:expr),*);)*) => {$(
+        #[cgroup_sock_addr($hook)]
+        pub fn $name(ctx: SockAddrContext) -> i32 {
+            sock::$f(&ctx, $($arg),*);
+            1
+        }
+    )*};
 }
 
-#[cgroup_sock_addr(connect6)]
-pub fn xlb_connect6(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, AF_INET6, false);
-    1
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn xlb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, AF_INET, true);
-    1
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn xlb_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, AF_INET6, true);
-    1
-}
-
-#[cgroup_sock_addr(recvmsg4)]
-pub fn xlb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, AF_INET);
-    1
-}
-
-#[cgroup_sock_addr(recvmsg6)]
-pub fn xlb_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, AF_INET6);
-    1
-}
-
-#[cgroup_sock_addr(getpeername4)]
-pub fn xlb_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, AF_INET);
-    1
-}
-
-#[cgroup_sock_addr(getpeername6)]
-pub fn xlb_getpeername6(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, AF_INET6);
-    1
+// Socket-level balancing (`sock`): connect and sendmsg pick a backend, recvmsg and
+// getpeername show the caller the VIP again.
+sock_hooks! {
+    connect4 => xlb_connect4: balance(AF_INET, false);
+    connect6 => xlb_connect6: balance(AF_INET6, false);
+    sendmsg4 => xlb_sendmsg4: balance(AF_INET, true);
+    sendmsg6 => xlb_sendmsg6: balance(AF_INET6, true);
+    recvmsg4 => xlb_recvmsg4: reverse(AF_INET);
+    recvmsg6 => xlb_recvmsg6: reverse(AF_INET6);
+    getpeername4 => xlb_getpeername4: reverse(AF_INET);
+    getpeername6 => xlb_getpeername6: reverse(AF_INET6);
 }
 
 #[cfg(not(test))]

@@ -8,20 +8,20 @@ use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{AF_INET, AF_INET6, Addr, ServiceKey};
+use network_types::eth::EthHdr;
 
 use crate::{
     csum,
+    icmp::IPPROTO_ICMPV6,
     maps::{IF_MACS, VIPS},
     parse::ptr_at,
 };
 
-const ETH_LEN: usize = 14;
 const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 /// Hardware Ethernet, protocol IPv4, lengths 6 and 4, operation request.
 const ARP_REQUEST_HEAD: [u8; 8] = [0, 1, 8, 0, 6, 4, 0, 1];
 const ARP_REPLY: u8 = 2;
-const IPPROTO_ICMPV6: u8 = 58;
 const NEIGHBOR_SOLICIT: u8 = 135;
 const NEIGHBOR_ADVERT: u8 = 136;
 /// Neighbor advertisement flags: solicited, override.
@@ -63,7 +63,7 @@ fn reply_eth(ctx: &XdpContext) -> Option<[u8; 6]> {
 
 #[inline(always)]
 fn arp(ctx: &XdpContext) -> Option<()> {
-    let a: *mut [u8; 28] = ptr_at(ctx, ETH_LEN)?;
+    let a: *mut [u8; 28] = ptr_at(ctx, EthHdr::LEN)?;
     let a = unsafe { &mut *a };
     if a[..8] != ARP_REQUEST_HEAD {
         return None;
@@ -84,7 +84,7 @@ fn arp(ctx: &XdpContext) -> Option<()> {
 
 #[inline(always)]
 fn ndp(ctx: &XdpContext) -> Option<()> {
-    let ip: *mut [u8; 40] = ptr_at(ctx, ETH_LEN)?;
+    let ip: *mut [u8; 40] = ptr_at(ctx, EthHdr::LEN)?;
     let ip = unsafe { &mut *ip };
     let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     // RFC 4861 7.1.1: hop limit 255 (not forwarded), code 0; a source of :: is duplicate
@@ -92,7 +92,7 @@ fn ndp(ctx: &XdpContext) -> Option<()> {
     if ip[0] >> 4 != 6 || ip[6] != IPPROTO_ICMPV6 || ip[7] != 255 || (len != NS_LEN && len != NS_LEN_WITH_LLA) || ip[8..24] == [0; 16] {
         return None;
     }
-    let icmp_off = ETH_LEN + 40;
+    let icmp_off = EthHdr::LEN + 40;
     let m: *mut [u8; NS_LEN] = ptr_at(ctx, icmp_off)?;
     let m = unsafe { &mut *m };
     if m[0] != NEIGHBOR_SOLICIT || m[1] != 0 {

@@ -29,12 +29,11 @@ use crate::{
 /// kernel's or iproute2's lists.
 pub const RTPROT_XLB: u8 = 120;
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_TABLE: u16 = 15;
-const HDR: usize = 16;
+// Message types are u16 on the wire; libc has these two as c_int.
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const HDR: usize = size_of::<libc::nlmsghdr>();
+/// `struct rtmsg` (libc has no binding for it).
 const RTMSG: usize = 12;
 
 /// The VIPs to announce: those with a service that has an active backend.
@@ -121,9 +120,9 @@ impl Announcer {
         let short_table = if self.table < 256 { self.table as u8 } else { libc::RT_TABLE_UNSPEC };
         msg.extend_from_slice(&[family, bytes.len() as u8 * 8, 0, 0, short_table, RTPROT_XLB, libc::RT_SCOPE_LINK, libc::RTN_UNICAST]);
         msg.extend_from_slice(&0u32.to_ne_bytes());
-        attr(&mut msg, RTA_DST, &bytes);
-        attr(&mut msg, RTA_TABLE, &self.table.to_ne_bytes());
-        attr(&mut msg, RTA_OIF, &self.lo.to_ne_bytes());
+        attr(&mut msg, libc::RTA_DST, &bytes);
+        attr(&mut msg, libc::RTA_TABLE, &self.table.to_ne_bytes());
+        attr(&mut msg, libc::RTA_OIF, &self.lo.to_ne_bytes());
         self.send(msg)?;
         let mut buf = vec![0u8; 8192];
         loop {
@@ -175,8 +174,8 @@ impl Announcer {
         let mut dst = None;
         for (kind, value) in attrs(&body[RTMSG..]) {
             match kind {
-                RTA_TABLE if value.len() == 4 => table = u32::from_ne_bytes(value.try_into().ok()?),
-                RTA_DST => dst = ip(family, value),
+                libc::RTA_TABLE if value.len() == 4 => table = u32::from_ne_bytes(value.try_into().ok()?),
+                libc::RTA_DST => dst = ip(family, value),
                 _ => {}
             }
         }

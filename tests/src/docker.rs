@@ -200,21 +200,11 @@ pub fn static_testd() -> PathBuf {
 /// process and returns its name.
 pub fn build_image() -> &'static str {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
+    build_once(&DONE, IMAGE, |dir| {
         let bin = static_testd();
-        let dir = TempDir::new();
-        fs::copy(&bin, dir.path().join("xlb-testd")).map_err(|e| format!("copy {}: {e}", bin.display()))?;
-        fs::write(
-            dir.path().join("Dockerfile"),
-            "FROM scratch\nCOPY xlb-testd /xlb-testd\nEXPOSE 8080/tcp 8080/udp\nENTRYPOINT [\"/xlb-testd\"]\n",
-        )
-        .map_err(|e| e.to_string())?;
-        try_run(docker().args(["build", "--quiet", "--label", LABEL, "-t", IMAGE]).arg(dir.path()))?;
-        Ok(())
+        fs::copy(&bin, dir.join("xlb-testd")).map_err(|e| format!("copy {}: {e}", bin.display()))?;
+        Ok("FROM scratch\nCOPY xlb-testd /xlb-testd\nEXPOSE 8080/tcp 8080/udp\nENTRYPOINT [\"/xlb-testd\"]\n".into())
     })
-    .clone()
-    .unwrap_or_else(|e| panic!("docker build {IMAGE}: {e}"));
-    IMAGE
 }
 
 /// [`build_image`] with a Docker HEALTHCHECK (built once per process).
@@ -226,22 +216,25 @@ pub const HEALTH_IMAGE: &str = "xlb-testd:health";
 /// (Docker's `starting` would hold each new container out until its first check).
 pub fn build_health_image() -> &'static str {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
+    build_once(&DONE, HEALTH_IMAGE, |_| {
         let base = build_image();
+        Ok(format!("FROM {base}\nHEALTHCHECK --interval=1s --timeout=2s --retries=1 CMD [\"/xlb-testd\", \"check\"]\n"))
+    })
+}
+
+/// Builds `image` once per process (`done` remembers the outcome): `context` puts what the
+/// build needs into the context directory and gives the Dockerfile.
+fn build_once(done: &'static OnceLock<Result<(), String>>, image: &'static str, context: impl FnOnce(&Path) -> Result<String, String>) -> &'static str {
+    done.get_or_init(|| {
         let dir = TempDir::new();
-        fs::write(
-            dir.path().join("Dockerfile"),
-            format!(
-                "FROM {base}\nHEALTHCHECK --interval=1s --timeout=2s --retries=1 CMD [\"/xlb-testd\", \"check\"]\n"
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        try_run(docker().args(["build", "--quiet", "--label", LABEL, "-t", HEALTH_IMAGE]).arg(dir.path()))?;
+        let dockerfile = context(dir.path())?;
+        fs::write(dir.path().join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
+        try_run(docker().args(["build", "--quiet", "--label", LABEL, "-t", image]).arg(dir.path()))?;
         Ok(())
     })
     .clone()
-    .unwrap_or_else(|e| panic!("docker build {HEALTH_IMAGE}: {e}"));
-    HEALTH_IMAGE
+    .unwrap_or_else(|e| panic!("docker build {image}: {e}"));
+    image
 }
 
 /// A container, removed (`docker rm -f`) on drop.

@@ -207,6 +207,16 @@ impl Log {
 
 /// Reads `r` line by line into `log` (prefixed with `prefix`), sending each line on `tx`.
 fn pump(r: impl Read + Send + 'static, prefix: &'static str, log: Log, tx: mpsc::Sender<(&'static str, String)>) {
+    each_line(r, move |line| {
+        log.push(format!("{prefix}{line}"));
+        let _ = tx.send((prefix, line));
+        true
+    });
+}
+
+/// Hands each line of `r` (without its line end; invalid UTF-8 replaced) to `f` on a thread
+/// of its own, until `r` ends or fails or `f` answers false.
+pub fn each_line(r: impl Read + Send + 'static, mut f: impl FnMut(String) -> bool + Send + 'static) {
     thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut buf = Vec::new();
@@ -215,9 +225,9 @@ fn pump(r: impl Read + Send + 'static, prefix: &'static str, log: Log, tx: mpsc:
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
-                    log.push(format!("{prefix}{line}"));
-                    let _ = tx.send((prefix, line));
+                    if !f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string()) {
+                        break;
+                    }
                 }
             }
         }

@@ -11,12 +11,11 @@ use std::{
 };
 
 use xlb_tests::{
-    NetNs, Offload, Veth,
-    config,
+    Offload, config,
     docker::{self, Container},
     http,
-    netns::{addr_add, set_tx_offload},
-    util::{self, cmd, run},
+    outside::Outside,
+    util::{cmd, run},
     xlb::{Xlb, XlbArgs},
 };
 
@@ -24,8 +23,9 @@ xlb_tests::both_offloads!(
     containers_behind_vip,
 );
 
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 250, 1);
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 250, 2);
+/// The client link, 10.200.250.0/24 (tests/live uses 251): the host, and VIP, is .1.
+const SUBNET: u8 = 250;
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 200, SUBNET, 1);
 
 fn iptables_rules() -> String {
     let filter = run(&mut cmd("iptables", ["-S"]));
@@ -51,12 +51,8 @@ fn containers_behind_vip(offload: Offload) {
     let rules_before = iptables_rules();
 
     // The client outside the host.
-    let client = NetNs::new("c");
-    let host_if = format!("xt{}h", util::unique_id());
-    let _veth = Veth::new(None, &host_if, Some(&client), "eth0");
-    addr_add(None, &host_if, &format!("{HOST_IP}/24"));
-    client.addr_add("eth0", &format!("{CLIENT_IP}/24"));
-    set_tx_offload(Some(&client), "eth0", offload);
+    let out = Outside::new(SUBNET, offload);
+    let client = &out.client;
     let published_addr = SocketAddr::from((HOST_IP, host_port));
     assert_eq!(client.enter(|| http::get_name(published_addr)).as_deref(), Ok("pub"), "published port before xlb");
 
@@ -64,7 +60,7 @@ fn containers_behind_vip(offload: Offload) {
     let spec = config::spec(Some(HOST_IP.into()), 80, &targets, Some(8080), None);
     let mut xlb = Xlb::start(XlbArgs {
         ns: None,
-        iface: &host_if,
+        iface: &out.host_if,
         config: None,
         specs: vec![spec],
         other_ifaces: vec!["docker0".into()],
@@ -78,7 +74,7 @@ fn containers_behind_vip(offload: Offload) {
         let f = s.fraction(name);
         assert!((0.2..=0.5).contains(&f), "{name}: {:.1}% of 300, want 20%..50%: {s}\n{}", f * 100.0, log(&xlb));
     }
-    let body = http::curl(Some(&client), &format!("http://{HOST_IP}/"));
+    let body = http::curl(Some(client), &format!("http://{HOST_IP}/"));
     assert!(body.as_ref().is_ok_and(|b| ["d1", "d2", "d3"].contains(&b.as_str())), "curl {vip}: {body:?}\n{}", log(&xlb));
 
     // Non-service traffic on the same interface still reaches the host's stack (and Docker's

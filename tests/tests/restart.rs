@@ -21,6 +21,7 @@ use aya::{
 use xlb_tests::{
     NetNs, Topology, Xlb,
     config::{self, BackendCfg, ServiceCfg},
+    http::StreamResult,
     topology::{LB_CLIENT_IF, TESTD_PORT, VIP4},
     util::{self, TempFile},
     xlb::{BPFFS, ensure_bpffs, xlb_bin},
@@ -33,8 +34,7 @@ use xlb_tests::{
 /// backend change, and on an ordinary stop leaves nothing attached or pinned.
 #[test]
 fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
-    let _g = xlb_tests::serial();
-    let topo = setup();
+    let (_g, topo) = setup();
     let (cfg, _down, mut xlb) = start_kept(&topo);
     let vip = Topology::vip4(80);
     expect_spread(&topo, &["b1", "b2"], &xlb);
@@ -66,9 +66,8 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
     std::thread::sleep(Duration::from_secs(2).saturating_sub(stopped.elapsed()));
     let down_for = stopped.elapsed();
 
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &["--bpffs".into(), BPFFS.into()]);
+    let (mut xlb, adopted) = adopt(&topo, &cfg);
     let log = xlb.log();
-    let adopted = log.lines().find(|l| l.contains("adopted the kept data plane")).unwrap_or_else(|| panic!("no adoption logged:\n{log}"));
     assert!(log.contains("took over the kept attachment"), "links not taken over:\n{log}");
     assert!(!log.contains("attaching anew"), "a kept link was not reused:\n{log}");
     // It pins its own programs while it runs, so a crash of it leaves them forwarding.
@@ -89,8 +88,7 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
     let r = stream.join();
     let retrans = retransmits(&topo.backend(&on).ns) - retrans_before;
     eprintln!("restart: xlb down for {down_for:?}; {adopted}; stream {r:?}; TCP retransmissions by {on} meanwhile: {retrans}");
-    assert_eq!(r.backend.as_deref(), Some(on.as_str()), "stream moved: {r:?}");
-    r.assert_ok(secs, Duration::from_secs(1));
+    assert_stayed(&r, &on, secs);
     xlb.assert_running();
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(!scope.exists(), "a normal stop left pins at {}", scope.display());
@@ -102,12 +100,8 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
 /// adopts the pinned data plane, and an orderly stop then removes it all.
 #[test]
 fn kill_9_leaves_the_data_plane_forwarding() {
-    let _g = xlb_tests::serial();
-    let topo = setup();
-    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
-    let _down = Down(&topo);
-    let bpffs = ["--bpffs".to_owned(), BPFFS.to_owned()];
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
+    let (_g, topo) = setup();
+    let (cfg, _down, mut xlb) = start(&topo, &pinned());
     assert!(xlb.log().contains("data plane pinned while running"), "not pinned:\n{}", xlb.log());
     let vip = Topology::vip4(80);
     let secs = 12;
@@ -119,13 +113,11 @@ fn kill_9_leaves_the_data_plane_forwarding() {
     assert!(topo.lb.ip(&format!("-d link show dev {LB_CLIENT_IF}")).contains("xdp"), "no XDP program on {LB_CLIENT_IF} after kill -9");
     expect_spread(&topo, &["b1", "b2"], &xlb);
 
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
-    assert!(xlb.log().contains("adopted the kept data plane"), "no adoption after kill -9:\n{}", xlb.log());
+    let (mut xlb, _) = adopt(&topo, &cfg);
     expect_spread(&topo, &["b1", "b2"], &xlb);
     let r = stream.join();
     eprintln!("kill -9: stream {r:?}");
-    assert_eq!(r.backend.as_deref(), Some(on.as_str()), "stream moved: {r:?}");
-    r.assert_ok(secs, Duration::from_secs(1));
+    assert_stayed(&r, &on, secs);
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(!scope_dir(&topo).exists(), "an orderly stop left pins at {}", scope_dir(&topo).display());
 }
@@ -135,12 +127,8 @@ fn kill_9_leaves_the_data_plane_forwarding() {
 /// the next one adopts it, so no request fails. Prints `RESTART-FIGURE`.
 #[test]
 fn kill_9_under_wrk_fails_no_request() {
-    let _g = xlb_tests::serial();
-    let topo = setup();
-    let cfg = TempFile::new(".yaml", &yaml(&topo, &["b1", "b2"]));
-    let _down = Down(&topo);
-    let bpffs = ["--bpffs".to_owned(), BPFFS.to_owned()];
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
+    let (_g, topo) = setup();
+    let (cfg, _down, mut xlb) = start(&topo, &pinned());
     let secs = 8;
     let wrk = topo.client.exec("wrk", xlb_tests::wrk::args(&format!("http://{}/", Topology::vip4(80)), 8, secs));
     let load = std::thread::spawn(move || xlb_tests::wrk::run(wrk));
@@ -148,11 +136,10 @@ fn kill_9_under_wrk_fails_no_request() {
     xlb.kill_9();
     let killed = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &bpffs);
+    let (mut xlb, _) = adopt(&topo, &cfg);
     let adopted = killed.elapsed();
     let w = load.join().unwrap();
     println!("RESTART-FIGURE kill -9 under wrk -c 8 for {secs}s, the next xlb ready {adopted:?} later: {w:?}");
-    assert!(xlb.log().contains("adopted the kept data plane"), "no adoption after kill -9:\n{}", xlb.log());
     assert_eq!(w.failed(), 0, "{w:?}\n{}", xlb.log());
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }
@@ -163,8 +150,7 @@ fn kill_9_under_wrk_fails_no_request() {
 /// avoiding it across the restart.
 #[test]
 fn restart_keeps_a_draining_backends_connection() {
-    let _g = xlb_tests::serial();
-    let topo = setup();
+    let (_g, topo) = setup();
     let (cfg, _down, mut xlb) = start_kept(&topo);
     let vip = Topology::vip4(80);
     let secs = 15;
@@ -185,13 +171,11 @@ fn restart_keeps_a_draining_backends_connection() {
     assert!(drained.is_some(), "{on} still gets new connections after draining it\n{}", xlb.log());
 
     xlb.stop_keeping_dataplane().unwrap_or_else(|e| panic!("{e}"));
-    let mut xlb = topo.start_xlb(Some(cfg.path()), &["--bpffs".into(), BPFFS.into()]);
-    assert!(xlb.log().contains("adopted the kept data plane"), "no adoption logged:\n{}", xlb.log());
+    let (mut xlb, _) = adopt(&topo, &cfg);
     expect_spread(&topo, &[other], &xlb);
 
     let r = stream.join();
-    assert_eq!(r.backend.as_deref(), Some(on.as_str()), "stream moved: {r:?}");
-    r.assert_ok(secs, Duration::from_secs(1));
+    assert_stayed(&r, &on, secs);
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -200,8 +184,7 @@ fn restart_keeps_a_draining_backends_connection() {
 /// A second `xlb down` finds nothing to do.
 #[test]
 fn down_leaves_no_program_pin_or_link() {
-    let _g = xlb_tests::serial();
-    let topo = setup();
+    let (_g, topo) = setup();
     let (_cfg, _down, mut xlb) = start_kept(&topo);
     let vip = Topology::vip4(80);
     expect_spread(&topo, &["b1", "b2"], &xlb);
@@ -225,22 +208,50 @@ fn down_leaves_no_program_pin_or_link() {
     assert!(again.contains("nothing kept"), "second `xlb down`: {again}");
 }
 
-fn setup() -> Topology {
+/// The suite's lock, then the topology with three backends.
+fn setup() -> (xlb_tests::Serial, Topology) {
+    let serial = xlb_tests::serial();
     xlb_tests::preflight();
     ensure_bpffs();
-    Topology::builder().backends(3).build()
+    (serial, Topology::builder().backends(3).build())
 }
 
-/// xlb over b1 and b2 with `--keep-dataplane`, its config file, and the guard that runs
-/// `xlb down` after a failure. Bound in that order, xlb is dropped (stopped) first.
+/// xlb over b1 and b2 with `--keep-dataplane`: [`start`] with [`keep_args`].
 fn start_kept(topo: &Topology) -> (TempFile, Down<'_>, Xlb) {
+    start(topo, &keep_args())
+}
+
+/// xlb over b1 and b2 run with `args`, its config file, and the guard that runs `xlb down`
+/// after a failure. Bound in that order, xlb is dropped (stopped) first.
+fn start<'a>(topo: &'a Topology, args: &[String]) -> (TempFile, Down<'a>, Xlb) {
     let cfg = TempFile::new(".yaml", &yaml(topo, &["b1", "b2"]));
     let down = Down(topo);
-    let xlb = topo.start_xlb(Some(cfg.path()), &keep_args());
+    let xlb = topo.start_xlb(Some(cfg.path()), args);
     (cfg, down, xlb)
 }
 
-/// `xlb run` arguments (passed with the SPECs) that keep the data plane in [`BPFFS`].
+/// The stream flowed for its `secs` from backend `on` alone, never stalling over a second.
+fn assert_stayed(r: &StreamResult, on: &str, secs: u64) {
+    assert_eq!(r.backend.as_deref(), Some(on), "stream moved: {r:?}");
+    r.assert_ok(secs, Duration::from_secs(1));
+}
+
+/// The next xlb (with `cfg`, pinning), which must adopt the data plane left pinned: it, and
+/// its log line saying so.
+fn adopt(topo: &Topology, cfg: &TempFile) -> (Xlb, String) {
+    let xlb = topo.start_xlb(Some(cfg.path()), &pinned());
+    let log = xlb.log();
+    let line = log.lines().find(|l| l.contains("adopted the kept data plane")).unwrap_or_else(|| panic!("no adoption logged:\n{log}")).to_owned();
+    (xlb, line)
+}
+
+/// `xlb run` arguments (passed with the SPECs) that pin the data plane in [`BPFFS`] while
+/// xlb runs, so that a crash leaves it forwarding; the next xlb adopts it.
+fn pinned() -> [String; 2] {
+    ["--bpffs".into(), BPFFS.into()]
+}
+
+/// [`pinned`], and kept at a stop too.
 fn keep_args() -> [String; 3] {
     ["--keep-dataplane".into(), "--bpffs".into(), BPFFS.into()]
 }

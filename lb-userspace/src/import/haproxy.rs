@@ -9,7 +9,7 @@ use super::{
     nginx::Directive,
     notes::Notes,
     upstream::{self, Server, Upstream},
-    yaml::{Health, Http, Service, unique_name},
+    yaml::{self, Health, Http, Service, unique_name},
 };
 
 /// Keywords that open a section.
@@ -96,13 +96,7 @@ fn read_defaults(s: &Section, mut d: Defaults, notes: &mut Notes) -> Defaults {
 
 /// A HAProxy time (`2000`: ms, `2s`, `1m`) in xlb's notation.
 fn time(s: &str) -> Option<String> {
-    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    digits.parse::<u64>().ok()?;
-    match &s[digits.len()..] {
-        "" => Some(format!("{digits}ms")),
-        unit @ ("ms" | "s" | "m" | "h") => Some(format!("{digits}{unit}")),
-        _ => None,
-    }
+    yaml::duration(s, "ms")
 }
 
 /// A `backend` or `listen` section's balancing, servers, cookie and checks; the lines a

@@ -83,13 +83,7 @@ pub fn address(s: &str) -> Option<(Host, u16)> {
 
 /// An nginx time (`10`, `10s`, `1m`, `500ms`) in xlb's notation.
 pub fn duration(s: &str) -> Option<String> {
-    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    digits.parse::<u64>().ok()?;
-    match &s[digits.len()..] {
-        "" => Some(format!("{digits}s")),
-        unit @ ("ms" | "s" | "m" | "h") => Some(format!("{digits}{unit}")),
-        _ => None,
-    }
+    yaml::duration(s, "s")
 }
 
 /// Reads an `upstream NAME { ... }` block.

@@ -58,6 +58,18 @@ pub struct Http {
 }
 
 /// `base`, or `base-2`, `base-3`...: service names are unique.
+/// A count with an optional unit (`ms`, `s`, `m`, `h`) in xlb's duration notation; a bare
+/// count is in `bare_unit` (nginx: seconds, HAProxy: milliseconds).
+pub fn duration(s: &str, bare_unit: &str) -> Option<String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    digits.parse::<u64>().ok()?;
+    match &s[digits.len()..] {
+        "" => Some(format!("{digits}{bare_unit}")),
+        unit @ ("ms" | "s" | "m" | "h") => Some(format!("{digits}{unit}")),
+        _ => None,
+    }
+}
+
 pub fn unique_name(services: &[Service], base: &str) -> String {
     let taken = |n: &str| services.iter().any(|s| s.name == n);
     (1..).map(|i| if i == 1 { base.to_owned() } else { format!("{base}-{i}") }).find(|n| !taken(n)).unwrap_or_default()

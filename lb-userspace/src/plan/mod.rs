@@ -289,6 +289,13 @@ mod tests {
         }
     }
 
+    /// A registry in which the Docker source found `backends` for `service`.
+    fn docker(service: &str, backends: Vec<Discovered>) -> Registry {
+        let mut r = Registry::default();
+        r.apply(Update { service: service.into(), source: SourceKind::Docker, backends });
+        r
+    }
+
     fn states(p: &Plan) -> Vec<(String, BackendState, u32)> {
         p.services[0].backends.iter().map(|b| (format!("{}:{}", b.addr, b.port), b.state, b.weight)).collect()
     }
@@ -321,9 +328,8 @@ mod tests {
     #[test]
     fn socket_lb_follows_the_config_and_the_containers() {
         let socket_lb = |text: &str, label_off: bool| {
-            let mut r = Registry::default();
             let d = Discovered { socket_lb: !label_off, ..discovered("10.1.0.1", false, false, None) };
-            r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d, discovered("10.1.0.2", false, false, None)] });
+            let r = docker("api", vec![d, discovered("10.1.0.2", false, false, None)]);
             plan(&config(text), "lo", &r, Instant::now(), |_, _| PASSED).unwrap().services[0].socket_lb
         };
         assert!(socket_lb(SVC, false));
@@ -334,12 +340,7 @@ mod tests {
     #[test]
     fn backups_serve_only_when_no_primary_is_up() {
         let c = config(SVC);
-        let mut r = Registry::default();
-        r.apply(Update {
-            service: "api".into(),
-            source: SourceKind::Docker,
-            backends: vec![discovered("10.1.0.1", false, false, None), discovered("10.1.0.2", true, false, None)],
-        });
+        let r = docker("api", vec![discovered("10.1.0.1", false, false, None), discovered("10.1.0.2", true, false, None)]);
         // Containers get a TCP probe by default: none serves before its first pass.
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| Vitals::default()).unwrap();
         assert_eq!(states(&p).iter().map(|s| s.1).collect::<Vec<_>>(), [BackendState::Draining, BackendState::Draining]);
@@ -352,16 +353,10 @@ mod tests {
     #[test]
     fn stopping_or_unhealthy_containers_drain() {
         let c = config(SVC);
-        let mut r = Registry::default();
-        r.apply(Update {
-            service: "api".into(),
-            source: SourceKind::Docker,
-            backends: vec![
-                discovered("10.1.0.1", false, true, None),
-                discovered("10.1.0.2", false, false, Some(false)),
-                discovered("10.1.0.3", false, false, Some(true)),
-            ],
-        });
+        let r = docker(
+            "api",
+            vec![discovered("10.1.0.1", false, true, None), discovered("10.1.0.2", false, false, Some(false)), discovered("10.1.0.3", false, false, Some(true))],
+        );
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
         let s: Vec<_> = states(&p).into_iter().map(|s| s.1).collect();
         assert_eq!(s, [BackendState::Draining, BackendState::Draining, BackendState::Active]);
@@ -383,10 +378,9 @@ mod tests {
     #[test]
     fn container_hosts_reach_the_http_view() {
         let c = config("services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    docker: { name: api }\n");
-        let mut r = Registry::default();
         let mut d = discovered("10.1.0.1", false, false, None);
         d.hosts = vec!["api.app.dev".into(), "not a host".into(), "*.eu.app.dev".into()];
-        r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d] });
+        let r = docker("api", vec![d]);
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
         assert!(p.services.is_empty());
         let want: Vec<HostPattern> = ["api.app.dev", "*.eu.app.dev"].iter().map(|h| h.parse().unwrap()).collect();
@@ -396,11 +390,10 @@ mod tests {
     #[test]
     fn tls_views_from_the_service_and_from_labels() {
         let c = config("services:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    http: { tls: { port: 8443, redirect: true } }\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    protocol: http\n    docker: { name: b }\n    http: { hosts: [b.dev] }\n");
-        let mut r = Registry::default();
         let mut labelled = discovered("10.1.0.1", false, false, None);
         (labelled.hosts, labelled.tls) = (vec!["secure.b.dev".into()], true);
         let plain = discovered("10.1.0.2", false, false, None);
-        r.apply(Update { service: "b".into(), source: SourceKind::Docker, backends: vec![labelled, plain] });
+        let r = docker("b", vec![labelled, plain]);
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
         let views: Vec<(&str, String, bool, Option<u16>, usize)> = p.http.iter().map(|v| (v.name.as_str(), v.listen.to_string(), v.tls, v.redirect, v.backends.len())).collect();
         assert_eq!(
@@ -415,11 +408,10 @@ mod tests {
         let c = config(
             "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    docker: { name: api }\n    backends: [{ address: 10.1.0.9 }]\n",
         );
-        let mut r = Registry::default();
         let mut d = discovered("10.1.0.1", false, false, None);
         d.name = "api-1".into();
         d.aliases = vec!["app2".into(), "host-2".into()];
-        r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d] });
+        let r = docker("api", vec![d]);
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
         let v: Vec<_> = p.http[0].backends.iter().map(|b| (b.name.as_str(), b.aliases.clone())).collect();
         assert_eq!(v, [("10.1.0.9", vec![]), ("api-1", vec!["app2".to_string(), "host-2".to_string()])]);
@@ -455,10 +447,9 @@ mod tests {
         let c = config(
             "services:\n  - name: api\n    vip: 10.0.0.1\n    port: 80\n    docker: { name: api }\n    backends: [{ address: 10.1.0.1, port: 8080, state: draining }]\n",
         );
-        let mut r = Registry::default();
         let mut d = discovered("10.1.0.1", false, false, None);
         d.port = Some(8080);
-        r.apply(Update { service: "api".into(), source: SourceKind::Docker, backends: vec![d, discovered("10.1.0.2", false, false, None)] });
+        let r = docker("api", vec![d, discovered("10.1.0.2", false, false, None)]);
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
         assert_eq!(states(&p), [("10.1.0.1:8080".to_string(), BackendState::Draining, 100), ("10.1.0.2:80".to_string(), BackendState::Active, 100)]);
     }

@@ -11,6 +11,7 @@ use std::{
 };
 
 use xlb_tests::{
+    Offload,
     docker::{self, Container, Timed},
     http,
     load::{Load, LoadOpts, Report},
@@ -121,6 +122,11 @@ pub fn testd_name(c: &Container) -> String {
     docker::inspect(&c.id, "{{index .Config.Cmd 1}}")
 }
 
+/// The client outside the host, on this suite's subnet, with offloads on as on a real NIC.
+pub fn outside() -> Outside {
+    Outside::new(SUBNET, Offload::On)
+}
+
 /// Three [`labelled_backends`] under a fresh label: the label, the containers and their
 /// answer names.
 pub fn labelled_trio(prefix: &str, image: &str) -> (String, Vec<Container>, Vec<String>) {
@@ -143,6 +149,15 @@ pub fn follow(out: &Outside, svc: &str, service: Option<(&str, &str)>, names: &[
     let xlb = start_xlb(out, specs, config.as_ref().map(TempFile::path), "docker0");
     wait_vip_serves(out, &xlb, names);
     (xlb, config)
+}
+
+/// The start of the lifecycle scenarios: three [`labelled_trio`] containers of `image`, the
+/// client outside, and xlb following the containers by a SPEC ([`follow`]).
+pub fn followed_trio(prefix: &str, image: &str) -> (Vec<Container>, Vec<String>, Outside, Xlb) {
+    let (svc, cs, names) = labelled_trio(prefix, image);
+    let out = outside();
+    let (xlb, _) = follow(&out, &svc, None, &names);
+    (cs, names, out, xlb)
 }
 
 /// Steady load through the VIP, one second in.

@@ -3,15 +3,13 @@
 use std::{thread, time::Duration};
 
 use xlb_tests::{
-    Offload,
     compose::{self, Compose},
     docker,
     load::Record,
-    outside::Outside,
     util::{TempFile, delta_ms},
 };
 
-use crate::common::{NEW_REPLICA_SERVES_WITHIN, PORT, SUBNET, TESTD_PORT, assert_zero_failures, figure, ms, setup, start_xlb, steady_load, wait_vip_serves};
+use crate::common::{NEW_REPLICA_SERVES_WITHIN, PORT, TESTD_PORT, assert_zero_failures, figure, ms, outside, setup, start_xlb, steady_load, wait_vip_serves};
 
 /// a. A compose service (`api`, not published) scaled 1 → 5 → 1 under load: each new replica
 /// serves within [`NEW_REPLICA_SERVES_WITHIN`] of its container start, and no request fails.
@@ -29,7 +27,7 @@ fn compose_scale_up_and_down() {
     assert!(!ports.contains("HostPort"), "the api container must not be published: {ports}");
     let hostname = |id: &str| docker::inspect(id, "{{.Config.Hostname}}");
 
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let config = TempFile::new(
         ".yaml",
         &format!(

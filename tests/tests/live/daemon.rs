@@ -7,15 +7,13 @@ use std::{
 };
 
 use xlb_tests::{
-    Offload,
     docker::{self, Container},
-    outside::Outside,
     util::{TempFile, delta_ms, wait_for},
 };
 
 use crate::common::{
-    LAME_DUCK, PORT, SUBNET, TESTD_PORT, assert_zero_failures, figure, first_log_after, follow, labelled_backends, labelled_trio, ms, service_label, setup,
-    start_xlb, status_addresses, steady_load, testd_name, wait_vip_serves, wrk_new_connections,
+    LAME_DUCK, PORT, TESTD_PORT, assert_zero_failures, figure, first_log_after, followed_trio, labelled_backends, ms, outside, service_label, setup, start_xlb,
+    status_addresses, steady_load, testd_name, wait_vip_serves, wrk_new_connections,
 };
 
 /// Restarting the Docker daemon while xlb runs: traffic keeps flowing, and the backend set
@@ -36,7 +34,7 @@ fn docker_daemon_restart() {
     let gs = labelled_backends(&svc_b, "g", 2, docker::build_image());
     let mut names: Vec<String> = cs.iter().map(testd_name).collect();
     let addr_of = |c: &Container| SocketAddr::from((c.ip(), TESTD_PORT)).to_string();
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let (a, b) = ("live-restart-a", "live-restart-b");
     let config = TempFile::new(
         ".yaml",
@@ -134,9 +132,7 @@ fn docker_daemon_restart() {
 #[test]
 fn docker_daemon_restart_under_wrk() {
     let _g = setup();
-    let (svc, _cs, names) = labelled_trio("w", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
-    let (mut xlb, _) = follow(&out, &svc, None, &names);
+    let (_cs, names, out, mut xlb) = followed_trio("w", docker::build_image());
     let mut daemon = xlb_tests::dockerd::Daemon::take();
     let secs = 20;
     let began = Instant::now();

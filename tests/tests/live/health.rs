@@ -8,15 +8,13 @@ use std::{
 };
 
 use xlb_tests::{
-    Offload,
     docker::{self, Container},
-    outside::Outside,
     status::ServiceLookup as _,
     util::{delta_ms, wait_for},
 };
 
 use crate::common::{
-    SUBNET, TESTD_PORT, admin_status, assert_zero_failures, context, figure, first_log_after, follow, labelled_trio, ms, set_health, setup, steady_load,
+    TESTD_PORT, admin_status, assert_zero_failures, context, figure, first_log_after, follow, labelled_trio, ms, outside, set_health, setup, steady_load,
     xlb_reaction,
 };
 
@@ -24,7 +22,7 @@ use crate::common::{
 fn health_fail_then_recover() {
     let _g = setup();
     let (svc, cs, names) = labelled_trio("h", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let (interval, fall, rise) = (Duration::from_millis(200), 2u32, 2u32);
     let health = format!("    health: {{ http: /health, expect_status: 200, interval: {}ms, timeout: 500ms, rise: {rise}, fall: {fall} }}\n", ms(interval));
     let (mut xlb, _config) = follow(&out, &svc, Some(("live-health", &health)), &names);
@@ -91,7 +89,7 @@ fn docker_healthcheck_fail_then_recover() {
     let docker_health = |c: &Container| c.inspect("{{.State.Health.Status}}");
     let all_healthy = wait_for(Duration::from_secs(10), Duration::from_millis(100), || cs.iter().all(|c| docker_health(c) == "healthy").then_some(()));
     assert!(all_healthy.is_some(), "Docker's health checks: {:?}", cs.iter().map(|c| (c.name.clone(), docker_health(c))).collect::<Vec<_>>());
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let service = "live-docker-health";
     let (mut xlb, _config) = follow(&out, &svc, Some((service, "")), &names);
     let load = steady_load(&out);

@@ -8,23 +8,17 @@ use std::{
 };
 
 use xlb_tests::{
-    Offload,
     docker::{self, Timed},
     load::Record,
-    outside::Outside,
     util::delta_ms,
 };
 
-use crate::common::{
-    LAME_DUCK, SUBNET, assert_zero_failures, figure, follow, labelled_trio, ms, setup, steady_load, wait_vip_serves, wrk_new_connections, xlb_reaction,
-};
+use crate::common::{LAME_DUCK, assert_zero_failures, figure, followed_trio, ms, setup, steady_load, wait_vip_serves, wrk_new_connections, xlb_reaction};
 
 #[test]
 fn docker_stop_one_backend() {
     let _g = setup();
-    let (svc, cs, names) = labelled_trio("s", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
-    let (mut xlb, _) = follow(&out, &svc, None, &names);
+    let (cs, names, out, mut xlb) = followed_trio("s", docker::build_image());
     let load = steady_load(&out);
     let victim = &cs[1];
     let vname = &names[1];
@@ -64,9 +58,7 @@ fn docker_stop_one_backend() {
 #[test]
 fn docker_restart_every_backend() {
     let _g = setup();
-    let (svc, cs, names) = labelled_trio("r", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
-    let (mut xlb, _) = follow(&out, &svc, None, &names);
+    let (cs, names, out, mut xlb) = followed_trio("r", docker::build_image());
     let load = steady_load(&out);
     let mut restarts = Vec::new();
     let mut problems = Vec::new();
@@ -110,9 +102,7 @@ fn docker_restart_every_backend() {
 #[test]
 fn docker_kill_one_backend() {
     let _g = setup();
-    let (svc, cs, names) = labelled_trio("k", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
-    let (mut xlb, _) = follow(&out, &svc, None, &names);
+    let (cs, names, out, mut xlb) = followed_trio("k", docker::build_image());
     let load = steady_load(&out);
     let victim = &cs[1];
     let vname = &names[1];
@@ -171,9 +161,7 @@ fn docker_kill_one_backend() {
 #[test]
 fn docker_backend_paused_then_resumed_under_wrk() {
     let _g = setup();
-    let (svc, cs, names) = labelled_trio("p", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
-    let (mut xlb, _) = follow(&out, &svc, None, &names);
+    let (cs, names, out, mut xlb) = followed_trio("p", docker::build_image());
     let pid: i32 = cs[1].inspect("{{.State.Pid}}").parse().expect("the container's pid");
     let secs = 8;
     let load = wrk_new_connections(&out, secs);

@@ -2,9 +2,9 @@
 
 use std::{net::SocketAddr, thread, time::Duration};
 
-use xlb_tests::{Offload, docker, http, outside::Outside, util::wait_for};
+use xlb_tests::{docker, http, util::wait_for};
 
-use crate::common::{PORT, SUBNET, TESTD_PORT, figure, follow, labelled_trio, setup};
+use crate::common::{PORT, TESTD_PORT, figure, follow, labelled_trio, outside, setup};
 
 /// Clients reuse source ports: Linux's connect() moves its next port on by a few (2 to 16)
 /// after each connection, so a client making many connections to one VIP wraps its
@@ -18,7 +18,7 @@ use crate::common::{PORT, SUBNET, TESTD_PORT, figure, follow, labelled_trio, set
 fn reused_source_port_does_not_reach_a_draining_backend() {
     let _g = setup();
     let (svc, cs, names) = labelled_trio("p", docker::build_image());
-    let out = Outside::new(SUBNET, Offload::On);
+    let out = outside();
     let health = "    health: { http: /health, interval: 200ms, timeout: 500ms, rise: 2, fall: 2 }\n";
     let (xlb, _config) = follow(&out, &svc, Some(("live-reuse", health)), &names);
     let vip = out.vip(PORT);

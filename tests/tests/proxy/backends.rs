@@ -97,6 +97,25 @@ pub enum Behaviour {
     Big(usize),
 }
 
+/// Accepts on a loopback port, handing each connection to `conn`, until the flag it returns
+/// is set (the accept loop polls, so it ends within milliseconds).
+pub fn serve_loopback(mut conn: impl FnMut(TcpStream) + Send + 'static) -> (SocketAddr, Arc<AtomicBool>) {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((c, _)) => conn(c),
+                Err(_) => thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    (addr, stop)
+}
+
 /// A small HTTP/1.1 backend in threads; records the request heads it got.
 pub struct RawBackend {
     pub name: String,
@@ -115,26 +134,15 @@ impl Drop for RawBackend {
 
 impl RawBackend {
     pub fn start(name: &str, b: Behaviour) -> RawBackend {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(AtomicUsize::new(0));
-        let (h, s, n, k) = (heads.clone(), stop.clone(), name.to_string(), conns.clone());
-        thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        k.fetch_add(1, Ordering::Relaxed);
-                        let (h, n) = (h.clone(), n.clone());
-                        thread::spawn(move || {
-                            let _ = raw_conn(c, &n, b, &h);
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
+        let (h, n, k) = (heads.clone(), name.to_string(), conns.clone());
+        let (addr, stop) = serve_loopback(move |c| {
+            k.fetch_add(1, Ordering::Relaxed);
+            let (h, n) = (h.clone(), n.clone());
+            thread::spawn(move || {
+                let _ = raw_conn(c, &n, b, &h);
+            });
         });
         RawBackend { name: name.into(), addr, heads, conns, stop }
     }

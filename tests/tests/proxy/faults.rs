@@ -6,7 +6,7 @@
 
 use std::{
     io::Read,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::SocketAddr,
     process::Command,
     sync::{
         Arc,
@@ -19,7 +19,7 @@ use std::{
 use xlb_tests::wrk::{self, Wrk};
 
 use crate::{
-    backends::{Testd, backend},
+    backends::{Testd, backend, serve_loopback},
     lb::Lb,
 };
 
@@ -55,24 +55,14 @@ fn a_paused_backend_costs_no_request() {
 /// A backend that accepts, reads a little and resets (SO_LINGER 0): every try on it
 /// fails before an answer.
 fn resetter() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.set_nonblocking(true).unwrap();
-    let addr = l.local_addr().unwrap();
-    let (resets, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-    let (r, s) = (resets.clone(), stop.clone());
-    thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut c, _)) => {
-                    c.set_nonblocking(false).unwrap();
-                    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-                    let _ = c.read(&mut [0u8; 1024]);
-                    let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
-                    r.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => thread::sleep(Duration::from_millis(2)),
-            }
-        }
+    let resets = Arc::new(AtomicUsize::new(0));
+    let r = resets.clone();
+    let (addr, stop) = serve_loopback(move |mut c| {
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let _ = c.read(&mut [0u8; 1024]);
+        let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+        r.fetch_add(1, Ordering::Relaxed);
     });
     (addr, resets, stop)
 }

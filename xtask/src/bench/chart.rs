@@ -59,7 +59,7 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
     let root = root.titled(&title, ("sans-serif", 24)).map_err(|e| anyhow!("{e:?}"))?;
     let (body, footer) = root.split_vertically(root.dim_in_pixel().1 - 50);
     let missing: Vec<String> =
-        results.table.iter().filter(|r| r.mode.is_none() || r.rps.is_none()).map(|r| format!("{}: {}", r.label, r.note.as_deref().unwrap_or("no figures"))).collect();
+        results.table.iter().filter(|r| r.mode.is_none() || r.figures.rps.is_none()).map(|r| format!("{}: {}", r.label, r.note.as_deref().unwrap_or("no figures"))).collect();
     let note = if missing.is_empty() {
         "all contenders on the same 2 cores as the client and the backends; closed loop, so latency is at saturation".to_owned()
     } else {
@@ -76,14 +76,14 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
         .draw(&Text::new(note, (20, 30), ("sans-serif", 13).into_font().color(&RGBColor(90, 90, 90))))
         .map_err(|e| anyhow!("{e:?}"))?;
     let panels = body.split_evenly((3, 1));
-    panel(&panels[0], &names, "requests per second", &|label, mode| get(label, mode).and_then(|r| r.rps), &|v| {
+    panel(&panels[0], &names, "requests per second", &|label, mode| get(label, mode).and_then(|r| r.figures.rps), &|v| {
         format!("{:.1}k", v / 1000.0)
     })?;
     let balancer = |label: &str, mode| {
         get(label, mode).filter(|r| !Kind::from_id(r.id).is_some_and(Kind::is_direct)).and_then(|r| r.balancer_cpu_ms_per_1k)
     };
     panel(&panels[1], &names, "balancer CPU, ms per 1,000 requests", &balancer, &|v| format!("{v:.1}"))?;
-    panel(&panels[2], &names, "p99 latency, ms", &|label, mode| get(label, mode).and_then(|r| r.p99_ms), &|v| {
+    panel(&panels[2], &names, "p99 latency, ms", &|label, mode| get(label, mode).and_then(|r| r.figures.p99_ms), &|v| {
         format!("{v:.1}")
     })?;
     root.present().map_err(|e| anyhow!("{e:?}"))?;

@@ -210,25 +210,13 @@ impl Bench {
 }
 
 fn xdp_cases(n: u32) -> Result<Value> {
-    let payload = [0x61u8; 64];
-    let client = Ipv4Addr::new(10, 100, 0, 1);
     // Distinct clients for new flows: 50,000 ports on each of as many addresses as needed.
     let nth = |i: u32| (Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 1, 0)) + i / 50_000), 10_000 + (i % 50_000) as u16);
     let mut cases = Vec::new();
 
     let mut b = Bench::load(1 << 20)?;
-    cases.push(b.case("not a service (pass, untouched)", n, (0, 0), |_| {
-        tcp_frame(client, 40000, VIP, 81, ACK, &payload)
-    })?);
-    cases.push(b.case("new flow (SYN)", n, (u64::from(n), u64::from(n)), |i| {
-        let (addr, port) = nth(i);
-        tcp_frame(addr, port, VIP, 80, SYN, &[])
-    })?);
-    // Only a SYN opens a flow.
-    b.run(&tcp_frame(client, 40000, VIP, 80, SYN, &[]))?;
-    cases.push(b.case("established flow (64-byte segment)", n, (u64::from(n), 0), |_| {
-        tcp_frame(client, 40000, VIP, 80, ACK, &payload)
-    })?);
+    cases.push(b.case("not a service (pass, untouched)", n, (0, 0), |_| tcp_frame(CLIENT, 40000, VIP, 81, ACK, &PAYLOAD))?);
+    cases.extend(flow_cases(&mut b, n, &nth, ["new flow (SYN)", "established flow (64-byte segment)"])?);
     drop(b);
 
     // A small table, filled with established flows first (SYN, then the ACK that moves
@@ -246,16 +234,26 @@ fn xdp_cases(n: u32) -> Result<Value> {
     b.dp.expire(xlb::dataplane::monotonic_ns(), &xlb::dataplane::Timeouts { tcp: long, tcp_closed: long, udp: long, drain: long })?;
     let walk_ms = t.elapsed().as_secs_f64() * 1e3;
     eprintln!("xlb-kernel-bench: expiry pass over {size} entries, none idle: {walk_ms:.1} ms");
-    cases.push(b.case(&format!("new flow, connection table ({size}) full"), n, (u64::from(n), u64::from(n)), |i| {
+    let new = format!("new flow, connection table ({size}) full");
+    cases.extend(flow_cases(&mut b, n, &nth, [&new, "established flow, connection table full"])?);
+    Ok(json!({ "method": "BPF_PROG_TEST_RUN, repeat 1 per call, kernel-timed", "cases": cases, "expiry_walk_ms": walk_ms, "expiry_entries": size }))
+}
+
+/// The client of the established flow, and its segments' payload.
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const PAYLOAD: [u8; 64] = [0x61; 64];
+
+/// Two cases, `names`: a SYN from another client (`nth`) each run, each a new flow; then
+/// 64-byte segments of one established flow.
+fn flow_cases(b: &mut Bench, n: u32, nth: &dyn Fn(u32) -> (Ipv4Addr, u16), names: [&str; 2]) -> Result<[Value; 2]> {
+    let new = b.case(names[0], n, (u64::from(n), u64::from(n)), |i| {
         let (addr, port) = nth(i);
         tcp_frame(addr, port, VIP, 80, SYN, &[])
-    })?);
+    })?;
     // Only a SYN opens a flow.
-    b.run(&tcp_frame(client, 40000, VIP, 80, SYN, &[]))?;
-    cases.push(b.case("established flow, connection table full", n, (u64::from(n), 0), |_| {
-        tcp_frame(client, 40000, VIP, 80, ACK, &payload)
-    })?);
-    Ok(json!({ "method": "BPF_PROG_TEST_RUN, repeat 1 per call, kernel-timed", "cases": cases, "expiry_walk_ms": walk_ms, "expiry_entries": size }))
+    b.run(&tcp_frame(CLIENT, 40000, VIP, 80, SYN, &[]))?;
+    let established = b.case(names[1], n, (u64::from(n), 0), |_| tcp_frame(CLIENT, 40000, VIP, 80, ACK, &PAYLOAD))?;
+    Ok([new, established])
 }
 
 const SYN: u8 = 0x02;

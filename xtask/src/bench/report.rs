@@ -35,10 +35,10 @@ impl Results {
                     "ratio {}, {}: req/s {} nginx, {} HAProxy; p99 {} ms (nginx {} ms); CPU per request {} nginx's",
                     kind.label(),
                     mode.short(),
-                    ratio(med(&x.rps), nginx(|r| &r.rps)),
-                    ratio(med(&x.rps), h.and_then(|h| med(&h.rps))),
-                    med(&x.p99_ms).map_or("–".into(), fmt_ms),
-                    nginx(|r| &r.p99_ms).map_or("–".into(), fmt_ms),
+                    ratio(med(&x.figures.rps), nginx(|r| &r.figures.rps)),
+                    ratio(med(&x.figures.rps), h.and_then(|h| med(&h.figures.rps))),
+                    med(&x.figures.p99_ms).map_or("–".into(), fmt_ms),
+                    nginx(|r| &r.figures.p99_ms).map_or("–".into(), fmt_ms),
                     ratio(med(&x.balancer_cpu_ms_per_1k), nginx(|r| &r.balancer_cpu_ms_per_1k)),
                 ));
             }
@@ -55,10 +55,10 @@ impl Results {
                     "ratio {}, {}: req/s {} {}; p99 {} ms (nginx {} ms); CPU per request {} nginx's",
                     xlb.label(),
                     mode.short(),
-                    ratio(med(&x.rps), med(&n.rps)),
+                    ratio(med(&x.figures.rps), med(&n.figures.rps)),
                     nginx.short(),
-                    med(&x.p99_ms).map_or("–".into(), fmt_ms),
-                    med(&n.p99_ms).map_or("–".into(), fmt_ms),
+                    med(&x.figures.p99_ms).map_or("–".into(), fmt_ms),
+                    med(&n.figures.p99_ms).map_or("–".into(), fmt_ms),
                     ratio(med(&x.balancer_cpu_ms_per_1k), med(&n.balancer_cpu_ms_per_1k)),
                 ));
             }
@@ -79,16 +79,16 @@ impl Results {
                 continue;
             };
             let ms = |x: &Option<Spread>| x.map_or("–".into(), |x| x.show(fmt_ms));
-            let errors = if r.errors > 0 { format!(" ({} errors)", thousands(r.errors as f64)) } else { String::new() };
+            let errors = if r.figures.errors > 0 { format!(" ({} errors)", thousands(r.figures.errors as f64)) } else { String::new() };
             writeln!(
                 s,
                 "| {} | {} | {}{errors} | {} | {} | {} | {} | {} | {} |",
                 r.label,
                 mode.short(),
-                r.rps.map_or("–".into(), |x| x.show(thousands)),
+                r.figures.rps.map_or("–".into(), |x| x.show(thousands)),
                 r.vs_direct.map_or("–".into(), |v| format!("{:.0}%", v * 100.0)),
                 ms(&r.p50_ms),
-                ms(&r.p99_ms),
+                ms(&r.figures.p99_ms),
                 ms(&r.p999_ms),
                 if Kind::from_id(r.id).is_some_and(Kind::is_direct) { "–".into() } else { ms(&r.balancer_cpu_ms_per_1k) },
                 ms(&r.host_cpu_ms_per_1k),
@@ -110,7 +110,7 @@ impl Results {
              (/proc/stat), which on a saturated two-core host is close to 2,000 ms per second divided by the rate.\n\n",
         );
         for r in self.table.iter().filter(|r| r.id == Kind::XlbL4.id() && r.note.is_none()) {
-            if let (Some(mode), Some(bpf), Some(process)) = (r.mode, r.bpf_ms_per_1k, r.process_ms_per_1k) {
+            if let (Some(mode), Some(bpf), Some(process)) = (r.mode, r.figures.bpf_ms_per_1k, r.figures.process_ms_per_1k) {
                 writeln!(
                     s,
                     "xlb L4's balancer CPU, {}: BPF programs {} + xlb process {} ms/1k req.",
@@ -215,7 +215,7 @@ impl Results {
             writeln!(s, "- {}, {}: {}", g.goal, g.mode.short(), g.verdict).unwrap();
         }
         let median = |kind: Kind, mode: Mode| {
-            self.table.iter().find(|r| r.id == kind.id() && r.mode == Some(mode) && r.note.is_none())?.rps.map(|x| x.median)
+            self.table.iter().find(|r| r.id == kind.id() && r.mode == Some(mode) && r.note.is_none())?.figures.rps.map(|x| x.median)
         };
         for mode in Mode::ALL {
             if let (Some(d), Some(x), Some(l4)) =
@@ -338,17 +338,17 @@ impl Results {
             );
             for r in &sc.rows {
                 let ms = |x: &Option<Spread>| x.map_or("–".into(), |x| x.show(fmt_ms));
-                let errors = if r.errors > 0 { format!(" ({} errors)", thousands(r.errors as f64)) } else { String::new() };
+                let errors = if r.figures.errors > 0 { format!(" ({} errors)", thousands(r.figures.errors as f64)) } else { String::new() };
                 writeln!(
                     s,
                     "| {} | {} | {}{errors} | {} | {} | {} | {} |",
                     r.state.label(),
                     r.mode.short(),
-                    r.rps.map_or("–".into(), |x| x.show(thousands)),
+                    r.figures.rps.map_or("–".into(), |x| x.show(thousands)),
                     r.vs_xlb_l4.map_or("–".into(), |v| format!("{:.0}%", v * 100.0)),
-                    ms(&r.p99_ms),
-                    ms(&r.bpf_ms_per_1k),
-                    ms(&r.process_ms_per_1k),
+                    ms(&r.figures.p99_ms),
+                    ms(&r.figures.bpf_ms_per_1k),
+                    ms(&r.figures.process_ms_per_1k),
                 )
                 .unwrap();
             }

@@ -35,23 +35,44 @@ pub struct Row {
     /// Why there are no figures.
     pub note: Option<String>,
     pub runs: usize,
-    pub rps: Option<Spread>,
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Median req/s as a share of the direct run's median.
     pub vs_direct: Option<f64>,
     pub p50_ms: Option<Spread>,
-    pub p99_ms: Option<Spread>,
     pub p999_ms: Option<Spread>,
     /// The balancer's own CPU: its processes, plus its BPF programs for xlb.
     pub balancer_cpu_ms_per_1k: Option<Spread>,
-    /// The parts of it: xlb's BPF programs, and the balancer's processes.
-    pub bpf_ms_per_1k: Option<Spread>,
-    pub process_ms_per_1k: Option<Spread>,
     /// All CPU on the host.
     pub host_cpu_ms_per_1k: Option<Spread>,
     /// Host CPU per 1,000 requests above the direct run of the same round and mode.
     pub host_cpu_over_direct_ms_per_1k: Option<Spread>,
+}
+
+/// What the throughput table and the scale table both show of a set of runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    pub rps: Option<Spread>,
+    pub p99_ms: Option<Spread>,
+    /// The parts of the balancer's CPU: xlb's BPF programs (none without BPF statistics),
+    /// and the balancer's processes.
+    pub bpf_ms_per_1k: Option<Spread>,
+    pub process_ms_per_1k: Option<Spread>,
     /// Failed requests over all rounds (connect, read, write, status, timeout).
     pub errors: u64,
+}
+
+impl Figures {
+    fn of(runs: &[&Run]) -> Figures {
+        let s = |f: &dyn Fn(&Run) -> f64| Spread::of(runs.iter().map(|r| f(r)));
+        Figures {
+            rps: s(&|r| r.rps),
+            p99_ms: s(&|r| r.wrk.p99_us / 1000.0),
+            bpf_ms_per_1k: if runs.iter().any(|r| r.bpf_run_ns.is_some()) { s(&|r| r.per_1k(r.bpf_run_ns.unwrap_or(0) as f64 / 1e6)) } else { None },
+            process_ms_per_1k: s(&|r| r.per_1k(r.balancer_process_ms)),
+            errors: runs.iter().map(|r| r.wrk.errors.total()).sum(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,13 +112,10 @@ pub struct ScaleRun {
 pub struct ScaleRow {
     pub state: ScaleState,
     pub mode: Mode,
-    pub rps: Option<Spread>,
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Median req/s as a share of xlb L4's with its 3-backend config.
     pub vs_xlb_l4: Option<f64>,
-    pub p99_ms: Option<Spread>,
-    pub bpf_ms_per_1k: Option<Spread>,
-    pub process_ms_per_1k: Option<Spread>,
-    pub errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -255,23 +273,19 @@ impl Row {
             mode,
             note: Some(note),
             runs: 0,
-            rps: None,
+            figures: Figures::default(),
             vs_direct: None,
             p50_ms: None,
-            p99_ms: None,
             p999_ms: None,
             balancer_cpu_ms_per_1k: None,
-            bpf_ms_per_1k: None,
-            process_ms_per_1k: None,
             host_cpu_ms_per_1k: None,
             host_cpu_over_direct_ms_per_1k: None,
-            errors: 0,
         }
     }
 
     fn new(kind: Kind, mode: Mode, runs: &[&Run], direct: &[&Run]) -> Row {
         let s = |f: &dyn Fn(&Run) -> f64| Spread::of(runs.iter().map(|r| f(r)));
-        let rps = s(&|r| r.rps);
+        let figures = Figures::of(runs);
         let direct_rps = Spread::of(direct.iter().map(|r| r.rps));
         let over_direct = Spread::of(runs.iter().filter_map(|r| {
             let d = direct.iter().find(|d| d.round == r.round)?;
@@ -283,28 +297,20 @@ impl Row {
             mode: Some(mode),
             note: None,
             runs: runs.len(),
-            rps,
-            vs_direct: rps.zip(direct_rps).map(|(a, d)| a.median / d.median),
+            vs_direct: figures.rps.zip(direct_rps).map(|(a, d)| a.median / d.median),
+            figures,
             p50_ms: s(&|r| r.wrk.p50_us / 1000.0),
-            p99_ms: s(&|r| r.wrk.p99_us / 1000.0),
             p999_ms: s(&|r| r.wrk.p999_us / 1000.0),
             balancer_cpu_ms_per_1k: s(&|r| r.balancer_ms_per_1k()),
-            bpf_ms_per_1k: if runs.iter().any(|r| r.bpf_run_ns.is_some()) {
-                s(&|r| r.per_1k(r.bpf_run_ns.unwrap_or(0) as f64 / 1e6))
-            } else {
-                None
-            },
-            process_ms_per_1k: s(&|r| r.per_1k(r.balancer_process_ms)),
             host_cpu_ms_per_1k: s(&|r| r.host_ms_per_1k()),
             host_cpu_over_direct_ms_per_1k: if kind == Kind::Direct { None } else { over_direct },
-            errors: runs.iter().map(|r| r.wrk.errors.total()).sum(),
         }
     }
 }
 
 fn goals(table: &[Row]) -> Vec<Goal> {
     let median = |kind: Kind, mode: Mode| {
-        table.iter().find(|r| r.id == kind.id() && r.mode == Some(mode) && r.note.is_none())?.rps.map(|s| s.median)
+        table.iter().find(|r| r.id == kind.id() && r.mode == Some(mode) && r.note.is_none())?.figures.rps.map(|s| s.median)
     };
     let mut out = Vec::new();
     for mode in Mode::ALL {
@@ -314,22 +320,18 @@ fn goals(table: &[Row]) -> Vec<Goal> {
         let socket = median(Kind::XlbSocket, mode).zip(median(Kind::Direct, mode)).map(|(x, d)| x / d);
         out.push(share_of_direct("xlb socket LB (a local caller)", mode, 0.97, socket));
         let vs_stream = ratio(Kind::NginxStream);
-        out.push(Goal {
-            goal: "xlb L4 ≥ 1.5× nginx stream".into(),
+        out.push(ratio_goal(
+            "xlb L4 ≥ 1.5× nginx stream".into(),
             mode,
-            target: 1.5,
-            actual: vs_stream,
-            met: vs_stream.map(|r| r >= 1.5),
-            verdict: match vs_stream {
-                None => "no figures".into(),
-                Some(r) if r >= 1.5 => format!("met ({r:.2}×)"),
-                Some(r) => format!("missed: {r:.2}×, {:.0}% short of 1.5×", (1.0 - r / 1.5) * 100.0),
-            },
-        });
+            1.5,
+            vs_stream,
+            |r| format!("met ({r:.2}×)"),
+            |r| format!("missed: {r:.2}×, {:.0}% short of 1.5×", (1.0 - r / 1.5) * 100.0),
+        ));
         let row = |kind: Kind| table.iter().find(|r| r.id == kind.id() && r.mode == Some(mode) && r.note.is_none());
         let (xlb_http, nginx) = (row(Kind::XlbHttp), row(Kind::NginxHttp));
-        let rps = xlb_http.zip(nginx).and_then(|(x, n)| Some((x.rps?.median, n.rps?.median)));
-        let p99 = xlb_http.zip(nginx).and_then(|(x, n)| Some((x.p99_ms?.median, n.p99_ms?.median)));
+        let rps = xlb_http.zip(nginx).and_then(|(x, n)| Some((x.figures.rps?.median, n.figures.rps?.median)));
+        let p99 = xlb_http.zip(nginx).and_then(|(x, n)| Some((x.figures.p99_ms?.median, n.figures.p99_ms?.median)));
         let met = rps.zip(p99).map(|((x, n), (xp, np))| x >= n && xp < np);
         out.push(Goal {
             goal: "xlb HTTP proxy ≥ nginx HTTP proxy's req/s, with a lower p99".into(),
@@ -357,34 +359,37 @@ fn goals(table: &[Row]) -> Vec<Goal> {
 
 /// `who` ≥ `target` of direct's req/s; `ratio`: its req/s over direct's.
 fn share_of_direct(who: &str, mode: Mode, target: f64, ratio: Option<f64>) -> Goal {
-    Goal {
-        goal: format!("{who} ≥ {:.0}% of direct", target * 100.0),
+    let goal = format!("{who} ≥ {:.0}% of direct", target * 100.0);
+    ratio_goal(
+        goal,
         mode,
         target,
-        actual: ratio,
-        met: ratio.map(|r| r >= target),
-        verdict: match ratio {
-            None => "no figures".into(),
-            Some(r) if r >= target => format!("met ({:.0}% of direct)", r * 100.0),
-            Some(r) => format!("missed by {:.0} percentage points ({:.0}% of direct)", (target - r) * 100.0, r * 100.0),
-        },
-    }
+        ratio,
+        |r| format!("met ({:.0}% of direct)", r * 100.0),
+        |r| format!("missed by {:.0} percentage points ({:.0}% of direct)", (target - r) * 100.0, r * 100.0),
+    )
 }
 
 /// Issue 13: full handshakes (a new connection per request) ≥ 1.3× nginx's, keep-alive
 /// over TLS ≥ 1.2×. `ratio`: xlb's req/s over nginx's, both over TLS.
 fn tls_goal(mode: Mode, ratio: Option<f64>) -> Goal {
     let target = if mode == Mode::Close { 1.3 } else { 1.2 };
+    let goal = format!("xlb HTTP proxy over TLS ≥ {target}× nginx over TLS (same certificate)");
+    ratio_goal(goal, mode, target, ratio, |r| format!("met ({r:.2}×)"), |r| format!("missed: {r:.2}×"))
+}
+
+/// A goal met when `ratio` ≥ `target`; `met` and `missed` word the verdict.
+fn ratio_goal(goal: String, mode: Mode, target: f64, ratio: Option<f64>, met: impl Fn(f64) -> String, missed: impl Fn(f64) -> String) -> Goal {
     Goal {
-        goal: format!("xlb HTTP proxy over TLS ≥ {target}× nginx over TLS (same certificate)"),
+        goal,
         mode,
         target,
         actual: ratio,
         met: ratio.map(|r| r >= target),
         verdict: match ratio {
             None => "no figures".into(),
-            Some(r) if r >= target => format!("met ({r:.2}×)"),
-            Some(r) => format!("missed: {r:.2}×"),
+            Some(r) if r >= target => met(r),
+            Some(r) => missed(r),
         },
     }
 }
@@ -397,22 +402,10 @@ fn scale_rows(scale: &Scale, table: &[Row]) -> Vec<ScaleRow> {
             if runs.is_empty() {
                 continue;
             }
-            let rps = Spread::of(runs.iter().map(|r| r.rps));
-            let base = table
-                .iter()
-                .find(|r| r.id == Kind::XlbL4.id() && r.mode == Some(mode))
-                .and_then(|r| r.rps)
-                .map(|s| s.median);
-            rows.push(ScaleRow {
-                state,
-                mode,
-                rps,
-                vs_xlb_l4: rps.zip(base).map(|(a, b)| a.median / b),
-                p99_ms: Spread::of(runs.iter().map(|r| r.wrk.p99_us / 1000.0)),
-                bpf_ms_per_1k: Spread::of(runs.iter().map(|r| r.per_1k(r.bpf_run_ns.unwrap_or(0) as f64 / 1e6))),
-                process_ms_per_1k: Spread::of(runs.iter().map(|r| r.per_1k(r.balancer_process_ms))),
-                errors: runs.iter().map(|r| r.wrk.errors.total()).sum(),
-            });
+            let figures = Figures::of(&runs);
+            let base = table.iter().find(|r| r.id == Kind::XlbL4.id() && r.mode == Some(mode)).and_then(|r| r.figures.rps).map(|s| s.median);
+            let vs_xlb_l4 = figures.rps.zip(base).map(|(a, b)| a.median / b);
+            rows.push(ScaleRow { state, mode, figures, vs_xlb_l4 });
         }
     }
     rows

@@ -3,11 +3,10 @@
 use std::{
     fmt,
     fs::OpenOptions,
-    io::{BufRead as _, BufReader, Read},
+    io::Read,
     path::Path,
     process::{Command, Stdio},
     sync::mpsc,
-    thread,
     time::{Duration, Instant},
 };
 
@@ -377,22 +376,5 @@ impl Console {
 
 /// Sends `from`'s lines (carriage returns dropped, invalid UTF-8 replaced) to `tx`.
 fn pump(from: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
-    thread::spawn(move || {
-        let mut r = BufReader::new(from);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .replace('\r', "");
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    xlb_tests::util::each_line(from, move |line| tx.send(line.replace('\r', "")).is_ok());
 }

@@ -4,7 +4,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -12,6 +12,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+use crate::backends::serve_loopback;
 
 /// How a forwarded request's body was framed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,26 +239,16 @@ impl Drop for Recorder {
 
 impl Recorder {
     pub fn start() -> Recorder {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
-        let (done, open, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-        let (d, o, s) = (done.clone(), open.clone(), stop.clone());
-        thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        o.fetch_add(1, Ordering::SeqCst);
-                        let (d, o) = (d.clone(), o.clone());
-                        thread::spawn(move || {
-                            let bytes = record(c).unwrap_or_default();
-                            d.lock().unwrap().push(bytes);
-                            o.fetch_sub(1, Ordering::SeqCst);
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
-                }
-            }
+        let (done, open) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+        let (d, o) = (done.clone(), open.clone());
+        let (addr, stop) = serve_loopback(move |c| {
+            o.fetch_add(1, Ordering::SeqCst);
+            let (d, o) = (d.clone(), o.clone());
+            thread::spawn(move || {
+                let bytes = record(c).unwrap_or_default();
+                d.lock().unwrap().push(bytes);
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
         });
         Recorder { addr, done, open, stop }
     }

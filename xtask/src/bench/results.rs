@@ -52,6 +52,8 @@ pub struct Row {
     pub host_cpu_over_direct_ms_per_1k: Option<Spread>,
     /// Failed requests over all rounds (connect, read, write, status, timeout).
     pub errors: u64,
+    /// SYNs the client sent again over all rounds: connections that waited.
+    pub syn_retransmits: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -266,6 +268,7 @@ impl Row {
             host_cpu_ms_per_1k: None,
             host_cpu_over_direct_ms_per_1k: None,
             errors: 0,
+            syn_retransmits: 0,
         }
     }
 
@@ -298,6 +301,7 @@ impl Row {
             host_cpu_ms_per_1k: s(&|r| r.host_ms_per_1k()),
             host_cpu_over_direct_ms_per_1k: if kind == Kind::Direct { None } else { over_direct },
             errors: runs.iter().map(|r| r.wrk.errors.total()).sum(),
+            syn_retransmits: runs.iter().map(|r| r.syn_retransmits).sum(),
         }
     }
 }

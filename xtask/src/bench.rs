@@ -338,8 +338,9 @@ fn progress(clock: Instant, done: usize, total: usize, what: &str, mode: Mode, r
     let t = clock.elapsed().as_secs();
     let errors = run.wrk.errors.total();
     let errors = if errors > 0 { format!(", {errors} errors") } else { String::new() };
+    let syns = if run.syn_retransmits > 0 { format!(", {} SYNs sent again", run.syn_retransmits) } else { String::new() };
     eprintln!(
-        "[{done:>3}/{total} {:>2}m{:02}s] {what}, {}: {:.0} req/s, p99 {:.2} ms, balancer {:.2} ms CPU/1k req, others {:.0}% CPU{errors}",
+        "[{done:>3}/{total} {:>2}m{:02}s] {what}, {}: {:.0} req/s, p99 {:.2} ms, balancer {:.2} ms CPU/1k req, others {:.0}% CPU{errors}{syns}",
         t / 60,
         t % 60,
         mode.short(),

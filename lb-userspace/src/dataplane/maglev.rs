@@ -14,25 +14,36 @@ pub struct Entry {
 }
 
 /// A weighted Maglev table of `size` (prime) slots. Empty when `entries` is.
+///
+/// The cost is the ~m ln m probes of slots already taken. A backend's walk looks at four
+/// slots at a time (independent reads, one branch, one step of the running position for
+/// four), in u32 arithmetic, in a u16 table (a service has at most `MAX_BACKENDS`).
 pub fn maglev(entries: &[Entry], size: u32, seed: u32) -> Vec<u32> {
+    const FREE: u16 = u16::MAX;
+    const _: () = assert!(lb_common::MAX_BACKENDS < FREE as u32);
     if entries.is_empty() {
         return Vec::new();
     }
-    let m = size as u64;
-    // Each backend walks its own permutation of the slots: offset + j * skip (mod m),
-    // kept as a running position (an add and a compare per step, no division).
-    let mut walks: Vec<(u64, u64)> = entries
+    let m = size;
+    let add = |pos: u32, step: u32| {
+        let next = pos + step;
+        if next >= m { next - m } else { next }
+    };
+    // Each backend walks its own permutation of the slots: offset + j * skip (mod m), kept
+    // as a running position with skip, 2, 3 and 4 times skip (mod m) beside it.
+    let mut walks: Vec<[u32; 5]> = entries
         .iter()
         .map(|e| {
-            let offset = lb_common::hash_words(&e.identity, seed ^ 0x6d61_676c) as u64 % m;
-            let skip = lb_common::hash_words(&e.identity, seed ^ 0x736b_6970) as u64 % (m - 1) + 1;
-            (offset, skip)
+            let offset = lb_common::hash_words(&e.identity, seed ^ 0x6d61_676c) % m;
+            let skip = lb_common::hash_words(&e.identity, seed ^ 0x736b_6970) % (m - 1) + 1;
+            let (skip2, skip3) = (add(skip, skip), add(add(skip, skip), skip));
+            [offset, skip, skip2, skip3, add(skip3, skip)]
         })
         .collect();
     let max_weight = entries.iter().map(|e| e.weight).max().unwrap_or(1).max(1) as u64;
     let mut credit = vec![0u64; entries.len()];
-    let mut table = vec![u32::MAX; size as usize];
-    let mut filled = 0u64;
+    let mut table = vec![FREE; size as usize];
+    let mut filled = 0u32;
     // In each round a backend earns `weight` credit and claims one slot per
     // `max_weight` of credit: shares follow weights exactly over the rounds.
     while filled < m {
@@ -40,23 +51,27 @@ pub fn maglev(entries: &[Entry], size: u32, seed: u32) -> Vec<u32> {
             credit[i] += e.weight as u64;
             while credit[i] >= max_weight && filled < m {
                 credit[i] -= max_weight;
-                let (pos, skip) = &mut walks[i];
+                let [mut pos, skip, skip2, skip3, skip4] = walks[i];
                 loop {
-                    let slot = *pos as usize;
-                    *pos += *skip;
-                    if *pos >= m {
-                        *pos -= m;
-                    }
-                    if table[slot] == u32::MAX {
-                        table[slot] = i as u32;
+                    let (p1, p2, p3) = (add(pos, skip), add(pos, skip2), add(pos, skip3));
+                    let free = (table[pos as usize] == FREE) as u32
+                        | ((table[p1 as usize] == FREE) as u32) << 1
+                        | ((table[p2 as usize] == FREE) as u32) << 2
+                        | ((table[p3 as usize] == FREE) as u32) << 3;
+                    if free != 0 {
+                        let slot = [pos, p1, p2, p3][free.trailing_zeros() as usize];
+                        table[slot as usize] = i as u16;
                         filled += 1;
+                        pos = add(slot, skip);
                         break;
                     }
+                    pos = add(pos, skip4);
                 }
+                walks[i][0] = pos;
             }
         }
     }
-    table
+    table.into_iter().map(u32::from).collect()
 }
 
 /// One period of a smooth weighted round-robin sequence (nginx's algorithm), at most
@@ -150,6 +165,40 @@ mod tests {
         let t = maglev(&entries(&[1, 2, 3]), 4099, 7);
         let sum: u64 = t.iter().enumerate().map(|(i, &b)| (i as u64 + 1) * (b as u64 + 1)).sum();
         assert_eq!((&t[..12], sum), (&PINNED[..], PINNED_SUM));
+    }
+
+    /// The walk as the paper states it, one slot at a time: the four-slot walk must claim
+    /// exactly what it claims, small tables (fewer slots than lanes) included.
+    fn one_slot_at_a_time(entries: &[Entry], m: u32, seed: u32) -> Vec<u32> {
+        let perm = |e: &Entry, j: u64| {
+            let offset = lb_common::hash_words(&e.identity, seed ^ 0x6d61_676c) % m;
+            let skip = lb_common::hash_words(&e.identity, seed ^ 0x736b_6970) % (m - 1) + 1;
+            ((offset as u64 + j * skip as u64) % m as u64) as usize
+        };
+        let max_weight = entries.iter().map(|e| e.weight).max().unwrap() as u64;
+        let (mut next, mut credit, mut table, mut filled) = (vec![0u64; entries.len()], vec![0u64; entries.len()], vec![u32::MAX; m as usize], 0);
+        while filled < m {
+            for (i, e) in entries.iter().enumerate() {
+                credit[i] += e.weight as u64;
+                while credit[i] >= max_weight && filled < m {
+                    credit[i] -= max_weight;
+                    while table[perm(e, next[i])] != u32::MAX {
+                        next[i] += 1;
+                    }
+                    table[perm(e, next[i])] = i as u32;
+                    filled += 1;
+                }
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn maglev_claims_what_the_one_slot_walk_claims() {
+        for (weights, size, seed) in [(&[1, 1, 1][..], 3, 0), (&[2, 1][..], 5, 1), (&[1, 2, 3][..], 4099, 7), (&[5, 3, 3, 1, 8, 2, 2][..], 65537, 9)] {
+            let e = entries(weights);
+            assert_eq!(maglev(&e, size, seed), one_slot_at_a_time(&e, size, seed), "{weights:?} in {size} slots");
+        }
     }
 
     #[test]

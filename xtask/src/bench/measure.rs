@@ -7,11 +7,13 @@
 //!   `BPF_ENABLE_STATS` held, the kernel times every program run; /proc/PID/fdinfo of each
 //!   program fd xlb holds shows `run_time_ns` and `run_cnt`. Timing costs two clock reads
 //!   per program run, so it is on only while xlb runs.
+//! - The client's SYN retransmissions (/proc/net/netstat in its namespace): connections
+//!   that waited for a lost or refused SYN, time that no request's latency shows.
 use std::{collections::HashMap, fs, os::fd::OwnedFd, os::fd::FromRawFd as _};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
-use super::sys::Ns;
+use super::sys::{self, Ns};
 
 /// Ticks of the `cpu` line of /proc/stat.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,6 +87,21 @@ pub fn ns_ticks(ns: &Ns) -> HashMap<u32, u64> {
 pub fn ns_ms(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64 {
     let ticks = after.iter().filter_map(|(pid, t)| Some(t - before.get(pid)?)).sum();
     ticks_ms(ticks)
+}
+
+/// SYNs the kernel of `ns` has sent again so far (`TcpExt: TCPSynRetrans`).
+pub fn syn_retransmits(ns: &Ns) -> Result<u64> {
+    let text = sys::sh(ns.cmd("cat").arg("/proc/net/netstat"))?;
+    netstat_field(&text, "TcpExt", "TCPSynRetrans").context("no TcpExt TCPSynRetrans in /proc/net/netstat")
+}
+
+/// A counter of /proc/net/netstat, whose groups are a line of names and a line of values.
+fn netstat_field(text: &str, group: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }
 
 /// Sum of `run_time_ns` and `run_cnt` over the BPF programs `pid` holds.
@@ -271,5 +288,18 @@ VmFlags: rd wr mr mw me ac sd
         assert_eq!(smaps_rss(smaps, |p| p.contains("bpf-map")), (32768 + 260) * 1024);
         assert_eq!(smaps_rss(smaps, |p| p == "[heap]"), 32080 * 1024);
         assert_eq!(smaps_rss(smaps, str::is_empty), 784 * 1024);
+    }
+
+    #[test]
+    fn netstat_counter_by_name() {
+        let netstat = "\
+TcpExt: SyncookiesSent TCPSynRetrans TCPTimeouts
+TcpExt: 0 4631 4702
+IpExt: InNoRoutes TCPSynRetrans
+IpExt: 3 9
+";
+        assert_eq!(netstat_field(netstat, "TcpExt", "TCPSynRetrans"), Some(4631));
+        assert_eq!(netstat_field(netstat, "IpExt", "TCPSynRetrans"), Some(9));
+        assert_eq!(netstat_field(netstat, "TcpExt", "TCPFastOpen"), None);
     }
 }

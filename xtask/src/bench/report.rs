@@ -121,6 +121,15 @@ impl Results {
                 .unwrap();
             }
         }
+        let waited: Vec<String> = self
+            .table
+            .iter()
+            .filter(|r| r.figures.syn_retransmits > 0)
+            .map(|r| format!("{} {} {}", r.label, r.mode.map_or("", Mode::short), r.figures.syn_retransmits))
+            .collect();
+        if !waited.is_empty() {
+            writeln!(s, "\nSYNs the client sent again (over all rounds; each a connection that waited): {}.", waited.join(", ")).unwrap();
+        }
         self.markdown_goals(&mut s);
         s.push('\n');
         self.markdown_idle_tls(&mut s);

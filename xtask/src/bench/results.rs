@@ -60,6 +60,8 @@ pub struct Figures {
     pub process_ms_per_1k: Option<Spread>,
     /// Failed requests over all rounds (connect, read, write, status, timeout).
     pub errors: u64,
+    /// SYNs the client sent again over all rounds: connections that waited.
+    pub syn_retransmits: u64,
 }
 
 impl Figures {
@@ -71,6 +73,7 @@ impl Figures {
             bpf_ms_per_1k: if runs.iter().any(|r| r.bpf_run_ns.is_some()) { s(&|r| r.per_1k(r.bpf_run_ns.unwrap_or(0) as f64 / 1e6)) } else { None },
             process_ms_per_1k: s(&|r| r.per_1k(r.balancer_process_ms)),
             errors: runs.iter().map(|r| r.wrk.errors.total()).sum(),
+            syn_retransmits: runs.iter().map(|r| r.syn_retransmits).sum(),
         }
     }
 }

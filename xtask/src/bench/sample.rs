@@ -29,6 +29,8 @@ pub struct Run {
     pub bpf_runs: Option<u64>,
     /// CPU (ms) used meanwhile by processes that are not the benchmark's: noise.
     pub others_ms: f64,
+    /// SYNs the client sent again: connections that waited (a lost SYN costs a second).
+    pub syn_retransmits: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,7 +97,9 @@ pub fn measure(ctx: &Ctx, running: &Running, loader: &Loader, url: &str, mode: M
     // Without BPF statistics the kernel keeps no run times: none rather than zero.
     let timed = running.xlb_pid.filter(|_| ctx.bpf_stats);
     let bpf0 = timed.map(measure::bpf_run_time);
+    let syn0 = measure::syn_retransmits(&topo.client)?;
     let out = loader.run(ctx, url, plan.load, mode, running.caller())?;
+    let syn_retransmits = measure::syn_retransmits(&topo.client)? - syn0;
     let bpf1 = timed.map(measure::bpf_run_time);
     let lb1 = measure::ns_ticks(&topo.lb);
     let host = HostCpu::read()?.since(&host0);
@@ -118,6 +122,7 @@ pub fn measure(ctx: &Ctx, running: &Running, loader: &Loader, url: &str, mode: M
         bpf_run_ns: bpf.map(|b| b.0),
         bpf_runs: bpf.map(|b| b.1),
         others_ms,
+        syn_retransmits,
         wrk: out,
     })
 }

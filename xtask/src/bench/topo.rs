@@ -3,7 +3,8 @@
 //! ```text
 //!  client ns (wrk)          LB ns (router; the balancer)           backend ns bI (nginx)
 //!  eth0 10.200.1.2/24 ----- xb<pid>l 10.200.1.1/24
-//!       10.200.1.10-12           lo  10.200.100.1/32 (the VIP)
+//!       10.200.1.3 (to the VIP)  lo  10.200.100.1/32 (the VIP)
+//!       10.200.1.10-12
 //!                               lbI 10.200.(10+I).1/24 ---------- eth0 10.200.(10+I).2/24
 //! ```
 //!
@@ -38,6 +39,14 @@ pub const SOCKET_VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 2);
 /// A UDP port of the VIP that the scale test uses to fill xlb's connection table.
 pub const FILL_PORT: u16 = 9;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
+/// The client's source address towards the VIP. A backend sees a flow through xlb L4 as
+/// coming from the client itself, but the client chose that connection's TCP timestamp
+/// offset and initial sequence number for the VIP; had direct requests (direct, socket-level
+/// xlb) come from the same address, a client port reused within the backend's TIME_WAIT
+/// would meet a 4-tuple with other timestamps, which PAWS rejects: the client resets and
+/// retries its SYN, thousands of times a second, and the row after a direct one measures
+/// that. From its own address, every 4-tuple keeps one offset.
+pub const VIP_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 3);
 /// More client addresses, for more distinct flows than one address has ports.
 pub const EXTRA_CLIENTS: [Ipv4Addr; 3] =
     [Ipv4Addr::new(10, 200, 1, 10), Ipv4Addr::new(10, 200, 1, 11), Ipv4Addr::new(10, 200, 1, 12)];
@@ -102,10 +111,11 @@ impl Topo {
         let (client, lb) = (&topo.client, &topo.lb);
         sys::veth(client, "eth0", lb, &lb_iface)?;
         client.ip(&format!("addr add {CLIENT}/24 dev eth0"))?;
-        for extra in EXTRA_CLIENTS {
+        for extra in EXTRA_CLIENTS.into_iter().chain([VIP_CLIENT]) {
             client.ip(&format!("addr add {extra}/24 dev eth0"))?;
         }
         client.ip("route add default via 10.200.1.1")?;
+        client.ip(&format!("route add {VIP}/32 via 10.200.1.1 src {VIP_CLIENT}"))?;
         client.sysctls(SYSCTLS)?;
         // New namespaces copy the host's IPv4 forwarding switch; the client and backends
         // are hosts, not routers.

@@ -50,11 +50,12 @@ impl Cgroup {
     }
 
     /// `prog args...` started inside the child: a shell moves itself in, then execs it, so
-    /// the program's first connect() is already the child's.
+    /// the program's first connect() is already the child's. `prog` goes by its path: a
+    /// busybox shell (the VM guests') would exec its own applet of that name instead.
     pub fn command(&self, prog: &str, args: &[&str]) -> Command {
         let procs = self.dir.join("cgroup.procs");
         let mut c = util::cmd("sh", ["-c", r#"echo $$ > "$0" && exec "$@""#]);
-        c.arg(procs).arg(prog).args(args);
+        c.arg(procs).arg(util::which(prog).unwrap_or_else(|| prog.into())).args(args);
         c
     }
 }

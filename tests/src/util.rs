@@ -81,12 +81,15 @@ pub fn cmd<S: AsRef<OsStr>>(prog: impl AsRef<OsStr>, args: impl IntoIterator<Ite
 
 /// Whether `prog` is found on PATH (or is an existing path).
 pub fn have(prog: &str) -> bool {
+    which(prog).is_some()
+}
+
+/// Where `prog` is: the first match on PATH (or `prog` itself, when it is an existing path).
+pub fn which(prog: &str) -> Option<PathBuf> {
     if prog.contains('/') {
-        return Path::new(prog).exists();
+        return Path::new(prog).exists().then(|| prog.into());
     }
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| p.is_file())
 }
 
 /// Polls `f` every `every` until it returns `Some` or `timeout` passes.

@@ -13,6 +13,7 @@
 //! - `kept_across_kill_9`: the cgroup links are pinned with the rest of the data plane, so
 //!   local callers stay balanced while no xlb runs; the next xlb adopts the plane (its own
 //!   programs beside the kept ones, then those unpinned), and its orderly stop detaches all.
+//!   Kernels before 6.6 keep no data plane (xlb says why): there the test ends at that line.
 //! - `docker_callers`: three `FROM scratch` backend containers on the default bridge; a
 //!   client container whose PID 1 is moved into the child (Docker itself uses cgroup v1 on
 //!   this host), a backend container calling its own service (a `docker exec`'d process moved
@@ -217,6 +218,11 @@ fn kept_across_kill_9() {
     let vip = Topology::vip4(80);
     let all = ["b1", "b2", "b3"];
     let mut xlb = start();
+    // xlb keeps no data plane where TC programs cannot be links (the 6.1 VM guest): it says so.
+    if let Some(why) = xlb.log().lines().find(|l| l.contains("--keep-dataplane needs Linux 6.6")) {
+        eprintln!("kept_across_kill_9: not on this kernel: {why}");
+        return;
+    }
     assert!(xlb.log().contains("data plane pinned while running"), "not pinned:\n{}", xlb.log());
     xlb.kill_9();
     assert_spread("in the cgroup, no xlb running", &fetch(&cg, Some(&topo.lb), vip, false), &all, Some(vip), &xlb);

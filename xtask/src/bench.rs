@@ -49,7 +49,7 @@ use self::{
     results::{Input, Measured, Results, Scale, ScaleRun, ScaleState},
     sample::{Loader, Run, measure},
     scale::Memory,
-    topo::{BACKEND_PORT, Topo},
+    topo::{BACKEND_PORT, Topo, VIP_PORT, socket_vip_of},
     wrk::Mode,
 };
 use crate::{build, cmd, setup};
@@ -321,16 +321,27 @@ fn versions(xlb: &Path) -> Vec<(String, String)> {
 struct Scripts {
     vip: PathBuf,
     direct: PathBuf,
+    /// Thread I to socket VIP I (`Kind::XlbSocketPinned`).
+    socket_vips: PathBuf,
 }
 
 impl Scripts {
     fn write(topo: &Topo) -> Result<Scripts> {
         let targets: Vec<_> = topo.backends.iter().map(|b| (b.addr, BACKEND_PORT)).collect();
-        Ok(Scripts { vip: wrk::script(&topo.dir, "vip", &[])?, direct: wrk::script(&topo.dir, "direct", &targets)? })
+        let vips: Vec<_> = (0..topo.backends.len()).map(|i| (socket_vip_of(i), VIP_PORT)).collect();
+        Ok(Scripts {
+            vip: wrk::script(&topo.dir, "vip", &[])?,
+            direct: wrk::script(&topo.dir, "direct", &targets)?,
+            socket_vips: wrk::script(&topo.dir, "socket-vips", &vips)?,
+        })
     }
 
     fn for_kind(&self, kind: Kind) -> PathBuf {
-        if kind.is_direct() { self.direct.clone() } else { self.vip.clone() }
+        match kind {
+            Kind::XlbSocketPinned => self.socket_vips.clone(),
+            k if k.is_direct() => self.direct.clone(),
+            _ => self.vip.clone(),
+        }
     }
 }
 

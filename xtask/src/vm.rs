@@ -7,9 +7,10 @@
 //! serial console, then powers the machine off. QEMU boots each kernel with it (KVM when that
 //! boots, TCG otherwise); pass/fail and timings come from the console.
 //!
-//! Suites: `fixtures` (lb-userspace's `xdp_fixtures`, frames through `BPF_PROG_TEST_RUN`) and
-//! `topology` (xlb-tests' `topology`: xlb and xlb-testd in namespaces). The Docker tests stay
-//! on the host: the guest has no Docker.
+//! Suites: `fixtures` (lb-userspace's `xdp_fixtures`, frames through `BPF_PROG_TEST_RUN`),
+//! `topology` (xlb-tests' `topology`: xlb and xlb-testd in namespaces) and `eastwest`
+//! (xlb-tests' `eastwest`: socket-level balancing in a cgroup v2 child). The Docker tests
+//! stay on the host: the guest has no Docker.
 //!
 //! Kernels are Debian packages fetched with apt through a private configuration (sources,
 //! lists and downloads under `target/vm-cache/apt/SUITE`: the host's apt state is not

@@ -50,10 +50,14 @@ pub enum Kind {
     /// connect() hook is attached to, as a container on the host would, so its connects to
     /// the socket VIP go straight to a backend and no packet is translated.
     XlbSocket,
+    /// The same xlb and cgroup, but wrk's thread I asks socket VIP I, whose one backend is
+    /// backend I: every connect() goes through the hook, and the connections are spread as
+    /// in the direct run (see `start_xlb_socket`).
+    XlbSocketPinned,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Direct,
         Kind::DirectXdp,
         Kind::XlbL4,
@@ -73,6 +77,7 @@ impl Kind {
         Kind::XlbH2,
         Kind::NginxH2,
         Kind::XlbSocket,
+        Kind::XlbSocketPinned,
     ];
 
     pub fn id(self) -> &'static str {
@@ -96,6 +101,7 @@ impl Kind {
             Kind::XlbH2 => "xlb-h2",
             Kind::NginxH2 => "nginx-h2",
             Kind::XlbSocket => "xlb-socket",
+            Kind::XlbSocketPinned => "xlb-socket-pinned",
         }
     }
 
@@ -120,6 +126,7 @@ impl Kind {
             Kind::XlbH2 => "xlb HTTP proxy, h2 over TLS (h2load)",
             Kind::NginxH2 => "nginx HTTP proxy, h2 over TLS (h2load)",
             Kind::XlbSocket => "xlb socket LB (caller in its cgroup)",
+            Kind::XlbSocketPinned => "xlb socket LB, a VIP per wrk thread",
         }
     }
 
@@ -171,6 +178,7 @@ impl Kind {
             Kind::XlbH2 => "xlb h2",
             Kind::NginxH2 => "nginx h2",
             Kind::XlbSocket => "xlb socket",
+            Kind::XlbSocketPinned => "xlb socket, VIP per thread",
         }
     }
 
@@ -184,6 +192,7 @@ impl Kind {
         match self {
             Kind::Direct | Kind::DirectXdp => format!("http://{}:{BACKEND_PORT}/", topo.backends[0].addr),
             Kind::XlbSocket => format!("http://{SOCKET_VIP}:{VIP_PORT}/"),
+            Kind::XlbSocketPinned => format!("http://{}:{VIP_PORT}/", topo::socket_vip_of(0)),
             _ => topo.vip_url(self.is_tls()),
         }
     }
@@ -256,13 +265,14 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
         }
         Kind::NginxHttp | Kind::NginxStream | Kind::NginxHttps | Kind::NginxH2c | Kind::NginxH2 => start_nginx(kind, ctx, &dir)?,
         Kind::HaproxyHttp | Kind::HaproxyTcp => start_haproxy(kind, ctx, &dir)?,
-        Kind::XlbSocket => start_xlb_socket(ctx, &dir)?,
+        Kind::XlbSocket | Kind::XlbSocketPinned => start_xlb_socket(ctx, &dir)?,
     };
     let url = kind.url(topo);
     let ask = Ask { h2c: matches!(kind, Kind::XlbH2c | Kind::NginxH2c), caller: running.caller() };
     let check = topo.wait_serving(&url, Duration::from_secs(10), ask).and_then(|_| {
         let n = topo.spread(&url, 9, ask)?;
-        if n < 2 {
+        // A per-thread VIP has one backend by design.
+        if n < 2 && kind != Kind::XlbSocketPinned {
             bail!("9 new connections to {url} all reached the same backend");
         }
         // Only the connect() hook makes the socket VIP answer: from outside the cgroup it must not.
@@ -309,17 +319,26 @@ pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &st
 /// behind [`SOCKET_VIP`]:80. Its XDP program goes on an interface no traffic crosses, so
 /// that nothing but the connect() hook can serve the client (its reply program still goes
 /// on the backends' links, as on a Docker host).
+///
+/// Also a service per backend on VIP I ([`topo::socket_vip_of`]) for `XlbSocketPinned`: in
+/// the direct run wrk's thread I keeps all its connections on backend I; through the bench
+/// VIP each thread's connections land on all three, which on two cores costs wake-ups of
+/// its own. Asking VIP I from thread I keeps direct's pattern with every connect() through
+/// the hook, so the two rows tell xlb's cost from the spread's.
 fn start_xlb_socket(ctx: &Ctx, dir: &Path) -> Result<Running> {
     let caller = std::panic::catch_unwind(Cgroup::new)
         .map_err(|_| anyhow::anyhow!("no cgroup v2 child for the caller (the reason is printed above)"))?;
     let backends: Vec<String> =
         ctx.topo.backends.iter().map(|b| format!("{{ address: {}, port: {BACKEND_PORT} }}", b.addr)).collect();
-    let yaml = format!(
+    let mut yaml = format!(
         "dataplane:\n  interface: {}\n  socket_lb: {{ enabled: true, cgroup: {} }}\nservices:\n  - name: bench\n    vip: {SOCKET_VIP}\n    port: {VIP_PORT}\n    backends: [{}]\n",
         ctx.topo.idle_iface,
         caller.path().display(),
         backends.join(", ")
     );
+    for (i, b) in backends.iter().enumerate() {
+        writeln!(yaml, "  - {{ name: thread{i}, vip: {}, port: {VIP_PORT}, backends: [{b}] }}", topo::socket_vip_of(i)).unwrap();
+    }
     let config = dir.join("xlb-socket.yaml");
     fs::write(&config, yaml)?;
     let running = start_xlb_logging(ctx, dir, vec!["--config".into(), config.into()], "info")?;

@@ -226,18 +226,23 @@ impl Results {
         let median = |kind: Kind, mode: Mode| {
             self.table.iter().find(|r| r.id == kind.id() && r.mode == Some(mode) && r.note.is_none())?.figures.rps.map(|x| x.median)
         };
+        // (reference, what it shows, contender, what that shows): each as a share of direct's
+        // and of the reference's rate.
+        let references = [
+            (Kind::DirectXdp, "an empty XDP program on the LB's veth alone", Kind::XlbL4, "xlb L4"),
+            (
+                Kind::XlbSocketPinned,
+                "the socket hook with wrk's thread I on a VIP whose one backend is backend I (direct's spread)",
+                Kind::XlbSocket,
+                "one socket VIP (each thread's connections on all three backends)",
+            ),
+        ];
         for mode in Mode::ALL {
-            if let (Some(d), Some(x), Some(l4)) =
-                (median(Kind::Direct, mode), median(Kind::DirectXdp, mode), median(Kind::XlbL4, mode))
-            {
-                writeln!(
-                    s,
-                    "- For reference, {}: an empty XDP program on the LB's veth alone gives {:.0}% of direct; xlb L4 gives {:.0}% of that.",
-                    mode.short(),
-                    100.0 * x / d,
-                    100.0 * l4 / x
-                )
-                .unwrap();
+            for (reference, what, kind, shows) in references {
+                if let (Some(d), Some(r), Some(x)) = (median(Kind::Direct, mode), median(reference, mode), median(kind, mode)) {
+                    let (r_pct, x_pct) = (100.0 * r / d, 100.0 * x / r);
+                    writeln!(s, "- For reference, {}: {what} gives {r_pct:.0}% of direct; {shows} gives {x_pct:.0}% of that.", mode.short()).unwrap();
+                }
             }
         }
         if self.goals.iter().any(|g| g.met == Some(false)) {
@@ -444,7 +449,10 @@ namespace, routed by the kernel: the limit of this topology on this machine.
 - xlb socket LB: the service on a VIP no interface has, socket-level balancing attached to a cgroup v2 child, and wrk \
 started inside that child (as a container on the host would be): xlb's connect() hook sends each connection straight to \
 a backend, so the packets take direct's path (xlb's XDP program sits on an idle veth no packet crosses, its reply \
-program on the backends' links, as on a Docker host); its goal is 97% of direct.
+program on the backends' links, as on a Docker host); its goal is 97% of direct. A VIP per wrk thread: the same \
+xlb and cgroup with three more socket VIPs, VIP I having backend I alone, and wrk's thread I asking VIP I: every \
+connect() goes through the hook, and the connections are spread as in the direct run (there each thread's go to one \
+backend; through the one VIP each thread's go to all three), so this row is xlb's own cost.
 - nginx: Debian's package, `worker_processes` = cores, `worker_connections 8192`, `access_log off`, upstream `keepalive 64` with \
 HTTP/1.1 and the `Connection` header cleared, round robin; stream: the same upstreams in a `stream` block. HAProxy: Debian's \
 package, `nbthread` = cores, `balance roundrobin`, its defaults otherwise (keep-alive, `http-reuse safe`).

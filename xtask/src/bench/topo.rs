@@ -36,6 +36,12 @@ pub const BACKEND_PORT: u16 = 8080;
 /// The socket-level contender's VIP: an address no interface has, so that only xlb's
 /// connect() hook, for the callers in its cgroup, makes it answer.
 pub const SOCKET_VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 2);
+
+/// The socket VIP that wrk's thread `i` asks in the per-thread row, whose one backend is
+/// backend `i` (as direct's thread `i` talks to backend `i`).
+pub fn socket_vip_of(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 100, 10 + i as u8)
+}
 /// A UDP port of the VIP that the scale test uses to fill xlb's connection table.
 pub const FILL_PORT: u16 = 9;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);

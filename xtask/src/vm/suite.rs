@@ -8,15 +8,19 @@ pub enum Suite {
     Fixtures,
     /// `topology`: xlb and xlb-testd in a namespace topology (HTTP, UDP, IPv6, reloads).
     Topology,
+    /// `eastwest`: socket-level balancing of local callers in a cgroup v2 child (the guest
+    /// has no Docker: its containers' test is left to the host).
+    Eastwest,
 }
 
 impl Suite {
-    pub const ALL: [Suite; 2] = [Suite::Fixtures, Suite::Topology];
+    pub const ALL: [Suite; 3] = [Suite::Fixtures, Suite::Topology, Suite::Eastwest];
 
     pub fn name(self) -> &'static str {
         match self {
             Suite::Fixtures => "fixtures",
             Suite::Topology => "topology",
+            Suite::Eastwest => "eastwest",
         }
     }
 
@@ -29,6 +33,7 @@ impl Suite {
         match self {
             Suite::Fixtures => "--skip syn_flood::",
             Suite::Topology => "--test-threads=1",
+            Suite::Eastwest => "--test-threads=1 --skip docker_callers",
         }
     }
 
@@ -42,7 +47,7 @@ impl Suite {
                 (5, 14),
                 "BPF_PROG_TEST_RUN with an xdp_md context needs 5.14",
             )),
-            Suite::Topology => None,
+            Suite::Topology | Suite::Eastwest => None,
         }
     }
 
@@ -51,6 +56,7 @@ impl Suite {
         match self {
             Suite::Fixtures => ("lb-userspace", "xdp_fixtures"),
             Suite::Topology => ("xlb-tests", "topology"),
+            Suite::Eastwest => ("xlb-tests", "eastwest"),
         }
     }
 }

@@ -111,14 +111,8 @@ impl Results {
         );
         for r in self.table.iter().filter(|r| r.id == Kind::XlbL4.id() && r.note.is_none()) {
             if let (Some(mode), Some(bpf), Some(process)) = (r.mode, r.figures.bpf_ms_per_1k, r.figures.process_ms_per_1k) {
-                writeln!(
-                    s,
-                    "xlb L4's balancer CPU, {}: BPF programs {} + xlb process {} ms/1k req.",
-                    mode.short(),
-                    fmt_ms(bpf.median),
-                    fmt_ms(process.median)
-                )
-                .unwrap();
+                let (m, b, p) = (mode.short(), fmt_ms(bpf.median), fmt_ms(process.median));
+                writeln!(s, "xlb L4's balancer CPU, {m}: BPF programs {b} + xlb process {p} ms/1k req.").unwrap();
             }
         }
         let waited: Vec<String> = self

@@ -7,7 +7,7 @@ use hyper::{
 };
 
 use super::client::{Client, X_FORWARDED_FOR};
-use crate::proxy::hop_by_hop::{HOP_BY_HOP, connection_tokens};
+use crate::proxy::hop_by_hop::{HOP_BY_HOP, connection_has};
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -25,10 +25,9 @@ const FORWARDING: [HeaderName; 5] = [X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_HOS
 /// whole body is here, so the backend has nothing to agree to (`Expect` dropped).
 /// `tls`: the client came over TLS (`X-Forwarded-Proto: https`).
 pub fn upstream(src: HeaderMap, raw_host: Option<&HeaderValue>, upgrade: bool, client: &Client, buffered: bool, tls: bool) -> HeaderMap {
-    let named = connection_tokens(&src);
     let keep = |name: &HeaderName| {
         let forwarding = FORWARDING.contains(name);
-        !(HOP_BY_HOP.contains(name) || (named.contains(name) && !forwarding) || (!client.peer_trusted && forwarding))
+        !(HOP_BY_HOP.contains(name) || (!forwarding && connection_has(&src, name.as_str())) || (!client.peer_trusted && forwarding))
     };
     let upgrade_value = upgrade.then(|| src.get(header::UPGRADE).cloned()).flatten();
     let mut out = if src.keys().all(keep) {

@@ -13,6 +13,7 @@ use xlb::{
     config::http::Cidr,
     proxy::{
         hop_by_hop::{HOP_BY_HOP, connection_tokens},
+        listen::guard::shared::ConnShared,
         request::{client::Client, headers::upstream},
     },
 };
@@ -27,10 +28,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let trusted: Vec<Cidr> = if flags & 1 != 0 { vec!["10.0.0.0/8".parse().unwrap()] } else { Vec::new() };
-    let client = Client::identify(&h, "10.1.2.3:4000".parse().unwrap(), &trusted);
-    let raw_host = if flags & 2 != 0 { h.get(header::HOST).and_then(|v| v.to_str().ok()) } else { None };
+    let client = Client::identify(&h, &ConnShared::new("10.1.2.3:4000".parse().unwrap(), None), &trusted);
+    let raw_host = if flags & 2 != 0 { h.get(header::HOST).filter(|v| v.to_str().is_ok()).cloned() } else { None };
     let (upgrade, buffered, tls) = (flags & 4 != 0, flags & 8 != 0, flags & 16 != 0);
-    let out = upstream(&h, raw_host, upgrade, &client, buffered, tls);
+    let out = upstream(h.clone(), raw_host.as_ref(), upgrade, &client, buffered, tls);
     for hop in &HOP_BY_HOP {
         if upgrade && (hop == header::CONNECTION || hop == header::UPGRADE) {
             continue;

@@ -28,9 +28,11 @@ pub fn connection_has(h: &HeaderMap, token: &str) -> bool {
     h.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
 }
 
-/// Removes every hop-by-hop header, those `Connection` names included.
+/// Removes every hop-by-hop header, those `Connection` names included. Only the named
+/// fields present are looked for by name: a token naming none (`close`, `keep-alive`)
+/// costs no new header name.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named = connection_tokens(h);
+    let named: Vec<HeaderName> = h.keys().filter(|k| connection_has(h, k.as_str())).cloned().collect();
     for n in HOP_BY_HOP.iter().chain(&named) {
         h.remove(n);
     }

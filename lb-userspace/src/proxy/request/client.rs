@@ -1,17 +1,25 @@
 //! The client identity phase: who is asking, for `X-Forwarded-For`, `X-Real-IP`,
 //! `ip_hash` and `hash client`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use hyper::{HeaderMap, header::HeaderName};
+use hyper::{
+    HeaderMap,
+    header::{HeaderName, HeaderValue},
+};
 
-use crate::config::http::{Cidr, canonical};
+use crate::{
+    config::http::{Cidr, canonical},
+    proxy::listen::guard::shared::ConnShared,
+};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The peer of the connection and the client behind it.
 pub struct Client {
     pub peer: IpAddr,
+    /// `peer` as a header value (the connection's, shared).
+    pub peer_header: HeaderValue,
     /// The peer is in `trusted_networks`: its X-Forwarded-* are believed.
     pub peer_trusted: bool,
     /// The client after trusted proxies.
@@ -19,10 +27,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn identify(h: &HeaderMap, peer: SocketAddr, trusted_networks: &[Cidr]) -> Self {
+    pub fn identify(h: &HeaderMap, conn: &ConnShared, trusted_networks: &[Cidr]) -> Self {
         let trusted = |ip: IpAddr| trusted_networks.iter().any(|n| n.contains(ip));
-        let peer = canonical(peer.ip());
-        Self { peer, peer_trusted: trusted(peer), ip: real_client(h, peer, &trusted) }
+        let peer = canonical(conn.peer.ip());
+        Self { peer, peer_header: conn.peer_header.clone(), peer_trusted: trusted(peer), ip: real_client(h, peer, &trusted) }
     }
 }
 

@@ -91,14 +91,15 @@ async fn proxy(
         return Ok(r);
     }
     let o = &target.service.options;
-    let client = Client::identify(req.headers(), conn.peer, &o.trusted_networks);
+    let client = Client::identify(req.headers(), conn, &o.trusted_networks);
     body::check_length(req.headers(), o.limits.max_body)?;
     conn.limit_body(o.limits.max_body);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (head, incoming) = req.into_parts();
+    let (mut head, incoming) = req.into_parts();
     let body = ReqBody::read(incoming, upgrade, o, conn).await?;
     let affinity = Affinity::of(&head, o, client.ip);
-    let headers = headers::upstream(&head.headers, target.raw_host.as_deref(), upgrade, &client, body.is_buffered(), site.tls);
+    // The client's header map becomes the backend's: `head` keeps the method and target.
+    let headers = headers::upstream(std::mem::take(&mut head.headers), target.raw_host.as_ref(), upgrade, &client, body.is_buffered(), site.tls);
     let deadline = o.timeouts.total.map(|t| started + t);
     let tries = Tries { target: &target, head: &head, headers, body, affinity, upgrade, deadline, trial: &mut exchange.trial };
     let answer = tries.run().await?;

@@ -74,11 +74,12 @@ pub fn challenge(key_authorization: String) -> Response<BoxBody<Bytes, BoxError>
     r
 }
 
-/// `Set-Cookie` naming the backend.
+/// `Set-Cookie` naming the backend: one string, handed to the header without a copy.
 fn sticky_header(s: &StickyCookie, value: &str) -> HeaderValue {
+    use std::fmt::Write;
     let mut c = format!("{}={value}; Path={}", s.name, s.path);
     if let Some(age) = s.max_age {
-        c.push_str(&format!("; Max-Age={}", age.as_secs()));
+        let _ = write!(c, "; Max-Age={}", age.as_secs());
     }
     if s.http_only {
         c.push_str("; HttpOnly");
@@ -87,9 +88,9 @@ fn sticky_header(s: &StickyCookie, value: &str) -> HeaderValue {
         c.push_str("; Secure");
     }
     if let Some(ss) = &s.same_site {
-        c.push_str(&format!("; SameSite={ss}"));
+        let _ = write!(c, "; SameSite={ss}");
     }
-    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+    HeaderValue::from_maybe_shared(Bytes::from(c)).unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
 }
 
 /// A backend's response body on its way: idle and total timeouts, and the request's

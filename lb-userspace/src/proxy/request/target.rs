@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use hyper::{Method, Request, body::Incoming, header};
+use hyper::{
+    Method, Request,
+    body::Incoming,
+    header::{self, HeaderValue},
+};
 
 use crate::proxy::{
     select::route::normalize_host,
@@ -13,8 +17,9 @@ use crate::proxy::{
 pub struct Target {
     pub service: Arc<ServiceRt>,
     /// The host as the client named it (absolute-form target, else `Host`), for the
-    /// backend's `Host` and `X-Forwarded-Host`.
-    pub raw_host: Option<String>,
+    /// backend's `Host` and `X-Forwarded-Host`: the client's own field when it came in
+    /// `Host` (a shared slice of the read buffer, not a copy).
+    pub raw_host: Option<HeaderValue>,
     /// The same, normalized: what routes and backend host names match.
     pub host: Option<String>,
 }
@@ -37,14 +42,11 @@ pub fn route(req: &Request<Incoming>, site: &Site) -> Result<Target, u16> {
         return Err(400);
     }
     let raw_host = match uri.authority() {
-        Some(a) => Some(a.as_str().to_owned()),
-        None => match req.headers().get(header::HOST) {
-            Some(h) => Some(h.to_str().map_err(|_| 400u16)?.to_owned()),
-            None => None,
-        },
+        Some(a) => Some(HeaderValue::from_str(a.as_str()).map_err(|_| 400u16)?),
+        None => req.headers().get(header::HOST).cloned(),
     };
     let host = match &raw_host {
-        Some(h) => Some(normalize_host(h).ok_or(400u16)?),
+        Some(h) => Some(normalize_host(h.to_str().map_err(|_| 400u16)?).ok_or(400u16)?),
         None => None,
     };
     let svc = site.router.route(host.as_deref(), path).ok_or(404u16)?;

@@ -11,8 +11,13 @@ use std::{
     time::Instant,
 };
 
+use hyper::header::HeaderValue;
+
 use super::rules::Reject;
-use crate::proxy::listen::limits::{Limit, Permit};
+use crate::{
+    config::http::canonical,
+    proxy::listen::limits::{Limit, Permit},
+};
 
 /// Upgrade outcomes (`ConnShared::upgrade`).
 const UPGRADE_NONE: u8 = 0;
@@ -23,6 +28,9 @@ const UPGRADE_DECLINED: u8 = 2;
 #[derive(Debug)]
 pub struct ConnShared {
     pub peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` and `X-Real-IP` write it: made once per
+    /// connection, not per request.
+    pub peer_header: HeaderValue,
     violation: Mutex<Option<Reject>>,
     answered: AtomicBool,
     in_flight: AtomicUsize,
@@ -49,8 +57,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ConnShared {
     pub fn new(peer: SocketAddr, permit: Option<Permit>) -> Arc<Self> {
+        let peer_header = HeaderValue::from_str(&canonical(peer.ip()).to_string()).expect("an IP address is a valid header value");
         Arc::new(Self {
             peer,
+            peer_header,
             violation: Mutex::new(None),
             answered: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),

@@ -423,8 +423,13 @@ mod tests {
         h2.tls.upstream = Some(UpstreamOptions { protocol: Protocol::H2c, tls: None });
         r.apply(Update { service: "b".into(), source: SourceKind::Docker, backends: vec![pass, h2] });
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
-        let views: Vec<(String, bool, Vec<String>)> = p.http.iter().map(|v| (v.listen.to_string(), v.tls, v.backends.iter().map(|b| b.name.clone()).collect())).collect();
-        assert_eq!(views, [("10.0.0.2:80".into(), false, vec!["10.1.0.2".into()]), ("10.0.0.2:443".into(), true, vec!["10.1.0.1".into()])], "the passthrough container is on the TLS port alone");
+        let views: Vec<(String, bool, Vec<String>)> =
+            p.http.iter().map(|v| (v.listen.to_string(), v.tls, v.backends.iter().map(|b| b.name.clone()).collect())).collect();
+        assert_eq!(
+            views,
+            [("10.0.0.2:80".into(), false, vec!["10.1.0.2".into()]), ("10.0.0.2:443".into(), true, vec!["10.1.0.1".into()])],
+            "the passthrough container is on the TLS port alone"
+        );
         assert!(p.http[1].options.tls.as_ref().is_some_and(|t| t.passthrough && t.port == 443));
         assert_eq!(p.http[0].options.upstream.protocol, Protocol::H2c, "a container's xlb.upstream is the service's");
     }

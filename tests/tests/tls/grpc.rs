@@ -20,7 +20,9 @@ fn grpc_over_h2c_and_h2_backends() {
     let mut h2 = spawn_peer(&s, "grpc_peer.py", H2_PORT, &["server", "PORT", &format!("{d}/backend.crt"), &format!("{d}/backend.key")]);
     let b1 = s.topo.backend("b1").v4;
     let service = |name: &str, port: u16, upstream: &str| {
-        format!("  - name: {name}\n    port: 80\n    protocol: http\n    backends: [{{ address: {b1}, port: {port} }}]\n    http: {{ hosts: [{name}.test], tls: {{ port: 443 }}, upstream: {upstream} }}\n")
+        format!(
+            "  - name: {name}\n    port: 80\n    protocol: http\n    backends: [{{ address: {b1}, port: {port} }}]\n    http: {{ hosts: [{name}.test], tls: {{ port: 443 }}, upstream: {upstream} }}\n"
+        )
     };
     let yaml = format!(
         "tls:\n  certificates: [{{ cert: {d}/front.crt, key: {d}/front.key }}]\nservices:\n{}{}",
@@ -33,7 +35,9 @@ fn grpc_over_h2c_and_h2_backends() {
 
     let script = format!("{}/tests/tls/grpc_peer.py", env!("CARGO_MANIFEST_DIR"));
     for host in ["grpc.test", "grpcs.test"] {
-        let out = s.sh(&format!("timeout 30 python3 {script} client {LB}:443 {ca} {host}", ca = s.path("ca.pem").display())).unwrap_or_else(|e| panic!("gRPC client to {host}: {e}\n{}", xlb.log()));
+        let out = s
+            .sh(&format!("timeout 30 python3 {script} client {LB}:443 {ca} {host}", ca = s.path("ca.pem").display()))
+            .unwrap_or_else(|e| panic!("gRPC client to {host}: {e}\n{}", xlb.log()));
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines,

@@ -77,7 +77,13 @@ fn head(out: &Outgoing<'_>, authority: &Authority, scheme: Scheme) -> Result<(Ur
 
 /// One request on `sender`. A buffered body is cloned (it stays for another try); a
 /// streamed one is taken.
-async fn send(sender: &mut Sender, method: &hyper::Method, uri: &Uri, headers: &HeaderMap, body: &mut Option<OutBody>) -> Result<Response<RespBody>, hyper::Error> {
+async fn send(
+    sender: &mut Sender,
+    method: &hyper::Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &mut Option<OutBody>,
+) -> Result<Response<RespBody>, hyper::Error> {
     let b = match body {
         Some(OutBody::Bytes(b)) => Either::Left(Full::new(b.clone())),
         Some(OutBody::Stream(_)) => match body.take() {

@@ -45,9 +45,7 @@ impl Stream {
     pub(super) fn idle_ok(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self {
-            Self::Tcp(s) => {
-                s.poll_read_ready(&mut cx).is_pending() || matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
+            Self::Tcp(s) => s.poll_read_ready(&mut cx).is_pending() || matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
             Self::Tls(s) => {
                 let mut one = [0u8; 1];
                 Pin::new(s).poll_read(&mut cx, &mut ReadBuf::new(&mut one)).is_pending()

@@ -67,7 +67,12 @@ async fn serve(tls: Option<Arc<ServerConfig>>, h2: bool) -> SocketAddr {
                     Some(c) => {
                         let Ok(s) = TlsAcceptor::from(c).accept(tcp).await else { return };
                         let conn = s.get_ref().1;
-                        let seen = format!("port={} resumed={} sni={}", peer.port(), conn.handshake_kind() == Some(HandshakeKind::Resumed), conn.server_name().unwrap_or("-"));
+                        let seen = format!(
+                            "port={} resumed={} sni={}",
+                            peer.port(),
+                            conn.handshake_kind() == Some(HandshakeKind::Resumed),
+                            conn.server_name().unwrap_or("-")
+                        );
                         answer(s, seen, h2).await
                     }
                     None => answer(tcp, format!("port={}", peer.port()), h2).await,
@@ -141,7 +146,8 @@ async fn https_backends_verified_by_ca_and_name_resumed_and_pooled() {
     let e = get(&by_address, addr, "/", HeaderMap::new()).await.unwrap_err();
     assert!(e.is_connect() && e.to_string().contains("certificate"), "{e}");
     let other = pki("other");
-    let untrusted = upstream(Protocol::Http1, Some(UpstreamTls { ca: Some(other.ca_file.clone()), verify: true, server_name: Some("backend.internal".into()) }));
+    let untrusted =
+        upstream(Protocol::Http1, Some(UpstreamTls { ca: Some(other.ca_file.clone()), verify: true, server_name: Some("backend.internal".into()) }));
     let e = get(&untrusted, addr, "/", HeaderMap::new()).await.unwrap_err();
     assert!(e.is_connect() && e.to_string().contains("UnknownIssuer"), "{e}");
     let unverified = upstream(Protocol::Http1, Some(UpstreamTls { ca: None, verify: false, server_name: None }));

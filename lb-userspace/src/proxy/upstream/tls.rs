@@ -61,9 +61,8 @@ fn roots(t: &UpstreamTls) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     match &t.ca {
         Some(path) => {
-            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-                .and_then(|i| i.collect())
-                .with_context(|| format!("upstream.tls.ca {}", path.display()))?;
+            let certs: Vec<CertificateDer> =
+                CertificateDer::pem_file_iter(path).and_then(|i| i.collect()).with_context(|| format!("upstream.tls.ca {}", path.display()))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 bail!("upstream.tls.ca {}: no usable certificate", path.display());
@@ -86,7 +85,14 @@ fn roots(t: &UpstreamTls) -> anyhow::Result<RootCertStore> {
 struct AnyCertificate(Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
 

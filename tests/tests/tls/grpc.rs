@@ -3,9 +3,10 @@
 //! (ALPN) to another, checked against the test CA. Unary and server-streaming calls
 //! answer, and a failed call's status (the `grpc-status` trailer) reaches the client.
 
-use std::fs;
-
-use crate::{LB, Setup, upstream::spawn_peer};
+use crate::{
+    LB, Setup,
+    upstream::{spawn_peer, start_with},
+};
 
 const H2C_PORT: u16 = 50051;
 const H2_PORT: u16 = 50052;
@@ -14,24 +15,11 @@ const H2_PORT: u16 = 50052;
 fn grpc_over_h2c_and_h2_backends() {
     let s = Setup::new();
     let d = s.dir.path().display();
-    s.ca.leaf(s.dir.path(), "front", "front", &["grpc.test", "grpcs.test"], false);
     s.ca.leaf(s.dir.path(), "backend", "backend", &["backend.internal"], false);
     let mut h2c = spawn_peer(&s, "grpc_peer.py", H2C_PORT, &["server", "PORT"]);
-    let mut h2 = spawn_peer(&s, "grpc_peer.py", H2_PORT, &["server", "PORT", &format!("{d}/backend.crt"), &format!("{d}/backend.key")]);
-    let b1 = s.topo.backend("b1").v4;
-    let service = |name: &str, port: u16, upstream: &str| {
-        format!(
-            "  - name: {name}\n    port: 80\n    protocol: http\n    backends: [{{ address: {b1}, port: {port} }}]\n    http: {{ hosts: [{name}.test], tls: {{ port: 443 }}, upstream: {upstream} }}\n"
-        )
-    };
-    let yaml = format!(
-        "tls:\n  certificates: [{{ cert: {d}/front.crt, key: {d}/front.key }}]\nservices:\n{}{}",
-        service("grpc", H2C_PORT, "{ protocol: h2c }"),
-        service("grpcs", H2_PORT, &format!("{{ protocol: h2, tls: {{ ca: {d}/ca.pem, server_name: backend.internal }} }}")),
-    );
-    let cfg = s.path("xlb.yaml");
-    fs::write(&cfg, yaml).expect("write config");
-    let mut xlb = s.start(&cfg);
+    let mut h2s = spawn_peer(&s, "grpc_peer.py", H2_PORT, &["server", "PORT", &format!("{d}/backend.crt"), &format!("{d}/backend.key")]);
+    let h2 = format!("{{ protocol: h2, tls: {{ ca: {d}/ca.pem, server_name: backend.internal }} }}");
+    let mut xlb = start_with(&s, &[("grpc", H2C_PORT, "{ protocol: h2c }"), ("grpcs", H2_PORT, &h2)]);
 
     let script = format!("{}/tests/tls/grpc_peer.py", env!("CARGO_MANIFEST_DIR"));
     for host in ["grpc.test", "grpcs.test"] {
@@ -49,5 +37,5 @@ fn grpc_over_h2c_and_h2_backends() {
     xlb.assert_running();
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
     h2c.kill();
-    h2.kill();
+    h2s.kill();
 }

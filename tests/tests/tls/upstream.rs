@@ -5,7 +5,7 @@
 
 use std::{fs, time::Duration};
 
-use xlb_tests::{tls::Ca, util::wait_for};
+use xlb_tests::{Xlb, tls::Ca, util::wait_for};
 
 use crate::Setup;
 
@@ -27,31 +27,37 @@ pub fn spawn_peer(s: &Setup, peer: &str, port: u16, args: &[&str]) -> xlb_tests:
     proc
 }
 
+/// Starts xlb with, for each `(name, port, upstream)`, a service `name` on b1's `port`
+/// with that `http.upstream`, answering `name.test` on 80 and (with a certificate of the
+/// test CA) on 443, without retries.
+pub fn start_with(s: &Setup, services: &[(&str, u16, &str)]) -> Xlb {
+    let d = s.dir.path().display();
+    let names: Vec<String> = services.iter().map(|(name, ..)| format!("{name}.test")).collect();
+    s.ca.leaf(s.dir.path(), "front", "front", &names.iter().map(String::as_str).collect::<Vec<_>>(), false);
+    let b1 = s.topo.backend("b1").v4;
+    let mut yaml = format!("tls:\n  certificates: [{{ cert: {d}/front.crt, key: {d}/front.key }}]\nservices:\n");
+    for (name, port, upstream) in services {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    port: 80\n    protocol: http\n    backends: [{{ address: {b1}, port: {port} }}]\n    http: {{ hosts: [{name}.test], tls: {{ port: 443 }}, retries: {{ attempts: 0 }}, upstream: {upstream} }}\n"
+        ));
+    }
+    let cfg = s.path("xlb.yaml");
+    fs::write(&cfg, yaml).expect("write config");
+    s.start(&cfg)
+}
+
 #[test]
 fn https_backends_verified_resumed_pooled_and_refused() {
     let s = Setup::new();
     let d = s.dir.path().display();
-    s.ca.leaf(s.dir.path(), "front", "front", &["secure.test", "bad.test", "insecure.test"], false);
     s.ca.leaf(s.dir.path(), "backend", "backend", &["backend.internal"], false);
     // Another CA (of the same name: its signature, not its name, is what fails).
     Ca::new().leaf(s.dir.path(), "stranger", "stranger", &["backend.internal"], false);
     let mut trusted = spawn_peer(&s, "https_peer.py", TRUSTED_PORT, &["PORT", &format!("{d}/backend.crt"), &format!("{d}/backend.key")]);
     let mut untrusted = spawn_peer(&s, "https_peer.py", UNTRUSTED_PORT, &["PORT", &format!("{d}/stranger.crt"), &format!("{d}/stranger.key")]);
     let b1 = s.topo.backend("b1").v4;
-    let service = |name: &str, port: u16, upstream: &str| {
-        format!(
-            "  - name: {name}\n    port: 80\n    protocol: http\n    backends: [{{ address: {b1}, port: {port} }}]\n    http: {{ hosts: [{name}.test], tls: {{ port: 443 }}, retries: {{ attempts: 0 }}, upstream: {upstream} }}\n"
-        )
-    };
-    let yaml = format!(
-        "tls:\n  certificates: [{{ cert: {d}/front.crt, key: {d}/front.key }}]\nservices:\n{}{}{}",
-        service("secure", TRUSTED_PORT, &format!("{{ tls: {{ ca: {d}/ca.pem, server_name: backend.internal }} }}")),
-        service("bad", UNTRUSTED_PORT, &format!("{{ tls: {{ ca: {d}/ca.pem, server_name: backend.internal }} }}")),
-        service("insecure", UNTRUSTED_PORT, "{ tls: { verify: false } }"),
-    );
-    let cfg = s.path("xlb.yaml");
-    fs::write(&cfg, yaml).expect("write config");
-    let mut xlb = s.start(&cfg);
+    let ca = format!("{{ tls: {{ ca: {d}/ca.pem, server_name: backend.internal }} }}");
+    let mut xlb = start_with(&s, &[("secure", TRUSTED_PORT, &ca), ("bad", UNTRUSTED_PORT, &ca), ("insecure", UNTRUSTED_PORT, "{ tls: { verify: false } }")]);
 
     // One client connection (one xlb worker, so one pool): a request whose backend
     // connection closes after it, then two on the next backend connection.

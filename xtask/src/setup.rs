@@ -22,6 +22,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // tests/tests/acme/: a local ACME CA, and the checks of what it issued.
     ("pebble", "pebble"),
     ("openssl", "openssl"),
+    // tests/tests/tls/: HTTPS and gRPC backends (with TEST_PYTHON's modules).
+    ("python3", "python3"),
     // tests/tests/scaleout.rs: the router and the xlb nodes' BGP daemons.
     ("bird", "bird2"),
     // tests/tests/proxy/slow_clients.rs: slowloris and slow bodies, and many HTTP/2 streams.
@@ -30,6 +32,17 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // Faults under a bounded load (proxy/faults.rs, dns.rs, restart.rs, acme/failures.rs).
     ("wrk", "wrk"),
 ];
+
+/// Python modules the integration tests import, with the Debian package of each.
+const TEST_PYTHON: &[(&str, &str)] = &[
+    // tests/tests/tls/grpc.rs: a real gRPC server and client (generic handlers, no protoc).
+    ("grpc", "python3-grpcio"),
+];
+
+/// Whether `python3` can import `module` (from Debian's package or from pip).
+fn python_has(module: &str) -> bool {
+    cmd::probe(Command::new("python3").args(["-c", &format!("import {module}")]))
+}
 
 /// Installs whatever is missing; each step is skipped when its piece is already there,
 /// and says what it does and how long it took.
@@ -50,6 +63,7 @@ pub fn setup() -> Result<()> {
         .iter()
         .filter(|(tool, package)| *package != "docker.io" || cmd::which(tool).is_none())
         .map(|(_, package)| *package)
+        .chain(TEST_PYTHON.iter().filter(|(module, _)| !python_has(module)).map(|(_, package)| *package))
         .collect();
     step(3, "Debian packages the tests call (apt-get, if any is missing)", || apt::ensure(&packages))?;
     step(4, "the benchmark's packages (wrk, nginx, HAProxy, h2load)", ensure_bench_packages)?;
@@ -91,6 +105,11 @@ pub fn check_test() -> Result<()> {
     for (tool, _) in TEST_TOOLS {
         if cmd::which(tool).is_none() {
             bail!("{tool} is not on PATH: run `cargo xtask setup` as root");
+        }
+    }
+    for (module, package) in TEST_PYTHON {
+        if !python_has(module) {
+            bail!("python3 cannot import {module} ({package}): run `cargo xtask setup` as root");
         }
     }
     if !docker::answers() {

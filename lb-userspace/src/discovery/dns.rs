@@ -124,7 +124,7 @@ fn discovered(w: &DnsWatch, addr: IpAddr) -> Discovered {
         name: addr.to_string(),
         aliases: Vec::new(),
         hosts: Vec::new(),
-        tls: false,
+        tls: Default::default(),
         draining: false,
         healthy: None,
         origin: format!("dns:{}", w.name),

@@ -12,7 +12,7 @@ pub mod dns;
 pub mod docker;
 mod update;
 
-pub use update::{Discovered, DnsWatch, DockerWatch, SourceKind, Update};
+pub use update::{Discovered, DnsWatch, DockerWatch, SourceKind, TlsLabels, Update};
 
 /// The latest set of every (service, source).
 #[derive(Debug, Default)]

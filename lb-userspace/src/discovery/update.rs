@@ -2,6 +2,8 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use crate::config::http::UpstreamOptions;
+
 /// A backend as a source reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovered {
@@ -18,8 +20,8 @@ pub struct Discovered {
     pub aliases: Vec<String>,
     /// Host names for HTTP routing (`xlb.host`).
     pub hosts: Vec<String>,
-    /// Those hosts are served over TLS too (`xlb.tls`).
-    pub tls: bool,
+    /// What its labels ask of TLS and of the protocol to it.
+    pub tls: TlsLabels,
     /// The container is stopping (`kill`/`stop` seen, or paused): no new flows.
     pub draining: bool,
     /// Docker's HEALTHCHECK verdict, when the container has one.
@@ -29,6 +31,18 @@ pub struct Discovered {
     /// False when the container opts its service out of socket-level balancing
     /// (`xlb.socket_lb=false`).
     pub socket_lb: bool,
+}
+
+/// What a container's labels ask of TLS (`xlb.tls`) and of the protocol xlb speaks to
+/// it (`xlb.upstream`, `xlb.upstream_verify`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsLabels {
+    /// Its `xlb.host` names are served on the TLS listener too.
+    pub serve: bool,
+    /// ... and passed to it unread there (`xlb.tls: passthrough`): it terminates TLS.
+    pub passthrough: bool,
+    /// How xlb speaks to it, when its service's config does not say.
+    pub upstream: Option<UpstreamOptions>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

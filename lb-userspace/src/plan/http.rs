@@ -2,9 +2,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{
-    Service,
-    http::{HostPattern, HttpOptions},
+use crate::{
+    config::{
+        Service,
+        http::{HostPattern, HttpOptions, UpstreamOptions},
+        tls::ServiceTls,
+    },
+    discovery::TlsLabels,
 };
 
 /// What the rest of xlb says of a backend.
@@ -41,8 +45,9 @@ pub struct BackendView {
     pub state: PeerState,
     /// Overrides the service's `max_conns` for this backend.
     pub max_conns: Option<u32>,
-    /// Its `hosts` are served over TLS too (Docker's `xlb.tls` label).
-    pub tls: bool,
+    /// What its labels ask of TLS: its `hosts` served over TLS too (`xlb.tls`), passed
+    /// through, the protocol to it (`xlb.upstream`).
+    pub tls: TlsLabels,
 }
 
 /// An HTTP service, as the owner hands it over.
@@ -63,8 +68,16 @@ pub struct ServiceView {
 /// The views of one HTTP service: one per listener of `Service::listeners` (the plain
 /// one redirecting when `http.tls.redirect` says so). A service without `http.tls`
 /// whose containers carry `xlb.tls` also gets a TLS view at `tls_port` that serves
-/// those containers' hosts alone.
-pub fn views(s: &Service, vip: IpAddr, options: HttpOptions, backends: Vec<BackendView>, tls_port: u16) -> Vec<ServiceView> {
+/// those containers' hosts alone: passed through to them when they say
+/// `passthrough` (then they alone are on it, and the plain view goes without them).
+/// A service whose config sets no `http.upstream` takes its containers' `xlb.upstream`
+/// (the first that has one).
+pub fn views(s: &Service, vip: IpAddr, mut options: HttpOptions, mut backends: Vec<BackendView>, tls_port: u16) -> Vec<ServiceView> {
+    if options.upstream == UpstreamOptions::default()
+        && let Some(u) = backends.iter().find_map(|b| b.tls.upstream.clone())
+    {
+        options.upstream = u;
+    }
     let view = |port: u16, tls: bool, redirect: Option<u16>, options: HttpOptions, backends: Vec<BackendView>| ServiceView {
         name: s.name.clone(),
         listen: SocketAddr::new(vip, port),
@@ -77,11 +90,19 @@ pub fn views(s: &Service, vip: IpAddr, options: HttpOptions, backends: Vec<Backe
         let redirect = t.redirect.then_some(t.port);
         return s.listeners().into_iter().map(|(port, tls)| view(port, tls, redirect.filter(|_| !tls), options.clone(), backends.clone())).collect();
     }
-    let labelled: Vec<BackendView> = backends.iter().filter(|b| b.tls && !b.hosts.is_empty()).cloned().collect();
+    let mut labelled: Vec<BackendView> = backends.iter().filter(|b| b.tls.serve && !b.hosts.is_empty()).cloned().collect();
+    let passthrough = labelled.iter().any(|b| b.tls.passthrough);
+    let mut tls = None;
+    if passthrough {
+        // They speak TLS: no plain request can go to them.
+        labelled.retain(|b| b.tls.passthrough);
+        backends.retain(|b| !b.tls.passthrough);
+        tls = Some(ServiceTls { port: tls_port, passthrough: true, ..ServiceTls::default() });
+    }
     let mut out = Vec::new();
     if !labelled.is_empty() && tls_port != s.port {
         // Only the labelled hosts: the service's own routes stay plain.
-        out.push(view(tls_port, true, None, HttpOptions { hosts: Vec::new(), paths: Vec::new(), default: false, ..options.clone() }, labelled));
+        out.push(view(tls_port, true, None, HttpOptions { hosts: Vec::new(), paths: Vec::new(), default: false, tls, ..options.clone() }, labelled));
     }
     out.insert(0, view(s.port, false, None, options, backends));
     out

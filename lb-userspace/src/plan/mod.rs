@@ -19,7 +19,7 @@ use lb_common::ServiceKey;
 
 use crate::{
     config::{BackendState, Config, Forwarding, Service, http::HostPattern},
-    discovery::Registry,
+    discovery::{Registry, TlsLabels},
     netdev,
 };
 
@@ -106,8 +106,8 @@ struct Planned {
     aliases: Vec<String>,
     /// Host names it serves (`xlb.host`), for the HTTP proxy.
     hosts: Vec<HostPattern>,
-    /// Its hosts are served over TLS too (`xlb.tls`).
-    tls: bool,
+    /// What its labels ask of TLS (`xlb.tls`, `xlb.upstream`).
+    tls: TlsLabels,
 }
 
 impl Planned {
@@ -167,7 +167,7 @@ struct Candidate {
     docker_healthy: Option<bool>,
     aliases: Vec<String>,
     hosts: Vec<HostPattern>,
-    tls: bool,
+    tls: TlsLabels,
 }
 
 fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&str, SocketAddr) -> Vitals) -> (Vec<Planned>, bool) {
@@ -183,7 +183,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         docker_healthy: None,
         aliases: Vec::new(),
         hosts: Vec::new(),
-        tls: false,
+        tls: TlsLabels::default(),
     });
     let discovered = registry.backends(&s.name).iter().map(|d| Candidate {
         name: d.name.clone(),
@@ -196,7 +196,7 @@ fn backends(s: &Service, registry: &Registry, now: Instant, vitals: &impl Fn(&st
         docker_healthy: d.healthy,
         aliases: d.aliases.clone(),
         hosts: host_patterns(&d.name, &d.hosts),
-        tls: d.tls,
+        tls: d.tls.clone(),
     });
     // A static entry wins over a discovered one for the same address.
     let candidates: Vec<(Candidate, Vitals)> = statics
@@ -266,7 +266,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::discovery::{Discovered, SourceKind, Update};
+    use crate::{
+        config::http::{Protocol, UpstreamOptions},
+        discovery::{Discovered, SourceKind, Update},
+    };
 
     fn config(text: &str) -> Config {
         Config::parse(text, Path::new("t.yaml")).unwrap()
@@ -281,7 +284,7 @@ mod tests {
             name: addr.into(),
             aliases: vec![],
             hosts: vec![],
-            tls: false,
+            tls: TlsLabels::default(),
             draining,
             healthy,
             origin: "test".into(),
@@ -391,7 +394,7 @@ mod tests {
     fn tls_views_from_the_service_and_from_labels() {
         let c = config("services:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    protocol: http\n    http: { tls: { port: 8443, redirect: true } }\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    protocol: http\n    docker: { name: b }\n    http: { hosts: [b.dev] }\n");
         let mut labelled = discovered("10.1.0.1", false, false, None);
-        (labelled.hosts, labelled.tls) = (vec!["secure.b.dev".into()], true);
+        (labelled.hosts, labelled.tls.serve) = (vec!["secure.b.dev".into()], true);
         let plain = discovered("10.1.0.2", false, false, None);
         let r = docker("b", vec![labelled, plain]);
         let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
@@ -401,6 +404,27 @@ mod tests {
             [("a", "10.0.0.1:80".into(), false, Some(8443), 0), ("a", "10.0.0.1:8443".into(), true, None, 0), ("b", "10.0.0.2:80".into(), false, None, 2), ("b", "10.0.0.2:443".into(), true, None, 1)]
         );
         assert!(p.http[3].options.hosts.is_empty(), "the label's TLS view serves the labelled hosts alone");
+    }
+
+    #[test]
+    fn passthrough_and_upstream_from_labels() {
+        let c = config("services:\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    protocol: http\n    docker: { name: b }\n    http: { hosts: [b.dev] }\n");
+        let mut r = Registry::default();
+        let mut pass = discovered("10.1.0.1", false, false, None);
+        (pass.hosts, pass.tls.serve, pass.tls.passthrough) = (vec!["vault.b.dev".into()], true, true);
+        let mut h2 = discovered("10.1.0.2", false, false, None);
+        h2.tls.upstream = Some(UpstreamOptions { protocol: Protocol::H2c, tls: None });
+        r.apply(Update { service: "b".into(), source: SourceKind::Docker, backends: vec![pass, h2] });
+        let p = plan(&c, "lo", &r, Instant::now(), |_, _| PASSED).unwrap();
+        let views: Vec<(String, bool, Vec<String>)> =
+            p.http.iter().map(|v| (v.listen.to_string(), v.tls, v.backends.iter().map(|b| b.name.clone()).collect())).collect();
+        assert_eq!(
+            views,
+            [("10.0.0.2:80".into(), false, vec!["10.1.0.2".into()]), ("10.0.0.2:443".into(), true, vec!["10.1.0.1".into()])],
+            "the passthrough container is on the TLS port alone"
+        );
+        assert!(p.http[1].options.tls.as_ref().is_some_and(|t| t.passthrough && t.port == 443));
+        assert_eq!(p.http[0].options.upstream.protocol, Protocol::H2c, "a container's xlb.upstream is the service's");
     }
 
     #[test]

@@ -216,8 +216,8 @@ impl Proxy {
         }
         let connect = v.options.timeouts.connect;
         let upstream = match clients.get(&v.name).or_else(|| st.clients.get(&v.name)) {
-            Some(u) if u.connect_timeout() == connect => u.clone(),
-            _ => Arc::new(Upstream::new(connect)),
+            Some(u) if u.made_with(connect, &v.options.upstream) => u.clone(),
+            _ => Arc::new(Upstream::new(&v.name, connect, &v.options.upstream)),
         };
         clients.insert(v.name.clone(), upstream.clone());
         let authorities = v.backends.iter().map(|b| Authority::try_from(b.addr.to_string()).expect("a socket address is an authority")).collect();

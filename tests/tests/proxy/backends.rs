@@ -56,7 +56,7 @@ impl Testd {
 }
 
 pub fn backend(name: &str, addr: SocketAddr, weight: u32) -> BackendView {
-    BackendView { name: name.into(), aliases: vec![], hosts: vec![], addr, weight, backup: false, state: PeerState::Active, max_conns: None, tls: false }
+    BackendView { name: name.into(), aliases: vec![], hosts: vec![], addr, weight, backup: false, state: PeerState::Active, max_conns: None, tls: Default::default() }
 }
 
 /// A listening port whose accept queue is full (listen backlog 0, one connection never

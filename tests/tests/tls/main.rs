@@ -2,8 +2,10 @@
 //! checked with real clients: curl and `openssl s_client`. Certificates come from a test
 //! CA made at test time (`certs.rs`).
 
+mod grpc;
 mod passthrough;
 mod reload;
+mod upstream;
 
 use std::{
     fs,

@@ -6,6 +6,7 @@
 
 mod method;
 mod patterns;
+mod upstream;
 
 use std::{fmt, time::Duration};
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Deserializer, de};
 pub use self::{
     method::{DEFAULT_EWMA_DECAY, HashKey, Method, TimeMeasure, TwoBy},
     patterns::{Cidr, HostPattern, PathPrefix, canonical, is_tchar, valid_token},
+    upstream::{Protocol, UpstreamOptions, UpstreamTls},
 };
 use super::units::{duration, opt_duration};
 
@@ -68,6 +70,8 @@ pub struct HttpOptions {
     pub max_conns: u32,
     /// Also (or only) served over TLS; see `config::tls::ServiceTls`.
     pub tls: Option<super::tls::ServiceTls>,
+    /// How the backends are spoken to: HTTP/1.1 or HTTP/2, plain or TLS.
+    pub upstream: UpstreamOptions,
 }
 
 impl Default for HttpOptions {
@@ -91,6 +95,7 @@ impl Default for HttpOptions {
             max_ejection_percent: 50,
             max_conns: 0,
             tls: None,
+            upstream: UpstreamOptions::default(),
         }
     }
 }
@@ -304,7 +309,7 @@ impl HttpOptions {
         if l.max_buffered_bodies < l.max_body {
             return Err("limits: max_buffered_bodies must be at least max_body".into());
         }
-        Ok(())
+        self.upstream.validate()
     }
 
     /// Parses and validates (for tests and for the lead's own checks).

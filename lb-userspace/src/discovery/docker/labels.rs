@@ -3,6 +3,11 @@ use std::collections::HashMap;
 
 use bollard::models::ContainerInspectResponse;
 
+use crate::{
+    config::http::{Protocol, UpstreamOptions, UpstreamTls},
+    discovery::TlsLabels,
+};
+
 /// The xlb service a container joins.
 pub const LABEL_SERVICE: &str = "xlb.service";
 /// Target port.
@@ -13,8 +18,13 @@ pub const LABEL_WEIGHT: &str = "xlb.weight";
 pub const LABEL_BACKUP: &str = "xlb.backup";
 /// Comma-separated host names for HTTP routing.
 pub const LABEL_HOST: &str = "xlb.host";
-/// `"true"`: the hosts of `xlb.host` are served on the TLS listener too.
+/// `"true"`: the hosts of `xlb.host` are served on the TLS listener too;
+/// `"passthrough"`: there, passed to the container unread (it terminates TLS itself).
 pub const LABEL_TLS: &str = "xlb.tls";
+/// The protocol xlb speaks to the container: `http1`, `https`, `h2c` or `h2`.
+pub const LABEL_UPSTREAM: &str = "xlb.upstream";
+/// `"false"`: its certificate (`https`, `h2`) is not checked (a self-signed one).
+pub const LABEL_UPSTREAM_VERIFY: &str = "xlb.upstream_verify";
 /// Network whose address to use.
 pub const LABEL_NETWORK: &str = "xlb.network";
 /// Comma-separated names a pin header or cookie may use for this container.
@@ -31,7 +41,7 @@ pub struct Labels {
     pub weight: Option<u32>,
     pub backup: bool,
     pub hosts: Vec<String>,
-    pub tls: bool,
+    pub tls: TlsLabels,
     pub network: Option<String>,
     /// `xlb.name`: pinning names.
     pub names: Vec<String>,
@@ -57,12 +67,30 @@ pub fn parse_labels(labels: &HashMap<String, String>) -> (Labels, Vec<String>) {
             _ => bad(LABEL_WEIGHT, v, "not a weight (1-1000)"),
         }
     }
-    for (key, slot) in [(LABEL_BACKUP, &mut out.backup), (LABEL_TLS, &mut out.tls)] {
-        if let Some(v) = labels.get(key) {
-            match flag(v) {
-                Some(b) => *slot = b,
-                None => bad(key, v, "not true or false"),
-            }
+    if let Some(v) = labels.get(LABEL_BACKUP) {
+        match flag(v) {
+            Some(b) => out.backup = b,
+            None => bad(LABEL_BACKUP, v, "not true or false"),
+        }
+    }
+    if let Some(v) = labels.get(LABEL_TLS) {
+        match flag(v) {
+            Some(b) => out.tls.serve = b,
+            None if v.trim().eq_ignore_ascii_case("passthrough") => (out.tls.serve, out.tls.passthrough) = (true, true),
+            None => bad(LABEL_TLS, v, "not true, false or passthrough"),
+        }
+    }
+    if let Some(v) = labels.get(LABEL_UPSTREAM) {
+        match upstream(v) {
+            Some(u) => out.tls.upstream = Some(u),
+            None => bad(LABEL_UPSTREAM, v, "not http1, https, h2c or h2"),
+        }
+    }
+    if let Some(v) = labels.get(LABEL_UPSTREAM_VERIFY) {
+        match (flag(v), out.tls.upstream.as_mut().and_then(|u| u.tls.as_mut())) {
+            (Some(b), Some(t)) => t.verify = b,
+            (Some(_), None) => bad(LABEL_UPSTREAM_VERIFY, v, "needs xlb.upstream https or h2"),
+            (None, _) => bad(LABEL_UPSTREAM_VERIFY, v, "not true or false"),
         }
     }
     if let Some(v) = labels.get(LABEL_SOCKET_LB) {
@@ -74,9 +102,10 @@ pub fn parse_labels(labels: &HashMap<String, String>) -> (Labels, Vec<String>) {
     if let Some(v) = labels.get(LABEL_HOST) {
         out.hosts = name_list(v);
     }
-    if out.tls && out.hosts.is_empty() {
-        out.tls = false;
-        bad(LABEL_TLS, "true", "needs xlb.host to name the hosts to serve over TLS");
+    if out.tls.serve && out.hosts.is_empty() {
+        let v = if out.tls.passthrough { "passthrough" } else { "true" };
+        (out.tls.serve, out.tls.passthrough) = (false, false);
+        bad(LABEL_TLS, v, "needs xlb.host to name the hosts to serve over TLS");
     }
     if let Some(v) = labels.get(LABEL_NAME) {
         out.names = name_list(v);
@@ -94,6 +123,20 @@ fn flag(v: &str) -> Option<bool> {
         "false" | "0" | "no" | "off" | "" => Some(false),
         _ => None,
     }
+}
+
+/// An `xlb.upstream` value: `https` is HTTP/1.1 over TLS, `h2` HTTP/2 over TLS; the
+/// certificate checked against the system's trust store for the container's address,
+/// unless `xlb.upstream_verify` is false.
+fn upstream(v: &str) -> Option<UpstreamOptions> {
+    let (protocol, tls) = match v.trim().to_ascii_lowercase().as_str() {
+        "http1" => (Protocol::Http1, false),
+        "https" => (Protocol::Http1, true),
+        "h2c" => (Protocol::H2c, false),
+        "h2" => (Protocol::H2, true),
+        _ => return None,
+    };
+    Some(UpstreamOptions { protocol, tls: tls.then(UpstreamTls::default) })
 }
 
 /// A comma-separated label value: trimmed, lowercased, without empty or repeated names.
@@ -124,6 +167,8 @@ mod tests {
             (LABEL_WEIGHT, "1000"),
             (LABEL_BACKUP, "true"),
             (LABEL_TLS, "yes"),
+            (LABEL_UPSTREAM, " H2 "),
+            (LABEL_UPSTREAM_VERIFY, "false"),
             (LABEL_HOST, " A.example.com, b.example.com,,a.example.com "),
             (LABEL_NETWORK, "front"),
             (LABEL_NAME, " App2 ,,web-two, app2"),
@@ -138,7 +183,11 @@ mod tests {
                 weight: Some(1000),
                 backup: true,
                 hosts: vec!["a.example.com".into(), "b.example.com".into()],
-                tls: true,
+                tls: TlsLabels {
+                    serve: true,
+                    passthrough: false,
+                    upstream: Some(UpstreamOptions { protocol: Protocol::H2, tls: Some(UpstreamTls { verify: false, ..UpstreamTls::default() }) }),
+                },
                 network: Some("front".into()),
                 names: vec!["app2".into(), "web-two".into()],
                 socket_lb: Some(false),
@@ -156,6 +205,9 @@ mod tests {
             (LABEL_SOCKET_LB, "sometimes"),
             (LABEL_TLS, "maybe"),
             (LABEL_TLS, "true"),
+            (LABEL_TLS, "passthrough"),
+            (LABEL_UPSTREAM, "h3"),
+            (LABEL_UPSTREAM_VERIFY, "false"),
         ] {
             let (parsed, problems) = l(&[(key, value)]);
             assert_eq!(parsed, Labels::default(), "{key}={value}");
@@ -163,6 +215,11 @@ mod tests {
             assert!(problems[0].contains(key) && problems[0].contains(value), "{}", problems[0]);
         }
         assert!(!l(&[(LABEL_BACKUP, "False")]).0.backup);
+        let (pass, problems) = l(&[(LABEL_TLS, "Passthrough"), (LABEL_HOST, "vault.test")]);
+        assert!(problems.is_empty() && pass.tls.serve && pass.tls.passthrough, "{pass:?} {problems:?}");
+        let https = l(&[(LABEL_UPSTREAM, "https")]).0.tls.upstream.unwrap();
+        assert_eq!((https.protocol, https.tls.map(|t| t.verify)), (Protocol::Http1, Some(true)));
+        assert_eq!(l(&[(LABEL_UPSTREAM, "h2c")]).0.tls.upstream.unwrap().tls, None);
         assert_eq!(l(&[(LABEL_WEIGHT, " 5 ")]).0.weight, Some(5));
     }
 }

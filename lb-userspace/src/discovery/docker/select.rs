@@ -85,7 +85,7 @@ pub fn backend(w: &DockerWatch, c: &Tracked, host: &HashSet<IpAddr>) -> Result<D
         name: container_name(&c.info),
         aliases: aliases(c),
         hosts: c.labels.hosts.clone(),
-        tls: c.labels.tls,
+        tls: c.labels.tls.clone(),
         draining: c.stopping || is_paused(&c.info),
         healthy: health(&c.info),
         origin: format!("docker:{network}"),

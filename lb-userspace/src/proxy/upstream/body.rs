@@ -1,7 +1,9 @@
-//! A backend's response body, read from its connection by whoever polls the body (the
-//! client connection's task): no task of its own, no channel. Once the body has ended
-//! the connection goes back to its pool; dropped before, it is closed. After a `101`
-//! the connection becomes the tunnel's ([`RespBody::into_upgraded`]).
+//! A backend's response body. Over HTTP/1.1 it is read from its connection by whoever
+//! polls the body (the client connection's task): no task of its own, no channel. Once
+//! the body has ended the connection goes back to its pool; dropped before, it is
+//! closed. After a `101` the connection becomes the tunnel's
+//! ([`RespBody::into_upgraded`]). Over HTTP/2 it is hyper's stream, trailers included
+//! (gRPC's status).
 
 use std::{
     io,
@@ -19,6 +21,7 @@ use tokio::{
 use super::{
     h1::Framing,
     pool::{Conn, Home},
+    stream::Stream,
 };
 
 /// A chunk-size line or trailer line longer than this is refused.
@@ -50,14 +53,56 @@ enum Step {
     End,
 }
 
-pub struct RespBody {
+pub enum RespBody {
+    H1(H1Body),
+    H2(hyper::body::Incoming),
+}
+
+impl RespBody {
+    /// The connection after a `101` (with what the backend sent after the head).
+    pub fn into_upgraded(self) -> Option<Upgraded> {
+        match self {
+            Self::H1(b) => b.into_upgraded(),
+            Self::H2(_) => None,
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Self::H1(b) => Pin::new(b).poll_frame(cx),
+            Self::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::H1(b) => b.is_end_stream(),
+            Self::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::H1(b) => b.size_hint(),
+            Self::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// An HTTP/1.1 response body, decoded off its connection.
+pub struct H1Body {
     state: State,
     conn: Option<Conn>,
     /// Where the connection goes once the body has ended; `None`: closed instead.
     home: Option<Home>,
 }
 
-impl RespBody {
+impl H1Body {
     pub(super) fn new(framing: Framing, conn: Conn, home: Option<Home>) -> Self {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
@@ -73,8 +118,7 @@ impl RespBody {
         body
     }
 
-    /// The connection after a `101` (with what the backend sent after the head).
-    pub fn into_upgraded(mut self) -> Option<Upgraded> {
+    fn into_upgraded(mut self) -> Option<Upgraded> {
         (self.state == State::Upgraded).then(|| self.conn.take()).flatten().map(|c| Upgraded { stream: c.stream, early: c.buf })
     }
 
@@ -168,7 +212,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     u64::from_str_radix(hex, 16).map_err(|_| "bad chunk size")
 }
 
-impl Body for RespBody {
+impl Body for H1Body {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -199,7 +243,7 @@ impl Body for RespBody {
                 Ok(Step::NeedMore) => {}
             }
             conn.buf.reserve(READ_SIZE);
-            match ready!(read_some(&mut conn.stream, &mut conn.buf, cx)) {
+            match ready!(conn.stream.poll_read_some(&mut conn.buf, cx)) {
                 Ok(0) if this.state == State::Close => {
                     this.conn = None;
                     this.state = State::Done;
@@ -225,7 +269,7 @@ impl Body for RespBody {
     }
 }
 
-impl RespBody {
+impl H1Body {
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.conn = None;
         self.home = None;
@@ -263,7 +307,7 @@ pub fn drained(stream: &TcpStream) {
 
 /// A backend connection after `101`: first what came with the head, then the socket.
 pub struct Upgraded {
-    stream: TcpStream,
+    stream: Stream,
     early: BytesMut,
 }
 
@@ -299,7 +343,7 @@ mod tests {
 
     /// Decodes `raw` in pieces of `piece` bytes; the data and whether it ended.
     fn decode(state: State, raw: &[u8], piece: usize) -> Result<(Vec<u8>, bool), &'static str> {
-        let mut b = RespBody { state, conn: None, home: None };
+        let mut b = H1Body { state, conn: None, home: None };
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for part in raw.chunks(piece) {

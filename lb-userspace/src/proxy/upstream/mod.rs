@@ -1,19 +1,26 @@
-//! Connections to backends: HTTP/1.1 over TCP, a keep-alive pool per worker, service
-//! and backend. A request is written and its response read on the requesting task
-//! itself (the client connection's): no task per backend connection, no channel
-//! between the two, so a proxied request costs one task's wake-ups, as in nginx's
-//! event loop. The codec is `h1.rs` (heads) and `body.rs` (response bodies). A
-//! connection goes back to its pool when its response body has ended; idle ones are
-//! used for up to `POOL_IDLE` (older ones are closed when the pool is next looked at),
-//! at most `POOL_MAX_IDLE_PER_BACKEND` a backend.
+//! Connections to backends: HTTP/1.1 (or HTTP/2, `h2.rs`) over TCP or TLS (`tls.rs`,
+//! `http.upstream`), a keep-alive pool per worker, service and backend. An HTTP/1.1
+//! request is written and its response read on the requesting task itself (the client
+//! connection's): no task per backend connection, no channel between the two, so a
+//! proxied request costs one task's wake-ups, as in nginx's event loop. The codec is
+//! `h1.rs` (heads) and `body.rs` (response bodies). A connection goes back to its pool
+//! when its response body has ended; idle ones are used for up to `POOL_IDLE` (older
+//! ones are closed when the pool is next looked at), at most
+//! `POOL_MAX_IDLE_PER_BACKEND` a backend.
 
 pub mod body;
 pub mod h1;
+mod h2;
 pub mod pool;
+mod stream;
+#[cfg(test)]
+mod tests;
+mod tls;
 
 use std::{
     fmt, io,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,13 +28,17 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{HeaderMap, Method, Response, http::uri::Authority};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tracing::warn;
 
 use self::{
-    body::{RespBody, read_some},
+    body::{H1Body, RespBody},
     h1::{Parsed, SendFraming},
     pool::{Conn, Home, Pool, checkout},
+    stream::Stream,
+    tls::Tls,
 };
 use super::{listen::guard::body::ClientBody, workers::PerWorker};
+use crate::config::http::UpstreamOptions;
 
 /// Buffered bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 16 * 1024;
@@ -35,7 +46,12 @@ const COALESCE: usize = 16 * 1024;
 /// A service's connections to its backends.
 pub struct Upstream {
     connect: Duration,
+    options: UpstreamOptions,
+    /// `Err`: the TLS settings could not be applied (a CA file unreadable): every
+    /// connect fails with this, until the service's settings change.
+    tls: Option<Result<Tls, Arc<str>>>,
     pools: PerWorker<Pool>,
+    senders: PerWorker<h2::Senders>,
 }
 
 /// A request as it goes to a backend (its target in origin-form).
@@ -111,17 +127,28 @@ pub fn idempotent(m: &Method) -> bool {
 }
 
 impl Upstream {
-    pub fn new(connect: Duration) -> Self {
-        Self { connect, pools: PerWorker::new(Pool::default) }
+    /// `service` names it in the log, should its TLS settings fail.
+    pub fn new(service: &str, connect: Duration, options: &UpstreamOptions) -> Self {
+        let tls = options.tls.as_ref().map(|t| {
+            Tls::new(t, options.protocol).map_err(|e| {
+                warn!(%service, "upstream tls: {e:#}: its backends cannot be reached");
+                format!("{e:#}").into()
+            })
+        });
+        Self { connect, options: options.clone(), tls, pools: PerWorker::new(Pool::default), senders: PerWorker::new(h2::Senders::default) }
     }
 
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect
+    /// Whether it was made with these settings (else a reload makes a new one).
+    pub fn made_with(&self, connect: Duration, options: &UpstreamOptions) -> bool {
+        self.connect == connect && self.options == *options
     }
 
     /// Sends `out` to `addr` on an idle pooled connection of this worker, else a new
     /// one. A pooled connection the backend had closed is passed over.
     pub async fn request(&self, addr: SocketAddr, authority: &Authority, out: Outgoing<'_>) -> Result<Response<RespBody>, UpstreamError> {
+        if self.options.protocol.is_h2() {
+            return self.request_h2(addr, authority, out).await;
+        }
         let body_len = match &out.body {
             OutBody::Bytes(b) => Some(b.len()),
             OutBody::Stream(_) => None,
@@ -153,19 +180,35 @@ impl Upstream {
     }
 
     async fn open(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
-        let stream = match tokio::time::timeout(self.connect, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-            Err(_) => return Err(UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
+        Ok(Conn { stream: self.connect(addr).await?, buf: BytesMut::new() })
+    }
+
+    /// A new connection to `addr`: TCP, and the TLS handshake when the backends speak
+    /// TLS, both within the connect timeout (as nginx's `proxy_connect_timeout`).
+    async fn connect(&self, addr: SocketAddr) -> Result<Stream, UpstreamError> {
+        let tls = match &self.tls {
+            Some(Err(e)) => return Err(UpstreamError::Connect(io::Error::other(format!("upstream tls settings: {e}")))),
+            Some(Ok(t)) => Some(t),
+            None => None,
         };
-        let _ = stream.set_nodelay(true);
-        Ok(Conn { stream, buf: BytesMut::new() })
+        let open = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            match tls {
+                Some(t) => Ok(Stream::Tls(Box::new(t.handshake(tcp, addr).await?))),
+                None => Ok(Stream::Tcp(tcp)),
+            }
+        };
+        match tokio::time::timeout(self.connect, open).await {
+            Ok(r) => r.map_err(UpstreamError::Connect),
+            Err(_) => Err(UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
+        }
     }
 }
 
 fn answer(head: h1::Head, conn: Conn, home: Home) -> Response<RespBody> {
     let home = head.keep_alive.then_some(home);
-    Response::from_parts(head.parts, RespBody::new(head.framing, conn, home))
+    Response::from_parts(head.parts, RespBody::H1(H1Body::new(head.framing, conn, home)))
 }
 
 /// One request on `conn`: the head and body written, the response head read. `body`
@@ -199,6 +242,8 @@ async fn exchange(
         }
         None => return Err(Failed { err: UpstreamError::Protocol("the streamed body was sent already"), stale: false }),
     }
+    // TLS holds records until flushed; for TCP this is nothing.
+    conn.stream.flush().await.map_err(|e| io(e, false))?;
     loop {
         match h1::parse_response(&mut conn.buf, head_request) {
             Ok(Parsed::Final(h)) => return Ok((h, conn)),
@@ -211,7 +256,7 @@ async fn exchange(
         }
         conn.buf.reserve(8 * 1024);
         let nothing_yet = conn.buf.is_empty();
-        match std::future::poll_fn(|cx| read_some(&mut conn.stream, &mut conn.buf, cx)).await {
+        match std::future::poll_fn(|cx| conn.stream.poll_read_some(&mut conn.buf, cx)).await {
             Ok(0) => {
                 let err = io::Error::new(io::ErrorKind::UnexpectedEof, "the backend closed the connection before answering");
                 return Err(io(err, resend && nothing_yet));
@@ -227,7 +272,7 @@ async fn exchange(
 
 /// Copies a streamed client body to the backend: as it comes (the client's
 /// `Content-Length` framing) or chunked.
-async fn stream_body(stream: &mut TcpStream, mut incoming: ClientBody, framing: SendFraming) -> Result<(), Failed> {
+async fn stream_body(stream: &mut Stream, mut incoming: ClientBody, framing: SendFraming) -> Result<(), Failed> {
     let io = |err: io::Error| Failed { err: UpstreamError::Io(err), stale: false };
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|e| Failed { err: UpstreamError::Body(e), stale: false })?;
@@ -242,6 +287,7 @@ async fn stream_body(stream: &mut TcpStream, mut incoming: ClientBody, framing: 
         } else {
             stream.write_all(&data).await.map_err(io)?;
         }
+        stream.flush().await.map_err(io)?;
     }
     if framing == SendFraming::Chunked {
         stream.write_all(b"0\r\n\r\n").await.map_err(io)?;

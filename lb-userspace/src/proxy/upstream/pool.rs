@@ -2,15 +2,14 @@
 
 use std::{
     collections::HashMap,
-    io,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    task::{Context, Waker},
     time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+
+use super::stream::Stream;
 
 /// How long idle pooled connections to a backend are kept.
 const POOL_IDLE: Duration = Duration::from_secs(15);
@@ -18,7 +17,7 @@ const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
 
 /// A backend connection and what was read from it but not used yet.
 pub struct Conn {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) buf: BytesMut,
 }
 
@@ -36,13 +35,9 @@ impl Home {
     /// Pools `conn` if the backend has nothing more to say on it. Its last read
     /// normally reset the socket's readiness (`body::read_some`); if not, a read makes
     /// sure, so a later close by the backend shows at checkout without a read.
-    pub(super) fn put(self, conn: Conn) {
-        let mut cx = Context::from_waker(Waker::noop());
-        if conn.stream.poll_read_ready(&mut cx).is_ready() {
-            match conn.stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                _ => return,
-            }
+    pub(super) fn put(self, mut conn: Conn) {
+        if !conn.stream.idle_ok() {
+            return;
         }
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let idle = pool.entry(self.addr).or_default();
@@ -53,8 +48,8 @@ impl Home {
 }
 
 /// The most recently used idle connection to `addr` still open and fresh. An idle
-/// connection the socket reports readable has been closed by the backend (or sent
-/// what it should not have): it is dropped without a read.
+/// connection with something to read has been closed by the backend (or sent what it
+/// should not have): it is dropped.
 pub(super) fn checkout(pool: &Pool, addr: SocketAddr) -> Option<Conn> {
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     let idle = pool.get_mut(&addr)?;
@@ -62,9 +57,8 @@ pub(super) fn checkout(pool: &Pool, addr: SocketAddr) -> Option<Conn> {
     // Expired ones leave first (the oldest are at the front).
     let fresh = idle.iter().position(|(_, since)| now.duration_since(*since) < POOL_IDLE).unwrap_or(idle.len());
     idle.drain(..fresh);
-    let mut cx = Context::from_waker(Waker::noop());
-    while let Some((conn, _)) = idle.pop() {
-        if conn.stream.poll_read_ready(&mut cx).is_pending() {
+    while let Some((mut conn, _)) = idle.pop() {
+        if conn.stream.idle_ok() {
             return Some(conn);
         }
     }

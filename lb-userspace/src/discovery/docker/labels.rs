@@ -5,7 +5,7 @@ use bollard::models::ContainerInspectResponse;
 
 use crate::{
     config::http::{Protocol, UpstreamOptions, UpstreamTls},
-    discovery::TlsLabels,
+    discovery::update::TlsLabels,
 };
 
 /// The xlb service a container joins.

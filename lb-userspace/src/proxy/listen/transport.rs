@@ -15,7 +15,7 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 
-use crate::proxy::upstream::body::drained;
+use crate::proxy::upstream::stream::drained;
 
 /// A client connection's byte stream, usable through a shared reference.
 pub trait Transport: Send + Sync + 'static {

@@ -13,10 +13,7 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
     h1::Framing,
@@ -276,33 +273,6 @@ impl H1Body {
         self.state = State::Done;
         Poll::Ready(Some(Err(e)))
     }
-}
-
-/// Reads what the socket has into the spare capacity of `buf`. A read that leaves
-/// room has drained the socket: its readiness is reset then (as nginx does after a
-/// short `recv`), so the next wait goes to epoll instead of to a read that finds
-/// nothing. Data or a close that arrive later raise a new edge; a close already seen
-/// stays visible (tokio keeps `READ_CLOSED`).
-pub(super) fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        let room = buf.capacity() - buf.len();
-        match stream.try_read_buf(buf) {
-            Ok(n) => {
-                if n > 0 && n < room {
-                    drained(stream);
-                }
-                return Poll::Ready(Ok(n));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
-}
-
-/// Marks `stream` as read to the end of what it had, without a read.
-pub fn drained(stream: &TcpStream) {
-    let _ = stream.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
 }
 
 /// A backend connection after `101`: first what came with the head, then the socket.

@@ -24,7 +24,11 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
-use super::{Connected, OutBody, Outgoing, Upstream, UpstreamError, body::RespBody};
+use super::{
+    body::RespBody,
+    request::{Connected, OutBody, Outgoing, UpstreamError},
+    stream::Stream,
+};
 use crate::proxy::listen::guard::body::ClientBody;
 
 type ReqBody = Either<Full<Bytes>, ClientBody>;
@@ -32,35 +36,38 @@ type Sender = SendRequest<ReqBody>;
 /// One worker's HTTP/2 connections of a service, by backend address.
 pub type Senders = Arc<Mutex<HashMap<SocketAddr, Sender>>>;
 
-impl Upstream {
-    /// Sends `out` on this worker's connection to `addr`, opened first if there is none
-    /// (or it has closed). A request the old connection refused unsent (it was going
-    /// away) goes on a new one, if its body can be sent again.
-    pub(super) async fn request_h2(&self, addr: SocketAddr, authority: &Authority, out: Outgoing<'_>) -> Result<Response<RespBody>, UpstreamError> {
-        let scheme = if self.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
-        let (uri, headers) = head(&out, authority, scheme)?;
-        let mut body = Some(out.body);
-        let senders = self.senders.get();
-        let pooled = senders.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).filter(|s| !s.is_closed()).cloned();
-        if let Some(mut sender) = pooled {
-            match send(&mut sender, out.method, &uri, &headers, &mut body).await {
-                Err(e) if e.is_canceled() && body.is_some() => debug!(backend = %addr, "upstream h2: connection went away: {e}"),
-                r => return r.map_err(|e| UpstreamError::Io(io::Error::other(e))),
-            }
+/// Sends `out` on this worker's connection to `addr` (of `senders`), opened first by
+/// `connect` if there is none (or it has closed). A request the old connection refused
+/// unsent (it was going away) goes on a new one, if its body can be sent again.
+pub(super) async fn request<F: Future<Output = Result<Stream, UpstreamError>>>(
+    senders: &Senders,
+    addr: SocketAddr,
+    authority: &Authority,
+    scheme: Scheme,
+    out: Outgoing<'_>,
+    connect: impl FnOnce() -> F,
+) -> Result<Response<RespBody>, UpstreamError> {
+    let (uri, headers) = head(&out, authority, scheme)?;
+    let mut body = Some(out.body);
+    let pooled = senders.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).filter(|s| !s.is_closed()).cloned();
+    if let Some(mut sender) = pooled {
+        match send(&mut sender, out.method, &uri, &headers, &mut body).await {
+            Err(e) if e.is_canceled() && body.is_some() => debug!(backend = %addr, "upstream h2: connection went away: {e}"),
+            r => return r.map_err(|e| UpstreamError::Io(io::Error::other(e))),
         }
-        let opening = Instant::now();
-        let stream = self.connect(addr).await?;
-        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(backend = %addr, "upstream h2 connection: {e}");
-            }
-        });
-        senders.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, sender.clone());
-        let mut resp = send(&mut sender, out.method, &uri, &headers, &mut body).await.map_err(|e| UpstreamError::Io(io::Error::other(e)))?;
-        resp.extensions_mut().insert(Connected(opening.elapsed()));
-        Ok(resp)
     }
+    let opening = Instant::now();
+    let stream = connect().await?;
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(backend = %addr, "upstream h2 connection: {e}");
+        }
+    });
+    senders.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, sender.clone());
+    let mut resp = send(&mut sender, out.method, &uri, &headers, &mut body).await.map_err(|e| UpstreamError::Io(io::Error::other(e)))?;
+    resp.extensions_mut().insert(Connected(opening.elapsed()));
+    Ok(resp)
 }
 
 /// The request's URI (its authority from `Host`, else the backend's) and headers:

@@ -12,24 +12,29 @@ pub mod body;
 pub mod h1;
 mod h2;
 pub mod pool;
-mod stream;
+mod request;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 mod tls;
 
 use std::{
-    fmt, io,
+    io,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
-use hyper::{HeaderMap, Method, Response, http::uri::Authority};
+use hyper::{
+    Method, Response,
+    http::uri::{Authority, Scheme},
+};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tracing::warn;
 
+pub use self::request::{Connected, OutBody, Outgoing, UpstreamError};
 use self::{
     body::{H1Body, RespBody},
     h1::{Parsed, SendFraming},
@@ -52,66 +57,6 @@ pub struct Upstream {
     tls: Option<Result<Tls, Arc<str>>>,
     pools: PerWorker<Pool>,
     senders: PerWorker<h2::Senders>,
-}
-
-/// A request as it goes to a backend (its target in origin-form).
-pub struct Outgoing<'a> {
-    pub method: &'a Method,
-    pub target: &'a str,
-    pub headers: &'a HeaderMap,
-    pub body: OutBody,
-}
-
-/// A request body for one try.
-pub enum OutBody {
-    /// Read whole (possibly empty): can be sent again.
-    Bytes(Bytes),
-    /// Streamed from the client: sent once.
-    Stream(ClientBody),
-}
-
-/// On a response that came on a new connection: how long opening it took (the access
-/// log's `connect_time`; a pooled connection's response has none).
-#[derive(Debug, Clone, Copy)]
-pub struct Connected(pub Duration);
-
-/// Why a request got no response head.
-#[derive(Debug)]
-pub enum UpstreamError {
-    /// No connection: nothing was sent.
-    Connect(io::Error),
-    Io(io::Error),
-    /// The backend's answer broke HTTP/1.1.
-    Protocol(&'static str),
-    /// The client's streamed body failed.
-    Body(body::BodyError),
-}
-
-impl UpstreamError {
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_))
-    }
-}
-
-impl fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Connect(e) => write!(f, "connect: {e}"),
-            Self::Io(e) => write!(f, "{e}"),
-            Self::Protocol(e) => write!(f, "bad response: {e}"),
-            Self::Body(e) => write!(f, "request body: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for UpstreamError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Connect(e) | Self::Io(e) => Some(e),
-            Self::Protocol(_) => None,
-            Self::Body(e) => Some(&**e),
-        }
-    }
 }
 
 /// A try that failed; `stale`: on a pooled connection, before any answer, in a way
@@ -147,7 +92,8 @@ impl Upstream {
     /// one. A pooled connection the backend had closed is passed over.
     pub async fn request(&self, addr: SocketAddr, authority: &Authority, out: Outgoing<'_>) -> Result<Response<RespBody>, UpstreamError> {
         if self.options.protocol.is_h2() {
-            return self.request_h2(addr, authority, out).await;
+            let scheme = if self.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+            return h2::request(self.senders.get(), addr, authority, scheme, out, || self.connect(addr)).await;
         }
         let body_len = match &out.body {
             OutBody::Bytes(b) => Some(b.len()),

@@ -33,7 +33,7 @@ pub struct Home {
 
 impl Home {
     /// Pools `conn` if the backend has nothing more to say on it. Its last read
-    /// normally reset the socket's readiness (`body::read_some`); if not, a read makes
+    /// normally reset the socket's readiness (`stream::read_some`); if not, a read makes
     /// sure, so a later close by the backend shows at checkout without a read.
     pub(super) fn put(self, mut conn: Conn) {
         if !conn.stream.idle_ok() {

@@ -1,5 +1,5 @@
 //! A backend connection's byte stream: TCP, or TLS over TCP (`http.upstream.tls`).
-//! Plain TCP keeps its readiness-based fast paths (`body::read_some`); TLS reads go
+//! Plain TCP keeps its readiness-based fast paths (`read_some`); TLS reads go
 //! through rustls.
 
 use std::{
@@ -10,12 +10,10 @@ use std::{
 
 use bytes::BytesMut;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::client::TlsStream;
-
-use super::body::read_some;
 
 pub enum Stream {
     Tcp(TcpStream),
@@ -98,4 +96,31 @@ impl AsyncWrite for Stream {
             Self::Tls(s) => s.is_write_vectored(),
         }
     }
+}
+
+/// Reads what the socket has into the spare capacity of `buf`. A read that leaves
+/// room has drained the socket: its readiness is reset then (as nginx does after a
+/// short `recv`), so the next wait goes to epoll instead of to a read that finds
+/// nothing. Data or a close that arrive later raise a new edge; a close already seen
+/// stays visible (tokio keeps `READ_CLOSED`).
+pub(super) fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        let room = buf.capacity() - buf.len();
+        match stream.try_read_buf(buf) {
+            Ok(n) => {
+                if n > 0 && n < room {
+                    drained(stream);
+                }
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Marks `stream` as read to the end of what it had, without a read.
+pub fn drained(stream: &TcpStream) {
+    let _ = stream.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
 }

@@ -62,7 +62,8 @@ fn https_backends_verified_resumed_pooled_and_refused() {
     // One client connection (one xlb worker, so one pool): a request whose backend
     // connection closes after it, then two on the next backend connection.
     let url = "https://secure.test";
-    let out = s.curl(&format!("{url}/close"), &format!("--http1.1 {url}/keep {url}/keep")).unwrap_or_else(|e| panic!("curl secure.test: {e}\n{}", xlb.log()));
+    // (`curl` takes the extra arguments' URLs first.)
+    let out = s.curl(&format!("{url}/keep"), &format!("--http1.1 {url}/close {url}/keep")).unwrap_or_else(|e| panic!("curl secure.test: {e}\n{}", xlb.log()));
     let answers: Vec<&str> = out.lines().filter_map(|l| l.find("port=").map(|i| &l[i..])).collect();
     assert_eq!(answers.len(), 3, "three answers from the HTTPS backend: {out}");
     assert!(answers.iter().all(|a| a.ends_with("sni=backend.internal")), "SNI is the configured server_name: {answers:?}");

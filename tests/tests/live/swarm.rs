@@ -79,20 +79,16 @@ impl Swarm {
     }
 
     /// The running tasks on this engine: (xlb-testd's answer name = the container's short
-    /// id, its address on the swarm bridge), sorted.
-    fn tasks(&self) -> Vec<(String, Ipv4Addr)> {
+    /// id, its address on the swarm bridge), sorted; `None` while a running task has no
+    /// address on the bridge yet (its network is attached just after it starts).
+    fn tasks(&self) -> Option<Vec<(String, Ipv4Addr)>> {
         let filter = format!("label=com.docker.swarm.service.name={}", self.service);
         let ids = docker_cli(&["ps", "-q", "--filter", &filter]).unwrap_or_else(|e| panic!("docker ps: {e}"));
         let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.network);
-        let mut tasks: Vec<(String, Ipv4Addr)> = ids
-            .split_whitespace()
-            .map(|id| {
-                let ip = docker::inspect(id, &format);
-                (id.to_owned(), ip.parse().unwrap_or_else(|_| panic!("task {id}: no address on {} ({ip:?})", self.network)))
-            })
-            .collect();
+        let mut tasks: Vec<(String, Ipv4Addr)> =
+            ids.split_whitespace().map(|id| Some((id.to_owned(), docker::inspect(id, &format).parse().ok()?))).collect::<Option<_>>()?;
         tasks.sort();
-        tasks
+        Some(tasks)
     }
 }
 
@@ -159,8 +155,8 @@ fn swarm_service_scaled_and_updated() {
         a.sort();
         a
     };
-    let mut tasks = swarm.tasks();
-    assert_eq!(tasks.len(), 2, "tasks after docker service create: {tasks:?}");
+    let created = wait_for(Duration::from_secs(20), Duration::from_millis(200), || swarm.tasks().filter(|t| t.len() == 2));
+    let mut tasks = created.unwrap_or_else(|| panic!("tasks after docker service create: {:?}", swarm.tasks()));
     wait_vip_serves(&out, &xlb, &names(&tasks));
 
     let load = steady_load(&out);
@@ -179,7 +175,7 @@ fn swarm_service_scaled_and_updated() {
         swarm.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let took = called.elapsed();
         // Converged; a task being stopped may still be in its lame-duck period.
-        let settled = wait_for(Duration::from_secs(20), Duration::from_millis(200), || Some(swarm.tasks()).filter(|t| t.len() == want));
+        let settled = wait_for(Duration::from_secs(20), Duration::from_millis(200), || swarm.tasks().filter(|t| t.len() == want));
         ensure!(settled.is_some(), &xlb, None, "{what}: running tasks {:?}, want {want}", swarm.tasks());
         tasks = settled.unwrap_or_default();
         let new: Vec<String> = names(&tasks).into_iter().filter(|n| !before.iter().any(|(b, _)| b == n)).collect();

@@ -372,7 +372,11 @@ fn xlb_http_config(ctx: &Ctx, dir: &Path, kind: Kind) -> Result<PathBuf> {
         _ => String::new(),
     };
     let http = match kind {
-        Kind::XlbHttps | Kind::XlbH2 => "    http: { tls: { port: 443 } }\n".to_owned(),
+        // The idle-connection row opens 10,000 from one client address: the per-address and
+        // listener caps are lifted as nginx's worker_connections are.
+        Kind::XlbHttps | Kind::XlbH2 => {
+            "    http: { tls: { port: 443 }, limits: { max_connections: 20000, max_connections_per_ip: 20000 } }\n".to_owned()
+        }
         Kind::XlbHttpLeastTime => "    http: { method: least_time header }\n".to_owned(),
         Kind::XlbHttpCookie => "    http: { pin_cookie: srv, sticky_cookie: { name: route } }\n".to_owned(),
         Kind::XlbHttpRoutes => format!("    http: {{ hosts: [\"{VIP}\"] }}\n"),

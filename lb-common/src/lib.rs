@@ -369,6 +369,23 @@ pub struct Handoff {
 
 /// First byte of a handed-off frame's source MAC: group and local bits set.
 pub const HANDOFF_MARK: u8 = 0xfb;
+
+impl Handoff {
+    /// The source MAC that names slot `index` in its use `seq`.
+    #[inline(always)]
+    pub fn mark(index: u32, seq: u32) -> [u8; 6] {
+        let [_, _, i1, i0] = index.to_be_bytes();
+        let [_, s2, s1, s0] = seq.to_be_bytes();
+        [HANDOFF_MARK, i1, i0, s2, s1, s0]
+    }
+
+    /// The slot index and use a source MAC names, if it is a hand-off's.
+    #[inline(always)]
+    pub fn marked(mac: [u8; 6]) -> Option<(u32, u32)> {
+        let [mark, i1, i0, s2, s1, s0] = mac;
+        (mark == HANDOFF_MARK).then(|| (u32::from_be_bytes([0, 0, i1, i0]), u32::from_be_bytes([0, s2, s1, s0])))
+    }
+}
 /// `HANDOFF` slots per CPU, used in turn: more than the frames XDP can run ahead of TC
 /// on one CPU (a NAPI poll's budget of 64).
 pub const HANDOFF_SLOTS_PER_CPU: u32 = 256;

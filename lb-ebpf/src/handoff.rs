@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     programs::{TcContext, XdpContext},
 };
-use lb_common::{FwdMeta, HANDOFF_MARK, HANDOFF_MAX_CPUS, HANDOFF_SLOTS_PER_CPU, Handoff};
+use lb_common::{FwdMeta, HANDOFF_MAX_CPUS, HANDOFF_SLOTS_PER_CPU, Handoff};
 
 use crate::{
     maps::{HANDOFF, HANDOFF_NEXT},
@@ -35,9 +35,7 @@ pub fn stash(ctx: &XdpContext, meta: &FwdMeta) -> Option<()> {
     let seq = (n / HANDOFF_SLOTS_PER_CPU) & 0xff_ffff;
     let slot = HANDOFF.get_ptr_mut(index)?;
     unsafe { *slot = Handoff { meta: *meta, src: read_unaligned(src), _pad: [0; 2], seq } };
-    let [_, _, i1, i0] = index.to_be_bytes();
-    let [_, s2, s1, s0] = seq.to_be_bytes();
-    unsafe { write_unaligned(src, [HANDOFF_MARK, i1, i0, s2, s1, s0]) };
+    unsafe { write_unaligned(src, Handoff::mark(index, seq)) };
     Some(())
 }
 
@@ -54,12 +52,7 @@ pub enum Found {
 #[inline(always)]
 pub fn take(ctx: &TcContext) -> Found {
     let Some(src) = ptr_at::<[u8; 6]>(ctx, SRC_MAC) else { return Found::None };
-    let [mark, i1, i0, s2, s1, s0] = unsafe { read_unaligned(src) };
-    if mark != HANDOFF_MARK {
-        return Found::None;
-    }
-    let index = u32::from_be_bytes([0, 0, i1, i0]);
-    let seq = u32::from_be_bytes([0, s2, s1, s0]);
+    let Some((index, seq)) = Handoff::marked(unsafe { read_unaligned(src) }) else { return Found::None };
     let Some(slot) = HANDOFF.get(index).copied() else { return Found::Lost };
     if slot.seq != seq || slot.meta.magic != FwdMeta::MAGIC {
         return Found::Lost;

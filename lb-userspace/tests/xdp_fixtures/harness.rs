@@ -22,7 +22,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData},
     programs::{ProgramError, TestRun, TestRunOptions},
 };
-use lb_common::{Conn, ConnKey, ConnKind, Counters, HANDOFF_MARK, ServiceKey, addr_words, names};
+use lb_common::{Conn, ConnKey, ConnKind, Counters, Handoff, ServiceKey, addr_words, names};
 use xlb::{
     dataplane::{Dataplane, Limits},
     plan::Desired,
@@ -185,10 +185,10 @@ impl Fixture {
     /// `HANDOFF` slot that its (changed) source MAC names: reads the slot and does what
     /// `xlb_fwd` does, so the cases see one outcome on every kernel.
     fn unstash(&mut self, mut out: Outcome) -> Outcome {
-        let Some(&[HANDOFF_MARK, i1, i0, s2, s1, s0]) = out.frame.get(6..12) else { return out };
+        let Some((index, seq)) = out.frame.get(6..12).and_then(|m| Handoff::marked(m.try_into().ok()?)) else { return out };
         assert!(out.meta.is_empty(), "metadata and a handoff both: {:02x?}", out.meta);
-        let slot = self.dp.handoff(u32::from_be_bytes([0, 0, i1, i0])).expect("the handoff slot");
-        assert_eq!(slot.seq, u32::from_be_bytes([0, s2, s1, s0]), "handoff slot reused");
+        let slot = self.dp.handoff(index).expect("the handoff slot");
+        assert_eq!(slot.seq, seq, "handoff slot reused");
         out.frame[6..12].copy_from_slice(&slot.src);
         let m = slot.meta;
         out.meta = [m.magic, m.ifindex, m.l4_addr_diff, m.l4_port_diff, m.flags].iter().flat_map(|w| w.to_ne_bytes()).collect();

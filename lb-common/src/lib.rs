@@ -351,11 +351,9 @@ impl FwdMeta {
     pub const F_BACK_OUT: u32 = 2;
 }
 
-/// Where XDP leaves a [`FwdMeta`] on kernels whose XDP programs may not call
-/// `bpf_xdp_adjust_meta` (some builds refuse it): a `HANDOFF` array slot, named by the
-/// frame's source MAC, which XDP overwrites with [`HANDOFF_MARK`], the slot's index and
-/// `seq` (big-endian, 2 and 3 bytes). A group bit in a source MAC never comes from a
-/// wire, so no other frame is taken for a hand-off; `xlb_fwd` writes `src` back.
+/// Where XDP leaves a [`FwdMeta`] on kernels that refuse it `bpf_xdp_adjust_meta`: a
+/// `HANDOFF` slot named in the frame's source MAC ([`Handoff::mark`]; a group-bit source
+/// MAC never comes from a wire, so no other frame is taken for one); TC writes `src` back.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Handoff {
@@ -374,8 +372,7 @@ impl Handoff {
     /// The source MAC that names slot `index` in its use `seq`.
     #[inline(always)]
     pub fn mark(index: u32, seq: u32) -> [u8; 6] {
-        let [_, _, i1, i0] = index.to_be_bytes();
-        let [_, s2, s1, s0] = seq.to_be_bytes();
+        let ([_, _, i1, i0], [_, s2, s1, s0]) = (index.to_be_bytes(), seq.to_be_bytes());
         [HANDOFF_MARK, i1, i0, s2, s1, s0]
     }
 

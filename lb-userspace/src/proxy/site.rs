@@ -76,6 +76,9 @@ pub struct ClientLimits {
     /// the request's service is known (`ConnShared::limit_body`).
     pub max_body: u64,
     pub max_buffered_bodies: u64,
+    /// `SO_SNDBUF` of client sockets; 0: the kernel's.
+    pub send_buffer: u32,
+    pub max_concurrent_streams: u32,
 }
 
 impl ClientLimits {
@@ -93,12 +96,15 @@ impl ClientLimits {
                     body: t.client_body,
                     min_body_rate: l.min_body_rate,
                     body_idle: t.idle,
+                    min_send_rate: l.min_send_rate,
                 },
                 max_connections: l.max_connections,
                 max_connections_per_ip: l.max_connections_per_ip,
                 max_headers: l.max_headers as usize,
                 max_body: l.max_body,
                 max_buffered_bodies: l.max_buffered_bodies,
+                send_buffer: l.send_buffer,
+                max_concurrent_streams: l.max_concurrent_streams,
             };
             out = Some(match out {
                 None => this,
@@ -114,12 +120,19 @@ impl ClientLimits {
                         body: o.timeouts.body.min(this.timeouts.body),
                         min_body_rate: o.timeouts.min_body_rate.min(this.timeouts.min_body_rate),
                         body_idle: o.timeouts.body_idle.min(this.timeouts.body_idle),
+                        min_send_rate: o.timeouts.min_send_rate.min(this.timeouts.min_send_rate),
                     },
                     max_connections: o.max_connections.min(this.max_connections),
                     max_connections_per_ip: o.max_connections_per_ip.min(this.max_connections_per_ip),
                     max_headers: o.max_headers.min(this.max_headers),
                     max_body: o.max_body.max(this.max_body),
                     max_buffered_bodies: o.max_buffered_bodies.min(this.max_buffered_bodies),
+                    // 0 is the kernel's (no cap): the smallest cap any service sets.
+                    send_buffer: match (o.send_buffer, this.send_buffer) {
+                        (0, b) | (b, 0) => b,
+                        (a, b) => a.min(b),
+                    },
+                    max_concurrent_streams: o.max_concurrent_streams.min(this.max_concurrent_streams),
                 },
             });
         }

@@ -10,7 +10,8 @@
 //! a file per feature: `access_log`, `balancing`, `routing`, `failures`, `headers`, `bad_input`,
 //! `binary`, `differential` (the same bytes through xlb and nginx), `idle_limits` (HTTP/2
 //! and tunnels), `slow_clients` (slowloris, slow bodies, per-address limits, greedy
-//! bodies), `faults` (a backend paused or resetting under wrk). A new feature's tests go in a file of their own, declared below.
+//! bodies), `slow_read` (slowhttptest's slow read), `h2_streams` (HTTP/2 streams per
+//! connection), `faults` (a backend paused or resetting under wrk). A new feature's tests go in a file of their own, declared below.
 
 mod backends;
 mod client;
@@ -22,9 +23,11 @@ mod bad_input;
 mod balancing;
 mod binary;
 mod differential;
-mod faults;
 mod failures;
+mod faults;
+mod h2_streams;
 mod headers;
 mod idle_limits;
 mod routing;
 mod slow_clients;
+mod slow_read;

@@ -25,24 +25,29 @@ const NORMAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 /// One row of slowhttptest's CSV: seconds, closed, pending, connected.
 #[derive(Debug, Clone, Copy)]
-struct Tick {
-    second: u32,
-    closed: u32,
-    connected: u32,
+pub struct Tick {
+    pub second: u32,
+    pub closed: u32,
+    pub connected: u32,
 }
 
-/// Runs slowhttptest against `addr` (`mode`: `-H` slowloris, `-B` slow body) with
-/// `conns` connections opened at `rate` per second, a follow-up every second, for
-/// `secs`; returns its per-second counts, and whether it ended because the server
-/// had closed every connection (else: at its time limit).
-fn slowhttptest(addr: SocketAddr, mode: &str, conns: u32, rate: u32, secs: u32) -> (Vec<Tick>, bool) {
+/// slowhttptest's slowloris (`-H`) and slow body (`-B`): a follow-up every second, of up
+/// to 8 bytes, a body announcing 100,000 bytes.
+const SLOW_SEND: [&str; 6] = ["-i", "1", "-x", "8", "-s", "100000"];
+
+/// Runs slowhttptest against `url` (`mode`: `-H` slowloris, `-B` slow body, `-X` slow
+/// read, with its `args`) with `conns` connections opened at `rate` per second, for
+/// `secs`; returns its per-second counts, and whether it ended because the server had
+/// closed every connection (else: at its time limit).
+pub fn slowhttptest(url: &str, mode: &str, args: &[&str], conns: u32, rate: u32, secs: u32) -> (Vec<Tick>, bool) {
     let dir = xlb_tests::util::TempDir::new();
     let prefix = dir.path().join("slow");
     let out = Command::new("slowhttptest")
         .args([mode, "-g", "-o"])
         .arg(&prefix)
-        .args(["-c", &conns.to_string(), "-r", &rate.to_string(), "-i", "1", "-x", "8", "-s", "100000", "-p", "2", "-l", &secs.to_string()])
-        .args(["-u", &format!("http://{addr}/")])
+        .args(["-c", &conns.to_string(), "-r", &rate.to_string(), "-p", "2", "-l", &secs.to_string()])
+        .args(args)
+        .args(["-u", url])
         .output()
         .expect("slowhttptest (apt-get install slowhttptest, or cargo xtask setup)");
     let csv = std::fs::read_to_string(prefix.with_extension("csv"))
@@ -81,7 +86,7 @@ fn normal_client(addr: SocketAddr, from: Ipv4Addr, stop: Arc<AtomicBool>) -> thr
 }
 
 /// Runs `attack` while a normal client asks; its counts.
-fn under_attack<T>(addr: SocketAddr, attack: impl FnOnce() -> T) -> (T, u32, Vec<String>) {
+pub fn under_attack<T>(addr: SocketAddr, attack: impl FnOnce() -> T) -> (T, u32, Vec<String>) {
     let stop = Arc::new(AtomicBool::new(false));
     let normal = normal_client(addr, NORMAL, stop.clone());
     let t = attack();
@@ -97,7 +102,7 @@ fn slowloris_is_cut_at_client_header_and_held_to_its_address_share() {
     // connections would take all 120 and the normal client would get 503s.
     let lb = Lb::one("timeouts: { client_header: 1s }\nlimits: { max_connections: 120, max_connections_per_ip: 60 }", vec![t.view(1)]);
     let addr = lb.addr();
-    let ((ticks, all_closed), ok, failed) = under_attack(addr, || slowhttptest(addr, "-H", 300, 150, 6));
+    let ((ticks, all_closed), ok, failed) = under_attack(addr, || slowhttptest(&format!("http://{addr}/"), "-H", &SLOW_SEND, 300, 150, 6));
     let most = ticks.iter().map(|t| t.connected).max().unwrap_or(0);
     let last = ticks.last().unwrap();
     eprintln!(
@@ -119,7 +124,7 @@ fn slow_bodies_are_cut_under_min_body_rate() {
     let run = |rate: u32| {
         let lb = Lb::one(&format!("timeouts: {{ client_body: 2s }}\nlimits: {{ min_body_rate: {rate} }}"), vec![t.view(1)]);
         let addr = lb.addr();
-        let ((ticks, all_closed), ok, failed) = under_attack(addr, || slowhttptest(addr, "-B", 50, 50, 6));
+        let ((ticks, all_closed), ok, failed) = under_attack(addr, || slowhttptest(&format!("http://{addr}/"), "-B", &SLOW_SEND, 50, 50, 6));
         let last = *ticks.last().unwrap();
         eprintln!(
             "slow body, min_body_rate {rate}: all closed before the end: {all_closed}; at {} s {} connected, {} closed; normal client {ok} answered, {} failed",

@@ -257,6 +257,20 @@ pub struct Limits {
     /// `MinRate=500`). 0: no minimum. A body trickling a byte at a time within
     /// `client_body` would otherwise hold the connection for ever.
     pub min_body_rate: u32,
+    /// Slowest a client may take a response, in bytes per second averaged from the first
+    /// write it blocked (its socket full) while it stays behind, once that has lasted
+    /// `timeouts.idle`; slower: the connection is closed. 0: no minimum (then only
+    /// nothing taken for `idle` closes it, nginx's `send_timeout`). A slow reader taking a
+    /// few bytes now and then (slowhttptest `-X`) would otherwise hold the connection
+    /// and the backend's response for ever.
+    pub min_send_rate: u32,
+    /// `SO_SNDBUF` of client sockets in bytes (nginx's `listen ... sndbuf=`); 0: the
+    /// kernel's own, autotuned. A cap bounds the kernel memory a connection that reads
+    /// nothing pins, and the throughput of a long fat path (one buffer per round trip).
+    pub send_buffer: u32,
+    /// HTTP/2 streams a client connection may have open at once; more are refused
+    /// (`REFUSED_STREAM`) (nginx's `http2_max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
     /// Read the whole request body before choosing a backend (nginx's
     /// `proxy_request_buffering on`): a bad body never reaches a backend, and requests
     /// with a body can be retried. Off: bodies stream, and only connect failures retry.
@@ -274,6 +288,9 @@ impl Default for Limits {
             max_body: 1024 * 1024,
             max_buffered_bodies: 256 * 1024 * 1024,
             min_body_rate: 500,
+            min_send_rate: 1024,
+            send_buffer: 0,
+            max_concurrent_streams: 128,
             buffer_requests: true,
         }
     }
@@ -308,6 +325,14 @@ impl HttpOptions {
         }
         if l.max_buffered_bodies < l.max_body {
             return Err("limits: max_buffered_bodies must be at least max_body".into());
+        }
+        if l.max_concurrent_streams == 0 {
+            return Err("limits: max_concurrent_streams must be above 0".into());
+        }
+        // The kernel doubles it and takes no less than 4,608 (SOCK_MIN_SNDBUF): below
+        // 4 KiB a value would not be what it says.
+        if l.send_buffer != 0 && l.send_buffer < 4096 {
+            return Err("limits: send_buffer must be 0 (the kernel's) or at least 4096".into());
         }
         self.upstream.validate()
     }
@@ -394,7 +419,13 @@ mod tests {
         assert!(HttpOptions::from_yaml("pin_header: 'a b'\n").unwrap_err().contains("pin_header"));
         assert!(HttpOptions::from_yaml("limits: { max_body: 10, max_buffered_bodies: 5 }\n").unwrap_err().contains("max_buffered_bodies"));
         assert!(HttpOptions::from_yaml("limits: { max_connections_per_ip: 0 }\n").unwrap_err().contains("max_connections_per_ip"));
+        assert!(HttpOptions::from_yaml("limits: { max_concurrent_streams: 0 }\n").unwrap_err().contains("max_concurrent_streams"));
+        assert!(HttpOptions::from_yaml("limits: { send_buffer: 100 }\n").unwrap_err().contains("send_buffer"));
+        assert!(HttpOptions::from_yaml("limits: { min_send_rate: -1 }\n").unwrap_err().contains("min_send_rate"));
+        let l = HttpOptions::from_yaml("limits: { send_buffer: 65536, min_send_rate: 0, max_concurrent_streams: 8 }\n").unwrap().limits;
+        assert_eq!((l.send_buffer, l.min_send_rate, l.max_concurrent_streams), (65536, 0, 8));
         let d = HttpOptions::default();
         assert_eq!((d.timeouts.client_body, d.limits.min_body_rate, d.limits.max_connections_per_ip), (Duration::from_secs(30), 500, 1000));
+        assert_eq!((d.limits.min_send_rate, d.limits.send_buffer, d.limits.max_concurrent_streams), (1024, 0, 128));
     }
 }

@@ -18,9 +18,9 @@ use tracing::{debug, info, warn};
 
 use super::{
     conn::{raw_page, serve, write_all},
-    passthrough,
     guard::shared::ConnShared,
     limits::{Limit, PerIp, Permit},
+    passthrough,
     transport::{SharedTcp, Tls},
 };
 use crate::proxy::{
@@ -160,6 +160,7 @@ async fn accept_loop(listener: TcpListener, slot: Slot, limits: Limits, closing:
         let permit = limits.per_ip.try_acquire(peer.ip()).and_then(|ip| Some(Permit::new(limits.conns.try_acquire()?, ip, limits.bodies.clone())));
         match permit {
             Some(permit) => {
+                cap_send_buffer(&stream, load(&slot).client.send_buffer);
                 let conn = ConnShared::new(peer, Some(permit));
                 match &tls {
                     None => tokio::spawn(serve(Arc::new(stream), conn, slot.clone(), closing.clone())),
@@ -173,6 +174,16 @@ async fn accept_loop(listener: TcpListener, slot: Slot, limits: Limits, closing:
                 tokio::spawn(refuse(stream));
             }
         }
+    }
+}
+
+/// `limits.send_buffer`: set per connection (not on the listening socket, which
+/// accepted sockets would inherit it from) so that a reload applies to the next one.
+fn cap_send_buffer(stream: &TcpStream, bytes: u32) {
+    if bytes > 0
+        && let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(bytes as usize)
+    {
+        warn!("http: SO_SNDBUF {bytes}: {e}");
     }
 }
 

@@ -26,11 +26,10 @@ use super::{
 use crate::proxy::{
     drain::{self, Closing},
     request::{self, log::ProxyBody},
-    site::{Slot, load},
+    site::{ClientLimits, Slot, load},
 };
 
-/// HTTP/2 client connections: streams at once, and how often an idle one is pinged.
-const H2_MAX_STREAMS: u32 = 128;
+/// HTTP/2 client connections: how often an idle one is pinged.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// After answering a violation: how long to read what the client still sends, so the
 /// close does not turn into a reset that destroys the answer.
@@ -52,7 +51,7 @@ pub async fn serve<T: Transport>(stream: Arc<T>, conn: Arc<ConnShared>, slot: Sl
     }
     builder
         .http2()
-        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.head.max_head as u32)
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .timer(TokioTimer::new());
@@ -110,7 +109,7 @@ impl Service<Request<Incoming>> for Handler {
                 && let Some(frame) = h2c::stream_one(&req)
             {
                 let upgrade = hyper::upgrade::on(&mut req);
-                tokio::spawn(serve_h2c(upgrade, frame, site.client.head.max_head as u32, this.clone()));
+                tokio::spawn(serve_h2c(upgrade, frame, site.client, this.clone()));
                 return Ok(h2c::switching(&this.conn));
             }
             Ok(request::handle(req, site, this.conn).await)
@@ -120,7 +119,7 @@ impl Service<Request<Incoming>> for Handler {
 
 /// The connection after `101` to `Upgrade: h2c`: HTTP/2, with the upgrading request
 /// as stream 1 (`frame`).
-async fn serve_h2c(upgrade: OnUpgrade, frame: Vec<u8>, head_limit: u32, handler: Handler) {
+async fn serve_h2c(upgrade: OnUpgrade, frame: Vec<u8>, limits: ClientLimits, handler: Handler) {
     let peer = handler.conn.peer;
     let io = match upgrade.await {
         Ok(io) => h2c::WithStreamOne::new(TokioIo::new(io), frame),
@@ -128,8 +127,8 @@ async fn serve_h2c(upgrade: OnUpgrade, frame: Vec<u8>, head_limit: u32, handler:
     };
     let closing = handler.closing.clone();
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(head_limit)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.head.max_head as u32)
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), handler);

@@ -1,6 +1,6 @@
 //! The client socket as hyper sees it: reads pass the framer, and the client timeouts
-//! (head, body, keep-alive, a client not reading), the slowest body and the largest
-//! chunked body are enforced here.
+//! (head, body, keep-alive, a client not reading), the slowest body, the slowest reader
+//! of a response and the largest chunked body are enforced here.
 
 use std::{
     cell::RefCell,
@@ -39,6 +39,25 @@ pub struct ClientTimeouts {
     pub min_body_rate: u32,
     /// A client reading nothing of a response; a tunnel with no byte either way.
     pub body_idle: Duration,
+    /// Bytes per second a client behind a response must take once it has been behind
+    /// for `body_idle`; 0: no minimum.
+    pub min_send_rate: u32,
+}
+
+/// A client behind on a response: since its first blocked write, the bytes its socket
+/// took since, and its latest blocked write. It stays behind until no write blocked for
+/// `body_idle`, so reading a little whenever the socket fills does not start it afresh.
+#[derive(Debug, Clone, Copy)]
+struct Behind {
+    since: Instant,
+    sent: u64,
+    last_blocked: Instant,
+}
+
+/// When `bytes` taken since `since` fall below `rate` bytes/s: once more time passed than
+/// they pay for, and not within `grace`. `None` without a minimum (`rate` 0).
+fn below_rate(since: Instant, bytes: u64, rate: u32, grace: Duration) -> Option<Instant> {
+    (rate != 0).then(|| since + grace.max(Duration::from_secs_f64(bytes as f64 / f64::from(rate))))
 }
 
 /// A client socket as hyper sees it: reads pass the [`Framer`], writes go straight out.
@@ -63,6 +82,7 @@ pub struct GuardedIo<T> {
     deadline: Option<Instant>,
     /// Since when writes have been blocked (the client reads nothing).
     write_blocked: Option<Instant>,
+    behind: Option<Behind>,
     write_timer: Pin<Box<Sleep>>,
     write_deadline: Option<Instant>,
 }
@@ -89,6 +109,7 @@ impl<T: Transport> GuardedIo<T> {
             timer: Box::pin(tokio::time::sleep_until(now.into())),
             deadline: None,
             write_blocked: None,
+            behind: None,
             write_timer: Box::pin(tokio::time::sleep_until(now.into())),
             write_deadline: None,
         }
@@ -118,12 +139,16 @@ impl<T: Transport> GuardedIo<T> {
     /// When the body being read becomes too slow or has paused too long.
     fn body_due(&self) -> Instant {
         let paused = self.last_read + self.timeouts.body;
-        match (self.timeouts.min_body_rate, self.body_started) {
-            (0, _) | (_, None) => paused,
-            // Below the rate once more time passed than its bytes pay for (and not before
-            // the grace of `body`).
-            (rate, Some(t0)) => paused.min(t0 + self.timeouts.body.max(Duration::from_secs_f64(self.body_read as f64 / f64::from(rate)))),
-        }
+        let slow = self.body_started.and_then(|t0| below_rate(t0, self.body_read, self.timeouts.min_body_rate, self.timeouts.body));
+        slow.map_or(paused, |slow| paused.min(slow))
+    }
+
+    /// When the client blocking a write has taken nothing for `body_idle`, or has been
+    /// behind for longer than `min_send_rate` pays for.
+    fn send_due(&self, blocked: Instant) -> Instant {
+        let stalled = blocked + self.timeouts.body_idle;
+        let slow = self.behind.and_then(|b| below_rate(b.since, b.sent, self.timeouts.min_send_rate, self.timeouts.body_idle));
+        slow.map_or(stalled, |slow| stalled.min(slow))
     }
 
     /// When the current wait ends, and whether that is a violation (408) or a quiet
@@ -224,24 +249,45 @@ impl<T: Transport> AsyncRead for GuardedIo<T> {
 }
 
 impl<T: Transport> GuardedIo<T> {
-    /// Writes (or flushes) with `write`, failing once the client has accepted nothing
-    /// for `body_idle` (nginx's `send_timeout`): a client that stops reading must not
-    /// hold a backend connection forever.
-    fn poll_write_with<R>(&mut self, cx: &mut Context<'_>, write: impl Fn(&T, &mut Context<'_>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    /// Writes (or flushes) with `write` (`taken`: the bytes a result says the socket
+    /// took), failing once the client has accepted nothing for `body_idle` (nginx's
+    /// `send_timeout`), or has been behind (`Behind`) longer than `min_send_rate` pays
+    /// for: a client that stops reading, or reads a few bytes now and then (slow read),
+    /// must not hold a backend's response for ever. A write only blocks once the socket
+    /// buffer is full, so what the buffer absorbed before counts for nothing.
+    fn poll_write_with<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&T, &mut Context<'_>) -> Poll<io::Result<R>>,
+        taken: impl Fn(&R) -> usize,
+    ) -> Poll<io::Result<R>> {
         match write(&self.stream, cx) {
             Poll::Ready(r) => {
+                if let (Some(b), Ok(v)) = (&mut self.behind, &r) {
+                    b.sent += taken(v) as u64;
+                }
                 self.write_blocked = None;
                 self.last_write = Instant::now();
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let at = *self.write_blocked.get_or_insert_with(Instant::now) + self.timeouts.body_idle;
+                let now = Instant::now();
+                let blocked = *self.write_blocked.get_or_insert(now);
+                match &mut self.behind {
+                    Some(b) if now <= b.last_blocked + self.timeouts.body_idle => b.last_blocked = now,
+                    b => *b = Some(Behind { since: now, sent: 0, last_blocked: now }),
+                }
+                let at = self.send_due(blocked);
                 if self.write_deadline != Some(at) {
                     self.write_deadline = Some(at);
                     self.write_timer.as_mut().reset(at.into());
                 }
                 if self.write_timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")));
+                    // Reset, not close: the unsent response is dropped with the socket
+                    // instead of trickling out to the slow reader (nginx's
+                    // `reset_timedout_connection`).
+                    let _ = socket2::SockRef::from(self.stream.tcp()).set_linger(Some(Duration::ZERO));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client reads too slowly")));
                 }
                 Poll::Pending
             }
@@ -251,11 +297,11 @@ impl<T: Transport> GuardedIo<T> {
 
 impl<T: Transport> AsyncWrite for GuardedIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |s, cx| s.poll_write(cx, &[io::IoSlice::new(buf)]))
+        self.get_mut().poll_write_with(cx, |s, cx| s.poll_write(cx, &[io::IoSlice::new(buf)]), |n| *n)
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |s, cx| s.poll_write(cx, bufs))
+        self.get_mut().poll_write_with(cx, |s, cx| s.poll_write(cx, bufs), |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -263,7 +309,7 @@ impl<T: Transport> AsyncWrite for GuardedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_write_with(cx, |s, cx| s.poll_flush(cx))
+        self.get_mut().poll_write_with(cx, |s, cx| s.poll_flush(cx), |_| 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -33,7 +33,8 @@
 //! The socket hyper reads (`io.rs`) also enforces the client timeouts: a head must be complete within
 //! `client_header` of its first byte (else 408), a request body must not stall longer
 //! than `idle` (408), an idle keep-alive connection is closed after `keepalive`, and a
-//! client that reads nothing of a response for `idle` is cut off. Past the preface or a
+//! client that reads nothing of a response for `idle`, or has been behind on it for
+//! `idle` and took less than `min_send_rate` bytes/s since, is reset. Past the preface or a
 //! `101` the bytes are not HTTP/1 but the clocks still run: an HTTP/2 connection with no
 //! request in flight is closed after `keepalive`, a tunnel with no byte either way
 //! after `idle`.

@@ -18,24 +18,37 @@ pub fn run_counted(cargo: &mut Command, summary: &mut Vec<String>) -> Result<()>
     let mut child = cmd::spawn(cargo.stdout(writer.try_clone().context("pipe")?).stderr(writer))?;
     // Drop the command's copies of the write end, so the read end sees end of file.
     cargo.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut binary = String::from("?");
+    // The binary running, and whether it reported its result yet.
+    let mut binary: Option<(String, bool)> = None;
     for line in BufReader::new(out).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
         if let Some(name) = line.trim().strip_prefix("Running ").or_else(|| line.trim().strip_prefix("Doc-tests ")) {
-            binary = binary_name(name);
+            summary.extend(unreported(binary.take()));
+            binary = Some((binary_name(name), false));
         } else if let Some(result) = line.strip_prefix("test result: ") {
             let (passed, failed) = counts(result);
-            summary.push(format!("{binary}: {} tests, {failed} failures", passed + failed));
+            let name = binary.as_ref().map_or("?", |b| &b.0);
+            summary.push(format!("{name}: {} tests, {failed} failures", passed + failed));
+            if let Some(b) = &mut binary {
+                b.1 = true;
+            }
         } else if let Some(own) = own_summary(&line) {
             summary.push(own.to_owned());
         }
     }
+    summary.extend(unreported(binary));
     let status = child.wait().context("waiting for cargo test")?;
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+/// A line for a binary that ended without its `test result:` (it crashed, or was
+/// killed), so that the summary does not leave it out.
+fn unreported(binary: Option<(String, bool)>) -> Option<String> {
+    binary.filter(|b| !b.1).map(|(name, _)| format!("{name}: no result (crashed or killed), 1 failure"))
 }
 
 /// A suite's own summary, printed as `summary: ...` past the harness's capture, so maybe
@@ -79,5 +92,16 @@ mod tests {
         );
         assert_eq!(super::own_summary("test parsing::frames ... summary: x: 1 frames tried, 0 failures"), Some("x: 1 frames tried, 0 failures"));
         assert_eq!(super::own_summary("test parsing::frames ... ok"), None);
+        assert_eq!(super::unreported(Some(("proxy".into(), false))).as_deref(), Some("proxy: no result (crashed or killed), 1 failure"));
+        assert_eq!(super::unreported(Some(("proxy".into(), true))), None);
+    }
+
+    #[test]
+    fn a_binary_that_crashes_still_has_its_line() {
+        let out = "echo '     Running tests/a.rs (target/debug/deps/a-1)'; echo 'test result: ok. 2 passed; 0 failed; 0 ignored'; \
+                   echo '     Running tests/b.rs (target/debug/deps/b-2)' >&2; kill -SEGV $$";
+        let mut summary = Vec::new();
+        assert!(super::run_counted(std::process::Command::new("sh").args(["-c", out]), &mut summary).is_err());
+        assert_eq!(summary, ["a tests/a.rs: 2 tests, 0 failures", "b tests/b.rs: no result (crashed or killed), 1 failure"]);
     }
 }

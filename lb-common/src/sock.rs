@@ -1,7 +1,7 @@
 //! Socket-level balancing (east-west): what the cgroup hooks remember of a balanced
 //! socket, so that its getpeername() and recvmsg() show the VIP the application asked for.
-
-use crate::{Addr, DEFAULT_CONNTRACK_SIZE, RevNat};
+//! Addresses are `Addr`s (`[u32; 4]`, network order), spelled out: this module stands
+//! apart from the crate root, which re-exports it.
 
 /// `SOCK_PEER` value, in the socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`): the backend
 /// connect() gave the socket, and the VIP:port its application asked for. It lives and dies
@@ -9,12 +9,13 @@ use crate::{Addr, DEFAULT_CONNTRACK_SIZE, RevNat};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SockPeer {
-    pub backend: Addr,
-    /// Network byte order.
+    pub backend: [u32; 4],
+    pub vip: [u32; 4],
+    /// Network byte order, both.
     pub backend_port: u16,
+    pub vip_port: u16,
     pub family: u8,
-    pub _pad: u8,
-    pub vip: RevNat,
+    pub _pad: [u8; 3],
 }
 
 /// `SOCK_REV_NAT` key: an unconnected UDP socket (by its cookie) that sent to a VIP, and the
@@ -25,7 +26,7 @@ pub struct SockPeer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SockRevKey {
     pub cookie: u64,
-    pub addr: Addr,
+    pub addr: [u32; 4],
     /// Network byte order.
     pub port: u16,
     pub family: u8,
@@ -33,12 +34,9 @@ pub struct SockRevKey {
 }
 
 /// Default size of `SOCK_REV_NAT`, an LRU (nothing tells it a socket closed). User space
-/// sizes it like the half-open table, a quarter of the connection table.
-pub const SOCK_REV_NAT_SIZE: u32 = DEFAULT_CONNTRACK_SIZE / 4;
+/// sizes it like the half-open table, a quarter of the connection table (262,144 by default).
+pub const SOCK_REV_NAT_SIZE: u32 = 65_536;
 
+// SAFETY: repr(C), Copy, without padding, valid for any bit pattern.
 #[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    // SAFETY: repr(C), Copy, without padding, valid for any bit pattern.
-    unsafe impl aya::Pod for SockRevKey {}
-}
+unsafe impl aya::Pod for SockRevKey {}

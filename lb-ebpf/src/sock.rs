@@ -70,8 +70,8 @@ pub fn balance(ctx: &SockAddrContext, family: u8, sendmsg: bool) {
         }
         return;
     };
-    let rev = RevNat { addr: vip, port, family, _pad: 0 };
     let new = if sendmsg {
+        let rev = RevNat { addr: vip, port, family, _pad: 0 };
         let rkey = SockRevKey { cookie, addr: backend.addr, port: backend.port, family, _pad: [0; 5] };
         // A sendmsg socket passes here at every datagram; its first one to a backend counts.
         let seen = unsafe { SOCK_REV_NAT.get(&rkey) }.is_some_and(|r| *r == rev);
@@ -80,7 +80,7 @@ pub fn balance(ctx: &SockAddrContext, family: u8, sendmsg: bool) {
         }
         !seen
     } else {
-        let peer = SockPeer { backend: backend.addr, backend_port: backend.port, family, _pad: 0, vip: rev };
+        let peer = SockPeer { backend: backend.addr, vip, backend_port: backend.port, vip_port: port, family, _pad: [0; 3] };
         // SAFETY: the storage is this socket's, written whole here and read by its own calls.
         let slot = unsafe { SOCK_PEER.get_or_insert_ptr_mut(ctx, None) };
         if let Some(slot) = unsafe { slot.as_mut() } {
@@ -137,7 +137,7 @@ pub fn reverse(ctx: &SockAddrContext, family: u8, datagram: bool) {
         && peer.backend_port == port
         && peer.family == family
     {
-        write_addr(sa, family, &peer.vip.addr, peer.vip.port);
+        write_addr(sa, family, &peer.vip, peer.vip_port);
         return;
     }
     if !datagram {

@@ -58,7 +58,8 @@ pub enum Kind {
     /// on each connection's ports ([`topo::SPREAD`]): each wrk thread's connections land on
     /// all three backends, as through one socket VIP, with no balancer. `XlbSocket`'s
     /// like-for-like reference: on two cores that spread costs wake-ups of its own, which
-    /// the per-thread direct run does not pay.
+    /// the per-thread direct run does not pay. It pays one the socket rows do not: the
+    /// router hashes every forwarded packet's ports to pick the link.
     DirectSpread,
     /// nginx HTTP's config, loaded by the same caller as `XlbSocket` (wrk in a cgroup v2
     /// child, no hook attached): a local caller through a proxy on the host.

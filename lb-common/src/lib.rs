@@ -23,6 +23,7 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const DROPS: &str = "DROPS";
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
+    pub const SOCK_PEER: &str = "SOCK_PEER";
     pub const TUNNEL_SOURCES: &str = "TUNNEL_SOURCES";
     pub const HANDOFF: &str = "HANDOFF";
     pub const PROG_XDP: &str = "xlb_xdp";
@@ -54,8 +55,6 @@ pub const CONN_CREATED_HALF_OPEN: u32 = 1;
 pub const MAX_BACKENDS: u32 = 16_384;
 /// Upper bound of service ids.
 pub const DEFAULT_MAX_SERVICES: u32 = 64;
-/// Size of `SOCK_REV_NAT` (an LRU: a socket gone leaves its entries to be pushed out).
-pub const SOCK_REV_NAT_SIZE: u32 = 65_536;
 
 pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
@@ -190,20 +189,6 @@ pub struct RevNat {
     pub port: u16,
     pub family: u8,
     pub _pad: u8,
-}
-
-/// `SOCK_REV_NAT` key: a socket (by its cookie) that socket-level balancing connected (or
-/// sent) to a backend, and that backend; the value is the VIP:port the application asked
-/// for, which its recvmsg() and getpeername() are shown.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct SockRevKey {
-    pub cookie: u64,
-    pub addr: Addr,
-    /// Network byte order.
-    pub port: u16,
-    pub family: u8,
-    pub _pad: [u8; 5],
 }
 
 /// Which of a flow's two connection entries a key names.
@@ -482,6 +467,9 @@ mod addr {
 #[cfg(feature = "user")]
 pub use addr::{addr_words, words_addr};
 
+mod sock;
+pub use sock::{SOCK_REV_NAT_SIZE, SockPeer, SockRevKey};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -495,6 +483,5 @@ mod pod {
     unsafe impl aya::Pod for Conn {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Counters {}
-    unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for Handoff {}
 }

@@ -354,10 +354,10 @@ sock_hooks! {
     connect6 => xlb_connect6: balance(AF_INET6, false);
     sendmsg4 => xlb_sendmsg4: balance(AF_INET, true);
     sendmsg6 => xlb_sendmsg6: balance(AF_INET6, true);
-    recvmsg4 => xlb_recvmsg4: reverse(AF_INET);
-    recvmsg6 => xlb_recvmsg6: reverse(AF_INET6);
-    getpeername4 => xlb_getpeername4: reverse(AF_INET);
-    getpeername6 => xlb_getpeername6: reverse(AF_INET6);
+    recvmsg4 => xlb_recvmsg4: reverse(AF_INET, true);
+    recvmsg6 => xlb_recvmsg6: reverse(AF_INET6, true);
+    getpeername4 => xlb_getpeername4: reverse(AF_INET, false);
+    getpeername6 => xlb_getpeername6: reverse(AF_INET6, false);
 }
 
 #[cfg(not(test))]

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Backend, Conn, ConnKey, Counters, DEFAULT_CONNTRACK_SIZE, DEFAULT_HALF_OPEN_SIZE, DEFAULT_MAX_SERVICES,
     DEFAULT_TABLE_SIZE, DropReason, HANDOFF_MAX_CPUS, HANDOFF_SLOTS_PER_CPU, Handoff, MAX_BACKENDS, Mac, RevNat, SOCK_REV_NAT_SIZE, Service, ServiceKey, Settings,
-    SockRevKey,
+    SockPeer, SockRevKey,
 };
 
 #[map]
@@ -28,10 +29,15 @@ pub static REV_NAT: Array<RevNat> = Array::with_max_entries(DEFAULT_MAX_SERVICES
 pub static TABLES: Array<u32> =
     Array::with_max_entries((DEFAULT_MAX_SERVICES + 1) * DEFAULT_TABLE_SIZE, BPF_F_MMAPABLE);
 
-/// What socket-level balancing connected a socket to, for its recvmsg() and getpeername()
-/// to show the VIP instead (`sock`). An LRU: nothing tells the map a socket closed.
+/// What socket-level balancing sent an unconnected UDP socket's datagrams to, for its
+/// recvmsg() to show the VIP instead (`sock`). An LRU: nothing tells the map a socket closed.
 #[map]
 pub static SOCK_REV_NAT: LruHashMap<SockRevKey, RevNat> = LruHashMap::with_max_entries(SOCK_REV_NAT_SIZE, 0);
+
+/// What socket-level balancing connected a socket to, in the socket's own storage (freed
+/// with it), for its getpeername() and recvmsg() to show the VIP instead (`sock`).
+#[btf_map]
+pub static SOCK_PEER: SkStorage<SockPeer> = SkStorage::new();
 
 #[map]
 pub static CONNTRACK: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);

@@ -14,6 +14,8 @@
 //!   local callers stay balanced while no xlb runs; the next xlb adopts the plane (its own
 //!   programs beside the kept ones, then those unpinned), and its orderly stop detaches all.
 //!   Kernels before 6.6 keep no data plane (xlb says why): there the test ends at that line.
+//! - `held_socket_keeps_the_vip`: a socket connected before thousands of short ones still
+//!   shows the VIP as its peer (its own storage, not an LRU the others push it out of).
 //! - `docker_callers`: three `FROM scratch` backend containers on the default bridge; a
 //!   client container whose PID 1 is moved into the child (Docker itself uses cgroup v1 on
 //!   this host), a backend container calling its own service (a `docker exec`'d process moved
@@ -233,6 +235,44 @@ fn kept_across_kill_9() {
     xlb.stop().unwrap_or_else(|e| panic!("{e}"));
     let after = try_run(&mut in_ns(&cg, &topo.lb, &["curl", "-s", "--max-time", "2", &format!("http://{vip}/")]));
     assert!(after.is_err(), "the cgroup is still balanced after the adopting xlb stopped: {after:?}");
+}
+
+/// Short connections (`fetch --hold`) while one socket stays connected.
+const CHURN: usize = 3_000;
+
+/// Many short connections cannot push a long-lived socket's VIP out: after [`CHURN`] others
+/// came and went, its getpeername() still shows the VIP. A connected socket keeps its
+/// backend in its own storage; with `conntrack_size: 4096`, `SOCK_REV_NAT` (an LRU of a
+/// quarter of that, now for unconnected UDP only) holds 1,024 entries, which the churn
+/// would have overflowed three times when connected sockets were remembered there.
+#[test]
+fn held_socket_keeps_the_vip() {
+    let _g = xlb_tests::serial();
+    xlb_tests::preflight();
+    let topo = Topology::builder().build();
+    let cg = Cgroup::new();
+    let ips: Vec<(IpAddr, &str)> = topo.backends.iter().map(|b| (b.v4.into(), "active")).collect();
+    let vip = Topology::vip4(80);
+    let small = yaml(&cg, vip.ip(), &ips, None).replacen("dataplane:\n", "dataplane:\n  conntrack_size: 4096\n", 1);
+    let cfg = TempFile::new(".yaml", &small);
+    let xlb = Xlb::start_socket_lb(XlbArgs {
+        ns: Some(&topo.lb),
+        iface: LB_CLIENT_IF,
+        config: Some(cfg.path()),
+        specs: vec![],
+        other_ifaces: topo.lb_backend_ifaces(),
+    });
+    let bin = testd_bin();
+    let (vip_s, churn) = (vip.to_string(), CHURN.to_string());
+    let args = [bin.to_str().expect("utf-8 path"), "fetch", "--hold", &vip_s, &churn];
+    let out = try_run(&mut in_ns(&cg, &topo.lb, &args)).unwrap_or_else(|e| panic!("fetch --hold {vip}: {e}"));
+    let lines = parse_fetch(&out);
+    let (held, churn) = lines.split_last().expect("fetch printed nothing");
+    let other: Vec<_> = churn.iter().filter(|(_, p)| *p != vip.to_string()).collect();
+    assert!(churn.len() == CHURN && other.is_empty(), "{} short connections, {} of them not showing the VIP: {:?}", churn.len(), other.len(), other.first());
+    let (name, peer) = held.1.split_once(' ').unwrap_or_default();
+    assert!(held.0 == "held" && name.starts_with('b'), "the held socket's answer: {held:?}\n--- xlb log ---\n{}", xlb.log());
+    assert_eq!(peer, vip.to_string(), "the held socket's getpeername() after {CHURN} short connections");
 }
 
 /// Removes a kept data plane when a test ends early, before its namespace goes.

@@ -55,10 +55,10 @@ fn restart_with_pinned_maps_keeps_a_long_tcp_connection() {
         first.links
     );
     // Every map of lb-ebpf/src/maps.rs: the tables, the counters and the socket programs' map.
-    for name in ["SERVICES", "BACKENDS", "CONNTRACK", "HALF_OPEN", "TABLES", "REV_NAT", "TUNNEL_SOURCES", "SOCK_REV_NAT", "DROPS"] {
+    for name in ["SERVICES", "BACKENDS", "CONNTRACK", "HALF_OPEN", "TABLES", "REV_NAT", "TUNNEL_SOURCES", "SOCK_REV_NAT", "SOCK_PEER", "DROPS"] {
         assert!(first.maps.iter().any(|m| m.file_name().is_some_and(|f| f == name)), "{name} not kept: {:?}", first.maps);
     }
-    assert_eq!(first.maps.len(), 17, "kept maps: {:?}", first.maps);
+    assert_eq!(first.maps.len(), 18, "kept maps: {:?}", first.maps);
     assert!(topo.lb.ip(&format!("-d link show dev {LB_CLIENT_IF}")).contains("xdp"), "no XDP program on {LB_CLIENT_IF} after a keep");
 
     // Nobody runs xlb now: the kernel balances new connections on its own.

@@ -37,7 +37,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 /// The maps a kept data plane keeps: all the programs read, write or count into. The
 /// kernel log's ring buffer and the programs' constants are made anew by each run.
-const KEPT_MAPS: [&str; 17] = [
+const KEPT_MAPS: [&str; 18] = [
     names::SERVICES,
     names::BACKENDS,
     names::REV_NAT,
@@ -54,6 +54,7 @@ const KEPT_MAPS: [&str; 17] = [
     names::BACKEND_STATS,
     names::DROPS,
     names::SOCK_REV_NAT,
+    names::SOCK_PEER,
     names::TUNNEL_SOURCES,
 ];
 const PROGRAMS: [&str; 3] = [names::PROG_XDP, names::PROG_FWD, names::PROG_REPLY];
@@ -93,13 +94,17 @@ impl Limits {
     }
 
     /// The maps whose size the config sets, with that size.
-    fn map_sizes(&self) -> anyhow::Result<[(&'static str, u32); 8]> {
+    fn map_sizes(&self) -> anyhow::Result<[(&'static str, u32); 9]> {
         let tables = self.tables_len()?;
+        let quarter = (self.conntrack_size / 4).max(1024);
         Ok([
             (names::CONNTRACK, self.conntrack_size),
             // Flows between SYN and the handshake's end: a quarter of the connection
             // table outlasts a SYN flood's churn for any handshake of a real client.
-            (names::HALF_OPEN, (self.conntrack_size / 4).max(1024)),
+            (names::HALF_OPEN, quarter),
+            // (unconnected UDP socket, backend) pairs of socket-level balancing, flows of
+            // local callers: as many as half-open flows.
+            (names::SOCK_REV_NAT, quarter),
             (names::SERVICES, self.max_services),
             (names::VIPS, self.max_services),
             (names::REV_NAT, self.max_services),

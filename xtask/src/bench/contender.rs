@@ -18,7 +18,7 @@ use super::{
     measure::BpfStats,
     sys::{self, Proc},
     xdp_pass::{self, XdpPass},
-    topo::{self, Ask, BACKEND_PORT, SOCKET_VIP, TLS_PORT, Topo, VIP, VIP_PORT},
+    topo::{self, Ask, BACKEND_PORT, SOCKET_VIP, SPREAD, TLS_PORT, Topo, VIP, VIP_PORT},
     wrk::Mode,
 };
 
@@ -54,10 +54,20 @@ pub enum Kind {
     /// backend I: every connect() goes through the hook, and the connections are spread as
     /// in the direct run (see `start_xlb_socket`).
     XlbSocketPinned,
+    /// Direct to an address all three backends have, which the LB namespace routes by ECMP
+    /// on each connection's ports ([`topo::SPREAD`]): each wrk thread's connections land on
+    /// all three backends, as through one socket VIP, with no balancer. `XlbSocket`'s
+    /// like-for-like reference: on two cores that spread costs wake-ups of its own, which
+    /// the per-thread direct run does not pay. It pays one the socket rows do not: the
+    /// router hashes every forwarded packet's ports to pick the link.
+    DirectSpread,
+    /// nginx HTTP's config, loaded by the same caller as `XlbSocket` (wrk in a cgroup v2
+    /// child, no hook attached): a local caller through a proxy on the host.
+    NginxLocal,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Direct,
         Kind::DirectXdp,
         Kind::XlbL4,
@@ -78,6 +88,8 @@ impl Kind {
         Kind::NginxH2,
         Kind::XlbSocket,
         Kind::XlbSocketPinned,
+        Kind::DirectSpread,
+        Kind::NginxLocal,
     ];
 
     pub fn id(self) -> &'static str {
@@ -102,6 +114,8 @@ impl Kind {
             Kind::NginxH2 => "nginx-h2",
             Kind::XlbSocket => "xlb-socket",
             Kind::XlbSocketPinned => "xlb-socket-pinned",
+            Kind::DirectSpread => "direct-spread",
+            Kind::NginxLocal => "nginx-local",
         }
     }
 
@@ -127,6 +141,8 @@ impl Kind {
             Kind::NginxH2 => "nginx HTTP proxy, h2 over TLS (h2load)",
             Kind::XlbSocket => "xlb socket LB (caller in its cgroup)",
             Kind::XlbSocketPinned => "xlb socket LB, a VIP per wrk thread",
+            Kind::DirectSpread => "direct, each connection to any backend (ECMP)",
+            Kind::NginxLocal => "nginx HTTP proxy on the host (caller in a cgroup)",
         }
     }
 
@@ -179,6 +195,8 @@ impl Kind {
             Kind::NginxH2 => "nginx h2",
             Kind::XlbSocket => "xlb socket",
             Kind::XlbSocketPinned => "xlb socket, VIP per thread",
+            Kind::DirectSpread => "direct, ECMP spread",
+            Kind::NginxLocal => "nginx, local caller",
         }
     }
 
@@ -193,6 +211,7 @@ impl Kind {
             Kind::Direct | Kind::DirectXdp => format!("http://{}:{BACKEND_PORT}/", topo.backends[0].addr),
             Kind::XlbSocket => format!("http://{SOCKET_VIP}:{VIP_PORT}/"),
             Kind::XlbSocketPinned => format!("http://{}:{VIP_PORT}/", topo::socket_vip_of(0)),
+            Kind::DirectSpread => format!("http://{SPREAD}:{BACKEND_PORT}/"),
             _ => topo.vip_url(self.is_tls()),
         }
     }
@@ -266,6 +285,8 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
         Kind::NginxHttp | Kind::NginxStream | Kind::NginxHttps | Kind::NginxH2c | Kind::NginxH2 => start_nginx(kind, ctx, &dir)?,
         Kind::HaproxyHttp | Kind::HaproxyTcp => start_haproxy(kind, ctx, &dir)?,
         Kind::XlbSocket | Kind::XlbSocketPinned => start_xlb_socket(ctx, &dir)?,
+        Kind::DirectSpread => Running::procs(Vec::new()),
+        Kind::NginxLocal => Running { caller: Some(caller_cgroup()?), ..start_nginx(kind, ctx, &dir)? },
     };
     let url = kind.url(topo);
     let ask = Ask { h2c: matches!(kind, Kind::XlbH2c | Kind::NginxH2c), caller: running.caller() };
@@ -276,7 +297,7 @@ pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
             bail!("9 new connections to {url} all reached the same backend");
         }
         // Only the connect() hook makes the socket VIP answer: from outside the cgroup it must not.
-        if ask.caller.is_some() && topo.get(&url, Ask::default()).is_ok() {
+        if ask.caller.is_some() && kind != Kind::NginxLocal && topo.get(&url, Ask::default()).is_ok() {
             bail!("{url} answered a caller outside xlb's cgroup: the row would not measure socket-level balancing");
         }
         Ok(())
@@ -326,8 +347,7 @@ pub fn start_xlb_logging(ctx: &Ctx, dir: &Path, args: Vec<OsString>, filter: &st
 /// its own. Asking VIP I from thread I keeps direct's pattern with every connect() through
 /// the hook, so the two rows tell xlb's cost from the spread's.
 fn start_xlb_socket(ctx: &Ctx, dir: &Path) -> Result<Running> {
-    let caller = std::panic::catch_unwind(Cgroup::new)
-        .map_err(|_| anyhow::anyhow!("no cgroup v2 child for the caller (the reason is printed above)"))?;
+    let caller = caller_cgroup()?;
     let backends: Vec<String> =
         ctx.topo.backends.iter().map(|b| format!("{{ address: {}, port: {BACKEND_PORT} }}", b.addr)).collect();
     let mut yaml = format!(
@@ -343,6 +363,11 @@ fn start_xlb_socket(ctx: &Ctx, dir: &Path) -> Result<Running> {
     fs::write(&config, yaml)?;
     let running = start_xlb_logging(ctx, dir, vec!["--config".into(), config.into()], "info")?;
     Ok(Running { caller: Some(caller), ..running })
+}
+
+/// A cgroup v2 child for wrk, the local caller.
+fn caller_cgroup() -> Result<Cgroup> {
+    std::panic::catch_unwind(Cgroup::new).map_err(|_| anyhow::anyhow!("no cgroup v2 child for the caller (the reason is printed above)"))
 }
 
 /// Services that share the bench's VIP:port under Host names of their own, for the

@@ -19,7 +19,7 @@ pub struct Options {
     /// Only these contenders, comma-separated; the two direct runs (the references) always
     /// run. Ids: direct, direct-xdp, xlb-l4, xlb-http, nginx-http, nginx-stream,
     /// haproxy-http, haproxy-tcp, xlb-https, nginx-https, xlb-h2c, nginx-h2c, xlb-h2, nginx-h2,
-    /// xlb-socket, xlb-socket-pinned.
+    /// xlb-socket, xlb-socket-pinned, direct-spread, nginx-local.
     #[arg(long, value_delimiter = ',', value_name = "ID,...")]
     pub only: Vec<String>,
     /// Skip the micro-benchmarks (kernel programs, Maglev, map sync, Docker event to map

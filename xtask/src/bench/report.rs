@@ -224,6 +224,8 @@ impl Results {
         // and of the reference's rate.
         let references = [
             (Kind::DirectXdp, "an empty XDP program on the LB's veth alone", Kind::XlbL4, "xlb L4"),
+            (Kind::DirectSpread, "direct with each connection to any backend (ECMP, the spread of one VIP)", Kind::XlbSocket, "one socket VIP"),
+            (Kind::DirectSpread, "the same", Kind::NginxLocal, "nginx on the host, from the same caller"),
             (
                 Kind::XlbSocketPinned,
                 "the socket hook with wrk's thread I on a VIP whose one backend is backend I (direct's spread)",

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The client routes everything through the LB namespace, so a direct request to a backend
-//! takes the same hops as one through a balancer, minus the balancer. The VIP is an address
+//! takes the same hops as one through a balancer, minus the balancer. Every backend also has
+//! [`SPREAD`] on its loopback, which the LB namespace routes over all backend links (ECMP).
+//! The VIP is an address
 //! of the LB namespace, as a Docker host's own address is: user-space proxies listen on it,
 //! and xlb's XDP program takes its packets before the stack sees them.
 //!
@@ -42,6 +44,10 @@ pub const SOCKET_VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 100, 2);
 pub fn socket_vip_of(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, 100, 10 + i as u8)
 }
+/// An address every backend has, routed from the LB namespace over all three backend links
+/// at once (ECMP, hashing each connection's ports): direct requests to it land on any
+/// backend, connection by connection, as through one balanced VIP, with no balancer.
+pub const SPREAD: Ipv4Addr = Ipv4Addr::new(10, 200, 99, 1);
 /// A UDP port of the VIP that the scale test uses to fill xlb's connection table.
 pub const FILL_PORT: u16 = 9;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
@@ -141,6 +147,7 @@ impl Topo {
             sys::veth(&ns, "eth0", lb, &lb_side)?;
             let addr = Ipv4Addr::new(10, 200, x, 2);
             ns.ip(&format!("addr add {addr}/24 dev eth0"))?;
+            ns.ip(&format!("addr add {SPREAD}/32 dev lo"))?;
             ns.ip(&format!("route add default via 10.200.{x}.1"))?;
             ns.sysctls(SYSCTLS)?;
             ns.sysctls(&[("net.ipv4.ip_forward", "0")])?;
@@ -149,6 +156,9 @@ impl Topo {
             topo.backends.push(Backend { name, addr, _nginx: nginx, ns });
         }
         topo.route_nowhere(UNUSED_NET)?;
+        let hops: String = (1..=backends).map(|i| format!(" nexthop via 10.200.{}.2 dev lb{i}", 10 + i)).collect();
+        lb.sysctls(&[("net.ipv4.fib_multipath_hash_policy", "1")])?;
+        lb.ip(&format!("route add {SPREAD}/32{hops}"))?;
         for b in &topo.backends {
             let url = format!("http://{}:{BACKEND_PORT}/", b.addr);
             let got = topo.wait_serving(&url, Duration::from_secs(10), Ask::default())?;
@@ -260,6 +270,7 @@ events {{ worker_connections 8192; }}
 http {{
 {head}    server {{
         listen {addr}:{BACKEND_PORT} reuseport backlog=4096;
+        listen {SPREAD}:{BACKEND_PORT} reuseport backlog=4096;
         default_type text/plain;
         location / {{ return 200 \"{name}\\n\"; }}
     }}

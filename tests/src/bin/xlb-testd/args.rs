@@ -20,7 +20,7 @@ pub fn usage() -> ! {
     eprintln!(
         "usage: xlb-testd [--name NAME|@hostname] [--port PORT] [--udp-port PORT] [--lame-duck MS] [--quiet]\n\
          \x20      xlb-testd check [--port PORT]\n\
-         \x20      xlb-testd fetch [--udp] [--when-moved] ADDR COUNT\n\
+         \x20      xlb-testd fetch [--udp] [--when-moved] [--hold] ADDR COUNT\n\
          env: XLB_TESTD_NAME, XLB_TESTD_PORT, XLB_TESTD_UDP_PORT, XLB_TESTD_LAME_DUCK_MS"
     );
     exit(2)

@@ -4,7 +4,7 @@
 //! xlb-testd [--name NAME] [--port PORT] [--udp-port PORT] [--lame-duck MS] [--quiet]
 //!   env: XLB_TESTD_NAME, XLB_TESTD_PORT, XLB_TESTD_UDP_PORT, XLB_TESTD_LAME_DUCK_MS
 //! xlb-testd check [--port PORT]
-//! xlb-testd fetch [--udp] [--when-moved] ADDR COUNT
+//! xlb-testd fetch [--udp] [--when-moved] [--hold] ADDR COUNT
 //! ```
 //!
 //! `fetch` is a client for the socket-level balancing tests (see `fetch.rs`): COUNT

@@ -106,8 +106,8 @@ impl Balancer {
 
     /// A backend named by a pin header or cookie, if it is usable (draining ones are).
     pub fn by_name(&self, name: &str, p: &Pick) -> Option<usize> {
-        let name = name.trim().to_ascii_lowercase();
-        (0..self.peers.len()).find(|&i| self.peers[i].aliases.contains(&name) && self.usable(i, p, true, false))
+        let name = name.trim();
+        (0..self.peers.len()).find(|&i| self.peers[i].aliases.iter().any(|a| a.eq_ignore_ascii_case(name)) && self.usable(i, p, true, false))
     }
 
     /// The backend a sticky cookie value names, if it is usable (draining ones are).

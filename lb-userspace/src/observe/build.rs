@@ -2,7 +2,7 @@
 //! plan, discovery, health, the kernel's counters and the proxy's.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -16,7 +16,7 @@ use crate::{
     health::{self, Health},
     plan::{Desired, PeerState, ServiceView, WEIGHT_SCALE},
     proxy::{
-        Proxy,
+        BackendCounters, Proxy,
         metrics::{Backend, Counts},
     },
 };
@@ -49,14 +49,27 @@ pub struct Inputs<'a> {
 pub fn snapshot(inp: &Inputs) -> Snapshot {
     let stats = inp.stats;
     let mut services = kernel_services(inp);
+    // By name, once: a host with a thousand services must not compare every pair.
     let answered = inp.proxy.metrics().counts();
+    let mut series: HashMap<&str, Vec<(&Option<Backend>, &Counts)>> = HashMap::new();
+    for (name, b, c) in &answered {
+        series.entry(name.as_str()).or_default().push((b, c));
+    }
+    let mut configured: HashMap<&str, &Service> = HashMap::new();
+    for s in &inp.config.services {
+        configured.entry(s.name.as_str()).or_insert(s);
+    }
+    let in_flight = inp.proxy.counters();
+    let mut listed: HashSet<String> = services.iter().map(|s| s.name.clone()).collect();
     for v in inp.http {
         // A service with a plain and a TLS listener is one service.
-        let Some(s) = inp.config.services.iter().find(|s| s.name == v.name).filter(|s| !services.iter().any(|o| o.name == s.name)) else {
+        let Some(s) = configured.get(v.name.as_str()).filter(|s| !listed.contains(&s.name)) else {
             continue;
         };
-        let series: Vec<(&Option<Backend>, &Counts)> = answered.iter().filter(|(name, _, _)| *name == v.name).map(|(_, b, c)| (b, c)).collect();
-        services.push(http_status(inp, s, v, &series));
+        listed.insert(s.name.clone());
+        let none = BackendCounters::new();
+        let status = http_status(inp, s, v, series.get(v.name.as_str()).map_or(&[], Vec::as_slice), in_flight.get(&v.name).unwrap_or(&none));
+        services.push(status);
     }
     Snapshot {
         services,
@@ -139,12 +152,11 @@ fn kernel_services(inp: &Inputs) -> Vec<ServiceStatus> {
     services
 }
 
-/// An HTTP service's status: the proxy's view of its backends, its requests in
-/// flight, and `answered`, its series counted for `/metrics` (by backend; `None`: xlb's
-/// own answers).
-fn http_status(inp: &Inputs, s: &Service, v: &ServiceView, answered: &[(&Option<Backend>, &Counts)]) -> ServiceStatus {
+/// An HTTP service's status: the proxy's view of its backends, `in_flight` (its
+/// requests in flight and sent, by backend name), and `answered`, its series counted
+/// for `/metrics` (by backend; `None`: xlb's own answers).
+fn http_status(inp: &Inputs, s: &Service, v: &ServiceView, answered: &[(&Option<Backend>, &Counts)], in_flight: &BackendCounters) -> ServiceStatus {
     let discovered = inp.registry.backends(&s.name);
-    let in_flight = inp.proxy.counters(&v.name);
     let backends = v
         .backends
         .iter()

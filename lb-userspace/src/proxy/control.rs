@@ -251,14 +251,13 @@ impl Proxy {
         self.lock().listeners.get(&listen).map(|l| l.local)
     }
 
-    /// Requests in flight and sent so far, per backend of a service.
-    pub fn counters(&self, service: &str) -> BackendCounters {
-        let st = self.lock();
-        st.stats
-            .iter()
-            .filter(|((s, _), _)| s == service)
-            .map(|((_, b), s)| (b.clone(), (s.active(), s.requests.load(std::sync::atomic::Ordering::Relaxed))))
-            .collect()
+    /// Requests in flight and sent so far, per backend, by service.
+    pub fn counters(&self) -> HashMap<String, BackendCounters> {
+        let mut out: HashMap<String, BackendCounters> = HashMap::new();
+        for ((service, backend), s) in &self.lock().stats {
+            out.entry(service.clone()).or_default().insert(backend.clone(), (s.active(), s.requests()));
+        }
+        out
     }
 
     /// The balancing method a service runs (for status output).

@@ -19,21 +19,30 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Mutex, MutexGuard},
 };
+
+use super::workers::PerWorker;
 
 /// Upper bounds of the duration histogram's buckets, in seconds (`+Inf` is implied).
 pub const BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Series by service name, then backend (`None` for answers xlb made itself). A
-/// service has a handful of backends: they are looked up in a list.
-#[derive(Default)]
+/// The counts, a shard per proxy worker (`workers.rs`): a request is counted in its
+/// worker's shard, a lock no other thread takes on the request path, on cache lines no
+/// other core writes. Readers (`/metrics`, the status) sum the shards.
 pub struct HttpMetrics {
-    services: RwLock<HashMap<String, BackendSeries>>,
+    shards: PerWorker<Mutex<Shard>>,
 }
 
-/// One service's series, by backend.
-type BackendSeries = Vec<(Option<Backend>, Arc<Series>)>;
+/// Series by service name, then backend (`None` for answers xlb made itself). A
+/// service has a handful of backends: they are looked up in a list.
+type Shard = HashMap<String, Vec<(Option<Backend>, Counts)>>;
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self { shards: PerWorker::new(Mutex::default) }
+    }
+}
 
 /// A backend as the labels name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +50,6 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
 }
-
-/// One service and backend's counts.
-#[derive(Default)]
-struct Series(Mutex<Counts>);
 
 #[derive(Default, Clone)]
 pub struct Counts {
@@ -57,38 +62,58 @@ pub struct Counts {
     pub sum_secs: f64,
 }
 
-impl HttpMetrics {
-    fn series(&self, service: &str, backend: Option<(SocketAddr, &str)>) -> Arc<Series> {
-        let is = |b: &Option<Backend>| match (b, backend) {
-            (None, None) => true,
-            (Some(b), Some((addr, name))) => b.addr == addr && b.name == name,
-            _ => false,
-        };
-        let found = self.services.read().unwrap_or_else(|e| e.into_inner()).get(service).and_then(|bs| bs.iter().find(|(b, _)| is(b)).map(|(_, s)| s.clone()));
-        found.unwrap_or_else(|| {
-            let mut all = self.services.write().unwrap_or_else(|e| e.into_inner());
-            let bs = all.entry(service.to_owned()).or_default();
-            match bs.iter().find(|(b, _)| is(b)) {
-                Some((_, s)) => s.clone(),
-                None => {
-                    let s = Arc::new(Series::default());
-                    bs.push((backend.map(|(addr, name)| Backend { addr, name: name.to_owned() }), s.clone()));
-                    s
-                }
-            }
-        })
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        for (code, n) in &o.codes {
+            *self.codes.entry(*code).or_default() += n;
+        }
+        for (b, n) in self.buckets.iter_mut().zip(o.buckets) {
+            *b += n;
+        }
+        self.count += o.count;
+        self.sum_secs += o.sum_secs;
     }
+}
 
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn is(b: &Option<Backend>, backend: Option<(SocketAddr, &str)>) -> bool {
+    match (b, backend) {
+        (None, None) => true,
+        (Some(b), Some((addr, name))) => b.addr == addr && b.name == name,
+        _ => false,
+    }
+}
+
+/// Counts one response in a service's series.
+fn count(series: &mut Vec<(Option<Backend>, Counts)>, backend: Option<(SocketAddr, &str)>, status: u16, secs: f64) {
+    let i = match series.iter().position(|(b, _)| is(b, backend)) {
+        Some(i) => i,
+        None => {
+            series.push((backend.map(|(addr, name)| Backend { addr, name: name.to_owned() }), Counts::default()));
+            series.len() - 1
+        }
+    };
+    let c = &mut series[i].1;
+    *c.codes.entry(status).or_default() += 1;
+    let bucket = BUCKETS.iter().position(|&le| secs <= le).unwrap_or(BUCKETS.len());
+    c.buckets[bucket] += 1;
+    c.count += 1;
+    c.sum_secs += secs;
+}
+
+impl HttpMetrics {
     /// Counts one response: of `service` ("" when none was routed to), from `backend`
     /// (address and name; `None` when xlb answered itself).
     pub fn record(&self, service: &str, backend: Option<(SocketAddr, &str)>, status: u16, secs: f64) {
-        let series = self.series(service, backend);
-        let mut c = series.0.lock().unwrap_or_else(|e| e.into_inner());
-        *c.codes.entry(status).or_default() += 1;
-        let bucket = BUCKETS.iter().position(|&le| secs <= le).unwrap_or(BUCKETS.len());
-        c.buckets[bucket] += 1;
-        c.count += 1;
-        c.sum_secs += secs;
+        let mut shard = lock(self.shards.get());
+        // The service's entry exists after its first request: no key is allocated again.
+        if let Some(series) = shard.get_mut(service) {
+            return count(series, backend, status, secs);
+        }
+        count(shard.entry(service.to_owned()).or_default(), backend, status, secs);
     }
 
     /// Keeps the series of these services and their (address, name) backends, and of
@@ -98,29 +123,73 @@ impl HttpMetrics {
         for (service, addr, name) in live {
             keep.entry(service).or_default().push((addr, name));
         }
-        let mut all = self.services.write().unwrap_or_else(|e| e.into_inner());
-        all.retain(|service, backends| {
-            if service.is_empty() {
-                return true;
-            }
-            let Some(live) = keep.get(service.as_str()) else {
-                return false;
-            };
-            backends.retain(|(b, _)| b.as_ref().is_none_or(|b| live.contains(&(b.addr, b.name.as_str()))));
-            true
-        });
+        for shard in self.shards.all() {
+            lock(shard).retain(|service, backends| {
+                if service.is_empty() {
+                    return true;
+                }
+                let Some(live) = keep.get(service.as_str()) else {
+                    return false;
+                };
+                backends.retain(|(b, _)| b.as_ref().is_none_or(|b| live.contains(&(b.addr, b.name.as_str()))));
+                true
+            });
+        }
     }
 
-    /// Every series, sorted by service then backend, for rendering.
+    /// Every series, the workers' counts summed, sorted by service then backend, for
+    /// rendering.
     pub fn counts(&self) -> Vec<(String, Option<Backend>, Counts)> {
-        let all = self.services.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = all
-            .iter()
-            .flat_map(|(s, backends)| {
-                backends.iter().map(move |(b, series)| (s.clone(), b.clone(), series.0.lock().unwrap_or_else(|e| e.into_inner()).clone()))
-            })
-            .collect();
+        let mut sum: HashMap<String, Vec<(Option<Backend>, Counts)>> = HashMap::new();
+        for shard in self.shards.all() {
+            for (service, backends) in lock(shard).iter() {
+                let into = sum.entry(service.clone()).or_default();
+                for (b, c) in backends {
+                    match into.iter_mut().find(|(x, _)| x == b) {
+                        Some((_, total)) => total.add(c),
+                        None => into.push((b.clone(), c.clone())),
+                    }
+                }
+            }
+        }
+        let mut out: Vec<_> = sum.into_iter().flat_map(|(s, backends)| backends.into_iter().map(move |(b, c)| (s.clone(), b, c))).collect();
         out.sort_by(|a, b| (&a.0, a.1.as_ref().map(|b| (b.addr, &b.name))).cmp(&(&b.0, b.1.as_ref().map(|b| (b.addr, &b.name)))));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, mpsc};
+
+    use super::*;
+    use crate::proxy::workers;
+
+    #[test]
+    fn each_worker_counts_in_its_shard_and_readers_sum_them() {
+        let m = Arc::new(HttpMetrics::default());
+        let b1 = Some((SocketAddr::from(([10, 0, 0, 1], 8080)), "b1"));
+        let (tx, rx) = mpsc::channel();
+        for h in workers::handles() {
+            let (m, tx) = (m.clone(), tx.clone());
+            h.spawn(async move {
+                m.record("web", b1, 200, 0.002);
+                m.record("web", None, 502, 0.2);
+                tx.send(()).unwrap();
+            });
+        }
+        for _ in workers::handles() {
+            rx.recv().unwrap();
+        }
+        let n = workers::count() as u64;
+        let used = m.shards.all().filter(|s| !lock(s).is_empty()).count();
+        assert_eq!(used, workers::count(), "a shard per worker");
+        let counts = m.counts();
+        assert_eq!(counts.len(), 2, "one series per service and backend, whichever workers counted it");
+        let (_, b, c) = &counts[1];
+        assert_eq!((b.as_ref().map(|b| b.name.as_str()), c.count, c.codes[&200], c.buckets[1]), (Some("b1"), n, n, n), "0.002 s is in the 2.5 ms bucket");
+        assert!((c.sum_secs - 0.002 * n as f64).abs() < 1e-9);
+        m.retain([]);
+        assert_eq!(m.counts().len(), 0, "retain applies to every shard");
     }
 }

@@ -26,8 +26,7 @@ thread_local! {
 
 fn workers() -> &'static Workers {
     WORKERS.get_or_init(|| {
-        let n = thread::available_parallelism().map_or(1, |n| n.get()).max(1);
-        let handles = (0..n)
+        let handles = (0..count())
             .map(|i| {
                 let (tx, rx) = std::sync::mpsc::channel();
                 thread::Builder::new()
@@ -51,9 +50,10 @@ pub fn handles() -> &'static [Handle] {
     &workers().handles
 }
 
-/// How many workers there are.
+/// How many workers there are, or will be once started: one per core.
 pub fn count() -> usize {
-    handles().len()
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()).max(1))
 }
 
 /// The calling thread's worker, 0 outside the workers.
@@ -61,8 +61,13 @@ pub fn current() -> usize {
     INDEX.with(|c| c.get()).unwrap_or(0)
 }
 
-/// One `T` per worker; [`PerWorker::get`] gives the calling worker's.
-pub struct PerWorker<T>(Arc<[T]>);
+/// One `T` per worker; [`PerWorker::get`] gives the calling worker's. Each has cache
+/// lines of its own, so a worker writing its `T` never slows another reading its own.
+pub struct PerWorker<T>(Arc<[Padded<T>]>);
+
+/// Two cache lines (adjacent-line prefetch pairs them on x86).
+#[repr(align(128))]
+struct Padded<T>(T);
 
 impl<T> Clone for PerWorker<T> {
     fn clone(&self) -> Self {
@@ -70,12 +75,23 @@ impl<T> Clone for PerWorker<T> {
     }
 }
 
+impl<T: std::fmt::Debug> std::fmt::Debug for PerWorker<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.all()).finish()
+    }
+}
+
 impl<T> PerWorker<T> {
     pub fn new(mut make: impl FnMut() -> T) -> Self {
-        Self((0..count()).map(|_| make()).collect())
+        Self((0..count()).map(|_| Padded(make())).collect())
     }
 
     pub fn get(&self) -> &T {
-        &self.0[current() % self.0.len()]
+        &self.0[current() % self.0.len()].0
+    }
+
+    /// Every worker's, for a reader that sums them.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|p| &p.0)
     }
 }

@@ -16,7 +16,7 @@
 //! | `random` | weighted random: `P(i) = w_i / Σw`. |
 //! | `random two [least_conn]` | two distinct backends drawn weighted at random, the one with the lower `a_i / w_i` (nginx's `random two least_conn`). |
 //! | `random two least_time=M` | same draw, the lower `t_i·(a_i + 1) / w_i`. |
-//! | `least_time M [inflight]` | least `t_i·(a_i + 1) / w_i`, `t_i` the moving average (α = 1/4) of the time to the response head (`header`) or to its last byte (`last_byte`), 0 before a first sample (so new backends get tried). With `inflight`, `t_i ← max(t_i, mean age of i's requests in flight)`, so a backend that stopped answering looks slow before any of its requests ends. Ties by smooth weighted round robin. |
+//! | `least_time M [inflight]` | least `t_i·(a_i + 1) / w_i`, `t_i` the moving average (α = 1/4) of the time to the response head (`header`) or to its last byte (`last_byte`) as the choosing worker measured it (`ewma::Stats`), 0 before a first sample (so new backends get tried). With `inflight`, `t_i ← max(t_i, mean age of i's requests in flight)`, so a backend that stopped answering looks slow before any of its requests ends. Ties by smooth weighted round robin. |
 //! | `peak_ewma [decay=τ]` | power of two choices (Finagle, Linkerd): two distinct backends drawn weighted at random, the lower `cost_i = e_i·(a_i + 1) / w_i`, `e_i` the peak-EWMA of the time to the response head (see `ewma::PeakEwma`, τ 10 s by default, 30 ms before a sample). |
 //!
 //! `H` and the ring are in `hash.rs`.
@@ -106,8 +106,8 @@ impl Balancer {
 
     /// A backend named by a pin header or cookie, if it is usable (draining ones are).
     pub fn by_name(&self, name: &str, p: &Pick) -> Option<usize> {
-        let name = name.trim().to_ascii_lowercase();
-        (0..self.peers.len()).find(|&i| self.peers[i].aliases.contains(&name) && self.usable(i, p, true, false))
+        let name = name.trim();
+        (0..self.peers.len()).find(|&i| self.peers[i].aliases.iter().any(|a| a.eq_ignore_ascii_case(name)) && self.usable(i, p, true, false))
     }
 
     /// The backend a sticky cookie value names, if it is usable (draining ones are).

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::health::FailureWindow;
+use crate::{health::FailureWindow, proxy::workers::PerWorker};
 
 /// Weight of a new sample in the `least_time` moving averages:
 /// `avg ← avg + α·(sample − avg)`, α = 1/4 (the first sample is taken as is).
@@ -67,22 +67,44 @@ impl PeakEwma {
 
 /// One backend's counters. Shared by all requests to it and kept across config
 /// updates (by service and backend name), so a reload does not forget them.
+///
+/// What every request writes is kept off the lines every pick reads: the in-flight
+/// counts (global: `max_conns` and `least_conn` count every worker's requests) on lines
+/// of their own; the moving averages and the request count per worker, so a response
+/// updates its own worker's lines without a lock another core takes (as nginx's workers
+/// each keep theirs); whether the backend is out after failures, one atomic load.
 #[derive(Debug)]
 pub struct Stats {
-    /// Requests in flight: sent and not finished (response body not yet ended).
-    active: AtomicU32,
-    /// What `inflight_sum` counts from: start times fit a `u64` of nanoseconds.
+    flight: InFlightCounts,
+    /// What start times and `down_until` count from: they fit a `u64` of nanoseconds.
     epoch: Instant,
-    /// Sum of the start times (ns since `epoch`) of the requests in flight, for
-    /// `least_time ... inflight`.
-    inflight_sum: AtomicU64,
-    times: Mutex<Times>,
+    /// Out after failures until then (ns since `epoch`; 0: not out). Mirrors `fails`,
+    /// written under its lock when a failure ejects, read by every pick without it.
+    down_until: AtomicU64,
     fails: Mutex<FailureWindow>,
     /// A failure may be counted in `fails`: a success then takes the lock to end the
     /// run; otherwise it costs one atomic load.
     failing: AtomicBool,
+    local: PerWorker<Local>,
+}
+
+/// Requests in flight, written by every request of every worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct InFlightCounts {
+    /// Sent and not finished (response body not yet ended).
+    active: AtomicU32,
+    /// Sum of the start times (ns since `epoch`) of the requests in flight, for
+    /// `least_time ... inflight`.
+    inflight_sum: AtomicU64,
+}
+
+/// One worker's view of a backend: its samples only.
+#[derive(Debug, Default)]
+struct Local {
+    times: Mutex<Times>,
     /// Requests sent to it, all time (for tests and status).
-    pub requests: AtomicU64,
+    requests: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -95,13 +117,12 @@ struct Times {
 impl Default for Stats {
     fn default() -> Self {
         Self {
-            active: AtomicU32::default(),
+            flight: InFlightCounts::default(),
             epoch: Instant::now(),
-            inflight_sum: AtomicU64::default(),
-            times: Mutex::default(),
+            down_until: AtomicU64::default(),
             fails: Mutex::default(),
             failing: AtomicBool::new(false),
-            requests: AtomicU64::default(),
+            local: PerWorker::new(Local::default),
         }
     }
 }
@@ -112,51 +133,63 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Stats {
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.flight.active.load(Ordering::Relaxed)
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     /// Counts a request in flight until the returned guard drops.
     pub fn start(self: &Arc<Self>) -> InFlight {
         let started = Instant::now();
-        let ns = started.saturating_duration_since(self.epoch).as_nanos() as u64;
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.inflight_sum.fetch_add(ns, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let ns = self.ns(started);
+        self.flight.active.fetch_add(1, Ordering::Relaxed);
+        self.flight.inflight_sum.fetch_add(ns, Ordering::Relaxed);
+        self.local.get().requests.fetch_add(1, Ordering::Relaxed);
         InFlight { stats: self.clone(), ns, started }
+    }
+
+    /// Requests sent to it, all time, by every worker.
+    pub fn requests(&self) -> u64 {
+        self.local.all().map(|l| l.requests.load(Ordering::Relaxed)).sum()
     }
 
     /// Mean age of the requests in flight, in seconds (0 with none).
     pub fn inflight_age(&self, now: Instant) -> f64 {
-        let n = self.active.load(Ordering::Relaxed);
+        let n = self.flight.active.load(Ordering::Relaxed);
         if n == 0 {
             return 0.0;
         }
-        let mean_start = self.inflight_sum.load(Ordering::Relaxed) / u64::from(n);
-        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        now_ns.saturating_sub(mean_start) as f64 / 1e9
+        let mean_start = self.flight.inflight_sum.load(Ordering::Relaxed) / u64::from(n);
+        self.ns(now).saturating_sub(mean_start) as f64 / 1e9
+    }
+
+    fn times(&self) -> MutexGuard<'_, Times> {
+        lock(&self.local.get().times)
     }
 
     pub fn record_header(&self, took: Duration, now: Instant, decay: Duration) {
-        let mut t = lock(&self.times);
+        let mut t = self.times();
         t.header.add(took.as_secs_f64());
         t.peak.add(took.as_secs_f64(), now, decay);
     }
 
     pub fn record_last_byte(&self, took: Duration) {
-        lock(&self.times).last_byte.add(took.as_secs_f64());
+        self.times().last_byte.add(took.as_secs_f64());
     }
 
-    /// Moving average of the time to the response head, in seconds.
+    /// Moving average of the time to the response head, in seconds, as this worker saw it.
     pub fn avg_header(&self) -> Option<f64> {
-        lock(&self.times).header.get()
+        self.times().header.get()
     }
 
     pub fn avg_last_byte(&self) -> Option<f64> {
-        lock(&self.times).last_byte.get()
+        self.times().last_byte.get()
     }
 
     pub fn peak_ewma(&self) -> f64 {
-        lock(&self.times).peak.get()
+        self.times().peak.get()
     }
 
     /// Records a failure; `max_fails` of them in a row within `window` take the
@@ -164,19 +197,26 @@ impl Stats {
     /// this one did.
     pub fn fail(&self, max_fails: u32, window: Duration, now: Instant, may_eject: bool) -> bool {
         self.failing.store(true, Ordering::Relaxed);
-        lock(&self.fails).fail_if(max_fails, window, now, may_eject)
+        let mut fails = lock(&self.fails);
+        let ejected = fails.fail_if(max_fails, window, now, may_eject);
+        if ejected {
+            self.down_until.store(self.ns(now + window).max(1), Ordering::Relaxed);
+        }
+        ejected
     }
 
     /// Records an answer: the failures before it were not in a row with later ones.
+    /// Without failures it only reads `failing`: every answer would otherwise write
+    /// the line every pick reads.
     pub fn succeed(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
             lock(&self.fails).succeed();
         }
     }
 
     /// Out after failures, for now.
     pub fn is_failed(&self, now: Instant) -> bool {
-        lock(&self.fails).is_down(now)
+        self.down_until.load(Ordering::Relaxed) > self.ns(now)
     }
 }
 
@@ -196,8 +236,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.stats.active.fetch_sub(1, Ordering::Relaxed);
-        self.stats.inflight_sum.fetch_sub(self.ns, Ordering::Relaxed);
+        self.stats.flight.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.flight.inflight_sum.fetch_sub(self.ns, Ordering::Relaxed);
     }
 }
 

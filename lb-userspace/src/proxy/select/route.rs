@@ -13,20 +13,24 @@ use std::collections::HashMap;
 
 use crate::config::http::{HostPattern, HttpOptions};
 
+/// Path prefixes and their services, sorted longest first by `Router::new`: the first that
+/// matches is the longest.
 type Paths = Vec<(String, usize)>;
 
-/// Values by host pattern, looked up in the routing order: the exact name, then the
-/// wildcards whose suffix matches, longest suffix first.
+/// Values by host pattern, compiled once per config: the exact name is one hash
+/// lookup; wildcards are looked up by the host's own suffixes (`a.b.app.dev` asks for
+/// `.b.app.dev`, then `.app.dev`, then `.dev`), so the cost grows with the host's
+/// labels, never with the number of routes.
 #[derive(Debug)]
 struct HostTable<T> {
     exact: HashMap<String, T>,
-    /// (suffix with its leading dot, value), longest suffix first once `sort` ran.
-    wildcard: Vec<(String, T)>,
+    /// By suffix, with its leading dot.
+    wildcard: HashMap<String, T>,
 }
 
 impl<T> Default for HostTable<T> {
     fn default() -> Self {
-        Self { exact: HashMap::new(), wildcard: Vec::new() }
+        Self { exact: HashMap::new(), wildcard: HashMap::new() }
     }
 }
 
@@ -34,26 +38,20 @@ impl<T: Default> HostTable<T> {
     fn entry(&mut self, h: &HostPattern) -> &mut T {
         match h {
             HostPattern::Exact(name) => self.exact.entry(name.clone()).or_default(),
-            HostPattern::Wildcard(suffix) => {
-                let i = match self.wildcard.iter().position(|(s, _)| s == suffix) {
-                    Some(i) => i,
-                    None => {
-                        self.wildcard.push((suffix.clone(), T::default()));
-                        self.wildcard.len() - 1
-                    }
-                };
-                &mut self.wildcard[i].1
-            }
+            HostPattern::Wildcard(suffix) => self.wildcard.entry(suffix.clone()).or_default(),
         }
     }
 
-    fn sort(&mut self) {
-        self.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.exact.values_mut().chain(self.wildcard.values_mut())
     }
 
-    /// The values for a normalized host, most specific first.
+    /// The values for a normalized host, most specific first: the exact name, then the
+    /// wildcards, longest suffix first (only suffixes shorter than the host: `*.app.dev`
+    /// does not match `app.dev`).
     fn lookup<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a T> + 'a {
-        self.exact.get(host).into_iter().chain(self.wildcard.iter().filter(move |(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|(_, v)| v))
+        let suffixes = (!self.wildcard.is_empty()).then_some(host).into_iter().flat_map(|h| h.match_indices('.')).filter(|(i, _)| *i > 0);
+        self.exact.get(host).into_iter().chain(suffixes.filter_map(move |(i, _)| self.wildcard.get(&host[i..])))
     }
 }
 
@@ -99,7 +97,9 @@ impl Router {
                 }
             }
         }
-        r.hosts.sort();
+        for paths in r.hosts.values_mut().chain(std::iter::once(&mut r.any)) {
+            paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        }
         (r, conflicts)
     }
 
@@ -134,7 +134,6 @@ impl BackendHosts {
                 t.named.entry(h).push(i);
             }
         }
-        t.named.sort();
         t
     }
 
@@ -148,8 +147,9 @@ impl BackendHosts {
     }
 }
 
+/// The service of the longest prefix of `path` (`paths` sorted longest first).
 fn longest_prefix(paths: &Paths, path: &str) -> Option<usize> {
-    paths.iter().filter(|(p, _)| prefix_matches(p, path)).max_by_key(|(p, _)| p.len()).map(|(_, s)| *s)
+    paths.iter().find(|(p, _)| prefix_matches(p, path)).map(|(_, s)| *s)
 }
 
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -222,6 +222,31 @@ mod tests {
         assert_eq!(at("other.dev", "/"), None);
         assert_eq!(at("unknown", "/static"), Some(5));
         assert_eq!(r.route(None, "/"), None);
+    }
+
+    #[test]
+    fn compiled_tables_do_not_depend_on_order_or_count() {
+        // 1,000 exact names and 1,000 wildcards, the bench's shape: found by hash.
+        let mut s: Vec<HttpOptions> = (0..1000).map(|i| opts(&[&format!("app{i}.bench")], &[], false)).collect();
+        s.extend((0..1000).map(|i| opts(&[&format!("*.w{i}.bench")], &[], false)));
+        // Prefixes listed shortest first: the longest still wins.
+        s.push(opts(&["paths.dev"], &["/a"], false)); // 2000
+        s.push(opts(&["paths.dev"], &["/a/b", "/c"], false)); // 2001
+        s.push(opts(&["*.deep.w7.bench"], &[], false)); // 2002
+        let (r, conflicts) = Router::new(&s.iter().collect::<Vec<_>>());
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        assert_eq!(r.route(Some("app0.bench"), "/"), Some(0));
+        assert_eq!(r.route(Some("app999.bench"), "/x"), Some(999));
+        assert_eq!(r.route(Some("x.w0.bench"), "/"), Some(1000));
+        assert_eq!(r.route(Some("a.b.w999.bench"), "/"), Some(1999));
+        assert_eq!(r.route(Some("w999.bench"), "/"), None, "a wildcard needs a label before its suffix");
+        assert_eq!(r.route(Some("x.deep.w7.bench"), "/"), Some(2002), "the longest suffix first");
+        assert_eq!(r.route(Some("deep.w7.bench"), "/"), Some(1007));
+        assert_eq!(r.route(Some("paths.dev"), "/a/b/c"), Some(2001));
+        assert_eq!(r.route(Some("paths.dev"), "/a/bc"), Some(2000));
+        assert_eq!(r.route(Some("paths.dev"), "/c"), Some(2001));
+        assert_eq!(r.route(Some("paths.dev"), "/d"), None);
+        assert_eq!(r.route(Some("app1000.bench"), "/"), None);
     }
 
     #[test]

@@ -188,21 +188,20 @@ fn rounds(
     (runs, memory)
 }
 
-/// Memory per idle TLS connection, xlb's and nginx's, once both TLS contenders ran.
+/// Memory per idle connection, xlb's and nginx's, over TLS once both TLS contenders ran,
+/// and over plain HTTP once both HTTP proxies ran.
 fn idle_tls(ctx: &Ctx, kinds: &[Kind], unavailable: &HashMap<Kind, String>) -> Vec<idle::IdleTls> {
-    let pair = [Kind::XlbHttps, Kind::NginxHttps];
-    if !pair.iter().all(|k| kinds.contains(k) && !unavailable.contains_key(k)) {
-        return Vec::new();
-    }
+    let pairs = [[Kind::XlbHttps, Kind::NginxHttps], [Kind::XlbHttp, Kind::NginxHttp]];
+    let ran = |pair: &[Kind; 2]| pair.iter().all(|k| kinds.contains(k) && !unavailable.contains_key(k));
     let mut out = Vec::new();
-    for kind in pair {
-        eprintln!("bench: {} idle TLS connections to {}", idle::CONNECTIONS, kind.label());
+    for kind in pairs.iter().filter(|p| ran(p)).flatten().copied() {
+        eprintln!("bench: {} idle connections to {}", idle::CONNECTIONS, kind.label());
         match idle::measure(ctx, kind) {
             Ok(m) => {
-                eprintln!("bench: {}: {:.1} KiB per idle TLS connection (opened in {:.1} s)", kind.label(), m.kib_per_connection, m.open_seconds);
+                eprintln!("bench: {}: {:.1} KiB per idle connection (opened in {:.1} s)", kind.label(), m.kib_per_connection, m.open_seconds);
                 out.push(m);
             }
-            Err(err) => eprintln!("bench: idle TLS connections to {}: {err:#}", kind.label()),
+            Err(err) => eprintln!("bench: idle connections to {}: {err:#}", kind.label()),
         }
     }
     out

@@ -261,6 +261,9 @@ impl Running {
     }
 }
 
+/// xlb's limits for the idle-connection rows (`bench/idle.rs`).
+const IDLE_LIMITS: &str = "limits: { max_connections: 20000, max_connections_per_ip: 20000 }, timeouts: { keepalive: 600s }";
+
 /// Starts `kind` and waits until the VIP answers and spreads over more than one backend.
 pub fn start(kind: Kind, ctx: &Ctx) -> Result<Running> {
     let topo = &ctx.topo;
@@ -397,11 +400,11 @@ fn xlb_http_config(ctx: &Ctx, dir: &Path, kind: Kind) -> Result<PathBuf> {
         _ => String::new(),
     };
     let http = match kind {
-        // The idle-connection row opens 10,000 from one client address: the per-address and
-        // listener caps are lifted as nginx's worker_connections are.
-        Kind::XlbHttps | Kind::XlbH2 => {
-            "    http: { tls: { port: 443 }, limits: { max_connections: 20000, max_connections_per_ip: 20000 } }\n".to_owned()
-        }
+        // The idle-connection rows open 10,000 from one client address: the per-address and
+        // listener caps are lifted as nginx's worker_connections are, and the keep-alive
+        // timeout as nginx's (opening them all can take minutes on a busy host).
+        Kind::XlbHttps | Kind::XlbH2 => format!("    http: {{ tls: {{ port: 443 }}, {IDLE_LIMITS} }}\n"),
+        Kind::XlbHttp => format!("    http: {{ {IDLE_LIMITS} }}\n"),
         Kind::XlbHttpLeastTime => "    http: { method: least_time header }\n".to_owned(),
         Kind::XlbHttpCookie => "    http: { pin_cookie: srv, sticky_cookie: { name: route } }\n".to_owned(),
         Kind::XlbHttpRoutes => format!("    http: {{ hosts: [\"{VIP}\"] }}\n"),
@@ -503,6 +506,7 @@ fn start_nginx(kind: Kind, ctx: &Ctx, dir: &Path) -> Result<Running> {
     }}
     server {{
         {listen}
+        keepalive_timeout 600s;
         location / {{
             proxy_pass http://backends;
             proxy_http_version 1.1;

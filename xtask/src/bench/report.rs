@@ -135,18 +135,18 @@ impl Results {
         s
     }
 
-    /// Memory per idle TLS connection (`bench/idle.rs`).
+    /// Memory per idle connection, TLS and plain HTTP (`bench/idle.rs`).
     fn markdown_idle_tls(&self, s: &mut String) {
         if self.idle_tls.is_empty() {
             return;
         }
         s.push_str(
-            "## Memory per idle TLS connection
+            "## Memory per idle connection
 
 ",
         );
         s.push_str(
-            "| contender | idle TLS connections | RSS before MiB | RSS with them MiB | KiB per connection | seconds to open them |\n\
+            "| contender | idle connections | RSS before MiB | RSS with them MiB | KiB per connection | seconds to open them |\n\
              |---|--:|--:|--:|--:|--:|\n",
         );
         let mib = |k: u64| format!("{:.1}", k as f64 / 1024.0);
@@ -164,7 +164,7 @@ impl Results {
             .unwrap();
         }
         s.push_str(
-            "\nEach connection: a TLS handshake (ECDSA P-256, the same certificate) and one `GET /` answered, then silent. \
+            "\nEach connection: a TLS handshake (ECDSA P-256, the same certificate; none to the plain HTTP proxies) and one `GET /` answered, then silent. \
              RSS: VmRSS of the balancer's processes (nginx: master and workers).\n\n",
         );
     }

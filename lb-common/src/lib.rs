@@ -251,12 +251,6 @@ impl Conn {
     /// A FIN or RST went either way: the connection is closing, and its entries expire
     /// after the short `tcp_closed_timeout`, not the idle one.
     pub const F_CLOSED: u32 = 1;
-    /// A FIN from the client, from the backend.
-    pub const F_FIN_CLIENT: u32 = 2;
-    pub const F_FIN_BACKEND: u32 = 4;
-    /// Over (an RST, or the ACK after both FINs; service entry only): the reply entry is
-    /// deleted and not written back, so a later direct connection on its ports is left alone.
-    pub const F_ENDED: u32 = 8;
 }
 
 /// `SETTINGS[0]`: data plane knobs set by user space.
@@ -421,8 +415,18 @@ pub fn hash_words(words: &[u32], seed: u32) -> u32 {
 /// Hash of a flow as the kernel computes it for `Method::Maglev`.
 #[inline(always)]
 pub fn flow_hash(client: &Addr, client_port: u16, vip: &Addr, vip_port: u16, proto: u8, seed: u32) -> u32 {
-    let ports = ((client_port as u32) << 16) | vip_port as u32;
-    let words = [client[0], client[1], client[2], client[3], vip[0], vip[1], vip[2], vip[3], ports, proto as u32];
+    let words = [
+        client[0],
+        client[1],
+        client[2],
+        client[3],
+        vip[0],
+        vip[1],
+        vip[2],
+        vip[3],
+        ((client_port as u32) << 16) | vip_port as u32,
+        proto as u32,
+    ];
     hash_words(&words, seed)
 }
 

@@ -26,9 +26,6 @@ use crate::{
 /// reply entry is still there (it may have been evicted alone): once a second at most.
 const REPAIR_AFTER_NS: u64 = 1_000_000_000;
 
-/// How stale a flow's `last_seen` may be left: far below any timeout that reads it.
-const REFRESH_NS: u64 = 1_000_000;
-
 #[inline(always)]
 pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Packet, kind: ConnKind) -> ConnKey {
     ConnKey {
@@ -49,8 +46,8 @@ pub fn key(client: &Addr, client_port: u16, peer: &Addr, peer_port: u16, p: &Pac
 /// Only a SYN (or any UDP datagram) opens a flow, a TCP one half open: the client's next
 /// segment to the same backend completes it (see `complete`). A TCP segment of a flow
 /// with no entry, or whose backend's id is free again, is `None`, for the stack to answer
-/// (with a reset when the VIP is local), and counted as `NoFlow`. An established flow's
-/// FIN, RST and last ACK are followed (`close`). A service whose replies bypass xlb (`F_RETURNS_DIRECTLY`) steers such a segment by
+/// (with a reset when the VIP is local), and counted as `NoFlow`. A FIN or RST marks both
+/// of the flow's entries closed. A service whose replies bypass xlb (`F_RETURNS_DIRECTLY`) steers such a segment by
 /// its table instead, into an established entry, and counts it as a new flow of this node.
 /// Returns the backend id, its entry and whether the flow is new.
 #[inline(always)]
@@ -68,19 +65,19 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
             let removed = b.state == BackendState::Removed as u8;
             if !syn && (active || draining || (removed && tcp)) {
                 let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
-                let idle = now.wrapping_sub(entry.last_seen);
-                if idle > REPAIR_AFTER_NS && entry.flags & Conn::F_ENDED == 0 && CONNTRACK.get_ptr(&bkey).is_none() {
+                if now.wrapping_sub(entry.last_seen) > REPAIR_AFTER_NS && CONNTRACK.get_ptr(&bkey).is_none() {
                     // Replies would leave un-rewritten: write the reply entry back.
                     let _ = insert_new(&CONNTRACK, &bkey, &Conn { last_seen: now, ..*entry }, CREATED_ESTABLISHED);
                 }
                 // A UDP flow has no end to wait for: on a draining backend it is not
                 // refreshed, so it expires after its idle timeout and moves elsewhere.
-                // Not rewritten within a millisecond: a busy flow's packets on other CPUs
-                // would take the cache line from each other for nothing.
-                if (active || tcp) && idle >= REFRESH_NS {
+                if active || tcp {
                     entry.last_seen = now;
                 }
-                close(entry.flags, p, Conn::F_FIN_CLIENT, &skey, &bkey);
+                if p.closes() && entry.flags & Conn::F_CLOSED == 0 {
+                    entry.flags |= Conn::F_CLOSED;
+                    mark_closed(&bkey);
+                }
                 return Ok(Some((entry.backend, *b, false)));
             }
             // A SYN on a 4-tuple used before starts a NEW connection (the client reused its
@@ -140,7 +137,8 @@ pub fn forward(svc: &Service, p: &Packet, s: &Settings) -> Result<Option<(u32, B
 #[inline(always)]
 fn complete(skey: &ConnKey, h: &Conn, b: &Backend, p: &Packet, now: u64) -> Result<Option<(u32, Backend, bool)>, DropReason> {
     let bkey = key(&p.src, p.sport, &b.addr, b.port, p, ConnKind::Backend);
-    let conn = Conn { last_seen: now, flags: closing(p, Conn::F_FIN_CLIENT), ..*h };
+    let flags = if p.closes() { Conn::F_CLOSED } else { 0 };
+    let conn = Conn { last_seen: now, flags, ..*h };
     if insert_new(&CONNTRACK, skey, &conn, CREATED_ESTABLISHED).is_err() || insert_new(&CONNTRACK, &bkey, &conn, CREATED_ESTABLISHED).is_err() {
         return Err(DropReason::ConntrackFull);
     }
@@ -169,55 +167,30 @@ pub fn lookup(k: &ConnKey) -> Option<Conn> {
 }
 
 /// The flow entry a reply (backend -> client) belongs to, refreshed (but for a UDP flow
-/// whose backend is no longer active: it is to go idle, see `forward`), and the key of
-/// its key if established; the caller follows the flow's close (`close`) once it knows
-/// the VIP.
+/// whose backend is no longer active: it is to go idle, see `forward`); a FIN or RST marks
+/// it closed (the caller marks the service entry, whose key needs the VIP).
 #[inline(always)]
-pub fn reply(p: &Packet) -> Option<(Conn, Option<ConnKey>)> {
+pub fn reply(p: &Packet) -> Option<Conn> {
     let bkey = key(&p.dst, p.dport, &p.src, p.sport, p, ConnKind::Backend);
-    // The SYN-ACK of a half-open flow: its entry is not refreshed (nor closed: see above).
-    let Some(entry) = CONNTRACK.get_ptr_mut(&bkey) else { return HALF_OPEN.get_ptr(&bkey).map(|c| (unsafe { *c }, None)) };
+    // The SYN-ACK of a half-open flow: its entry is not refreshed (nor marked, see above).
+    let Some(entry) = CONNTRACK.get_ptr_mut(&bkey) else { return HALF_OPEN.get_ptr(&bkey).map(|c| unsafe { *c }) };
     unsafe {
         let before = *entry;
         let leaving = p.proto != IPPROTO_TCP && BACKENDS.get(before.backend).is_none_or(|b| b.state != BackendState::Active as u8);
-        let now = bpf_ktime_get_ns();
-        if !leaving && now.wrapping_sub(before.last_seen) >= REFRESH_NS {
-            (*entry).last_seen = now;
+        if !leaving {
+            (*entry).last_seen = bpf_ktime_get_ns();
         }
-        Some((before, Some(bkey)))
+        if p.closes() {
+            (*entry).flags |= Conn::F_CLOSED;
+        }
+        Some(before)
     }
 }
 
-/// The flags a segment adds to its flow's: `fin`, the side's FIN flag, for a FIN; closed
-/// for a FIN or RST.
+/// Marks the entry under `k` closed, if there is one.
 #[inline(always)]
-fn closing(p: &Packet, fin: u32) -> u32 {
-    if !p.closes() {
-        return 0;
-    }
-    if p.tcp_flags & 0x01 != 0 { Conn::F_CLOSED | fin } else { Conn::F_CLOSED }
-}
-
-/// Follows the close of an established flow through one of its segments, sent by the
-/// side whose FIN flag is `fin`, its entry's flags `before`: a FIN or RST closes both
-/// entries; an RST, or the first segment without FIN once both sides sent theirs (the
-/// last ACK), ends the flow: its reply entry is deleted.
-#[inline(always)]
-pub fn close(before: u32, p: &Packet, fin: u32, skey: &ConnKey, bkey: &ConnKey) {
-    let flags = before | closing(p, fin);
-    let fins = Conn::F_FIN_CLIENT | Conn::F_FIN_BACKEND;
-    let tcp = p.proto == IPPROTO_TCP;
-    let last_ack = tcp && p.tcp_flags & 0x01 == 0 && flags & fins == fins;
-    let ends = before & Conn::F_ENDED == 0 && (tcp && p.tcp_flags & 0x04 != 0 || last_ack);
-    if flags == before && !ends {
-        return;
-    }
-    if let Some(e) = CONNTRACK.get_ptr_mut(skey) {
-        unsafe { (*e).flags |= flags | if ends { Conn::F_ENDED } else { 0 } };
-    }
-    if ends {
-        let _ = CONNTRACK.remove(bkey);
-    } else if let Some(e) = CONNTRACK.get_ptr_mut(bkey) {
-        unsafe { (*e).flags |= flags };
+pub fn mark_closed(k: &ConnKey) {
+    if let Some(e) = CONNTRACK.get_ptr_mut(k) {
+        unsafe { (*e).flags |= Conn::F_CLOSED };
     }
 }

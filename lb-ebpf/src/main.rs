@@ -265,14 +265,13 @@ pub fn xlb_reply(ctx: TcContext) -> i32 {
     if p.ttl <= 1 {
         return TC_ACT_UNSPEC;
     }
-    let Some((conn, established)) = conntrack::reply(&p) else { return TC_ACT_UNSPEC };
+    let Some(conn) = conntrack::reply(&p) else { return TC_ACT_UNSPEC };
     let Some(vip) = REV_NAT.get(conn.rev_nat).copied() else { return TC_ACT_UNSPEC };
     if vip.family != p.family {
         return TC_ACT_UNSPEC;
     }
-    if let Some(bkey) = established {
-        let skey = conntrack::key(&p.dst, p.dport, &vip.addr, vip.port, &p, ConnKind::Service);
-        conntrack::close(conn.flags, &p, Conn::F_FIN_BACKEND, &skey, &bkey);
+    if p.closes() && conn.flags & Conn::F_CLOSED == 0 {
+        conntrack::mark_closed(&conntrack::key(&p.dst, p.dport, &vip.addr, vip.port, &p, ConnKind::Service));
     }
     let Some(check) = ptr_at::<u16>(&ctx, p.csum_off()) else { return TC_ACT_UNSPEC };
     let no_l4_csum = p.proto == IPPROTO_UDP && p.family == AF_INET && unsafe { read_unaligned(check) } == 0;

@@ -341,12 +341,12 @@ fn tables(fx: &mut Fixture, m: &Model) -> Result<(), String> {
     let svc = ConnKind::Service as u8;
     let be = ConnKind::Backend as u8;
     let mut model_ct: BTreeSet<Row> =
-        m.established.iter().map(|(f, e)| ((f.client, f.cport, f.vip, f.vport, f.proto, svc), Some(at(e.inst)), e.flags & Conn::F_CLOSED != 0)).collect();
+        m.established.iter().map(|(f, e)| ((f.client, f.cport, f.vip, f.vport, f.proto, svc), Some(at(e.inst)), e.closed)).collect();
     let mut model_ho: BTreeSet<Row> = m.half_open.iter().map(|(f, &i)| ((f.client, f.cport, f.vip, f.vport, f.proto, svc), Some(at(i)), false)).collect();
     // The backend entries name the backend in their key; what they hold is the flow's
     // entry at the time it was written, its backend included: compared by key and flag.
     let strip = |s: &BTreeSet<Row>| -> BTreeSet<Row> { s.iter().map(|(k, b, c)| if k.5 == be { (*k, None, *c) } else { (*k, *b, *c) }).collect() };
-    model_ct.extend(m.to_backend.iter().map(|(&(c, cp, b, bp, proto), &(_, flags))| ((c, cp, b, bp, proto, be), None, flags & Conn::F_CLOSED != 0)));
+    model_ct.extend(m.to_backend.iter().map(|(&(c, cp, b, bp, proto), &(_, closed))| ((c, cp, b, bp, proto, be), None, closed)));
     model_ho.extend(m.half_open_backend.keys().map(|&(c, cp, b, bp, proto)| ((c, cp, b, bp, proto, be), None, false)));
     for (name, kernel, model) in [("connection", strip(&kernel_ct), model_ct), ("half-open", strip(&kernel_ho), model_ho)] {
         if kernel != model {

@@ -35,7 +35,7 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::{Conn, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 use xlb::dataplane::{Limits, maglev};
 
 mod neighbor;
@@ -168,11 +168,11 @@ pub enum State {
     Removed,
 }
 
-/// A flow's entry: its backend, and its `Conn::F_*` flags (closed, FINs seen, ended).
+/// A flow's entry: its backend, and whether a FIN or RST closed it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Entry {
     pub inst: usize,
-    pub flags: u32,
+    pub closed: bool,
 }
 
 struct Service {
@@ -190,9 +190,9 @@ pub struct Model {
     /// Established flows (the service entries of the connection table) and the
     /// client -> backend entries for replies (a backend that comes back finds its
     /// entries), each with the flow that last wrote it (its VIP is what replies get) and
-    /// its flags.
+    /// whether it is closed.
     pub established: HashMap<Flow, Entry>,
-    pub to_backend: HashMap<BackendKey, (Flow, u32)>,
+    pub to_backend: HashMap<BackendKey, (Flow, bool)>,
     /// Half-open flows and their client -> backend entries.
     pub half_open: HashMap<Flow, usize>,
     pub half_open_backend: HashMap<BackendKey, Flow>,
@@ -361,14 +361,18 @@ impl Model {
     fn flow(&mut self, flow: Flow, flags: u8) -> Result<Option<usize>, &'static str> {
         let tcp = flow.proto == IPPROTO_TCP;
         let syn = tcp && flags & 0x12 == 0x02;
+        let closes = tcp && flags & 0x05 != 0;
         let key = (flow.vip, flow.vport, flow.proto);
         let mut keep = None;
         let established = self.established.get(&flow).copied();
         if let Some(e) = established {
             let state = self.instances[e.inst].state;
             if !syn && (state != State::Removed || tcp) {
-                if tcp {
-                    self.close(flow, self.backend_key(flow, e.inst), e.flags, flags, Conn::F_FIN_CLIENT);
+                if closes && !e.closed {
+                    self.established.insert(flow, Entry { closed: true, ..e });
+                    if let Some(c) = self.to_backend.get_mut(&self.backend_key(flow, e.inst)) {
+                        c.1 = true;
+                    }
                 }
                 return Ok(Some(e.inst));
             }
@@ -379,8 +383,7 @@ impl Model {
             if !syn {
                 self.half_open.remove(&flow);
                 self.half_open_backend.remove(&self.backend_key(flow, h));
-                let closes = if tcp { closing(flags, Conn::F_FIN_CLIENT) } else { 0 };
-                self.established.insert(flow, Entry { inst: h, flags: closes });
+                self.established.insert(flow, Entry { inst: h, closed: closes });
                 self.to_backend.insert(self.backend_key(flow, h), (flow, closes));
                 return Ok(Some(h));
             }
@@ -406,35 +409,13 @@ impl Model {
             }
         };
         if established.is_some() || !tcp {
-            self.established.insert(flow, Entry { inst, flags: 0 });
-            self.to_backend.insert(self.backend_key(flow, inst), (flow, 0));
+            self.established.insert(flow, Entry { inst, closed: false });
+            self.to_backend.insert(self.backend_key(flow, inst), (flow, false));
         } else {
             self.half_open.insert(flow, inst);
             self.half_open_backend.insert(self.backend_key(flow, inst), flow);
         }
         Ok(Some(inst))
-    }
-
-    /// `conntrack::close`: a TCP segment with `tcp_flags`, from the side whose FIN flag is
-    /// `fin`, of the flow whose service entry is `flow` and reply entry `bkey`; `before` is
-    /// the flags of the segment's own entry. A FIN or RST closes both entries; an RST, or
-    /// the first segment without FIN after both FINs, ends the flow: the reply entry goes.
-    fn close(&mut self, flow: Flow, bkey: BackendKey, before: u32, tcp_flags: u8, fin: u32) {
-        let (is_fin, is_rst) = (tcp_flags & 0x01 != 0, tcp_flags & 0x04 != 0);
-        let flags = before | closing(tcp_flags, fin);
-        let fins = Conn::F_FIN_CLIENT | Conn::F_FIN_BACKEND;
-        let ends = before & Conn::F_ENDED == 0 && (is_rst || (!is_fin && flags & fins == fins));
-        if flags == before && !ends {
-            return;
-        }
-        if let Some(e) = self.established.get_mut(&flow) {
-            e.flags |= flags | if ends { Conn::F_ENDED } else { 0 };
-        }
-        if ends {
-            self.to_backend.remove(&bkey);
-        } else if let Some(c) = self.to_backend.get_mut(&bkey) {
-            c.1 |= flags;
-        }
     }
 
     fn backend_key(&self, flow: Flow, inst: usize) -> BackendKey {
@@ -453,15 +434,5 @@ impl Model {
         let (out, sums) = translate(f, outer, &q, Some(Side::Dst), Side::Src, addr, port);
         *self.outcomes.entry("ICMP error translated").or_default() += 1;
         Some(self.send(out, sums, outer.src, addr, None))
-    }
-}
-
-/// The flags a TCP segment with `tcp_flags` adds to its flow's entries (`conntrack::closing`):
-/// closed for a FIN or RST, and `fin`, its side's FIN flag, for a FIN.
-fn closing(tcp_flags: u8, fin: u32) -> u32 {
-    match (tcp_flags & 0x01 != 0, tcp_flags & 0x04 != 0) {
-        (true, _) => Conn::F_CLOSED | fin,
-        (false, true) => Conn::F_CLOSED,
-        (false, false) => 0,
     }
 }

@@ -2,7 +2,7 @@
 //! - a TCP or UDP packet of a flow's backend to its client (an entry client -> backend
 //!   exists, established or half open) leaves with the VIP and service port as its
 //!   source, one hop less, checksums as valid as they came (a UDP checksum of 0 stays 0);
-//!   its FIN, RST or last ACK is followed as the forward packets' (`Model::close`);
+//!   a FIN or RST closes the backend entry and, if that was still open, the flow's entry;
 //! - with a TTL of 1 or less it is the stack's, untouched (it answers as a router would);
 //! - an ICMP error about a packet xlb forwarded (quoting client -> backend) goes to the
 //!   client quoting client -> VIP:port, from the VIP when the backend itself sent it;
@@ -10,7 +10,7 @@
 //!   written when the neighbour is known), else left to the stack as rewritten;
 //! - anything else is the stack's, untouched.
 
-use lb_common::{Conn, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 
 use super::{
     Expect, Model, To, outer_ip,
@@ -62,16 +62,22 @@ impl Model {
         }
         let (sport, dport) = (u16::from_be_bytes([f[p.l4], f[p.l4 + 1]]), u16::from_be_bytes([f[p.l4 + 2], f[p.l4 + 3]]));
         let key = (p.dst, dport, p.src, sport, p.proto);
-        let flow = match (self.to_backend.get(&key), self.half_open_backend.get(&key)) {
-            (Some(&(flow, before)), _) => {
-                if p.proto == IPPROTO_TCP {
-                    self.close(flow, key, before, f[p.l4 + 13], Conn::F_FIN_BACKEND);
-                }
-                flow
+        let closes = p.proto == IPPROTO_TCP && f[p.l4 + 13] & 0x05 != 0;
+        let (flow, was_closed) = match (self.to_backend.get_mut(&key), self.half_open_backend.get(&key)) {
+            (Some(entry), _) => {
+                let before = *entry;
+                entry.1 |= closes;
+                before
             }
-            (None, Some(flow)) => *flow,
+            (None, Some(flow)) => (*flow, false),
             (None, None) => return Expect::Pass,
         };
+        if closes
+            && !was_closed
+            && let Some(e) = self.established.get_mut(&flow)
+        {
+            e.closed = true;
+        }
         let mut out = f.to_vec();
         put_addr(&mut out, addr_at(&p, Side::Src), flow.vip);
         out[p.l4..p.l4 + 2].copy_from_slice(&flow.vport.to_be_bytes());

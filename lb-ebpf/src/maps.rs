@@ -2,7 +2,7 @@
 //! connection table and the selection tables from its config before loading.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
@@ -37,11 +37,9 @@ pub static SOCK_REV_NAT: LruHashMap<SockRevKey, RevNat> = LruHashMap::with_max_e
 pub static CONNTRACK: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
 
 /// Flows whose handshake is not complete (see `conntrack`): a table of their own, so
-/// that SYNs never evict established flows from `CONNTRACK`. Its LRU is per CPU (each
-/// evicts among the entries it added): a new flow's two inserts then take no shared lock,
-/// and a CPU that a flood reaches churns its own part only.
+/// that SYNs never evict established flows from `CONNTRACK`.
 #[map]
-pub static HALF_OPEN: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_HALF_OPEN_SIZE, BPF_F_NO_COMMON_LRU);
+pub static HALF_OPEN: LruHashMap<ConnKey, Conn> = LruHashMap::with_max_entries(DEFAULT_HALF_OPEN_SIZE, 0);
 
 /// Entries the kernel added, per CPU: to `CONNTRACK` and to `HALF_OPEN`.
 #[map]

@@ -14,21 +14,28 @@ use super::{BackendStats, Conns, Dataplane, Ended, Stats, Timeouts, batch, map};
 /// What a flow's two entries share: the kernel writes both from one `Conn`.
 type FlowId = (Addr, u16, u8, u8, u32, u32);
 
-/// A flow's entries as one expiry pass found them.
+/// A flow's entries as one expiry pass found them: its service entry's key and its
+/// backend entry's (by `ConnKind`), held in place: a table of 262,144 entries would
+/// otherwise make as many small allocations, which malloc keeps after the pass.
 #[derive(Default)]
 struct Flow {
-    keys: Vec<ConnKey>,
+    keys: [Option<ConnKey>; 2],
     last_seen: u64,
     closed: bool,
+}
+
+impl Flow {
     /// Whether the forward (service) entry is among them: that one counts the flow.
-    forward: bool,
+    fn forward(&self) -> bool {
+        self.keys[ConnKind::Service as usize].is_some()
+    }
 }
 
 impl Ended {
     fn of(f: &Flow, drained: bool) -> Option<Self> {
-        let k = f.keys.first()?;
+        let k = f.keys.iter().flatten().next()?;
         let at = |addr: &Addr, port: u16| SocketAddr::new(words_addr(addr, k.family), u16::from_be(port));
-        let peer = |kind: ConnKind| f.keys.iter().find(|k| k.kind == kind as u8).map(|k| at(&k.peer, k.peer_port));
+        let peer = |kind: ConnKind| f.keys[kind as usize].as_ref().map(|k| at(&k.peer, k.peer_port));
         Some(Self {
             client: at(&k.client, k.client_port),
             service: peer(ConnKind::Service),
@@ -68,10 +75,9 @@ impl Dataplane {
         let live = entries.len() as u64;
         for (k, v) in entries {
             let f = flows.entry((k.client, k.client_port, k.proto, k.family, v.backend, v.rev_nat)).or_default();
-            f.keys.push(k);
+            f.keys[usize::from(k.kind == ConnKind::Backend as u8)] = Some(k);
             f.last_seen = f.last_seen.max(v.last_seen);
             f.closed |= v.flags & Conn::F_CLOSED != 0;
-            f.forward |= k.kind == ConnKind::Service as u8;
         }
         let mut idle = Vec::new();
         let (mut referenced, mut rev_nats) = (BTreeSet::new(), BTreeSet::new());
@@ -87,11 +93,11 @@ impl Dataplane {
                 if let Some(ended) = &mut self.ended {
                     ended.extend(Ended::of(&f, drained));
                 }
-                idle.extend(f.keys);
+                idle.extend(f.keys.into_iter().flatten());
             } else {
                 referenced.insert(backend);
                 rev_nats.insert(rev_nat);
-                if f.forward {
+                if f.forward() {
                     *self.active.entry(backend).or_default() += 1;
                 }
             }

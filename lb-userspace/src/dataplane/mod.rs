@@ -145,7 +145,8 @@ struct ServiceSlot {
     id: u32,
     table: u32,
     backends: Vec<(u32, DesiredBackend)>,
-    table_ids: Vec<u32>,
+    /// Slots its table has in use (the ids are in `TABLES` only, not copied here).
+    table_len: u32,
     /// What the last sync wrote for it; `None` for a service taken over from a kept plane.
     synced: Option<Desired>,
 }
@@ -302,11 +303,10 @@ impl Dataplane {
             if s.id >= self.limits.max_services || s.table > self.limits.max_services || s.len > size {
                 bail!("service entry {s:?} does not fit the data plane's sizes");
             }
-            let table_ids = self.tables.read(s.table as usize * size as usize, s.len as usize);
-            for id in &table_ids {
-                owner.insert(*id, key);
+            for id in self.tables.read(s.table as usize * size as usize, s.len as usize)? {
+                owner.insert(id, key);
             }
-            self.services.insert(key, ServiceSlot { id: s.id, table: s.table, backends: Vec::new(), table_ids, synced: None });
+            self.services.insert(key, ServiceSlot { id: s.id, table: s.table, backends: Vec::new(), table_len: s.len, synced: None });
         }
         let backends: Array<_, KBackend> = map(&mut self.ebpf, names::BACKENDS)?;
         let mut free = Vec::new();

@@ -88,14 +88,14 @@ impl Dataplane {
         if self.services.get(&d.key).is_some_and(|s| s.synced.as_ref() == Some(d)) {
             return Ok(Vec::new());
         }
-        let (service, old_table, old_ids, old_backends) = match self.services.get(&d.key) {
-            Some(s) => (s.id, Some(s.table), s.table_ids.clone(), s.backends.clone()),
+        let (service, old_table, old_backends) = match self.services.get(&d.key) {
+            Some(s) => (s.id, Some((s.table, s.table_len)), s.backends.clone()),
             None => {
                 let id = self.free_service_ids.pop().context("out of service ids")?;
                 self.zero(names::SERVICE_STATS, id)?;
                 let mut rr: Array<_, u64> = map(&mut self.ebpf, names::RR)?;
                 rr.set(id, 0, 0)?;
-                (id, None, Vec::new(), Vec::new())
+                (id, None, Vec::new())
             }
         };
         let (backends, drain_later) = self.write_backends(d, service)?;
@@ -129,12 +129,17 @@ impl Dataplane {
             config::Forwarding::Tunnel => KService::F_TUNNEL,
         };
         let flags = if d.socket_lb { KService::F_SOCKET_LB } else { 0 } | forwarding;
-        let mut entry = KService { id: service, table: old_table.unwrap_or(0), len: table_ids.len() as u32, method, flags, _pad: [0; 2] };
-        if old_table.is_none() || table_ids != old_ids {
+        let len = table_ids.len() as u32;
+        let mut entry = KService { id: service, table: old_table.map_or(0, |(t, _)| t), len, method, flags, _pad: [0; 2] };
+        let unchanged = match old_table {
+            Some((t, old_len)) => old_len == len && self.tables.read(t as usize * size as usize, len as usize)? == table_ids,
+            None => false,
+        };
+        if !unchanged {
             let slot = self.free_tables.pop().context("no spare selection table")?;
-            self.tables.write(slot as usize * size as usize, &table_ids);
+            self.tables.write(slot as usize * size as usize, &table_ids)?;
             entry.table = slot;
-            if let Some(old) = old_table {
+            if let Some((old, _)) = old_table {
                 self.free_tables.push(old);
             }
         }
@@ -151,7 +156,7 @@ impl Dataplane {
 
         let kept: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
         let removed = old_backends.iter().filter(|(id, _)| !kept.contains(id)).map(|(id, b)| (*id, (d.key, b.addr, b.port))).collect();
-        self.services.insert(d.key, ServiceSlot { id: service, table: entry.table, backends, table_ids, synced: Some(d.clone()) });
+        self.services.insert(d.key, ServiceSlot { id: service, table: entry.table, backends, table_len: len, synced: Some(d.clone()) });
         Ok(removed)
     }
 

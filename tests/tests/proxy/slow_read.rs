@@ -19,6 +19,9 @@ use crate::{
 
 /// The response each slow reader asks for: far more than the socket buffer holds.
 const BIG: usize = 1 << 20;
+/// The attack's second at which, without a minimum send rate, its readers must still hold
+/// their connections (with the rate, they are cut by about second 5).
+const HELD_AT: u32 = 7;
 
 /// Reads `path` of `addr` at about `rate` bytes a second, through a small receive buffer;
 /// the bytes of the body received, and how long it took.
@@ -68,10 +71,14 @@ fn slow_readers_are_cut_under_min_send_rate_and_steady_ones_are_not() {
         assert!(failed.is_empty(), "normal requests failed beside slow readers: {failed:?}");
         assert!(ok >= 50, "only {ok} normal requests in 10 s");
         assert_eq!(body, 256 * 1024, "the steady reader lost its download (min_send_rate {rate})");
-        (all_closed, last)
+        (all_closed, ticks)
     };
-    let (closed, last) = run(0);
-    assert!(!closed && last.connected >= 18, "without a minimum rate the slow readers should still be connected at the end: {last:?}");
-    let (closed, last) = run(4096);
+    // Without a rate the attack holds its connections well past the point where the rate
+    // cuts them (about second 5); near the attack's end (10 s) other clocks may end a few.
+    let (_, ticks) = run(0);
+    let held = ticks.iter().rev().find(|t| t.second <= HELD_AT).copied().unwrap();
+    assert!(held.connected >= 15, "without a minimum rate the slow readers should still be connected at {HELD_AT} s: {held:?}");
+    let (closed, ticks) = run(4096);
+    let last = ticks.last().unwrap();
     assert!(closed, "slow readers still connected with min_send_rate 4096 at the end of the attack: {last:?}");
 }

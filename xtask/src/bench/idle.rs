@@ -8,6 +8,7 @@
 use std::{
     fs,
     io::{Read, Write},
+    path::Path,
     net::{SocketAddr, TcpStream},
     sync::Arc,
     thread,
@@ -16,10 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::{CryptoProvider, ring},
-    pki_types::{CertificateDer, ServerName, UnixTime},
+    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
+    crypto::ring,
+    pki_types::{CertificateDer, ServerName, pem::PemObject as _},
 };
 use serde::Serialize;
 
@@ -52,9 +52,10 @@ pub fn measure(ctx: &Ctx, kind: Kind) -> Result<IdleTls> {
     let running = contender::start(kind, ctx)?;
     let result = (|| {
         thread::sleep(Duration::from_millis(500));
+        let (cert, _) = ctx.topo.certificate()?;
         let before = rss_kib(&ctx.topo.lb.pids());
         let started = Instant::now();
-        let conns = super::sys::enter(&ctx.topo.client, || open_all(kind.is_tls()))?;
+        let conns = super::sys::enter(&ctx.topo.client, || open_all(kind.is_tls().then_some(&cert)))?;
         let open_seconds = started.elapsed().as_secs_f64();
         // Let the balancer settle (buffers of the last requests released).
         thread::sleep(Duration::from_secs(1));
@@ -103,18 +104,22 @@ enum Conn {
     Plain(TcpStream),
 }
 
-/// Opens `CONNECTIONS` to VIP:443 (`tls`) or VIP:80, each after one answered request.
-/// The ring provider is xlb's own (deprecated in rustls 0.23.48 only for lacking
-/// post-quantum key exchange).
+/// Opens `CONNECTIONS` to VIP:443 (with `cert`, the bench certificate the client trusts)
+/// or VIP:80, each after one answered request. The ring provider is xlb's own
+/// (deprecated in rustls 0.23.48 only for lacking post-quantum key exchange).
 #[allow(deprecated)]
-fn open_all(tls: bool) -> Result<Vec<Conn>> {
+fn open_all(cert: Option<&Path>) -> Result<Vec<Conn>> {
     raise_nofile();
-    let provider = Arc::new(ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
+    let tls = cert.is_some();
+    let mut roots = RootCertStore::empty();
+    if let Some(cert) = cert {
+        let der = CertificateDer::from_pem_file(cert).with_context(|| format!("reading {}", cert.display()))?;
+        roots.add(der).context("trusting the bench certificate")?;
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_root_certificates(roots)
         .with_no_client_auth();
     let config = Arc::new(config);
     let addr = SocketAddr::from((VIP, if tls { TLS_PORT } else { VIP_PORT }));
@@ -199,36 +204,6 @@ fn raise_nofile() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-    }
-}
-
-/// The bench's certificate is self-signed and only memory is measured here: any
-/// certificate is accepted (signatures are still checked).
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -191,13 +191,14 @@ impl Topo {
     }
 
     /// The certificate and key every TLS contender serves (ECDSA P-256, self-signed for
-    /// `bench.test`), made by openssl on first use under the bench's directory.
+    /// `bench.test`, not a CA: the idle-connection client trusts it as its only root),
+    /// made by openssl on first use under the bench's directory.
     pub fn certificate(&self) -> Result<(PathBuf, PathBuf)> {
         let (cert, key) = (self.dir.join("tls-cert.pem"), self.dir.join("tls-key.pem"));
         if !cert.exists() {
             let mut c = Command::new("openssl");
             c.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=bench.test"])
-                .args(["-addext", "subjectAltName=DNS:bench.test", "-keyout"])
+                .args(["-addext", "subjectAltName=DNS:bench.test", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
                 .arg(&key)
                 .arg("-out")
                 .arg(&cert);

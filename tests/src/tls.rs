@@ -5,6 +5,11 @@ use std::{fs, path::Path};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd};
 
+/// The Python of the TLS tests' peers: Debian's, whose modules `cargo xtask setup`
+/// installs with apt (python3-grpcio); a pyenv or venv `python3` earlier on PATH has
+/// not got them.
+pub const PYTHON: &str = "/usr/bin/python3";
+
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub pem: String,

@@ -39,9 +39,13 @@ const TEST_PYTHON: &[(&str, &str)] = &[
     ("grpc", "python3-grpcio"),
 ];
 
-/// Whether `python3` can import `module` (from Debian's package or from pip).
+/// Debian's Python, the one apt's `python3-*` packages serve and the TLS tests run
+/// (`xlb_tests::tls::PYTHON`): a pyenv or venv `python3` earlier on PATH has not got them.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Whether Debian's Python can import `module`.
 fn python_has(module: &str) -> bool {
-    cmd::probe(Command::new("python3").args(["-c", &format!("import {module}")]))
+    cmd::probe(Command::new(PYTHON).args(["-c", &format!("import {module}")]))
 }
 
 /// Installs whatever is missing; each step is skipped when its piece is already there,
@@ -109,7 +113,7 @@ pub fn check_test() -> Result<()> {
     }
     for (module, package) in TEST_PYTHON {
         if !python_has(module) {
-            bail!("python3 cannot import {module} ({package}): run `cargo xtask setup` as root");
+            bail!("{PYTHON} cannot import {module} ({package}): run `cargo xtask setup` as root");
         }
     }
     if !docker::answers() {

@@ -24,7 +24,7 @@ fn grpc_over_h2c_and_h2_backends() {
     let script = format!("{}/tests/tls/grpc_peer.py", env!("CARGO_MANIFEST_DIR"));
     for host in ["grpc.test", "grpcs.test"] {
         let out = s
-            .sh(&format!("timeout 30 python3 {script} client {LB}:443 {ca} {host}", ca = s.path("ca.pem").display()))
+            .sh(&format!("timeout 30 {} {script} client {LB}:443 {ca} {host}", xlb_tests::tls::PYTHON, ca = s.path("ca.pem").display()))
             .unwrap_or_else(|e| panic!("gRPC client to {host}: {e}\n{}", xlb.log()));
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(

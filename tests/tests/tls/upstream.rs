@@ -20,7 +20,7 @@ pub fn spawn_peer(s: &Setup, peer: &str, port: u16, args: &[&str]) -> xlb_tests:
     let b1 = s.topo.backend("b1");
     let port_arg = port.to_string();
     let argv: Vec<&str> = [script.as_str()].into_iter().chain(args.iter().copied().map(|a| if a == "PORT" { port_arg.as_str() } else { a })).collect();
-    let proc = b1.ns.spawn(peer, "python3", &argv);
+    let proc = b1.ns.spawn(peer, xlb_tests::tls::PYTHON, &argv);
     let listening =
         wait_for(Duration::from_secs(15), Duration::from_millis(100), || b1.ns.try_run("bash", &["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")]).ok());
     assert!(listening.is_some(), "{peer} does not listen on {port}");
